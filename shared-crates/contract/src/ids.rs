@@ -1,0 +1,134 @@
+//! Identifier newtypes: a `NodeId` that exists is a valid one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContractError;
+
+/// Longest id accepted; long enough for a FQDN-derived name, short enough to bound memory.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Name of a hive or worker: 1..=64 characters of `[A-Za-z0-9._-]`.
+///
+/// Restricting the alphabet keeps ids safe to put in URLs, metric labels and file names
+/// without escaping, and rules out look-alike unicode names.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+impl NodeId {
+    pub fn new(s: impl Into<String>) -> Result<Self, ContractError> {
+        let s = s.into();
+        if s.is_empty() {
+            return Err(ContractError::InvalidId { reason: "id is empty".into() });
+        }
+        if s.len() > MAX_ID_LEN {
+            return Err(ContractError::InvalidId {
+                reason: format!("id is {} bytes long, at most {MAX_ID_LEN} allowed", s.len()),
+            });
+        }
+        if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+            return Err(ContractError::InvalidId {
+                reason: format!("id contains {c:?}; only A-Z a-z 0-9 . _ - are allowed"),
+            });
+        }
+        Ok(Self(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NodeId {
+    type Error = ContractError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(s)
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> Self {
+        id.0
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for NodeId {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Incarnation of a process: a new value on every start, larger than the last one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Epoch(pub u64);
+
+impl Epoch {
+    /// An epoch for a process starting now: microseconds since the Unix epoch, so that a
+    /// restart on the same machine always gets a larger value without any local state.
+    pub fn for_new_process() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(1);
+        Self(micros)
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Position of a heartbeat within one epoch; strictly increasing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Seq(pub u64);
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert!(NodeId::new("hive-1.eu_west").is_ok());
+        assert!(NodeId::new("").is_err());
+        assert!(NodeId::new("a".repeat(65)).is_err());
+        assert!(NodeId::new("a".repeat(64)).is_ok());
+        assert!(NodeId::new("hive 1").is_err());
+        assert!(NodeId::new("hive/1").is_err());
+        assert!(NodeId::new("hïve").is_err());
+        assert!(NodeId::new("hive\n").is_err());
+    }
+
+    #[test]
+    fn ids_are_validated_when_decoded() {
+        let ok: Result<NodeId, _> = serde_json::from_str("\"h1\"");
+        assert_eq!(ok.expect("valid id").as_str(), "h1");
+        let bad: Result<NodeId, _> = serde_json::from_str("\"../etc\"");
+        let msg = bad.expect_err("slash must be refused").to_string();
+        assert!(msg.contains("only A-Z"), "{msg}");
+    }
+}

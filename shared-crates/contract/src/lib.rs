@@ -1,0 +1,44 @@
+//! The wire contract of Apiary, versioned under `/v1`.
+//!
+//! Every type that crosses a process boundary lives here and nowhere else, so the queen,
+//! the agents and the wasm dashboard cannot disagree about a field. The crate depends on
+//! serde and time only (plus the registry trait behind the `registry` feature), which keeps
+//! it compilable for `wasm32-unknown-unknown`.
+
+mod error;
+mod heartbeat;
+mod ids;
+mod jobs;
+mod snapshot;
+mod health;
+#[cfg(feature = "registry")]
+mod registry_impl;
+
+pub use error::{ApiErrorBody, ContractError};
+pub use health::{CheckReport, ReadinessReport, ReadinessStatus};
+pub use heartbeat::{
+    Capacity, HeartbeatResponse, HiveHeartbeat, HiveStatus, LoadAverage, Resources,
+    WorkerHeartbeat, WorkerStatus,
+};
+pub use ids::{Epoch, NodeId, Seq, MAX_ID_LEN};
+pub use jobs::{JobRequest, JobResponse, MAX_SHA256_ROUNDS, MAX_SLEEP_MS};
+pub use snapshot::{
+    EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary,
+};
+
+/// Where each endpoint lives, so clients and server cannot drift apart.
+pub mod paths {
+    pub const HIVE_HEARTBEAT: &str = "/v1/hive-heartbeat";
+    pub const WORKER_HEARTBEAT: &str = "/v1/worker-heartbeat";
+    pub const HEARTBEAT_STREAM: &str = "/v1/heartbeats/stream";
+    pub const SNAPSHOT: &str = "/v1/snapshot";
+    pub const HIVES: &str = "/v1/hives";
+    pub const WORKERS: &str = "/v1/workers";
+    pub const JOBS: &str = "/v1/jobs";
+    pub const HEALTHZ: &str = "/healthz";
+    pub const READYZ: &str = "/readyz";
+    pub const METRICS: &str = "/metrics";
+}
+
+/// Largest request body any Apiary endpoint accepts; a heartbeat is well under 4 KiB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;

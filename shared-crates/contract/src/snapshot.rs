@@ -1,0 +1,127 @@
+//! The cluster snapshot streamed over SSE, node summaries and liveness events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{Capacity, Epoch, HiveStatus, NodeId, Resources, WorkerStatus};
+
+/// The queen's view of whether a node is alive, derived from the time since its last
+/// heartbeat (not from what the node says about itself).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Liveness {
+    Online,
+    /// Late, but not yet long enough to be declared offline.
+    Suspect,
+    Offline,
+    /// Said goodbye in its last heartbeat.
+    Stopped,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeKind {
+    Hive,
+    Worker,
+}
+
+/// A change of a node's liveness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    Joined,
+    Restarted,
+    Suspect,
+    Offline,
+    Recovered,
+    Stopped,
+    Removed,
+    /// Went offline and came back too often; not available until it beats steadily.
+    Flapping,
+    /// A flapping node has beaten steadily long enough to count again.
+    Steady,
+}
+
+/// One entry of the event log; `reason` answers "why".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeEvent {
+    /// Monotonic per registry and queen run; lets a client skip events it already has.
+    pub seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    pub node: NodeKind,
+    pub id: NodeId,
+    pub kind: EventKind,
+    pub liveness: Liveness,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HiveSummary {
+    pub id: NodeId,
+    pub liveness: Liveness,
+    /// Online, ready, and not damped for flapping: may be given new work.
+    pub available: bool,
+    pub flapping: bool,
+    pub status: HiveStatus,
+    pub epoch: Epoch,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    /// Age of the last heartbeat when this summary was made.
+    pub last_seen_ago_ms: u64,
+    pub address: String,
+    pub hostname: String,
+    pub version: String,
+    pub resources: Resources,
+    pub capacity: Capacity,
+    pub labels: BTreeMap<String, String>,
+    pub services: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSummary {
+    pub id: NodeId,
+    pub hive_id: NodeId,
+    pub liveness: Liveness,
+    pub available: bool,
+    pub flapping: bool,
+    pub status: WorkerStatus,
+    pub epoch: Epoch,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_seen: OffsetDateTime,
+    pub last_seen_ago_ms: u64,
+    pub version: String,
+    pub kind: String,
+    pub address: String,
+    pub in_flight: u32,
+    pub max_concurrent: u32,
+}
+
+/// What `event: heartbeat` carries on `/v1/heartbeats/stream`.
+///
+/// The first seven fields are the seed contract that existing EventSource clients read;
+/// they never change meaning. "Online" counts nodes that are online or suspect (presumed
+/// alive); "available" counts nodes that are online, ready and not flapping.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    pub workers_online: usize,
+    pub workers_available: usize,
+    pub hives_online: usize,
+    pub hives_available: usize,
+    pub worker_ids: Vec<NodeId>,
+    pub hive_ids: Vec<NodeId>,
+    /// Same value as the SSE `id:` of the event that carried it.
+    pub seq: u64,
+    pub hives_total: usize,
+    pub workers_total: usize,
+    pub jobs_in_flight: u64,
+    pub hives: Vec<HiveSummary>,
+    pub workers: Vec<WorkerSummary>,
+    /// The most recent liveness events, newest last; a bounded buffer, so a client that
+    /// reconnects recovers the events it missed while away.
+    pub events: Vec<NodeEvent>,
+}

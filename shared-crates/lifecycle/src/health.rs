@@ -1,0 +1,185 @@
+//! `/healthz`, `/readyz` and `/metrics`, the same in every process.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use contract::{CheckReport, ReadinessReport, ReadinessStatus, paths};
+use prometheus_client::registry::Registry;
+
+type CheckFn = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// Liveness, readiness and metrics of one process.
+///
+/// Readiness is "every registered check passes and the process is not draining": a
+/// process whose real work is broken must say so here, not answer 200 forever.
+pub struct Health {
+    /// Set once at the start of a graceful stop; `/readyz` turns 503 before anything else
+    /// happens, so load balancers and the queen stop sending work first.
+    draining: AtomicBool,
+    checks: Vec<(String, CheckFn)>,
+    metrics: Registry,
+}
+
+impl Health {
+    pub fn builder() -> HealthBuilder {
+        HealthBuilder { checks: Vec::new(), metrics: Registry::default() }
+    }
+
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn readiness(&self) -> ReadinessReport {
+        let checks: Vec<CheckReport> = self
+            .checks
+            .iter()
+            .map(|(name, check)| {
+                let started = Instant::now();
+                let result = check();
+                let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+                let (ok, detail) = match result {
+                    Ok(d) => (true, d),
+                    Err(d) => (false, d),
+                };
+                CheckReport { name: name.clone(), ok, latency_ms, detail }
+            })
+            .collect();
+        let status = if self.is_draining() {
+            ReadinessStatus::Draining
+        } else if checks.iter().all(|c| c.ok) {
+            ReadinessStatus::Ready
+        } else {
+            ReadinessStatus::Degraded
+        };
+        ReadinessReport { status, checks }
+    }
+
+    pub fn metrics_text(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.metrics) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// The three endpoints, ready to merge into a process's router.
+    pub fn router(self: &Arc<Self>) -> Router {
+        let ready = Arc::clone(self);
+        let metrics = Arc::clone(self);
+        Router::new()
+            .route(paths::HEALTHZ, get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+            .route(
+                paths::READYZ,
+                get(move || {
+                    let report = ready.readiness();
+                    let code = if report.status == ReadinessStatus::Ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    async move { (code, axum::Json(report)) }
+                }),
+            )
+            .route(
+                paths::METRICS,
+                get(move || {
+                    let body = metrics.metrics_text();
+                    async move {
+                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+                            .into_response()
+                    }
+                }),
+            )
+    }
+}
+
+pub struct HealthBuilder {
+    checks: Vec<(String, CheckFn)>,
+    metrics: Registry,
+}
+
+impl HealthBuilder {
+    /// A readiness check: `Ok(detail)` passes, `Err(detail)` degrades. Checks run on every
+    /// `/readyz`, so they must be cheap and must not block.
+    pub fn check(mut self, name: &str, f: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
+        self.checks.push((name.to_string(), Box::new(f)));
+        self
+    }
+
+    /// Where the process registers its metrics before the endpoint starts serving them.
+    pub fn metrics(&mut self) -> &mut Registry {
+        &mut self.metrics
+    }
+
+    pub fn build(self) -> Arc<Health> {
+        Arc::new(Health { draining: AtomicBool::new(false), checks: self.checks, metrics: self.metrics })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use prometheus_client::metrics::counter::Counter;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get_status(router: &Router, path: &str) -> (StatusCode, String) {
+        let resp = router
+            .clone()
+            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible");
+        let status = resp.status();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn readyz_follows_checks_and_draining() {
+        let healthy = Arc::new(AtomicBool::new(true));
+        let flag = Arc::clone(&healthy);
+        let mut builder = Health::builder().check("store", move || {
+            if flag.load(Ordering::SeqCst) { Ok("reachable".into()) } else { Err("unreachable".into()) }
+        });
+        let counter = Counter::<u64>::default();
+        builder.metrics().register("apiary_test_things", "things", counter.clone());
+        counter.inc();
+        let health = builder.build();
+        let router = health.router();
+
+        let (status, body) = get_status(&router, "/readyz").await;
+        assert_eq!(status, StatusCode::OK);
+        let report: ReadinessReport = serde_json::from_str(&body).expect("report");
+        assert_eq!(report.status, ReadinessStatus::Ready);
+        assert_eq!(report.checks[0].detail, "reachable");
+
+        healthy.store(false, Ordering::SeqCst);
+        let (status, body) = get_status(&router, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("\"degraded\""), "{body}");
+
+        healthy.store(true, Ordering::SeqCst);
+        health.set_draining();
+        let (status, body) = get_status(&router, "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("\"draining\""), "{body}");
+
+        assert_eq!(get_status(&router, "/healthz").await.0, StatusCode::OK, "liveness ignores readiness");
+        let (_, metrics) = get_status(&router, "/metrics").await;
+        assert!(metrics.contains("apiary_test_things_total 1"), "{metrics}");
+    }
+}

@@ -1,0 +1,80 @@
+//! What every Apiary process (queen, hive, worker) shares about its own life.
+//!
+//! - [`shutdown`]: one signal handler for SIGINT and SIGTERM that cancels the process's
+//!   one cancellation tree; a second signal forces exit.
+//! - [`health`]: `/healthz`, `/readyz` (named checks, 503 when degraded or draining) and
+//!   `/metrics` (Prometheus text).
+//! - [`http`]: the one JSON error type and a JSON extractor whose rejections use it.
+//! - [`HumanDuration`]: `500ms`, `5s`, `2m` in flags, env and config files.
+
+pub mod health;
+pub mod http;
+pub mod shutdown;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+
+/// A duration written the way operators write them: `500ms`, `5s`, `2m`, `1h 30m`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like 500ms, 5s or 2m"))
+    }
+}
+
+impl std::fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        humantime::format_duration(self.0).fmt(f)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<HumanDuration> for Duration {
+    fn from(d: HumanDuration) -> Self {
+        d.0
+    }
+}
+
+/// Binds a listener with `SO_REUSEADDR`, so a restarted process can take its port back at
+/// once instead of waiting out TIME_WAIT.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_operators_write_them() {
+        assert_eq!("500ms".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_millis(500))));
+        assert_eq!("5s".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_secs(5))));
+        assert_eq!("2m".parse::<HumanDuration>(), Ok(HumanDuration(Duration::from_secs(120))));
+        let err = "5 parsecs".parse::<HumanDuration>().expect_err("nonsense");
+        assert!(err.contains("write it like"), "{err}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The heartbeat loop shared by hives and workers.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use contract::{HeartbeatResponse, HiveHeartbeat, Seq, WorkerHeartbeat, paths};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::{ClientError, QueenClient};
+
+/// A heartbeat payload and where it goes.
+pub trait Beat: Serialize + Send + Sync {
+    const PATH: &'static str;
+}
+
+impl Beat for HiveHeartbeat {
+    const PATH: &'static str = paths::HIVE_HEARTBEAT;
+}
+
+impl Beat for WorkerHeartbeat {
+    const PATH: &'static str = paths::WORKER_HEARTBEAT;
+}
+
+/// Bounds on what the queen may ask for: never a busy loop, never silence for hours.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+const MAX_INTERVAL: Duration = Duration::from_secs(300);
+
+/// `base` ±10 %, so that nodes started together drift apart instead of beating in lockstep.
+pub fn jittered(base: Duration) -> Duration {
+    base.mul_f64(0.9 + fastrand::f64() * 0.2)
+}
+
+/// Sends one node's heartbeats; owns its sequence numbers and current interval.
+pub struct Heartbeater {
+    client: QueenClient,
+    /// Allocating a seq and building the payload happen under this lock, so a payload
+    /// with a higher seq is always the newer picture of the node.
+    seq: Mutex<u64>,
+    interval_ms: AtomicU64,
+}
+
+impl Heartbeater {
+    pub fn new(client: QueenClient, initial_interval: Duration) -> Self {
+        Self {
+            client,
+            seq: Mutex::new(0),
+            interval_ms: AtomicU64::new(initial_interval.as_millis() as u64),
+        }
+    }
+
+    /// The interval in force: the node's own until the queen answers, then the queen's.
+    pub fn interval(&self) -> Duration {
+        Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
+    }
+
+    /// Sends one heartbeat now, built by `make` with the next seq.
+    pub async fn beat<B: Beat>(&self, make: impl FnOnce(Seq) -> B) -> Result<HeartbeatResponse, ClientError> {
+        let body = {
+            let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+            *seq += 1;
+            make(Seq(*seq))
+        };
+        let resp: HeartbeatResponse = self.client.post_json(B::PATH, &body).await?;
+        let next = Duration::from_millis(resp.next_interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL);
+        self.interval_ms.store(next.as_millis() as u64, Ordering::Relaxed);
+        Ok(resp)
+    }
+
+    /// Beats until `stop` fires: the first at once, then every interval with jitter.
+    /// While the queen is unreachable it retries with capped, jittered exponential
+    /// backoff, capped so that the node is seen again within one interval of the queen's
+    /// return.
+    pub async fn run<B: Beat>(&self, make: impl Fn(Seq) -> B, stop: CancellationToken) {
+        let mut backoff: Option<backon::ExponentialBackoff> = None;
+        let mut failures = 0u64;
+        loop {
+            let delay = match self.beat(&make).await {
+                Ok(_) => {
+                    if failures > 0 {
+                        tracing::info!(failures, "queen reachable again");
+                    }
+                    failures = 0;
+                    backoff = None;
+                    jittered(self.interval())
+                }
+                Err(e) => {
+                    failures += 1;
+                    // One line when the trouble starts, then a reminder now and then.
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(error = %e, failures, "heartbeat failed; retrying with backoff");
+                    }
+                    let interval = self.interval();
+                    backoff
+                        .get_or_insert_with(|| retry_policy(interval).build())
+                        .next()
+                        .unwrap_or(interval)
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// Starts small, doubles, and never waits more than one interval (the jitter backon adds
+/// is up to the current delay, hence the half).
+fn retry_policy(interval: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay((interval / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+        .with_max_delay(interval / 2)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let base = Duration::from_secs(10);
+        for _ in 0..1000 {
+            let d = jittered(base);
+            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_never_exceeds_one_interval() {
+        let interval = Duration::from_secs(10);
+        let delays: Vec<Duration> = retry_policy(interval).build().take(50).collect();
+        assert_eq!(delays.len(), 50, "retries never give up");
+        assert!(delays.iter().all(|d| *d <= interval), "{delays:?}");
+        assert!(delays[0] < Duration::from_secs(3), "starts small: {delays:?}");
+        let late_min = delays[10..].iter().min().copied().unwrap_or_default();
+        assert!(late_min >= interval / 2, "reaches the cap: {delays:?}");
+    }
+
+    #[test]
+    fn backoff_is_jittered_across_nodes() {
+        let interval = Duration::from_secs(10);
+        let firsts: std::collections::HashSet<Duration> =
+            (0..50).map(|_| retry_policy(interval).build().nth(3).unwrap_or_default()).collect();
+        assert!(firsts.len() > 10, "a thousand hives must not retry in the same instant: {firsts:?}");
+    }
+}
