@@ -1,1 +1,166 @@
-//! placeholder
+//! The queen: the hub of an Apiary cluster.
+//!
+//! It takes heartbeats from hives and workers into one generic registry per kind,
+//! re-derives their liveness continuously, builds one cluster snapshot per tick and
+//! streams it to every dashboard over SSE, and answers questions about nodes.
+//!
+//! Entry point: [`run`] with an already-bound listener, so tests drive the exact
+//! production code on port 0.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+mod metrics;
+mod snapshot;
+mod summary;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use contract::{HiveHeartbeat, NodeKind, WorkerHeartbeat};
+use heartbeat_registry::{HeartbeatRegistry, LivenessEvent};
+use lifecycle::health::Health;
+use tokio::net::TcpListener;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{QueenConfig, ServeArgs};
+use metrics::Metrics;
+pub use snapshot::Frame;
+
+/// Shared state of one queen process.
+pub struct Queen {
+    pub hives: HeartbeatRegistry<HiveHeartbeat>,
+    pub workers: HeartbeatRegistry<WorkerHeartbeat>,
+    config: QueenConfig,
+    metrics: Metrics,
+    health: Arc<Health>,
+    /// The latest serialized snapshot; every SSE client reads it, nobody re-serializes.
+    snapshots: watch::Sender<Arc<Frame>>,
+    /// Fires when the queen stops; open SSE streams end on it so shutdown never waits on a
+    /// browser tab.
+    stop: CancellationToken,
+}
+
+impl Queen {
+    fn new(config: QueenConfig, stop: CancellationToken) -> Arc<Self> {
+        let event_seq = Arc::new(AtomicU64::new(1));
+        let hives = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
+        let workers = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), event_seq);
+
+        let (snapshots, rx) = watch::channel(Arc::new(Frame::empty()));
+        let max_age = config.snapshot_interval * 3;
+        let mut builder = Health::builder().check("snapshot_fresh", move || {
+            let age = rx.borrow().built_at.elapsed();
+            if age <= max_age {
+                Ok(format!("last snapshot {} ms ago", age.as_millis()))
+            } else {
+                Err(format!("no snapshot for {} ms: the snapshot ticker is stuck", age.as_millis()))
+            }
+        });
+        let metrics = Metrics::register(builder.metrics());
+        let health = builder.build();
+
+        let queen = Arc::new(Self { hives, workers, config, metrics, health, snapshots, stop });
+        queen.publish_snapshot();
+        queen
+    }
+
+    pub fn config(&self) -> &QueenConfig {
+        &self.config
+    }
+
+    /// The interval handed out in heartbeat responses.
+    pub fn next_interval(&self) -> Duration {
+        self.config.heartbeat_interval
+    }
+
+    /// Re-derives liveness of every node now.
+    pub fn sweep(&self) {
+        self.hives.sweep();
+        self.workers.sweep();
+    }
+
+    fn count_events(&self, kind: NodeKind, event: &LivenessEvent<contract::NodeId>) {
+        self.metrics
+            .events
+            .get_or_create(&metrics::EventLabels {
+                kind: summary::kind_label(kind),
+                event: summary::event_label(event.kind),
+            })
+            .inc();
+    }
+}
+
+/// Runs a queen on `listener` until `stop` fires, then stops gracefully: `/readyz` turns
+/// 503, open streams end, in-flight requests finish, every task is awaited.
+pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let queen = Queen::new(config, stop.clone());
+    let tasks = TaskTracker::new();
+
+    tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
+    tasks.spawn(sweep_loop(Arc::clone(&queen), stop.child_token()));
+    tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Hive, queen.hives.subscribe(), stop.child_token()));
+    tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Worker, queen.workers.subscribe(), stop.child_token()));
+
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, stream = %format!("http://{addr}{}", contract::paths::HEARTBEAT_STREAM), "queen listening");
+    let app = api::router(Arc::clone(&queen));
+    let server_stop = CancellationToken::new();
+    let server = tasks.spawn({
+        let server_stop = server_stop.clone();
+        async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await }
+    });
+
+    stop.cancelled().await;
+    tracing::info!("queen stopping");
+    queen.health.set_draining();
+    server_stop.cancel();
+    tasks.close();
+    let served = server.await;
+    tasks.wait().await;
+    tracing::info!("queen stopped");
+    served??;
+    Ok(())
+}
+
+/// Re-derives liveness often enough that a silent node is noticed within a fraction of an
+/// interval, and forgets nodes that have been gone for long.
+async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(queen.config.sweep_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {
+                queen.sweep();
+                queen.hives.cleanup_stale();
+                queen.workers.cleanup_stale();
+            }
+        }
+    }
+}
+
+async fn count_events(
+    queen: Arc<Queen>,
+    kind: NodeKind,
+    mut rx: broadcast::Receiver<LivenessEvent<contract::NodeId>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            _ = stop.cancelled() => return,
+            e = rx.recv() => e,
+        };
+        match event {
+            Ok(e) => {
+                tracing::info!(node = summary::kind_label(kind), id = %e.id, event = summary::event_label(e.kind), reason = %e.reason, "liveness");
+                queen.count_events(kind, &e);
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(skipped = n, "liveness event log reader lagged"),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}

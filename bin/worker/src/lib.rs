@@ -1,1 +1,208 @@
-//! placeholder
+//! The reference worker: runs jobs posted to it, heartbeats to the queen, drains on stop.
+//!
+//! It serves `POST /v1/jobs` (`{"kind":"sleep","ms":200}`, `{"kind":"sha256",...}`) up
+//! to `max_concurrent` at once, reports in-flight jobs and `busy` in its heartbeats, and
+//! on a graceful stop turns unready, refuses new jobs, finishes the ones in flight (up to
+//! the drain deadline), then says `stopped` in a last heartbeat.
+//!
+//! Entry point: [`run`] with an already-bound listener.
+
+pub mod config;
+pub mod jobs;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use contract::{Epoch, JobRequest, JobResponse, Seq, WorkerHeartbeat, WorkerStatus, paths};
+use lifecycle::health::Health;
+use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use queen_client::{Heartbeater, QueenClient};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{WorkerArgs, WorkerConfig};
+
+const FINAL_BEAT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    kind: &'static str,
+    /// done | refused_busy | refused_draining | invalid
+    outcome: &'static str,
+}
+
+struct Worker {
+    config: WorkerConfig,
+    epoch: Epoch,
+    address: String,
+    health: Arc<Health>,
+    in_flight: AtomicU32,
+    /// Woken whenever a job ends, so a drain waits without polling.
+    job_ended: Notify,
+    jobs: Family<JobLabels, Counter>,
+}
+
+impl Worker {
+    fn status(&self) -> WorkerStatus {
+        if self.health.is_draining() {
+            WorkerStatus::Draining
+        } else if self.in_flight.load(Ordering::SeqCst) >= self.config.max_concurrent {
+            WorkerStatus::Busy
+        } else {
+            WorkerStatus::Ready
+        }
+    }
+
+    fn heartbeat(&self, seq: Seq, status: WorkerStatus) -> WorkerHeartbeat {
+        WorkerHeartbeat {
+            id: self.config.name.clone(),
+            hive_id: self.config.hive.clone(),
+            epoch: self.epoch,
+            seq,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            status,
+            kind: self.config.kind.clone(),
+            address: self.address.clone(),
+            in_flight: self.in_flight.load(Ordering::SeqCst).min(self.config.max_concurrent),
+            max_concurrent: self.config.max_concurrent,
+            sent_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    /// Takes a job slot, or says why not.
+    fn admit(self: &Arc<Self>) -> Result<Slot, ApiError> {
+        if self.health.is_draining() {
+            return Err(ApiError::unavailable("draining", "worker is draining and takes no new jobs", Duration::from_secs(5)));
+        }
+        let max = self.config.max_concurrent;
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
+            .map_err(|_| ApiError::too_many("at_capacity", format!("worker runs {max} jobs already"), Duration::from_secs(1)))?;
+        Ok(Slot(Arc::clone(self)))
+    }
+
+    fn count(&self, kind: &'static str, outcome: &'static str) {
+        self.jobs.get_or_create(&JobLabels { kind, outcome }).inc();
+    }
+}
+
+/// One admitted job; frees its slot however the request ends (even if the client goes away).
+struct Slot(Arc<Worker>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.job_ended.notify_waiters();
+    }
+}
+
+async fn run_job(State(worker): State<Arc<Worker>>, body: Result<JsonBody<JobRequest>, ApiError>) -> Result<Json<JobResponse>, ApiError> {
+    let JsonBody(job) = body.inspect_err(|_| worker.count("unknown", "invalid"))?;
+    let kind = jobs::kind(&job);
+    if let Err(reason) = jobs::check(&job) {
+        worker.count(kind, "invalid");
+        return Err(ApiError::unprocessable(reason));
+    }
+    let slot = worker.admit().inspect_err(|e| {
+        worker.count(kind, if e.status == StatusCode::TOO_MANY_REQUESTS { "refused_busy" } else { "refused_draining" })
+    })?;
+    // Run detached from the request so a client that hangs up cannot abort half a job;
+    // the slot travels with the work and is freed when it is done.
+    let work = tokio::spawn(async move {
+        let result = jobs::execute(job).await;
+        drop(slot);
+        result
+    });
+    let (output, took) = work
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e))?;
+    worker.count(kind, "done");
+    Ok(Json(JobResponse { worker_id: worker.config.name.to_string(), kind: kind.into(), output, duration_ms: took.as_millis() as u64 }))
+}
+
+/// Runs a worker until `stop` fires, then drains and returns.
+pub async fn run(config: WorkerConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    let addr = listener.local_addr()?;
+    let client = QueenClient::new(&config.queen, None, Duration::from_secs(5))?;
+    let heartbeater = Arc::new(Heartbeater::new(client, config.heartbeat_interval));
+    let mut health = Health::builder().check("queen_contact", heartbeater.contact_check());
+    heartbeater.register_metrics(health.metrics());
+    let jobs_family = Family::<JobLabels, Counter>::default();
+    health.metrics().register("apiary_jobs", "Jobs by kind and outcome", jobs_family.clone());
+    let worker = Arc::new(Worker {
+        epoch: Epoch::for_new_process(),
+        address: format!("http://{addr}"),
+        health: health.build(),
+        in_flight: AtomicU32::new(0),
+        job_ended: Notify::new(),
+        jobs: jobs_family,
+        config,
+    });
+
+    let tasks = TaskTracker::new();
+    let beats = stop.child_token();
+    tasks.spawn({
+        let (hb, worker, beats) = (Arc::clone(&heartbeater), Arc::clone(&worker), beats.clone());
+        async move { hb.run(|seq| worker.heartbeat(seq, worker.status()), beats).await }
+    });
+    let app = Router::new()
+        .route(paths::JOBS, post(run_job))
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+        .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
+        .with_state(Arc::clone(&worker))
+        .merge(worker.health.router());
+    let server_stop = CancellationToken::new();
+    let server = tasks.spawn({
+        let server_stop = server_stop.clone();
+        async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await }
+    });
+    tracing::info!(worker = %worker.config.name, hive = %worker.config.hive, epoch = %worker.epoch, %addr, "worker started");
+
+    stop.cancelled().await;
+    worker.health.set_draining();
+    let left = worker.in_flight.load(Ordering::SeqCst);
+    tracing::info!(in_flight = left, deadline = ?worker.config.drain_timeout, "worker draining");
+    // Tell the queen at once, so it stops routing jobs here before the next interval.
+    if let Err(e) = heartbeater.beat(|seq| worker.heartbeat(seq, WorkerStatus::Draining)).await {
+        tracing::warn!(error = %e, "could not tell the queen we are draining");
+    }
+    if tokio::time::timeout(worker.config.drain_timeout, drained(&worker)).await.is_err() {
+        tracing::warn!(in_flight = worker.in_flight.load(Ordering::SeqCst), "drain deadline passed; stopping with jobs in flight");
+    }
+    beats.cancel();
+    tasks.close();
+    match tokio::time::timeout(FINAL_BEAT_TIMEOUT, heartbeater.beat(|seq| worker.heartbeat(seq, WorkerStatus::Stopped))).await {
+        Ok(Ok(_)) => tracing::info!("queen told: stopped"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we stopped"),
+        Err(_) => tracing::warn!("the queen did not answer the last heartbeat in time"),
+    }
+    server_stop.cancel();
+    let served = server.await;
+    tasks.wait().await;
+    tracing::info!("worker stopped");
+    served??;
+    Ok(())
+}
+
+async fn drained(worker: &Worker) {
+    loop {
+        let ended = worker.job_ended.notified();
+        if worker.in_flight.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        ended.await;
+    }
+}

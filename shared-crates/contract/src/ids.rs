@@ -36,6 +36,20 @@ impl NodeId {
         Ok(Self(s))
     }
 
+    /// A valid id made from arbitrary text (a hostname, say): disallowed characters become
+    /// `-`, and it is cut to the maximum length. Empty text gives `node`.
+    pub fn sanitized(text: &str) -> Self {
+        let mut s: String = text
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') { c } else { '-' })
+            .take(MAX_ID_LEN)
+            .collect();
+        if s.is_empty() {
+            s.push_str("node");
+        }
+        Self(s)
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -121,6 +135,13 @@ mod tests {
         assert!(NodeId::new("hive/1").is_err());
         assert!(NodeId::new("hïve").is_err());
         assert!(NodeId::new("hive\n").is_err());
+    }
+
+    #[test]
+    fn sanitized_ids_are_valid() {
+        assert_eq!(NodeId::sanitized("my host/1").as_str(), "my-host-1");
+        assert_eq!(NodeId::sanitized("").as_str(), "node");
+        assert!(NodeId::new(NodeId::sanitized(&"ü".repeat(100)).as_str()).is_ok());
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Liveness events: a bounded log shared by all nodes, and a broadcast for live readers.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use tokio::sync::broadcast;
@@ -36,16 +36,18 @@ pub struct LivenessEvent<Id> {
 
 /// Recent events of every node; bounded so a noisy cluster cannot grow memory.
 pub(crate) struct EventLog<Id> {
-    next_seq: AtomicU64,
+    /// May be shared with other registries, so that events of hives and workers form one
+    /// sequence a client can resume from.
+    next_seq: Arc<AtomicU64>,
     recent: Mutex<VecDeque<LivenessEvent<Id>>>,
     capacity: usize,
     live: broadcast::Sender<LivenessEvent<Id>>,
 }
 
 impl<Id: Clone> EventLog<Id> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, next_seq: Arc<AtomicU64>) -> Self {
         let (live, _) = broadcast::channel(capacity.max(16));
-        Self { next_seq: AtomicU64::new(1), recent: Mutex::new(VecDeque::with_capacity(capacity)), capacity, live }
+        Self { next_seq, recent: Mutex::new(VecDeque::with_capacity(capacity)), capacity, live }
     }
 
     pub(crate) fn record(&self, id: Id, kind: EventKind, liveness: Liveness, reason: String) -> LivenessEvent<Id> {

@@ -1,7 +1,8 @@
 //! `HeartbeatRegistry<T>`: ordering, liveness derivation and flap damping.
 
 use std::collections::VecDeque;
-use std::sync::RwLock;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
@@ -88,11 +89,17 @@ pub struct HeartbeatRegistry<T: HeartbeatPayload> {
 
 impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     pub fn new(thresholds: Thresholds) -> Self {
+        Self::with_event_seq(thresholds, Arc::new(AtomicU64::new(1)))
+    }
+
+    /// A registry whose events draw their `seq` from `next_seq`, shared with other
+    /// registries so that their events interleave in one order.
+    pub fn with_event_seq(thresholds: Thresholds, next_seq: Arc<AtomicU64>) -> Self {
         Self {
             entries: DashMap::new(),
             thresholds: RwLock::new(thresholds),
             created: Instant::now(),
-            events: EventLog::new(RECENT_EVENTS),
+            events: EventLog::new(RECENT_EVENTS, next_seq),
         }
     }
 

@@ -49,6 +49,17 @@ impl From<HumanDuration> for Duration {
     }
 }
 
+/// Reads a TOML config file into `T`; the error names the file and the problem.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigFileError(format!("cannot read {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigFileError(format!("{}: {e}", path.display())))
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigFileError(pub String);
+
 /// Binds a listener with `SO_REUSEADDR`, so a restarted process can take its port back at
 /// once instead of waiting out TIME_WAIT.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -56,6 +67,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(1024)
+}
+
+/// This machine's name; the default id of a hive, and of the hive a worker belongs to, so
+/// the two agree without configuration.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).

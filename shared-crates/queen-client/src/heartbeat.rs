@@ -2,7 +2,10 @@
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use contract::{HeartbeatResponse, HiveHeartbeat, Seq, WorkerHeartbeat, paths};
@@ -40,6 +43,10 @@ pub struct Heartbeater {
     /// with a higher seq is always the newer picture of the node.
     seq: Mutex<u64>,
     interval_ms: AtomicU64,
+    /// When the queen last accepted a heartbeat; readiness checks read it.
+    last_success: Mutex<Option<Instant>>,
+    sent: Counter,
+    failed: Counter,
 }
 
 impl Heartbeater {
@@ -48,6 +55,33 @@ impl Heartbeater {
             client,
             seq: Mutex::new(0),
             interval_ms: AtomicU64::new(initial_interval.as_millis() as u64),
+            last_success: Mutex::new(None),
+            sent: Counter::default(),
+            failed: Counter::default(),
+        }
+    }
+
+    /// Exposes heartbeat send counters in the process's metrics.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register("apiary_heartbeats_sent", "Heartbeats the queen answered", self.sent.clone());
+        registry.register("apiary_heartbeats_failed", "Heartbeats that got no answer or an error", self.failed.clone());
+    }
+
+    /// Time since the queen last answered a heartbeat; `None` before the first answer.
+    pub fn since_last_success(&self) -> Option<Duration> {
+        self.last_success.lock().unwrap_or_else(|p| p.into_inner()).map(|t| t.elapsed())
+    }
+
+    /// A readiness check: the queen answered within three intervals.
+    pub fn contact_check(self: &std::sync::Arc<Self>) -> impl Fn() -> Result<String, String> + Send + Sync + 'static {
+        let me = std::sync::Arc::clone(self);
+        move || {
+            let limit = me.interval() * 3;
+            match me.since_last_success() {
+                Some(age) if age <= limit => Ok(format!("queen answered {} ms ago", age.as_millis())),
+                Some(age) => Err(format!("no answer from the queen for {} ms", age.as_millis())),
+                None => Err("the queen has not answered yet".into()),
+            }
         }
     }
 
@@ -63,7 +97,15 @@ impl Heartbeater {
             *seq += 1;
             make(Seq(*seq))
         };
-        let resp: HeartbeatResponse = self.client.post_json(B::PATH, &body).await?;
+        let resp: HeartbeatResponse = match self.client.post_json(B::PATH, &body).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.failed.inc();
+                return Err(e);
+            }
+        };
+        self.sent.inc();
+        *self.last_success.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let next = Duration::from_millis(resp.next_interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL);
         self.interval_ms.store(next.as_millis() as u64, Ordering::Relaxed);
         Ok(resp)

@@ -1,1 +1,318 @@
-//! placeholder
+//! An in-process Apiary cluster for tests: a real queen, hives and workers, each on its
+//! own tokio runtime and thread, listening on port 0 with fast intervals.
+//!
+//! Giving every node its own runtime is what makes [`Sandbox::kill_hive`] honest: the
+//! runtime is dropped with everything spawned on it, no goodbye heartbeat is sent and
+//! the sockets close, as with `kill -9`. A graceful stop instead cancels the node's token
+//! and waits for its `run` to return, as SIGTERM does.
+
+mod sse;
+
+pub use sse::SnapshotStream;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use contract::{Liveness, NodeId, Snapshot};
+use queen_client::QueenClient;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// One node: a thread running a runtime running the node's `run`.
+struct Node {
+    id: NodeId,
+    addr: SocketAddr,
+    /// Cancelled for a graceful stop (the node's own shutdown path).
+    stop: CancellationToken,
+    /// Cancelled to kill: `run` is abandoned mid-flight and its runtime dropped.
+    kill: CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Node {
+    fn spawn<F, Fut>(id: NodeId, bind: SocketAddr, run: F) -> anyhow::Result<Self>
+    where
+        F: FnOnce(TcpListener, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = anyhow::Result<()>>,
+    {
+        let stop = CancellationToken::new();
+        let kill = CancellationToken::new();
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new().name(id.to_string()).spawn({
+            let (stop, kill) = (stop.clone(), kill.clone());
+            move || -> anyhow::Result<()> {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let result = rt.block_on(async move {
+                    let listener = match lifecycle::bind(bind) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = tx.send(Err(anyhow!("bind {bind}: {e}")));
+                            return Ok(());
+                        }
+                    };
+                    let _ = tx.send(listener.local_addr().map_err(Into::into));
+                    tokio::select! {
+                        r = run(listener, stop) => r,
+                        _ = kill.cancelled() => Ok(()),
+                    }
+                });
+                // Drops every task still spawned on this node, without waiting for any.
+                rt.shutdown_background();
+                result
+            }
+        })?;
+        let addr = rx.recv().context("node thread died before binding")??;
+        Ok(Self { id, addr, stop, kill, thread: Some(thread) })
+    }
+
+    async fn join(&mut self) -> anyhow::Result<()> {
+        match self.thread.take() {
+            Some(t) => tokio::task::spawn_blocking(move || t.join())
+                .await?
+                .map_err(|_| anyhow!("node thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+
+    async fn stop(&mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        self.join().await
+    }
+
+    async fn kill(&mut self) -> anyhow::Result<()> {
+        self.kill.cancel();
+        self.join().await
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// How to build a sandbox.
+#[derive(Clone, Debug)]
+pub struct SandboxBuilder {
+    hives: usize,
+    workers_per_hive: usize,
+    heartbeat_interval: Duration,
+    snapshot_interval: Duration,
+}
+
+impl Default for SandboxBuilder {
+    fn default() -> Self {
+        Self {
+            hives: 2,
+            workers_per_hive: 2,
+            heartbeat_interval: Duration::from_millis(200),
+            snapshot_interval: Duration::from_millis(200),
+        }
+    }
+}
+
+impl SandboxBuilder {
+    pub fn hives(mut self, n: usize) -> Self {
+        self.hives = n;
+        self
+    }
+    pub fn workers_per_hive(mut self, n: usize) -> Self {
+        self.workers_per_hive = n;
+        self
+    }
+    pub fn heartbeat_interval(mut self, d: Duration) -> Self {
+        self.heartbeat_interval = d;
+        self
+    }
+    pub fn snapshot_interval(mut self, d: Duration) -> Self {
+        self.snapshot_interval = d;
+        self
+    }
+
+    /// Starts the queen, then every hive and worker, and waits until the queen sees them
+    /// all online.
+    pub async fn start(self) -> anyhow::Result<Sandbox> {
+        let mut sandbox = Sandbox { config: self.clone(), queen: None, hives: Vec::new(), workers: Vec::new() };
+        sandbox.start_queen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        for h in 0..self.hives {
+            let hive_id = NodeId::new(format!("hive-{h}"))?;
+            sandbox.add_hive(hive_id.clone())?;
+            for w in 0..self.workers_per_hive {
+                sandbox.add_worker(&hive_id, NodeId::new(format!("worker-{h}-{w}"))?)?;
+            }
+        }
+        let (hives, workers) = (self.hives, self.hives * self.workers_per_hive);
+        sandbox.wait_for_counts(hives, workers, Duration::from_secs(20)).await?;
+        Ok(sandbox)
+    }
+}
+
+/// A running in-process cluster. Dropping it kills whatever is still running.
+pub struct Sandbox {
+    config: SandboxBuilder,
+    queen: Option<Node>,
+    hives: Vec<Node>,
+    workers: Vec<Node>,
+}
+
+impl Sandbox {
+    pub fn builder() -> SandboxBuilder {
+        SandboxBuilder::default()
+    }
+
+    fn queen_node(&self) -> anyhow::Result<&Node> {
+        self.queen.as_ref().ok_or_else(|| anyhow!("the queen is not running"))
+    }
+
+    pub fn queen_addr(&self) -> SocketAddr {
+        self.queen.as_ref().map(|q| q.addr).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn queen_url(&self) -> String {
+        format!("http://{}", self.queen_addr())
+    }
+
+    pub fn client(&self) -> QueenClient {
+        match QueenClient::new(&self.queen_url(), None, Duration::from_secs(5)) {
+            Ok(c) => c,
+            Err(e) => panic!("sandbox queen url is always valid: {e}"),
+        }
+    }
+
+    pub fn hive_ids(&self) -> Vec<NodeId> {
+        self.hives.iter().map(|n| n.id.clone()).collect()
+    }
+
+    pub fn worker_ids(&self) -> Vec<NodeId> {
+        self.workers.iter().map(|n| n.id.clone()).collect()
+    }
+
+    pub fn worker_url(&self, id: &NodeId) -> Option<String> {
+        self.workers.iter().find(|n| &n.id == id).map(|n| format!("http://{}", n.addr))
+    }
+
+    pub fn hive_url(&self, id: &NodeId) -> Option<String> {
+        self.hives.iter().find(|n| &n.id == id).map(|n| format!("http://{}", n.addr))
+    }
+
+    fn start_queen(&mut self, bind: SocketAddr) -> anyhow::Result<()> {
+        let config = queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
+        self.queen = Some(Node::spawn(NodeId::new("queen")?, bind, move |l, stop| queen::run(config, l, stop))?);
+        Ok(())
+    }
+
+    pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
+        let config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
+        self.hives.push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| hive::run(config, l, stop))?);
+        Ok(())
+    }
+
+    pub fn add_worker(&mut self, hive: &NodeId, id: NodeId) -> anyhow::Result<()> {
+        let mut config = worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
+        config.drain_timeout = Duration::from_secs(10);
+        self.workers.push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| worker::run(config, l, stop))?);
+        Ok(())
+    }
+
+    fn take(nodes: &mut Vec<Node>, id: &NodeId) -> anyhow::Result<Node> {
+        let i = nodes.iter().position(|n| &n.id == id).ok_or_else(|| anyhow!("no running node {id}"))?;
+        Ok(nodes.remove(i))
+    }
+
+    /// Like `kill -9`: no goodbye, sockets just close.
+    pub async fn kill_hive(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        Self::take(&mut self.hives, id)?.kill().await
+    }
+
+    /// Like SIGTERM: the hive runs its shutdown path and returns.
+    pub async fn stop_hive(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        Self::take(&mut self.hives, id)?.stop().await
+    }
+
+    pub async fn stop_worker(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        Self::take(&mut self.workers, id)?.stop().await
+    }
+
+    /// Starts stopping a worker without waiting for it; returns a future that waits.
+    pub fn begin_stop_worker(&mut self, id: &NodeId) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + use<>> {
+        let mut node = Self::take(&mut self.workers, id)?;
+        node.stop.cancel();
+        Ok(async move { node.join().await })
+    }
+
+    /// Stops the queen gracefully; hives and workers keep running and keep retrying.
+    pub async fn stop_queen(&mut self) -> anyhow::Result<()> {
+        self.queen_node()?;
+        match self.queen.take() {
+            Some(mut q) => q.stop().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts a fresh queen on the address the previous one had.
+    pub fn restart_queen(&mut self, addr: SocketAddr) -> anyhow::Result<()> {
+        if self.queen.is_some() {
+            bail!("the queen is still running");
+        }
+        self.start_queen(addr)
+    }
+
+    pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        Ok(self.client().snapshot().await?)
+    }
+
+    /// Waits until the queen's registries hold exactly these numbers of online (or
+    /// suspect) nodes. Reads the registries, not the snapshot, so it does not depend on
+    /// the snapshot tick.
+    pub async fn wait_for_counts(&self, hives: usize, workers: usize, timeout: Duration) -> anyhow::Result<()> {
+        let client = self.client();
+        let up = |l: Liveness| matches!(l, Liveness::Online | Liveness::Suspect);
+        wait_until(&format!("{hives} hives and {workers} workers online"), timeout, || {
+            let client = client.clone();
+            async move {
+                let h = client.hives().await.ok()?.iter().filter(|h| up(h.liveness)).count();
+                let w = client.workers().await.ok()?.iter().filter(|w| up(w.liveness)).count();
+                (h == hives && w == workers).then_some(())
+            }
+        })
+        .await
+    }
+
+    /// Stops every node gracefully (workers, hives, then the queen) and joins them all.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        for mut w in std::mem::take(&mut self.workers) {
+            w.stop().await?;
+        }
+        for mut h in std::mem::take(&mut self.hives) {
+            h.stop().await?;
+        }
+        if let Some(mut q) = self.queen.take() {
+            q.stop().await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Hive configuration: flags and environment over a TOML file over defaults.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use contract::NodeId;
+use lifecycle::HumanDuration;
+use serde::Deserialize;
+
+#[derive(clap::Parser, Debug, Default, Clone)]
+#[command(name = "hive", version, about = "The Apiary node agent: one per machine, heartbeats to the queen")]
+pub struct HiveArgs {
+    /// TOML file with any of the keys below (snake_case).
+    #[arg(long, env = "APIARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// The queen's base URL [default: http://127.0.0.1:8500].
+    #[arg(long, env = "APIARY_QUEEN")]
+    pub queen: Option<String>,
+    /// This hive's id [default: the hostname].
+    #[arg(long, env = "APIARY_NAME")]
+    pub name: Option<String>,
+    /// Heartbeat interval until the queen says otherwise [default: 10s].
+    #[arg(long, env = "APIARY_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<HumanDuration>,
+    /// Where /healthz, /readyz and /metrics answer [default: 127.0.0.1:0].
+    #[arg(long, env = "APIARY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Most workers this hive will run [default: number of CPUs].
+    #[arg(long, env = "APIARY_MAX_WORKERS")]
+    pub max_workers: Option<u32>,
+    /// Label used for placement, as key=value; repeatable.
+    #[arg(long = "label", env = "APIARY_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+}
+
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    queen: Option<String>,
+    name: Option<String>,
+    heartbeat_interval: Option<HumanDuration>,
+    listen: Option<SocketAddr>,
+    max_workers: Option<u32>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct HiveConfig {
+    pub queen: String,
+    pub name: NodeId,
+    pub heartbeat_interval: Duration,
+    pub listen: SocketAddr,
+    pub max_workers: u32,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl HiveConfig {
+    /// Defaults for everything but the queen and the name; what tests start from.
+    pub fn new(queen: &str, name: NodeId, heartbeat_interval: Duration) -> Self {
+        Self {
+            queen: queen.to_string(),
+            name,
+            heartbeat_interval,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_workers: default_max_workers(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    pub fn load(args: &HiveArgs) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => lifecycle::read_toml(path)?,
+            None => FileConfig::default(),
+        };
+        let mut problems = Vec::new();
+        let name_text = args.name.clone().or(file.name);
+        let name = match name_text {
+            Some(n) => NodeId::new(n).unwrap_or_else(|e| {
+                problems.push(format!("name: {e}"));
+                NodeId::sanitized("invalid")
+            }),
+            None => NodeId::sanitized(&lifecycle::hostname()),
+        };
+        let interval: Duration = args.heartbeat_interval.or(file.heartbeat_interval).map(Into::into).unwrap_or(Duration::from_secs(10));
+        if interval < Duration::from_millis(10) {
+            problems.push(format!("heartbeat_interval {interval:?} is below the 10ms minimum"));
+        }
+        let mut labels = file.labels;
+        for pair in &args.labels {
+            match pair.split_once('=') {
+                Some((k, v)) if !k.is_empty() => {
+                    labels.insert(k.to_string(), v.to_string());
+                }
+                _ => problems.push(format!("label {pair:?} is not key=value")),
+            }
+        }
+        let max_workers = args.max_workers.or(file.max_workers).unwrap_or_else(default_max_workers);
+        if !problems.is_empty() {
+            anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+        }
+        Ok(Self {
+            queen: args.queen.clone().or(file.queen).unwrap_or_else(|| queen_client::DEFAULT_QUEEN_URL.into()),
+            name,
+            heartbeat_interval: interval,
+            listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            max_workers,
+            labels,
+        })
+    }
+}
+
+fn default_max_workers() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}

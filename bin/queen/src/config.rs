@@ -1,0 +1,184 @@
+//! Queen configuration: flags and environment (clap) over a TOML file over defaults,
+//! validated in one place that reports every problem at once.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use heartbeat_registry::Thresholds;
+use lifecycle::HumanDuration;
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8500";
+
+/// `queen serve` flags; each has an `APIARY_*` variable and a config-file key of the same
+/// name (snake_case).
+#[derive(clap::Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below.
+    #[arg(long, env = "APIARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:8500].
+    #[arg(long, env = "APIARY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// How often the cluster snapshot is built and streamed [default: 5s].
+    #[arg(long, env = "APIARY_SNAPSHOT_INTERVAL")]
+    pub snapshot_interval: Option<HumanDuration>,
+    /// Heartbeat interval handed out to hives and workers [default: 10s].
+    #[arg(long, env = "APIARY_HEARTBEAT_INTERVAL")]
+    pub heartbeat_interval: Option<HumanDuration>,
+    /// Silence after which a node is offline [default: three heartbeat intervals].
+    #[arg(long, env = "APIARY_OFFLINE_AFTER")]
+    pub offline_after: Option<HumanDuration>,
+}
+
+/// The config file; unknown keys are errors, so a typo is not silently ignored.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    snapshot_interval: Option<HumanDuration>,
+    heartbeat_interval: Option<HumanDuration>,
+    offline_after: Option<HumanDuration>,
+}
+
+/// A validated queen configuration.
+#[derive(Clone, Debug)]
+pub struct QueenConfig {
+    pub listen: SocketAddr,
+    pub snapshot_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub thresholds: Thresholds,
+    /// Liveness events carried in every snapshot.
+    pub snapshot_events: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+impl QueenConfig {
+    /// Defaults for everything, with the given intervals; what tests start from.
+    pub fn with_intervals(heartbeat_interval: Duration, snapshot_interval: Duration) -> Result<Self, ConfigError> {
+        Self::build(None, Some(snapshot_interval), Some(heartbeat_interval), None)
+    }
+
+    /// Merges flags/env over the file named by `--config` over defaults.
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => lifecycle::read_toml(path).map_err(|e| ConfigError { problems: vec![e.0] })?,
+            None => FileConfig::default(),
+        };
+        Self::build(
+            args.listen.or(file.listen),
+            args.snapshot_interval.or(file.snapshot_interval).map(Into::into),
+            args.heartbeat_interval.or(file.heartbeat_interval).map(Into::into),
+            args.offline_after.or(file.offline_after).map(Into::into),
+        )
+    }
+
+    fn build(
+        listen: Option<SocketAddr>,
+        snapshot_interval: Option<Duration>,
+        heartbeat_interval: Option<Duration>,
+        offline_after: Option<Duration>,
+    ) -> Result<Self, ConfigError> {
+        let mut problems = Vec::new();
+        let listen = listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8500))));
+        let snapshot_interval = snapshot_interval.unwrap_or(Duration::from_secs(5));
+        if snapshot_interval < Duration::from_millis(10) {
+            problems.push(format!("snapshot_interval {snapshot_interval:?} is below the 10ms minimum"));
+        }
+        let heartbeat_interval = heartbeat_interval.unwrap_or(Duration::from_secs(10));
+        if heartbeat_interval < Duration::from_millis(10) {
+            problems.push(format!("heartbeat_interval {heartbeat_interval:?} is below the 10ms minimum"));
+        }
+        let thresholds = match Thresholds::for_interval(heartbeat_interval, offline_after) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                problems.push(format!("offline_after: {e}"));
+                None
+            }
+        };
+        match thresholds {
+            Some(thresholds) if problems.is_empty() => {
+                Ok(Self { listen, snapshot_interval, heartbeat_interval, thresholds, snapshot_events: 100 })
+            }
+            _ => Err(ConfigError { problems }),
+        }
+    }
+
+    /// How often liveness is re-derived: well inside the suspect threshold, so a silent
+    /// node is noticed promptly, and never busier than every 10 ms.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_with_file(toml: &str) -> (ServeArgs, PathBuf) {
+        let path = std::env::temp_dir().join(format!("queen-config-{}-{}.toml", std::process::id(), fastrand_name()));
+        std::fs::write(&path, toml).expect("write temp config");
+        (ServeArgs { config: Some(path.clone()), ..Default::default() }, path)
+    }
+
+    fn fastrand_name() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let c = QueenConfig::load(&ServeArgs::default()).expect("defaults are valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8500");
+        assert_eq!(c.snapshot_interval, Duration::from_secs(5));
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(c.thresholds.offline_after, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let (mut args, path) = args_with_file("heartbeat_interval = \"2s\"\nsnapshot_interval = \"1s\"\n");
+        args.snapshot_interval = Some("500ms".parse().expect("duration"));
+        let c = QueenConfig::load(&args).expect("valid");
+        let _ = std::fs::remove_file(path);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(2), "from the file");
+        assert_eq!(c.snapshot_interval, Duration::from_millis(500), "flag wins");
+        assert_eq!(c.thresholds.offline_after, Duration::from_secs(6));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let (args, path) = args_with_file("heartbeat_interval = \"5ms\"\nsnapshot_interval = \"1ms\"\n");
+        let err = QueenConfig::load(&args).expect_err("invalid");
+        let _ = std::fs::remove_file(path);
+        assert!(err.problems.len() >= 2, "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_refused() {
+        let (args, path) = args_with_file("heartbeat_intervall = \"5s\"\n");
+        let err = QueenConfig::load(&args).expect_err("typo");
+        let _ = std::fs::remove_file(path);
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        let (args, path) = args_with_file("heartbeat_interval = \"fast\"\n");
+        let err = QueenConfig::load(&args).expect_err("bad duration");
+        let _ = std::fs::remove_file(path);
+        assert!(err.to_string().contains("write it like"), "{err}");
+    }
+
+    #[test]
+    fn offline_must_exceed_the_interval() {
+        let args = ServeArgs {
+            heartbeat_interval: Some("10s".parse().expect("duration")),
+            offline_after: Some("5s".parse().expect("duration")),
+            ..Default::default()
+        };
+        let err = QueenConfig::load(&args).expect_err("out of order");
+        assert!(err.to_string().contains("out of order"), "{err}");
+    }
+}

@@ -1,0 +1,78 @@
+//! The queen's Prometheus metrics: what an operator graphs and alerts on.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HeartbeatLabels {
+    /// hive | worker
+    pub kind: &'static str,
+    /// accepted | stale | rejected
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub kind: &'static str,
+    pub liveness: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub kind: &'static str,
+    pub event: &'static str,
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub heartbeats: Family<HeartbeatLabels, Counter>,
+    pub nodes: Family<NodeLabels, Gauge>,
+    pub events: Family<EventLabels, Counter>,
+    pub sse_clients: Gauge,
+    pub snapshot_build_seconds: Histogram,
+    pub snapshot_bytes: Gauge,
+}
+
+impl Metrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            heartbeats: Family::default(),
+            nodes: Family::default(),
+            events: Family::default(),
+            sse_clients: Gauge::default(),
+            snapshot_build_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
+            snapshot_bytes: Gauge::default(),
+        };
+        registry.register("apiary_heartbeats_received", "Heartbeats received, by node kind and outcome", m.heartbeats.clone());
+        registry.register("apiary_nodes", "Known nodes by kind and liveness, as of the last snapshot", m.nodes.clone());
+        registry.register("apiary_liveness_events", "Liveness changes by node kind and event", m.events.clone());
+        registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());
+        registry.register(
+            "apiary_snapshot_build_seconds",
+            "Time to build and serialize one cluster snapshot",
+            m.snapshot_build_seconds.clone(),
+        );
+        registry.register("apiary_snapshot_bytes", "Size of the last serialized snapshot", m.snapshot_bytes.clone());
+        m
+    }
+}
+
+/// Counts an SSE client while it is connected, however its stream ends.
+pub struct ClientGuard(Gauge);
+
+impl ClientGuard {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

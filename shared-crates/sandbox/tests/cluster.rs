@@ -1,0 +1,314 @@
+//! Integration tests on an in-process cluster: the real queen, hives and workers, over
+//! real sockets on port 0.
+
+use std::time::Duration;
+
+use contract::{ApiErrorBody, EventKind, JobResponse, Liveness, NodeId, WorkerStatus};
+use reqwest::StatusCode;
+use sandbox::{Sandbox, SnapshotStream, wait_until};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_snapshot_arrives_at_once_not_after_a_tick() -> anyhow::Result<()> {
+    // A one-minute tick: if the stream waited for the tick, this would time out.
+    let sb = Sandbox::builder().hives(1).workers_per_hive(1).snapshot_interval(Duration::from_secs(60)).start().await?;
+    let mut stream = SnapshotStream::connect(&sb.queen_url()).await?;
+    let (id, snapshot) = stream.next(Duration::from_secs(5)).await?.expect("a first snapshot");
+    assert_eq!(id, snapshot.seq.to_string(), "the SSE id is the snapshot's seq");
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_delivers_one_snapshot_per_tick_with_correct_counts() -> anyhow::Result<()> {
+    let sb = Sandbox::builder().hives(2).workers_per_hive(2).start().await?;
+    let mut stream = SnapshotStream::connect(&sb.queen_url()).await?;
+    // The registries already see everyone; the snapshot catches up at the next tick.
+    loop {
+        let (_, s) = stream.next(Duration::from_secs(5)).await?.expect("stream open");
+        if (s.hives_online, s.workers_online) == (2, 4) {
+            break;
+        }
+    }
+    let mut seqs = Vec::new();
+    for _ in 0..5 {
+        let (_, s) = stream.next(Duration::from_secs(5)).await?.expect("stream open");
+        assert_eq!((s.hives_online, s.workers_online), (2, 4));
+        assert_eq!((s.hives_available, s.workers_available), (2, 4));
+        assert_eq!(s.hive_ids, sb.hive_ids());
+        assert_eq!(s.worker_ids, sb.worker_ids());
+        assert_eq!(s.hives.len(), 2);
+        assert!(s.hives.iter().all(|h| h.resources.memory_total_bytes > 0), "real readings");
+        assert!(s.workers.iter().all(|w| w.hive_id.as_str().starts_with("hive-")));
+        assert!(s.events.iter().any(|e| e.kind == EventKind::Joined));
+        seqs.push(s.seq);
+    }
+    assert!(seqs.windows(2).all(|w| w[1] > w[0]), "one new snapshot per event: {seqs:?}");
+
+    // The raw wire format: the seed fields an existing EventSource client reads.
+    let raw = sb.client().get_json::<Value>("/v1/snapshot").await?;
+    for field in ["timestamp", "workers_online", "workers_available", "hives_online", "hives_available", "worker_ids", "hive_ids"] {
+        assert!(raw.get(field).is_some(), "snapshot lacks {field}: {raw}");
+    }
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hive_goes_offline_after_the_threshold_and_says_why() -> anyhow::Result<()> {
+    let mut sb = Sandbox::builder().hives(2).workers_per_hive(0).start().await?;
+    let victim = NodeId::new("hive-0")?;
+    sb.kill_hive(&victim).await?;
+    let client = sb.client();
+    let hive = wait_until("hive-0 offline", LONG, || {
+        let client = client.clone();
+        async move { client.hive("hive-0").await.ok().filter(|h| h.liveness == Liveness::Offline) }
+    })
+    .await?;
+    assert!(!hive.available);
+    let events = client.hive_events("hive-0").await?;
+    let offline = events.iter().find(|e| e.kind == EventKind::Offline).expect("an offline event");
+    assert!(offline.reason.starts_with("no heartbeat for"), "{}", offline.reason);
+    assert!(
+        events.iter().position(|e| e.kind == EventKind::Suspect) < events.iter().position(|e| e.kind == EventKind::Offline),
+        "suspect before offline: {events:?}"
+    );
+    sb.wait_for_counts(1, 0, LONG).await?;
+    let s = wait_until("a snapshot without hive-0", LONG, || async { sb.snapshot().await.ok().filter(|s| s.hives_online == 1) }).await?;
+    assert_eq!(s.hive_ids, vec![NodeId::new("hive-1")?]);
+    assert_eq!(client.hive("hive-1").await?.liveness, Liveness::Online, "the other hive is untouched");
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_is_gone_at_once() -> anyhow::Result<()> {
+    // Slow heartbeats: the offline threshold (30 s) is far beyond this test's patience,
+    // so only the goodbye heartbeat can explain the hive being gone.
+    let mut sb = Sandbox::builder().hives(2).workers_per_hive(1).heartbeat_interval(Duration::from_secs(10)).start().await?;
+    let client = sb.client();
+    sb.stop_hive(&NodeId::new("hive-0")?).await?;
+    let hive = client.hive("hive-0").await?;
+    assert_eq!(hive.liveness, Liveness::Stopped, "stopped as soon as stop returned");
+    let events = client.hive_events("hive-0").await?;
+    let last = events.last().expect("events");
+    assert_eq!((last.kind, last.reason.as_str()), (EventKind::Stopped, "stopped gracefully"));
+
+    sb.stop_worker(&NodeId::new("worker-1-0")?).await?;
+    let worker = client.worker("worker-1-0").await?;
+    assert_eq!((worker.liveness, worker.status), (Liveness::Stopped, WorkerStatus::Stopped));
+    sb.wait_for_counts(1, 1, Duration::from_secs(5)).await?;
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hives_reappear_when_the_queen_comes_back() -> anyhow::Result<()> {
+    let mut sb = Sandbox::builder().hives(2).workers_per_hive(1).start().await?;
+    let addr = sb.queen_addr();
+    sb.stop_queen().await?;
+    // Let the agents fail a few heartbeats and back off.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    sb.restart_queen(addr)?;
+    sb.wait_for_counts(2, 2, LONG).await?;
+    assert!(sb.client().hives().await?.iter().all(|h| h.liveness == Liveness::Online));
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_real_jobs_reports_busy_and_drains() -> anyhow::Result<()> {
+    let mut sb = Sandbox::builder().hives(1).workers_per_hive(1).heartbeat_interval(Duration::from_millis(100)).start().await?;
+    let id = NodeId::new("worker-0-0")?;
+    let url = format!("{}/v1/jobs", sb.worker_url(&id).expect("worker url"));
+    let http = reqwest::Client::new();
+
+    let resp = http.post(&url).json(&json!({"kind": "sha256", "input": "abc", "rounds": 1})).send().await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let done: JobResponse = resp.json().await?;
+    assert_eq!(done.output, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+
+    // Fill all four slots with sleeps; a fifth is refused and the queen hears "busy".
+    let mut sleeps = Vec::new();
+    for _ in 0..4 {
+        sleeps.push(tokio::spawn(http.post(&url).json(&json!({"kind": "sleep", "ms": 1500})).send()));
+    }
+    let client = sb.client();
+    let busy = wait_until("worker reported busy", LONG, || {
+        let client = client.clone();
+        async move { client.worker("worker-0-0").await.ok().filter(|w| w.status == WorkerStatus::Busy) }
+    })
+    .await?;
+    assert_eq!((busy.in_flight, busy.available), (4, false));
+    let refused = http.post(&url).json(&json!({"kind": "sleep", "ms": 1})).send().await?;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+
+    // Stop while four jobs run: it refuses new ones, finishes those, then says stopped.
+    let stopping = sb.begin_stop_worker(&id)?;
+    let draining = wait_until("worker draining", LONG, || {
+        let client = client.clone();
+        async move { client.worker("worker-0-0").await.ok().filter(|w| w.status == WorkerStatus::Draining) }
+    })
+    .await?;
+    assert!(!draining.available);
+    let late = http.post(&url).json(&json!({"kind": "sleep", "ms": 1})).send().await?;
+    assert_eq!(late.status(), StatusCode::SERVICE_UNAVAILABLE);
+    for s in sleeps {
+        assert_eq!(s.await??.status(), StatusCode::OK, "in-flight jobs finish during the drain");
+    }
+    stopping.await?;
+    assert_eq!(client.worker("worker-0-0").await?.liveness, Liveness::Stopped);
+    sb.shutdown().await
+}
+
+fn hive_beat(id: &str) -> Value {
+    json!({
+        "id": id, "epoch": 7, "seq": 1, "address": "http://127.0.0.1:1", "hostname": "box",
+        "version": "0.1.0", "status": "ready",
+        "resources": {"cpu_percent": 5.0, "memory_used_bytes": 1, "memory_total_bytes": 2,
+                      "disk_used_bytes": 1, "disk_total_bytes": 2,
+                      "load_average": {"one": 0.1, "five": 0.1, "fifteen": 0.1}},
+        "capacity": {"max_workers": 4, "running_workers": 0},
+        "labels": {}, "services": [], "sent_at": "2026-11-24T12:00:00Z"
+    })
+}
+
+fn worker_beat(id: &str) -> Value {
+    json!({
+        "id": id, "hive_id": "hive-x", "epoch": 7, "seq": 1, "version": "0.1.0", "status": "ready",
+        "kind": "reference", "address": "http://127.0.0.1:2", "in_flight": 0, "max_concurrent": 4,
+        "sent_at": "2026-11-24T12:00:00Z"
+    })
+}
+
+fn with(mut v: Value, pointer: &str, value: Value) -> String {
+    *v.pointer_mut(pointer).expect("field exists") = value;
+    v.to_string()
+}
+
+fn without(mut v: Value, field: &str) -> String {
+    v.as_object_mut().expect("object").remove(field);
+    v.to_string()
+}
+
+/// A hostile request: body, content type, and the status and error code it must get.
+struct Case {
+    name: &'static str,
+    path: &'static str,
+    content_type: Option<&'static str>,
+    body: String,
+    status: u16,
+    code: &'static str,
+}
+
+fn case(name: &'static str, path: &'static str, body: String, status: u16, code: &'static str) -> Case {
+    Case { name, path, content_type: Some("application/json"), body, status, code }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::Result<()> {
+    let sb = Sandbox::builder().hives(1).workers_per_hive(1).start().await?;
+    let client = sb.client();
+    let hives_before = client.hives().await?.into_iter().map(|h| h.id).collect::<Vec<_>>();
+    let workers_before = client.workers().await?.into_iter().map(|w| w.id).collect::<Vec<_>>();
+    let (h, w) = ("/v1/hive-heartbeat", "/v1/worker-heartbeat");
+    let (hb, wb) = (|| hive_beat("intruder"), || worker_beat("intruder"));
+    let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let cases = vec![
+        case("truncated json", h, "{\"id\":".into(), 400, "malformed_json"),
+        case("not json", w, "hello".into(), 400, "malformed_json"),
+        case("empty body", h, String::new(), 400, "malformed_json"),
+        Case { content_type: Some("text/plain"), ..case("wrong content type", h, hb().to_string(), 415, "unsupported_media_type") },
+        Case { content_type: None, ..case("no content type", w, wb().to_string(), 415, "unsupported_media_type") },
+        case("body over 64 KiB", h, with(hb(), "/hostname", json!("x".repeat(70_000))), 413, "body_too_large"),
+        case("deeply nested label", h, with(hb(), "/labels", json!({"a": "PLACEHOLDER"})).replace("\"PLACEHOLDER\"", &nested), 422, "invalid_body"),
+        case("deeply nested document", w, nested.clone(), 422, "invalid_body"),
+        case("id with a space", h, with(hb(), "/id", json!("bad id")), 422, "invalid_body"),
+        case("id too long", w, with(wb(), "/id", json!("a".repeat(65))), 422, "invalid_body"),
+        case("empty id", h, with(hb(), "/id", json!("")), 422, "invalid_body"),
+        case("unicode id", w, with(wb(), "/id", json!("wörker")), 422, "invalid_body"),
+        case("control character in id", h, with(hb(), "/id", json!("a\u{7}b")), 422, "invalid_body"),
+        case("path traversal in hive id", w, with(wb(), "/hive_id", json!("../etc")), 422, "invalid_body"),
+        case("missing epoch", h, without(hb(), "epoch"), 422, "invalid_body"),
+        case("epoch as a string", w, with(wb(), "/epoch", json!("7")), 422, "invalid_body"),
+        case("negative seq", h, with(hb(), "/seq", json!(-1)), 422, "invalid_body"),
+        case("seq beyond u64", w, wb().to_string().replace("\"seq\":1", "\"seq\":18446744073709551616"), 422, "invalid_body"),
+        case("unknown status", h, with(hb(), "/status", json!("partying")), 422, "invalid_body"),
+        case("cpu over 100 %", h, with(hb(), "/resources/cpu_percent", json!(250.0)), 422, "invalid_body"),
+        case("memory used over total", h, with(hb(), "/resources/memory_used_bytes", json!(3)), 422, "invalid_body"),
+        case("control character in hostname", h, with(hb(), "/hostname", json!("box\u{0}")), 422, "invalid_body"),
+        case("timestamp not rfc 3339", w, with(wb(), "/sent_at", json!("yesterday")), 422, "invalid_body"),
+        case("in flight over max", w, with(wb(), "/in_flight", json!(9)), 422, "invalid_body"),
+        case("zero max concurrent", w, with(wb(), "/max_concurrent", json!(0)), 422, "invalid_body"),
+        case("duplicate id key", h, hb().to_string().replacen("{", "{\"id\":\"twin\",", 1), 422, "invalid_body"),
+        case("array instead of object", w, "[1,2,3]".into(), 422, "invalid_body"),
+    ];
+    assert!(cases.len() >= 15);
+
+    let http = reqwest::Client::new();
+    for c in &cases {
+        let mut req = http.post(format!("{}{}", sb.queen_url(), c.path)).body(c.body.clone());
+        if let Some(ct) = c.content_type {
+            req = req.header("content-type", ct);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await?;
+        assert_eq!(status, c.status, "{}: {text}", c.name);
+        let err: ApiErrorBody = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a JSON error body ({e}): {text}", c.name))?;
+        assert_eq!(err.code, c.code, "{}: {text}", c.name);
+        assert!(!err.message.is_empty(), "{}", c.name);
+    }
+    let resp = http.get(format!("{}{h}", sb.queen_url())).send().await?;
+    assert_eq!(resp.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(resp.json::<ApiErrorBody>().await?.code, "method_not_allowed");
+
+    // Nothing changed: no intruder, same nodes, and a good heartbeat still works.
+    let hives: Vec<NodeId> = client.hives().await?.into_iter().map(|h| h.id).collect();
+    let workers: Vec<NodeId> = client.workers().await?.into_iter().map(|w| w.id).collect();
+    assert_eq!(hives, hives_before);
+    assert_eq!(workers, workers_before);
+    let ok = http.post(format!("{}{h}", sb.queen_url())).json(&hive_beat("late-joiner")).send().await?;
+    assert_eq!(ok.status(), StatusCode::OK);
+    assert_eq!(client.hive("late-joiner").await?.liveness, Liveness::Online);
+
+    // A replayed heartbeat is answered but marked not accepted, and changes nothing.
+    let replay: contract::HeartbeatResponse =
+        http.post(format!("{}{h}", sb.queen_url())).json(&hive_beat("late-joiner")).send().await?.json().await?;
+    assert!(!replay.accepted);
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()> {
+    let sb = Sandbox::builder().hives(1).workers_per_hive(1).start().await?;
+    let http = reqwest::Client::new();
+    let base = sb.queen_url();
+    for (path, status, code) in [
+        ("/v1/hives/nope", 404, "not_found"),
+        ("/v1/workers/nope/events", 404, "not_found"),
+        ("/v1/hives/bad%20id", 400, "invalid_id"),
+        ("/v1/no-such-thing", 404, "not_found"),
+    ] {
+        let resp = http.get(format!("{base}{path}")).send().await?;
+        assert_eq!(resp.status().as_u16(), status, "{path}");
+        assert_eq!(resp.json::<ApiErrorBody>().await?.code, code, "{path}");
+    }
+    assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), StatusCode::OK);
+    assert_eq!(http.get(format!("{base}/readyz")).send().await?.status(), StatusCode::OK);
+    let hive_url = sb.hive_url(&NodeId::new("hive-0")?).expect("hive url");
+    assert_eq!(http.get(format!("{hive_url}/readyz")).send().await?.status(), StatusCode::OK, "hive ready");
+
+    let mut stream = SnapshotStream::connect(&base).await?;
+    // Node gauges are set when a snapshot is built; wait for one that has everyone.
+    while stream.next(Duration::from_secs(5)).await?.is_some_and(|(_, s)| s.hives_online != 1) {}
+    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    for needle in [
+        "apiary_heartbeats_received_total{kind=\"hive\",outcome=\"accepted\"}",
+        "apiary_heartbeats_received_total{kind=\"worker\",outcome=\"accepted\"}",
+        "apiary_nodes{kind=\"hive\",liveness=\"online\"} 1",
+        "apiary_sse_clients 1",
+        "apiary_liveness_events_total{kind=\"hive\",event=\"joined\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
+    sb.shutdown().await
+}
