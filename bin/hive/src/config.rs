@@ -84,7 +84,8 @@ impl HiveConfig {
             }),
             None => NodeId::sanitized(&lifecycle::hostname()),
         };
-        let interval: Duration = args.heartbeat_interval.or(file.heartbeat_interval).map(Into::into).unwrap_or(Duration::from_secs(10));
+        let interval: Duration =
+            args.heartbeat_interval.or(file.heartbeat_interval).map(Into::into).unwrap_or(Duration::from_secs(10));
         if interval < Duration::from_millis(10) {
             problems.push(format!("heartbeat_interval {interval:?} is below the 10ms minimum"));
         }

@@ -95,7 +95,12 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     health.set_draining();
     beats.cancel();
     tasks.close();
-    match tokio::time::timeout(FINAL_BEAT_TIMEOUT, heartbeater.beat(|seq| identity.heartbeat(seq, HiveStatus::ShuttingDown))).await {
+    match tokio::time::timeout(
+        FINAL_BEAT_TIMEOUT,
+        heartbeater.beat(|seq| identity.heartbeat(seq, HiveStatus::ShuttingDown)),
+    )
+    .await
+    {
         Ok(Ok(_)) => tracing::info!("queen told: shutting down"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we are shutting down"),
         Err(_) => tracing::warn!("the queen did not answer the last heartbeat in time"),

@@ -85,7 +85,9 @@ async fn heartbeat<T: NodePayload>(
     State(queen): State<Arc<Queen>>,
     body: Result<JsonBody<T>, ApiError>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    let payload = match body.and_then(|JsonBody(p)| p.validate().map(|()| p).map_err(|e| ApiError::unprocessable(e.to_string()))) {
+    let payload = match body
+        .and_then(|JsonBody(p)| p.validate().map(|()| p).map_err(|e| ApiError::unprocessable(e.to_string())))
+    {
         Ok(p) => p,
         Err(e) => {
             count(&queen, T::KIND, "rejected");
@@ -111,14 +113,20 @@ async fn list<T: NodePayload>(State(queen): State<Arc<Queen>>) -> Json<Vec<T::Su
     Json(views.iter().map(|v| T::summary(summary::as_ref(v))).collect())
 }
 
-async fn one<T: NodePayload>(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<Json<T::Summary>, ApiError> {
+async fn one<T: NodePayload>(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+) -> Result<Json<T::Summary>, ApiError> {
     let id = parse_id(&raw)?;
     let view = T::registry(&queen).get(&id).ok_or_else(|| unknown::<T>(&id))?;
     Ok(Json(T::summary(summary::as_ref(&view))))
 }
 
 /// `GET /v1/{hives,workers}/{id}/events`: why this node is in the state it is in.
-async fn events<T: NodePayload>(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<Json<Vec<NodeEvent>>, ApiError> {
+async fn events<T: NodePayload>(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<NodeEvent>>, ApiError> {
     let id = parse_id(&raw)?;
     let history = T::registry(&queen).history(&id).ok_or_else(|| unknown::<T>(&id))?;
     Ok(Json(history.iter().map(|e| summary::node_event(T::KIND, e)).collect()))

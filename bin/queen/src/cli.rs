@@ -85,7 +85,10 @@ pub fn render_nodes(hives: &[HiveSummary], workers: &[WorkerSummary]) -> String 
         ));
     }
     out.push('\n');
-    out.push_str(&format!("{:<24} {:<16} {:<9} {:<9} {:>9} {:>9}\n", "WORKER", "HIVE", "LIVENESS", "STATUS", "IN-FLIGHT", "SEEN"));
+    out.push_str(&format!(
+        "{:<24} {:<16} {:<9} {:<9} {:>9} {:>9}\n",
+        "WORKER", "HIVE", "LIVENESS", "STATUS", "IN-FLIGHT", "SEEN"
+    ));
     for w in workers {
         out.push_str(&format!(
             "{:<24} {:<16} {:<9} {:<9} {:>9} {:>8.1}s\n",

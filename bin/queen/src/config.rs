@@ -86,7 +86,8 @@ impl QueenConfig {
         offline_after: Option<Duration>,
     ) -> Result<Self, ConfigError> {
         let mut problems = Vec::new();
-        let listen = listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8500))));
+        let listen =
+            listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8500))));
         let snapshot_interval = snapshot_interval.unwrap_or(Duration::from_secs(5));
         if snapshot_interval < Duration::from_millis(10) {
             problems.push(format!("snapshot_interval {snapshot_interval:?} is below the 10ms minimum"));

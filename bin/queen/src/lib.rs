@@ -159,7 +159,9 @@ async fn count_events(
                 tracing::info!(node = summary::kind_label(kind), id = %e.id, event = summary::event_label(e.kind), reason = %e.reason, "liveness");
                 queen.count_events(kind, &e);
             }
-            Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(skipped = n, "liveness event log reader lagged"),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                tracing::warn!(skipped = n, "liveness event log reader lagged")
+            }
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }

@@ -13,7 +13,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => {
             lifecycle::init_tracing();
             let config = QueenConfig::load(&args)?;
-            let listener = lifecycle::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+            let listener =
+                lifecycle::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
             let stop = CancellationToken::new();
             lifecycle::shutdown::spawn_signal_handler(stop.clone())?;
             queen::run(config, listener, stop).await

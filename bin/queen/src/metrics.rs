@@ -47,7 +47,11 @@ impl Metrics {
             snapshot_build_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             snapshot_bytes: Gauge::default(),
         };
-        registry.register("apiary_heartbeats_received", "Heartbeats received, by node kind and outcome", m.heartbeats.clone());
+        registry.register(
+            "apiary_heartbeats_received",
+            "Heartbeats received, by node kind and outcome",
+            m.heartbeats.clone(),
+        );
         registry.register("apiary_nodes", "Known nodes by kind and liveness, as of the last snapshot", m.nodes.clone());
         registry.register("apiary_liveness_events", "Liveness changes by node kind and event", m.events.clone());
         registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());

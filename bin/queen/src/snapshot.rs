@@ -142,7 +142,10 @@ impl NodeCounts {
                 queen
                     .metrics
                     .nodes
-                    .get_or_create(&NodeLabels { kind: summary::kind_label(kind), liveness: summary::liveness_label(l) })
+                    .get_or_create(&NodeLabels {
+                        kind: summary::kind_label(kind),
+                        liveness: summary::liveness_label(l),
+                    })
                     .set(self.by_liveness[kind as usize][l as usize]);
             }
         }

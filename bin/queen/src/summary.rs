@@ -2,9 +2,7 @@
 
 use std::time::SystemTime;
 
-use contract::{
-    EventKind, HiveHeartbeat, HiveSummary, Liveness, NodeEvent, NodeKind, WorkerHeartbeat, WorkerSummary,
-};
+use contract::{EventKind, HiveHeartbeat, HiveSummary, Liveness, NodeEvent, NodeKind, WorkerHeartbeat, WorkerSummary};
 use heartbeat_registry::{self as registry, LivenessEvent, NodeRef, NodeView};
 use time::OffsetDateTime;
 

@@ -83,12 +83,16 @@ impl Worker {
     /// Takes a job slot, or says why not.
     fn admit(self: &Arc<Self>) -> Result<Slot, ApiError> {
         if self.health.is_draining() {
-            return Err(ApiError::unavailable("draining", "worker is draining and takes no new jobs", Duration::from_secs(5)));
+            return Err(ApiError::unavailable(
+                "draining",
+                "worker is draining and takes no new jobs",
+                Duration::from_secs(5),
+            ));
         }
         let max = self.config.max_concurrent;
-        self.in_flight
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1))
-            .map_err(|_| ApiError::too_many("at_capacity", format!("worker runs {max} jobs already"), Duration::from_secs(1)))?;
+        self.in_flight.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1)).map_err(
+            |_| ApiError::too_many("at_capacity", format!("worker runs {max} jobs already"), Duration::from_secs(1)),
+        )?;
         Ok(Slot(Arc::clone(self)))
     }
 
@@ -107,7 +111,10 @@ impl Drop for Slot {
     }
 }
 
-async fn run_job(State(worker): State<Arc<Worker>>, body: Result<JsonBody<JobRequest>, ApiError>) -> Result<Json<JobResponse>, ApiError> {
+async fn run_job(
+    State(worker): State<Arc<Worker>>,
+    body: Result<JsonBody<JobRequest>, ApiError>,
+) -> Result<Json<JobResponse>, ApiError> {
     let JsonBody(job) = body.inspect_err(|_| worker.count("unknown", "invalid"))?;
     let kind = jobs::kind(&job);
     if let Err(reason) = jobs::check(&job) {
@@ -129,7 +136,12 @@ async fn run_job(State(worker): State<Arc<Worker>>, body: Result<JsonBody<JobReq
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e.to_string()))?
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e))?;
     worker.count(kind, "done");
-    Ok(Json(JobResponse { worker_id: worker.config.name.to_string(), kind: kind.into(), output, duration_ms: took.as_millis() as u64 }))
+    Ok(Json(JobResponse {
+        worker_id: worker.config.name.to_string(),
+        kind: kind.into(),
+        output,
+        duration_ms: took.as_millis() as u64,
+    }))
 }
 
 /// Runs a worker until `stop` fires, then drains and returns.
@@ -180,11 +192,16 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
         tracing::warn!(error = %e, "could not tell the queen we are draining");
     }
     if tokio::time::timeout(worker.config.drain_timeout, drained(&worker)).await.is_err() {
-        tracing::warn!(in_flight = worker.in_flight.load(Ordering::SeqCst), "drain deadline passed; stopping with jobs in flight");
+        tracing::warn!(
+            in_flight = worker.in_flight.load(Ordering::SeqCst),
+            "drain deadline passed; stopping with jobs in flight"
+        );
     }
     beats.cancel();
     tasks.close();
-    match tokio::time::timeout(FINAL_BEAT_TIMEOUT, heartbeater.beat(|seq| worker.heartbeat(seq, WorkerStatus::Stopped))).await {
+    match tokio::time::timeout(FINAL_BEAT_TIMEOUT, heartbeater.beat(|seq| worker.heartbeat(seq, WorkerStatus::Stopped)))
+        .await
+    {
         Ok(Ok(_)) => tracing::info!("queen told: stopped"),
         Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we stopped"),
         Err(_) => tracing::warn!("the queen did not answer the last heartbeat in time"),

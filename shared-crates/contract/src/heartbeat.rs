@@ -112,10 +112,7 @@ const MAX_LABELS: usize = 64;
 
 fn text(field: &'static str, value: &str) -> Result<(), ContractError> {
     if value.len() > MAX_TEXT {
-        return Err(ContractError::InvalidField {
-            field,
-            reason: format!("longer than {MAX_TEXT} bytes"),
-        });
+        return Err(ContractError::InvalidField { field, reason: format!("longer than {MAX_TEXT} bytes") });
     }
     if value.chars().any(char::is_control) {
         return Err(ContractError::InvalidField { field, reason: "contains control characters".into() });
@@ -177,10 +174,7 @@ impl WorkerHeartbeat {
             return Err(ContractError::InvalidField { field: "max_concurrent", reason: "must be at least 1".into() });
         }
         if self.in_flight > self.max_concurrent {
-            return Err(ContractError::InvalidField {
-                field: "in_flight",
-                reason: "exceeds max_concurrent".into(),
-            });
+            return Err(ContractError::InvalidField { field: "in_flight", reason: "exceeds max_concurrent".into() });
         }
         Ok(())
     }
@@ -199,7 +193,12 @@ mod tests {
             hostname: "box".into(),
             version: "0.1.0".into(),
             status: HiveStatus::Ready,
-            resources: Resources { cpu_percent: 12.5, memory_used_bytes: 1, memory_total_bytes: 2, ..Default::default() },
+            resources: Resources {
+                cpu_percent: 12.5,
+                memory_used_bytes: 1,
+                memory_total_bytes: 2,
+                ..Default::default()
+            },
             capacity: Capacity { max_workers: 4, running_workers: 0 },
             labels: BTreeMap::new(),
             services: vec![],

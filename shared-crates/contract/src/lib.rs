@@ -6,25 +6,22 @@
 //! it compilable for `wasm32-unknown-unknown`.
 
 mod error;
+mod health;
 mod heartbeat;
 mod ids;
 mod jobs;
-mod snapshot;
-mod health;
 #[cfg(feature = "registry")]
 mod registry_impl;
+mod snapshot;
 
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};
 pub use heartbeat::{
-    Capacity, HeartbeatResponse, HiveHeartbeat, HiveStatus, LoadAverage, Resources,
-    WorkerHeartbeat, WorkerStatus,
+    Capacity, HeartbeatResponse, HiveHeartbeat, HiveStatus, LoadAverage, Resources, WorkerHeartbeat, WorkerStatus,
 };
-pub use ids::{Epoch, NodeId, Seq, MAX_ID_LEN};
+pub use ids::{Epoch, MAX_ID_LEN, NodeId, Seq};
 pub use jobs::{JobRequest, JobResponse, MAX_SHA256_ROUNDS, MAX_SLEEP_MS};
-pub use snapshot::{
-    EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary,
-};
+pub use snapshot::{EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary};
 
 /// Where each endpoint lives, so clients and server cannot drift apart.
 pub mod paths {

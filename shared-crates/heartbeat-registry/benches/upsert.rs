@@ -70,9 +70,8 @@ fn many_threads(c: &mut Criterion) {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) as u64;
     let mut group = c.benchmark_group(format!("upsert_{threads}_threads"));
     group.throughput(Throughput::Elements(NODES));
-    let registry = Arc::new(HeartbeatRegistry::new(
-        Thresholds::for_interval(Duration::from_secs(10), None).expect("valid"),
-    ));
+    let registry =
+        Arc::new(HeartbeatRegistry::new(Thresholds::for_interval(Duration::from_secs(10), None).expect("valid")));
     let mut seq = 0;
     group.bench_function(BenchmarkId::new("registry", NODES), |b| {
         b.iter(|| {

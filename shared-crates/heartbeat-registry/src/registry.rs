@@ -162,16 +162,36 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
 
                 let outcome = if epoch != old_epoch {
                     let reason = match was {
-                        Liveness::Offline => format!("restarted after {} offline: epoch {old_epoch} → {epoch}", secs(silent)),
+                        Liveness::Offline => {
+                            format!("restarted after {} offline: epoch {old_epoch} → {epoch}", secs(silent))
+                        }
                         _ => format!("restarted: epoch {old_epoch} → {epoch}"),
                     };
                     self.emit(entry, &t, id.clone(), EventKind::Restarted, reason);
                     UpsertOutcome::Restarted { previous_epoch: old_epoch }
                 } else {
                     match was {
-                        Liveness::Offline => self.emit(entry, &t, id.clone(), EventKind::Recovered, format!("heartbeat after {} offline", secs(silent))),
-                        Liveness::Suspect => self.emit(entry, &t, id.clone(), EventKind::Recovered, format!("late heartbeat after {}", secs(silent))),
-                        Liveness::Stopped if !final_beat => self.emit(entry, &t, id.clone(), EventKind::Recovered, "heartbeat after a graceful stop".into()),
+                        Liveness::Offline => self.emit(
+                            entry,
+                            &t,
+                            id.clone(),
+                            EventKind::Recovered,
+                            format!("heartbeat after {} offline", secs(silent)),
+                        ),
+                        Liveness::Suspect => self.emit(
+                            entry,
+                            &t,
+                            id.clone(),
+                            EventKind::Recovered,
+                            format!("late heartbeat after {}", secs(silent)),
+                        ),
+                        Liveness::Stopped if !final_beat => self.emit(
+                            entry,
+                            &t,
+                            id.clone(),
+                            EventKind::Recovered,
+                            "heartbeat after a graceful stop".into(),
+                        ),
                         _ => {}
                     }
                     UpsertOutcome::Updated
@@ -236,7 +256,8 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
             {
                 entry.flapping = false;
                 entry.returns.clear();
-                let reason = format!("beating steadily for {}", secs(now.saturating_duration_since(entry.online_since)));
+                let reason =
+                    format!("beating steadily for {}", secs(now.saturating_duration_since(entry.online_since)));
                 self.emit(entry, &t, id, EventKind::Steady, reason);
                 changed += 1;
             }
@@ -253,7 +274,12 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
             let silent = now.saturating_duration_since(entry.last_seen);
             let stale = !entry.liveness.is_up() && silent >= t.remove_after;
             if stale {
-                self.events.record(id.clone(), EventKind::Removed, entry.liveness, format!("forgotten after {} without a heartbeat", secs(silent)));
+                self.events.record(
+                    id.clone(),
+                    EventKind::Removed,
+                    entry.liveness,
+                    format!("forgotten after {} without a heartbeat", secs(silent)),
+                );
                 removed.push(id.clone());
             }
             !stale

@@ -138,11 +138,8 @@ mod tests {
     use super::*;
 
     async fn get_status(router: &Router, path: &str) -> (StatusCode, String) {
-        let resp = router
-            .clone()
-            .oneshot(Request::get(path).body(Body::empty()).expect("request"))
-            .await
-            .expect("infallible");
+        let resp =
+            router.clone().oneshot(Request::get(path).body(Body::empty()).expect("request")).await.expect("infallible");
         let status = resp.status();
         let body = resp.into_body().collect().await.expect("body").to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())

@@ -51,8 +51,8 @@ impl From<HumanDuration> for Duration {
 
 /// Reads a TOML config file into `T`; the error names the file and the problem.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigFileError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigFileError(format!("cannot read {}: {e}", path.display())))?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| ConfigFileError(format!("cannot read {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigFileError(format!("{}: {e}", path.display())))
 }
 

@@ -135,10 +135,7 @@ impl Heartbeater {
                         tracing::warn!(error = %e, failures, "heartbeat failed; retrying with backoff");
                     }
                     let interval = self.interval();
-                    backoff
-                        .get_or_insert_with(|| retry_policy(interval).build())
-                        .next()
-                        .unwrap_or(interval)
+                    backoff.get_or_insert_with(|| retry_policy(interval).build()).next().unwrap_or(interval)
                 }
             };
             tokio::select! {

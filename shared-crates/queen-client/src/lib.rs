@@ -77,7 +77,11 @@ impl QueenClient {
         Err(ClientError::Api { status: status.as_u16(), code, message })
     }
 
-    pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, ClientError> {
+    pub async fn post_json<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
         let resp = self.authorize(self.http.post(self.url(path)).json(body)).send().await?;
         Self::decode(resp).await
     }

@@ -88,9 +88,9 @@ impl Node {
 
     async fn join(&mut self) -> anyhow::Result<()> {
         match self.thread.take() {
-            Some(t) => tokio::task::spawn_blocking(move || t.join())
-                .await?
-                .map_err(|_| anyhow!("node thread panicked"))?,
+            Some(t) => {
+                tokio::task::spawn_blocking(move || t.join()).await?.map_err(|_| anyhow!("node thread panicked"))?
+            }
             None => Ok(()),
         }
     }
@@ -227,14 +227,17 @@ impl Sandbox {
 
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
         let config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
-        self.hives.push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| hive::run(config, l, stop))?);
+        self.hives
+            .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| hive::run(config, l, stop))?);
         Ok(())
     }
 
     pub fn add_worker(&mut self, hive: &NodeId, id: NodeId) -> anyhow::Result<()> {
-        let mut config = worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
+        let mut config =
+            worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
         config.drain_timeout = Duration::from_secs(10);
-        self.workers.push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| worker::run(config, l, stop))?);
+        self.workers
+            .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| worker::run(config, l, stop))?);
         Ok(())
     }
 
@@ -258,7 +261,10 @@ impl Sandbox {
     }
 
     /// Starts stopping a worker without waiting for it; returns a future that waits.
-    pub fn begin_stop_worker(&mut self, id: &NodeId) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + use<>> {
+    pub fn begin_stop_worker(
+        &mut self,
+        id: &NodeId,
+    ) -> anyhow::Result<impl Future<Output = anyhow::Result<()>> + use<>> {
         let mut node = Self::take(&mut self.workers, id)?;
         node.stop.cancel();
         Ok(async move { node.join().await })

@@ -48,7 +48,15 @@ async fn the_stream_delivers_one_snapshot_per_tick_with_correct_counts() -> anyh
 
     // The raw wire format: the seed fields an existing EventSource client reads.
     let raw = sb.client().get_json::<Value>("/v1/snapshot").await?;
-    for field in ["timestamp", "workers_online", "workers_available", "hives_online", "hives_available", "worker_ids", "hive_ids"] {
+    for field in [
+        "timestamp",
+        "workers_online",
+        "workers_available",
+        "hives_online",
+        "hives_available",
+        "worker_ids",
+        "hive_ids",
+    ] {
         assert!(raw.get(field).is_some(), "snapshot lacks {field}: {raw}");
     }
     sb.shutdown().await
@@ -70,11 +78,15 @@ async fn a_killed_hive_goes_offline_after_the_threshold_and_says_why() -> anyhow
     let offline = events.iter().find(|e| e.kind == EventKind::Offline).expect("an offline event");
     assert!(offline.reason.starts_with("no heartbeat for"), "{}", offline.reason);
     assert!(
-        events.iter().position(|e| e.kind == EventKind::Suspect) < events.iter().position(|e| e.kind == EventKind::Offline),
+        events.iter().position(|e| e.kind == EventKind::Suspect)
+            < events.iter().position(|e| e.kind == EventKind::Offline),
         "suspect before offline: {events:?}"
     );
     sb.wait_for_counts(1, 0, LONG).await?;
-    let s = wait_until("a snapshot without hive-0", LONG, || async { sb.snapshot().await.ok().filter(|s| s.hives_online == 1) }).await?;
+    let s = wait_until("a snapshot without hive-0", LONG, || async {
+        sb.snapshot().await.ok().filter(|s| s.hives_online == 1)
+    })
+    .await?;
     assert_eq!(s.hive_ids, vec![NodeId::new("hive-1")?]);
     assert_eq!(client.hive("hive-1").await?.liveness, Liveness::Online, "the other hive is untouched");
     sb.shutdown().await
@@ -84,7 +96,8 @@ async fn a_killed_hive_goes_offline_after_the_threshold_and_says_why() -> anyhow
 async fn a_graceful_stop_is_gone_at_once() -> anyhow::Result<()> {
     // Slow heartbeats: the offline threshold (30 s) is far beyond this test's patience,
     // so only the goodbye heartbeat can explain the hive being gone.
-    let mut sb = Sandbox::builder().hives(2).workers_per_hive(1).heartbeat_interval(Duration::from_secs(10)).start().await?;
+    let mut sb =
+        Sandbox::builder().hives(2).workers_per_hive(1).heartbeat_interval(Duration::from_secs(10)).start().await?;
     let client = sb.client();
     sb.stop_hive(&NodeId::new("hive-0")?).await?;
     let hive = client.hive("hive-0").await?;
@@ -115,7 +128,8 @@ async fn hives_reappear_when_the_queen_comes_back() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_real_jobs_reports_busy_and_drains() -> anyhow::Result<()> {
-    let mut sb = Sandbox::builder().hives(1).workers_per_hive(1).heartbeat_interval(Duration::from_millis(100)).start().await?;
+    let mut sb =
+        Sandbox::builder().hives(1).workers_per_hive(1).heartbeat_interval(Duration::from_millis(100)).start().await?;
     let id = NodeId::new("worker-0-0")?;
     let url = format!("{}/v1/jobs", sb.worker_url(&id).expect("worker url"));
     let http = reqwest::Client::new();
@@ -216,10 +230,19 @@ async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::R
         case("truncated json", h, "{\"id\":".into(), 400, "malformed_json"),
         case("not json", w, "hello".into(), 400, "malformed_json"),
         case("empty body", h, String::new(), 400, "malformed_json"),
-        Case { content_type: Some("text/plain"), ..case("wrong content type", h, hb().to_string(), 415, "unsupported_media_type") },
+        Case {
+            content_type: Some("text/plain"),
+            ..case("wrong content type", h, hb().to_string(), 415, "unsupported_media_type")
+        },
         Case { content_type: None, ..case("no content type", w, wb().to_string(), 415, "unsupported_media_type") },
         case("body over 64 KiB", h, with(hb(), "/hostname", json!("x".repeat(70_000))), 413, "body_too_large"),
-        case("deeply nested label", h, with(hb(), "/labels", json!({"a": "PLACEHOLDER"})).replace("\"PLACEHOLDER\"", &nested), 422, "invalid_body"),
+        case(
+            "deeply nested label",
+            h,
+            with(hb(), "/labels", json!({"a": "PLACEHOLDER"})).replace("\"PLACEHOLDER\"", &nested),
+            422,
+            "invalid_body",
+        ),
         case("deeply nested document", w, nested.clone(), 422, "invalid_body"),
         case("id with a space", h, with(hb(), "/id", json!("bad id")), 422, "invalid_body"),
         case("id too long", w, with(wb(), "/id", json!("a".repeat(65))), 422, "invalid_body"),
@@ -230,7 +253,13 @@ async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::R
         case("missing epoch", h, without(hb(), "epoch"), 422, "invalid_body"),
         case("epoch as a string", w, with(wb(), "/epoch", json!("7")), 422, "invalid_body"),
         case("negative seq", h, with(hb(), "/seq", json!(-1)), 422, "invalid_body"),
-        case("seq beyond u64", w, wb().to_string().replace("\"seq\":1", "\"seq\":18446744073709551616"), 422, "invalid_body"),
+        case(
+            "seq beyond u64",
+            w,
+            wb().to_string().replace("\"seq\":1", "\"seq\":18446744073709551616"),
+            422,
+            "invalid_body",
+        ),
         case("unknown status", h, with(hb(), "/status", json!("partying")), 422, "invalid_body"),
         case("cpu over 100 %", h, with(hb(), "/resources/cpu_percent", json!(250.0)), 422, "invalid_body"),
         case("memory used over total", h, with(hb(), "/resources/memory_used_bytes", json!(3)), 422, "invalid_body"),
@@ -253,7 +282,8 @@ async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::R
         let status = resp.status().as_u16();
         let text = resp.text().await?;
         assert_eq!(status, c.status, "{}: {text}", c.name);
-        let err: ApiErrorBody = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not a JSON error body ({e}): {text}", c.name))?;
+        let err: ApiErrorBody = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{}: not a JSON error body ({e}): {text}", c.name))?;
         assert_eq!(err.code, c.code, "{}: {text}", c.name);
         assert!(!err.message.is_empty(), "{}", c.name);
     }

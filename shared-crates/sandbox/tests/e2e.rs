@@ -1,0 +1,161 @@
+//! End to end: the real `queen`, `hive` and `worker` binaries as processes, the stream read
+//! as a browser reads it, a hive killed with SIGKILL, the rest stopped with SIGTERM.
+
+use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use contract::{EventKind, Liveness};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sandbox::SnapshotStream;
+
+/// A child process that is killed if the test ends early, so none is left behind.
+struct Proc {
+    name: &'static str,
+    child: Child,
+}
+
+impl Proc {
+    fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        kill(Pid::from_raw(self.child.id() as i32), sig).with_context(|| format!("signal {} to {}", sig, self.name))
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not exit within {timeout:?}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds the three binaries (a no-op when `cargo xtask test` already did) and returns
+/// the directory they are in: the target profile dir this test binary lives under.
+fn binaries() -> anyhow::Result<PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--quiet", "-p", "queen", "-p", "hive", "-p", "worker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the binaries failed");
+    }
+    let exe = std::env::current_exe()?;
+    // <target>/<profile>/deps/e2e-<hash>
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("test binary has no profile dir")?;
+    Ok(dir.to_path_buf())
+}
+
+fn spawn(dir: &std::path::Path, name: &'static str, args: &[&str]) -> anyhow::Result<Proc> {
+    let child = Command::new(dir.join(name))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc { name, child })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_processes_a_killed_hive_goes_offline_and_sigterm_stops_cleanly() -> anyhow::Result<()> {
+    let dir = tokio::task::spawn_blocking(binaries).await??;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let fast = ["--heartbeat-interval", "300ms"];
+    let mut queen =
+        spawn(&dir, "queen", &["serve", "--listen", &listen, "--snapshot-interval", "200ms", fast[0], fast[1]])?;
+    let mut hive_a = spawn(&dir, "hive", &["--queen", &url, "--name", "e2e-hive-a", fast[0], fast[1]])?;
+    let hive_b = spawn(&dir, "hive", &["--queen", &url, "--name", "e2e-hive-b", fast[0], fast[1]])?;
+    let mut worker =
+        spawn(&dir, "worker", &["--queen", &url, "--hive", "e2e-hive-a", "--name", "e2e-worker", fast[0], fast[1]])?;
+
+    // The queen may take a moment to bind: retry the stream like EventSource does.
+    let started = Instant::now();
+    let mut stream = loop {
+        match SnapshotStream::connect(&url).await {
+            Ok(s) => break s,
+            Err(_) if started.elapsed() < Duration::from_secs(20) => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(e) => return Err(e.context("queen stream never came up")),
+        }
+    };
+    let step = Duration::from_secs(5);
+    loop {
+        let (_, s) = stream.next(step).await?.context("stream ended")?;
+        if s.hives_online == 2 && s.workers_online == 1 {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("cluster never came up: {s:?}");
+        }
+    }
+
+    // kill -9: no goodbye. Offline threshold is 3 × 300 ms; allow generous slack for CI.
+    let killed_at = Instant::now();
+    drop(hive_b);
+    let snapshot = loop {
+        let (_, s) = stream.next(step).await?.context("stream ended")?;
+        if s.hives_online == 1 {
+            break s;
+        }
+        if killed_at.elapsed() > Duration::from_secs(20) {
+            bail!("killed hive never went offline: {s:?}");
+        }
+    };
+    let b = snapshot.hives.iter().find(|h| h.id.as_str() == "e2e-hive-b").context("hive b still listed")?;
+    assert_eq!(b.liveness, Liveness::Offline);
+    assert!(
+        snapshot.events.iter().any(|e| e.id.as_str() == "e2e-hive-b"
+            && e.kind == EventKind::Offline
+            && e.reason.starts_with("no heartbeat for")),
+        "the event log says why: {:?}",
+        snapshot.events
+    );
+
+    // SIGTERM: each says goodbye and exits 0; the queen shows them stopped at once.
+    worker.signal(Signal::SIGTERM)?;
+    assert!(worker.wait_exit(Duration::from_secs(15))?.success(), "worker exits 0");
+    hive_a.signal(Signal::SIGTERM)?;
+    assert!(hive_a.wait_exit(Duration::from_secs(15))?.success(), "hive exits 0");
+    let client = queen_client::QueenClient::new(&url, None, Duration::from_secs(5))?;
+    assert_eq!(client.hive("e2e-hive-a").await?.liveness, Liveness::Stopped);
+    assert_eq!(client.worker("e2e-worker").await?.liveness, Liveness::Stopped);
+
+    // The open stream must not hold the queen up: it ends, and the queen exits 0.
+    queen.signal(Signal::SIGTERM)?;
+    assert!(queen.wait_exit(Duration::from_secs(15))?.success(), "queen exits 0 with a stream open");
+    let mut ended = false;
+    for _ in 0..50 {
+        match stream.next(step).await {
+            Ok(None) | Err(_) => {
+                ended = true;
+                break;
+            }
+            Ok(Some(_)) => {}
+        }
+    }
+    assert!(ended, "the stream ends when the queen stops");
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `cargo xtask dev`: a local cluster on loopback, stopped cleanly on Ctrl-C.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+#[derive(clap::Args)]
+pub struct DevArgs {
+    /// Number of hives.
+    #[arg(long, default_value_t = 2)]
+    hives: usize,
+    /// Workers started for each hive.
+    #[arg(long, default_value_t = 2)]
+    workers_per_hive: usize,
+    /// Where the queen listens.
+    #[arg(long, default_value = "127.0.0.1:8500")]
+    listen: String,
+    /// Heartbeat interval the queen hands out.
+    #[arg(long, default_value = "10s")]
+    heartbeat_interval: String,
+    /// How often the queen streams a snapshot.
+    #[arg(long, default_value = "5s")]
+    snapshot_interval: String,
+}
+
+struct Proc {
+    bin: &'static str,
+    name: String,
+    child: Child,
+    exited: bool,
+}
+
+/// How long children get to stop gracefully before they are killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+fn spawn(dir: &Path, bin: &'static str, name: String, args: &[&str]) -> anyhow::Result<Proc> {
+    let mut cmd = Command::new(dir.join(bin));
+    cmd.args(args);
+    // Children get their own process group so that Ctrl-C in the terminal reaches only
+    // xtask, which then stops each child exactly once (a second signal would force it).
+    cmd.process_group(0);
+    if std::env::var_os("RUST_LOG").is_none() {
+        cmd.env("RUST_LOG", if bin == "queen" { "info" } else { "warn" });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {bin} {name}"))?;
+    Ok(Proc { bin, name, child, exited: false })
+}
+
+pub fn run(args: DevArgs) -> anyhow::Result<()> {
+    let dir = crate::build_binaries()?;
+    let url = format!("http://{}", args.listen);
+    let (tx, rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let mut procs = vec![spawn(
+        &dir,
+        "queen",
+        "queen".into(),
+        &[
+            "serve",
+            "--listen",
+            &args.listen,
+            "--heartbeat-interval",
+            &args.heartbeat_interval,
+            "--snapshot-interval",
+            &args.snapshot_interval,
+        ],
+    )?];
+    for h in 1..=args.hives {
+        let hive = format!("hive-{h}");
+        procs.push(spawn(&dir, "hive", hive.clone(), &["--queen", &url, "--name", &hive])?);
+        for w in 1..=args.workers_per_hive {
+            let name = format!("{hive}-worker-{w}");
+            procs.push(spawn(&dir, "worker", name.clone(), &["--queen", &url, "--hive", &hive, "--name", &name])?);
+        }
+    }
+
+    eprintln!("\nApiary dev cluster: 1 queen, {} hives, {} workers", args.hives, args.hives * args.workers_per_hive);
+    eprintln!("  stream:  curl -N {url}/v1/heartbeats/stream");
+    eprintln!("  status:  cargo run -q -p queen -- status --queen {url}");
+    eprintln!("  nodes:   cargo run -q -p queen -- nodes --queen {url}");
+    eprintln!("Ctrl-C stops everything.\n");
+
+    let expected = (args.hives, args.hives * args.workers_per_hive);
+    let mut announced = false;
+    let started = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        for p in procs.iter_mut().filter(|p| !p.exited) {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                p.exited = true;
+                eprintln!("xtask dev: {} exited on its own ({status})", p.name);
+            }
+        }
+        if !announced
+            && let Some((hives, workers)) = online_counts(&args.listen)
+            && (hives, workers) == expected
+        {
+            announced = true;
+            eprintln!(
+                "xtask dev: {hives} hives and {workers} workers online after {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+        }
+    }
+    stop_all(&mut procs);
+    Ok(())
+}
+
+/// Stops the cluster in order (workers, then hives, then the queen last, so that each
+/// can still say goodbye to it): SIGTERM, then SIGKILL for whatever is still running
+/// after the grace period. Leaves no process behind.
+fn stop_all(procs: &mut [Proc]) {
+    eprintln!("\nxtask dev: stopping {} processes", procs.iter().filter(|p| !p.exited).count());
+    for stage in ["worker", "hive", "queen"] {
+        let mut group: Vec<&mut Proc> = procs.iter_mut().filter(|p| p.bin == stage && !p.exited).collect();
+        for p in &group {
+            let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        while Instant::now() < deadline && group.iter().any(|p| !p.exited) {
+            for p in group.iter_mut().filter(|p| !p.exited) {
+                if let Ok(Some(_)) = p.child.try_wait() {
+                    p.exited = true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for p in group.iter_mut().filter(|p| !p.exited) {
+            eprintln!("xtask dev: {} did not stop in {STOP_GRACE:?}; killing it", p.name);
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+            p.exited = true;
+        }
+    }
+    eprintln!("xtask dev: all stopped");
+}
+
+/// `hives_online`, `workers_online` from the queen's latest snapshot, over plain HTTP/1.0
+/// so that xtask needs no HTTP client.
+fn online_counts(listen: &str) -> Option<(usize, usize)> {
+    let mut stream = TcpStream::connect(listen).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET /v1/snapshot HTTP/1.0\r\nHost: {listen}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let body = response.split_once("\r\n\r\n")?.1;
+    let snapshot: serde_json::Value = serde_json::from_str(body).ok()?;
+    let count = |field: &str| snapshot.get(field)?.as_u64().map(|n| n as usize);
+    Some((count("hives_online")?, count("workers_online")?))
+}
