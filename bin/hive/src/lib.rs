@@ -82,12 +82,8 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         let (hb, identity, beats) = (Arc::clone(&heartbeater), Arc::clone(&identity), beats.clone());
         async move { hb.run(|seq| identity.heartbeat(seq, HiveStatus::Ready), beats).await }
     });
-    let server_stop = CancellationToken::new();
     let app = health.router().fallback(not_found_fallback).method_not_allowed_fallback(method_not_allowed_fallback);
-    let server = tasks.spawn({
-        let server_stop = server_stop.clone();
-        async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await }
-    });
+    let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
     tracing::info!(hive = %identity.config.name, epoch = %identity.epoch, %addr, queen = %identity.config.queen, "hive started");
 
     stop.cancelled().await;
@@ -95,21 +91,11 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     health.set_draining();
     beats.cancel();
     tasks.close();
-    match tokio::time::timeout(
-        FINAL_BEAT_TIMEOUT,
-        heartbeater.beat(|seq| identity.heartbeat(seq, HiveStatus::ShuttingDown)),
-    )
-    .await
-    {
-        Ok(Ok(_)) => tracing::info!("queen told: shutting down"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we are shutting down"),
-        Err(_) => tracing::warn!("the queen did not answer the last heartbeat in time"),
-    }
-    server_stop.cancel();
-    let served = server.await;
+    heartbeater.goodbye(|seq| identity.heartbeat(seq, HiveStatus::ShuttingDown), FINAL_BEAT_TIMEOUT).await;
+    let served = server.stop().await;
     tasks.wait().await;
     tracing::info!("hive stopped");
-    served??;
+    served?;
     Ok(())
 }
 

@@ -108,21 +108,16 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     let addr = listener.local_addr()?;
     tracing::info!(%addr, stream = %format!("http://{addr}{}", contract::paths::HEARTBEAT_STREAM), "queen listening");
     let app = api::router(Arc::clone(&queen));
-    let server_stop = CancellationToken::new();
-    let server = tasks.spawn({
-        let server_stop = server_stop.clone();
-        async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await }
-    });
+    let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
 
     stop.cancelled().await;
     tracing::info!("queen stopping");
     queen.health.set_draining();
-    server_stop.cancel();
     tasks.close();
-    let served = server.await;
+    let served = server.stop().await;
     tasks.wait().await;
     tracing::info!("queen stopped");
-    served??;
+    served?;
     Ok(())
 }
 

@@ -176,11 +176,7 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
         .with_state(Arc::clone(&worker))
         .merge(worker.health.router());
-    let server_stop = CancellationToken::new();
-    let server = tasks.spawn({
-        let server_stop = server_stop.clone();
-        async move { axum::serve(listener, app).with_graceful_shutdown(server_stop.cancelled_owned()).await }
-    });
+    let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
     tracing::info!(worker = %worker.config.name, hive = %worker.config.hive, epoch = %worker.epoch, %addr, "worker started");
 
     stop.cancelled().await;
@@ -199,18 +195,11 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
     }
     beats.cancel();
     tasks.close();
-    match tokio::time::timeout(FINAL_BEAT_TIMEOUT, heartbeater.beat(|seq| worker.heartbeat(seq, WorkerStatus::Stopped)))
-        .await
-    {
-        Ok(Ok(_)) => tracing::info!("queen told: stopped"),
-        Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we stopped"),
-        Err(_) => tracing::warn!("the queen did not answer the last heartbeat in time"),
-    }
-    server_stop.cancel();
-    let served = server.await;
+    heartbeater.goodbye(|seq| worker.heartbeat(seq, WorkerStatus::Stopped), FINAL_BEAT_TIMEOUT).await;
+    let served = server.stop().await;
     tasks.wait().await;
     tracing::info!("worker stopped");
-    served??;
+    served?;
     Ok(())
 }
 

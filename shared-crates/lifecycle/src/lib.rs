@@ -49,6 +49,32 @@ impl From<HumanDuration> for Duration {
     }
 }
 
+/// An HTTP server whose stop is separate from the process's stop: a process first turns
+/// unready and drains while still answering `/readyz`, and only then stops serving.
+pub struct HttpServer {
+    stop: tokio_util::sync::CancellationToken,
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl HttpServer {
+    /// Serves `app` on `listener` as a task of `tasks`.
+    pub fn spawn(tasks: &tokio_util::task::TaskTracker, listener: TcpListener, app: axum::Router) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let handle = tasks.spawn({
+            let stop = stop.clone();
+            async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
+        });
+        Self { stop, handle }
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and returns how
+    /// serving ended.
+    pub async fn stop(self) -> std::io::Result<()> {
+        self.stop.cancel();
+        self.handle.await.map_err(std::io::Error::other)?
+    }
+}
+
 /// Reads a TOML config file into `T`; the error names the file and the problem.
 pub fn read_toml<T: serde::de::DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigFileError> {
     let text =

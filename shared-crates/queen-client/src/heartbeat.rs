@@ -111,6 +111,16 @@ impl Heartbeater {
         Ok(resp)
     }
 
+    /// The last heartbeat of a stopping process, built by `make`; waits at most `timeout`
+    /// for the queen, and logs rather than fails: the process exits either way.
+    pub async fn goodbye<B: Beat>(&self, make: impl FnOnce(Seq) -> B, timeout: Duration) {
+        match tokio::time::timeout(timeout, self.beat(make)).await {
+            Ok(Ok(_)) => tracing::info!("queen told we are stopping"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we are stopping"),
+            Err(_) => tracing::warn!("the queen did not answer the last heartbeat in time"),
+        }
+    }
+
     /// Beats until `stop` fires: the first at once, then every interval with jitter.
     /// While the queen is unreachable it retries with capped, jittered exponential
     /// backoff, capped so that the node is seen again within one interval of the queen's
