@@ -35,8 +35,6 @@ struct Entry<T: HeartbeatPayload> {
     /// Monotonic (and mockable in tests) time of the last accepted heartbeat; liveness is
     /// derived from it.
     last_seen: Instant,
-    /// Wall-clock time of the same moment, for display only.
-    last_seen_wall: SystemTime,
     /// Damped after coming back from offline too often; see `Thresholds::flap_limit`.
     flapping: bool,
     /// When the node last came back from offline, within the flap window.
@@ -84,7 +82,12 @@ pub struct HeartbeatRegistry<T: HeartbeatPayload> {
     entries: DashMap<T::Id, Entry<T>>,
     thresholds: RwLock<Thresholds>,
     created: Instant,
+    /// The wall clock at `created`: wall times are derived from monotonic ones, which
+    /// costs one clock read per heartbeat instead of two.
+    created_wall: SystemTime,
     events: EventLog<T::Id>,
+    /// Liveness changes kept per node; fixed at construction.
+    history_len: usize,
 }
 
 impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
@@ -97,9 +100,11 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     pub fn with_event_seq(thresholds: Thresholds, next_seq: Arc<AtomicU64>) -> Self {
         Self {
             entries: DashMap::new(),
-            thresholds: RwLock::new(thresholds),
+            thresholds: RwLock::new(thresholds.clone()),
             created: Instant::now(),
+            created_wall: SystemTime::now(),
             events: EventLog::new(RECENT_EVENTS, next_seq),
+            history_len: thresholds.history_len.max(1),
         }
     }
 
@@ -115,31 +120,31 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     /// Records a heartbeat unless it is older than the one held.
     pub fn upsert(&self, payload: T) -> UpsertOutcome {
         let now = Instant::now();
-        let wall = SystemTime::now();
-        let t = self.thresholds();
-        let id = payload.id().clone();
-        match self.entries.entry(id.clone()) {
+        // The hot path takes no lock beyond the entry's shard and reads no thresholds:
+        // only transitions (rare) look at those.
+        match self.entries.entry(payload.id().clone()) {
             MapEntry::Vacant(slot) => {
+                let id = slot.key().clone();
                 let final_beat = payload.is_final();
                 let epoch = payload.epoch();
                 let mut entry = Entry {
                     payload,
                     liveness: if final_beat { Liveness::Stopped } else { Liveness::Online },
                     last_seen: now,
-                    last_seen_wall: wall,
                     flapping: false,
                     returns: VecDeque::new(),
                     online_since: now,
                     history: VecDeque::new(),
                 };
-                self.emit(&mut entry, &t, id.clone(), EventKind::Joined, format!("first heartbeat (epoch {epoch})"));
+                self.emit(&mut entry, id.clone(), EventKind::Joined, format!("first heartbeat (epoch {epoch})"));
                 if final_beat {
-                    self.emit(&mut entry, &t, id, EventKind::Stopped, "stopped gracefully".into());
+                    self.emit(&mut entry, id, EventKind::Stopped, "stopped gracefully".into());
                 }
                 slot.insert(entry);
                 UpsertOutcome::Joined
             }
             MapEntry::Occupied(mut slot) => {
+                let id = slot.key().clone();
                 let entry = slot.get_mut();
                 let (old_epoch, old_seq) = (entry.payload.epoch(), entry.payload.seq());
                 let (epoch, seq) = (payload.epoch(), payload.seq());
@@ -151,13 +156,12 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 let final_beat = payload.is_final();
                 entry.payload = payload;
                 entry.last_seen = now;
-                entry.last_seen_wall = wall;
                 entry.liveness = if final_beat { Liveness::Stopped } else { Liveness::Online };
                 if was != Liveness::Online && entry.liveness == Liveness::Online {
                     entry.online_since = now;
                 }
                 if was == Liveness::Offline {
-                    self.note_return(entry, &t, now, &id);
+                    self.note_return(entry, now, &id);
                 }
 
                 let outcome = if epoch != old_epoch {
@@ -167,37 +171,31 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                         }
                         _ => format!("restarted: epoch {old_epoch} → {epoch}"),
                     };
-                    self.emit(entry, &t, id.clone(), EventKind::Restarted, reason);
+                    self.emit(entry, id.clone(), EventKind::Restarted, reason);
                     UpsertOutcome::Restarted { previous_epoch: old_epoch }
                 } else {
                     match was {
                         Liveness::Offline => self.emit(
                             entry,
-                            &t,
                             id.clone(),
                             EventKind::Recovered,
                             format!("heartbeat after {} offline", secs(silent)),
                         ),
                         Liveness::Suspect => self.emit(
                             entry,
-                            &t,
                             id.clone(),
                             EventKind::Recovered,
                             format!("late heartbeat after {}", secs(silent)),
                         ),
-                        Liveness::Stopped if !final_beat => self.emit(
-                            entry,
-                            &t,
-                            id.clone(),
-                            EventKind::Recovered,
-                            "heartbeat after a graceful stop".into(),
-                        ),
+                        Liveness::Stopped if !final_beat => {
+                            self.emit(entry, id.clone(), EventKind::Recovered, "heartbeat after a graceful stop".into())
+                        }
                         _ => {}
                     }
                     UpsertOutcome::Updated
                 };
                 if final_beat && was != Liveness::Stopped {
-                    self.emit(entry, &t, id, EventKind::Stopped, "stopped gracefully".into());
+                    self.emit(entry, id, EventKind::Stopped, "stopped gracefully".into());
                 }
                 outcome
             }
@@ -205,7 +203,8 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     }
 
     /// Counts a return from offline and damps the node if it keeps coming and going.
-    fn note_return(&self, entry: &mut Entry<T>, t: &Thresholds, now: Instant, id: &T::Id) {
+    fn note_return(&self, entry: &mut Entry<T>, now: Instant, id: &T::Id) {
+        let t = self.thresholds();
         entry.returns.push_back(now);
         while entry.returns.front().is_some_and(|&at| now.saturating_duration_since(at) > t.flap_window) {
             entry.returns.pop_front();
@@ -218,13 +217,13 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 secs(t.flap_window),
                 secs(t.steady_after)
             );
-            self.emit(entry, t, id.clone(), EventKind::Flapping, reason);
+            self.emit(entry, id.clone(), EventKind::Flapping, reason);
         }
     }
 
-    fn emit(&self, entry: &mut Entry<T>, t: &Thresholds, id: T::Id, kind: EventKind, reason: String) {
+    fn emit(&self, entry: &mut Entry<T>, id: T::Id, kind: EventKind, reason: String) {
         let event = self.events.record(id, kind, entry.liveness, reason);
-        if entry.history.len() >= t.history_len.max(1) {
+        if entry.history.len() >= self.history_len {
             entry.history.pop_front();
         }
         entry.history.push_back(event);
@@ -244,11 +243,11 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
             let silent = now.saturating_duration_since(entry.last_seen);
             if entry.liveness.is_up() && silent >= t.offline_after && may_declare_offline {
                 entry.liveness = Liveness::Offline;
-                self.emit(entry, &t, id, EventKind::Offline, format!("no heartbeat for {}", secs(silent)));
+                self.emit(entry, id, EventKind::Offline, format!("no heartbeat for {}", secs(silent)));
                 changed += 1;
             } else if entry.liveness == Liveness::Online && silent >= t.suspect_after {
                 entry.liveness = Liveness::Suspect;
-                self.emit(entry, &t, id, EventKind::Suspect, format!("no heartbeat for {}", secs(silent)));
+                self.emit(entry, id, EventKind::Suspect, format!("no heartbeat for {}", secs(silent)));
                 changed += 1;
             } else if entry.flapping
                 && entry.liveness == Liveness::Online
@@ -258,7 +257,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 entry.returns.clear();
                 let reason =
                     format!("beating steadily for {}", secs(now.saturating_duration_since(entry.online_since)));
-                self.emit(entry, &t, id, EventKind::Steady, reason);
+                self.emit(entry, id, EventKind::Steady, reason);
                 changed += 1;
             }
         }
@@ -292,17 +291,32 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
         let now = Instant::now();
         let (id, entry) = self.entries.remove(id)?;
         self.events.record(id, EventKind::Removed, entry.liveness, "removed by operator".into());
-        Some(view(&entry, now))
+        Some(self.view(&entry, now))
     }
 
     pub fn get(&self, id: &T::Id) -> Option<NodeView<T>> {
         let now = Instant::now();
-        self.entries.get(id).map(|e| view(&e, now))
+        self.entries.get(id).map(|e| self.view(&e, now))
     }
 
     /// Liveness changes of one node, oldest first.
     pub fn history(&self, id: &T::Id) -> Option<Vec<LivenessEvent<T::Id>>> {
         self.entries.get(id).map(|e| e.history.iter().cloned().collect())
+    }
+
+    fn wall(&self, at: Instant) -> SystemTime {
+        self.created_wall + at.saturating_duration_since(self.created)
+    }
+
+    fn view(&self, e: &Entry<T>, now: Instant) -> NodeView<T> {
+        NodeView {
+            payload: e.payload.clone(),
+            liveness: e.liveness,
+            available: e.available(),
+            flapping: e.flapping,
+            last_seen: self.wall(e.last_seen),
+            silent_for: now.saturating_duration_since(e.last_seen),
+        }
     }
 
     /// Calls `f` for every node, in no particular order, without cloning payloads.
@@ -316,7 +330,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 liveness: e.liveness,
                 available: e.available(),
                 flapping: e.flapping,
-                last_seen: e.last_seen_wall,
+                last_seen: self.wall(e.last_seen),
                 silent_for: now.saturating_duration_since(e.last_seen),
             });
         }
@@ -325,7 +339,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     fn list_where(&self, keep: impl Fn(&Entry<T>) -> bool) -> Vec<NodeView<T>> {
         let now = Instant::now();
         let mut out: Vec<NodeView<T>> =
-            self.entries.iter().filter(|e| keep(e.value())).map(|e| view(e.value(), now)).collect();
+            self.entries.iter().filter(|e| keep(e.value())).map(|e| self.view(e.value(), now)).collect();
         out.sort_by(|a, b| a.payload.id().cmp(b.payload.id()));
         out
     }
@@ -369,17 +383,6 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     /// Events as they happen; a slow reader lags and skips, it never blocks the registry.
     pub fn subscribe(&self) -> broadcast::Receiver<LivenessEvent<T::Id>> {
         self.events.subscribe()
-    }
-}
-
-fn view<T: HeartbeatPayload>(e: &Entry<T>, now: Instant) -> NodeView<T> {
-    NodeView {
-        payload: e.payload.clone(),
-        liveness: e.liveness,
-        available: e.available(),
-        flapping: e.flapping,
-        last_seen: e.last_seen_wall,
-        silent_for: now.saturating_duration_since(e.last_seen),
     }
 }
 

@@ -19,7 +19,7 @@ pub struct Thresholds {
     pub steady_after: Duration,
     /// `cleanup_stale` forgets nodes that have been offline or stopped this long.
     pub remove_after: Duration,
-    /// Liveness changes kept per node.
+    /// Liveness changes kept per node; read once, when the registry is created.
     pub history_len: usize,
 }
 
