@@ -56,6 +56,7 @@ fn spawn(dir: &Path, bin: &'static str, name: String, args: &[&str]) -> anyhow::
 
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let dir = crate::build_binaries()?;
+    crate::web::build()?;
     let url = format!("http://{}", args.listen);
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -87,6 +88,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
 
     eprintln!("\nApiary dev cluster: 1 queen, {} hives, {} workers", args.hives, args.hives * args.workers_per_hive);
+    eprintln!("  dashboard: {url}/");
     eprintln!("  stream:  curl -N {url}/v1/heartbeats/stream");
     eprintln!("  status:  cargo run -q -p queen -- status --queen {url}");
     eprintln!("  nodes:   cargo run -q -p queen -- nodes --queen {url}");

@@ -1,12 +1,15 @@
 //! `cargo xtask`: the project's automation, in Rust rather than shell scripts.
 //!
-//! - `cargo xtask dev [--hives N] [--workers-per-hive M]`: a local cluster on loopback.
+//! - `cargo xtask dev [--hives N] [--workers-per-hive M]`: a local cluster on loopback,
+//!   with the dashboard.
+//! - `cargo xtask web`: build the dashboard.
 //! - `cargo xtask test [--ci]`: the whole test suite (with `--ci`, also fmt and clippy).
 //!   The project has no doctests; nextest runs everything else.
 
 mod dev;
 #[cfg(test)]
 mod tidy;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,6 +28,8 @@ struct Cli {
 enum Task {
     /// Build and run a local cluster (queen + hives + workers) until Ctrl-C.
     Dev(dev::DevArgs),
+    /// Build the dashboard (wasm) into `web-ui/` next to the binaries.
+    Web,
     /// Run the whole test suite: unit, integration, end-to-end and style checks.
     Test {
         /// Also check formatting and clippy with warnings as errors, as CI does.
@@ -36,6 +41,7 @@ enum Task {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Dev(args) => dev::run(args),
+        Task::Web => web::build().map(|_| ()),
         Task::Test { ci } => test(ci),
     }
 }
@@ -76,8 +82,11 @@ pub fn build_binaries() -> anyhow::Result<PathBuf> {
         cmd.args(["-p", b]);
     }
     run(&mut cmd)?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"));
-    Ok(target.join("debug"))
+    Ok(target_dir().join("debug"))
+}
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
 }
 
 fn has_nextest() -> bool {
@@ -89,9 +98,12 @@ fn test(ci: bool) -> anyhow::Result<()> {
         run(cargo().args(["fmt", "--all", "--check"]))?;
         run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     }
-    // The end-to-end test starts these as processes; building them here keeps that test
-    // from building inside the test run.
+    // The end-to-end and browser tests start these as processes and serve this
+    // dashboard; building them here keeps those tests from building inside the run.
     build_binaries()?;
+    web::build()?;
+    // The browser tests drive Debian's Chromium over WebDriver.
+    web::ensure_apt(&["chromium", "chromium-driver"])?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))
     } else {

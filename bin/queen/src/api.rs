@@ -7,13 +7,14 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use contract::{
     ContractError, HeartbeatResponse, HiveHeartbeat, HiveSummary, NodeEvent, NodeId, NodeKind, WorkerHeartbeat,
     WorkerSummary, paths,
 };
 use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
 use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
+use tower_http::services::ServeDir;
 
 use crate::metrics::HeartbeatLabels;
 use crate::{Queen, snapshot, summary};
@@ -31,11 +32,29 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route(paths::WORKERS, get(list::<WorkerHeartbeat>))
         .route("/v1/workers/{id}", get(one::<WorkerHeartbeat>))
         .route("/v1/workers/{id}/events", get(events::<WorkerHeartbeat>))
-        .fallback(not_found_fallback)
+        .route("/v1/{*rest}", any(not_found_fallback))
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
-        .with_state(queen)
+        .with_state(Arc::clone(&queen))
         .merge(health)
+        .merge(dashboard(queen.config.ui_dir.as_deref()))
+}
+
+/// The dashboard's files at `/`, or a page that says how to build them.
+fn dashboard(dir: Option<&std::path::Path>) -> Router {
+    match dir {
+        Some(dir) => Router::new().fallback_service(ServeDir::new(dir)),
+        None => Router::new().fallback(|| async {
+            (
+                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+                "<!doctype html><title>Apiary</title><h1>Apiary</h1>\
+                 <p>This queen has no dashboard to serve: build it with <code>cargo xtask web</code> \
+                 (it lands in <code>web-ui/</code> next to the queen binary) or point <code>--ui-dir</code> at it.</p>\
+                 <p>The API is under <a href=\"/v1/snapshot\">/v1</a>; the live stream is \
+                 <a href=\"/v1/heartbeats/stream\">/v1/heartbeats/stream</a>.</p>",
+            )
+        }),
+    }
 }
 
 /// What the queen needs to take in one kind of heartbeat; implemented for the two kinds

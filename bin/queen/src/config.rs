@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Silence after which a node is offline [default: three heartbeat intervals].
     #[arg(long, env = "APIARY_OFFLINE_AFTER")]
     pub offline_after: Option<HumanDuration>,
+    /// Directory with the built dashboard (`cargo xtask web`) [default: `web-ui` next to
+    /// the queen binary].
+    #[arg(long, env = "APIARY_UI_DIR")]
+    pub ui_dir: Option<PathBuf>,
 }
 
 /// The config file; unknown keys are errors, so a typo is not silently ignored.
@@ -40,6 +44,7 @@ struct FileConfig {
     snapshot_interval: Option<HumanDuration>,
     heartbeat_interval: Option<HumanDuration>,
     offline_after: Option<HumanDuration>,
+    ui_dir: Option<PathBuf>,
 }
 
 /// A validated queen configuration.
@@ -51,6 +56,8 @@ pub struct QueenConfig {
     pub thresholds: Thresholds,
     /// Liveness events carried in every snapshot.
     pub snapshot_events: usize,
+    /// Where the dashboard's files are; `None` when no built dashboard was found.
+    pub ui_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,12 +78,14 @@ impl QueenConfig {
             Some(path) => lifecycle::read_toml(path).map_err(|e| ConfigError { problems: vec![e.0] })?,
             None => FileConfig::default(),
         };
-        Self::build(
+        let mut config = Self::build(
             args.listen.or(file.listen),
             args.snapshot_interval.or(file.snapshot_interval).map(Into::into),
             args.heartbeat_interval.or(file.heartbeat_interval).map(Into::into),
             args.offline_after.or(file.offline_after).map(Into::into),
-        )
+        )?;
+        config.ui_dir = args.ui_dir.clone().or(file.ui_dir).or_else(default_ui_dir);
+        Ok(config)
     }
 
     fn build(
@@ -104,9 +113,14 @@ impl QueenConfig {
             }
         };
         match thresholds {
-            Some(thresholds) if problems.is_empty() => {
-                Ok(Self { listen, snapshot_interval, heartbeat_interval, thresholds, snapshot_events: 100 })
-            }
+            Some(thresholds) if problems.is_empty() => Ok(Self {
+                listen,
+                snapshot_interval,
+                heartbeat_interval,
+                thresholds,
+                snapshot_events: 100,
+                ui_dir: None,
+            }),
             _ => Err(ConfigError { problems }),
         }
     }
@@ -116,6 +130,13 @@ impl QueenConfig {
     pub fn sweep_interval(&self) -> Duration {
         (self.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
+}
+
+/// `web-ui` next to the running binary, where `cargo xtask web` puts the dashboard, if
+/// it is there.
+fn default_ui_dir() -> Option<PathBuf> {
+    let dir = std::env::current_exe().ok()?.parent()?.join("web-ui");
+    dir.join("index.html").is_file().then_some(dir)
 }
 
 #[cfg(test)]

@@ -122,6 +122,7 @@ pub struct SandboxBuilder {
     workers_per_hive: usize,
     heartbeat_interval: Duration,
     snapshot_interval: Duration,
+    ui_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for SandboxBuilder {
@@ -131,6 +132,7 @@ impl Default for SandboxBuilder {
             workers_per_hive: 2,
             heartbeat_interval: Duration::from_millis(200),
             snapshot_interval: Duration::from_millis(200),
+            ui_dir: None,
         }
     }
 }
@@ -150,6 +152,11 @@ impl SandboxBuilder {
     }
     pub fn snapshot_interval(mut self, d: Duration) -> Self {
         self.snapshot_interval = d;
+        self
+    }
+    /// Serve the built dashboard from `dir`.
+    pub fn ui_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.ui_dir = Some(dir);
         self
     }
 
@@ -220,7 +227,9 @@ impl Sandbox {
     }
 
     fn start_queen(&mut self, bind: SocketAddr) -> anyhow::Result<()> {
-        let config = queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
+        let mut config =
+            queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
+        config.ui_dir = self.config.ui_dir.clone();
         self.queen = Some(Node::spawn(NodeId::new("queen")?, bind, move |l, stop| queen::run(config, l, stop))?);
         Ok(())
     }

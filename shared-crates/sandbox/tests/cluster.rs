@@ -322,6 +322,10 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
         assert_eq!(resp.status().as_u16(), status, "{path}");
         assert_eq!(resp.json::<ApiErrorBody>().await?.code, code, "{path}");
     }
+    let page = http.get(format!("{base}/")).send().await?;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await?;
+    assert!(page.contains("cargo xtask web"), "a queen without the dashboard says how to get it: {page}");
     assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), StatusCode::OK);
     assert_eq!(http.get(format!("{base}/readyz")).send().await?.status(), StatusCode::OK);
     let hive_url = sb.hive_url(&NodeId::new("hive-0")?).expect("hive url");

@@ -1,0 +1,230 @@
+//! The dashboard in a real headless Chromium (Debian's `chromium` + `chromium-driver`,
+//! driven over WebDriver), against an in-process cluster: it renders the nodes, shows a
+//! killed hive go offline with the reason, follows the connection, and filters.
+//!
+//! Needs the built dashboard (`cargo xtask web`, which `cargo xtask test` runs first).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use contract::NodeId;
+use fantoccini::{Client, ClientBuilder, Locator};
+use sandbox::{Sandbox, wait_until};
+use serde_json::{Value, json};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// `<target>/debug/web-ui`, where `cargo xtask web` puts the dashboard.
+fn dashboard_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().and_then(|d| d.parent()).context("no profile dir")?.join("web-ui");
+    if !dir.join("pkg/web-ui_bg.wasm").is_file() {
+        bail!("no built dashboard in {}: run `cargo xtask web` (or `cargo xtask test`)", dir.display());
+    }
+    Ok(dir)
+}
+
+/// chromedriver, killed when the test ends however it ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser() -> anyhow::Result<(Driver, Client, tempdir::TempProfile)> {
+    for path in [CHROMIUM, CHROMEDRIVER] {
+        if !std::path::Path::new(path).exists() {
+            bail!("{path} is missing: install Debian's chromium and chromium-driver (cargo xtask test does)");
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let driver = Driver(
+        Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting chromedriver")?,
+    );
+    let profile = tempdir::TempProfile::new()?;
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1600,1000", format!("--user-data-dir={}", profile.0.display()),
+            ]
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    let client = wait_until("chromedriver to accept a session", WAIT, || {
+        let caps = caps.clone();
+        let url = url.clone();
+        async move {
+            ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+                .capabilities(caps)
+                .connect(&url)
+                .await
+                .ok()
+        }
+    })
+    .await?;
+    Ok((driver, client, profile))
+}
+
+mod tempdir {
+    /// A fresh Chromium profile directory, removed afterwards.
+    pub struct TempProfile(pub std::path::PathBuf);
+
+    impl TempProfile {
+        pub fn new() -> std::io::Result<Self> {
+            let nanos =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+            let dir = std::env::temp_dir().join(format!("apiary-chromium-{}-{nanos}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            Ok(Self(dir))
+        }
+    }
+
+    impl Drop for TempProfile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// Reads the page in one script, so that rows re-rendered between two WebDriver calls
+/// can never give a stale element.
+async fn rows(c: &Client, table: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let script = format!(
+        "return Array.from(document.querySelectorAll('#{table} tbody tr')).map(r => [r.dataset.id, r.dataset.state]);"
+    );
+    let value = c.execute(&script, vec![]).await?;
+    Ok(serde_json::from_value(value)?)
+}
+
+async fn attr(c: &Client, selector: &str, js: &str) -> anyhow::Result<Value> {
+    Ok(c.execute(&format!("const e = document.querySelector('{selector}'); return e ? {js} : null;"), vec![]).await?)
+}
+
+async fn wait_page<T>(
+    c: &Client,
+    what: &str,
+    mut check: impl FnMut(&Client) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<T>> + Send + '_>>,
+) -> anyhow::Result<T> {
+    wait_until(what, WAIT, || check(c)).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() -> anyhow::Result<()> {
+    let dist = dashboard_dir()?;
+    let mut sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(2)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .ui_dir(dist)
+        .start()
+        .await?;
+    let (_driver, c, _profile) = browser().await?;
+    let loaded = std::time::Instant::now();
+    c.goto(&format!("{}/", sb.queen_url())).await?;
+
+    // Every node, live.
+    wait_page(&c, "2 hives and 4 workers on the page", |c| {
+        Box::pin(async move {
+            let h = rows(c, "hives").await.ok()?;
+            let w = rows(c, "workers").await.ok()?;
+            (h.len() == 2 && w.len() == 4 && h.iter().all(|(_, s)| s == "online")).then_some(())
+        })
+    })
+    .await?;
+    let first_render = loaded.elapsed();
+    eprintln!("page load to first rendered snapshot: {} ms", first_render.as_millis());
+    assert_eq!(attr(&c, "#connection", "e.dataset.state").await?, json!("live"));
+    let title = c.title().await?;
+    assert!(title.starts_with("2/2 hives · 4/4 workers"), "counts in the tab title: {title}");
+
+    // Filtering.
+    c.find(Locator::Css("#filter")).await?.send_keys("hive-1").await?;
+    wait_page(&c, "the filter to leave hive-1 and its workers", |c| {
+        Box::pin(async move {
+            let h = rows(c, "hives").await.ok()?;
+            let w = rows(c, "workers").await.ok()?;
+            (h.len() == 1 && h[0].0 == "hive-1" && w.len() == 2 && w.iter().all(|(id, _)| id.starts_with("worker-1-")))
+                .then_some(())
+        })
+    })
+    .await?;
+    c.find(Locator::Css("#filter")).await?.clear().await?;
+    // `clear` does not fire `input`; one keystroke and its undo do.
+    let filter = c.find(Locator::Css("#filter")).await?;
+    filter.send_keys(" ").await?;
+    filter.send_keys(&fantoccini::key::Key::Backspace.to_string()).await?;
+    wait_page(&c, "the filter to be cleared", |c| {
+        Box::pin(async move { (rows(c, "hives").await.ok()?.len() == 2).then_some(()) })
+    })
+    .await?;
+
+    // kill -9 a hive: its row turns offline and the log says why.
+    sb.kill_hive(&NodeId::new("hive-0")?).await?;
+    wait_page(&c, "hive-0 shown offline", |c| {
+        Box::pin(async move {
+            rows(c, "hives").await.ok()?.iter().any(|(id, state)| id == "hive-0" && state == "offline").then_some(())
+        })
+    })
+    .await?;
+    let reason = attr(&c, "#events li[data-id=\"hive-0\"][data-kind=\"offline\"] .reason", "e.textContent").await?;
+    let reason = reason.as_str().context("an offline event for hive-0 in the log")?.to_string();
+    assert!(reason.starts_with("no heartbeat for"), "{reason}");
+
+    // The detail view answers "why is it down?" from the queen's history.
+    wait_page(&c, "the detail view of hive-0", |c| {
+        Box::pin(async move {
+            c.execute("document.querySelector('tr[data-id=\"hive-0\"] button').click(); return true;", vec![])
+                .await
+                .ok()?;
+            let text = attr(c, "#detail", "e.textContent").await.ok()?;
+            text.as_str().is_some_and(|t| t.contains("no heartbeat for") && t.contains("hive-0")).then_some(())
+        })
+    })
+    .await?;
+    if let Ok(path) = std::env::var("APIARY_SCREENSHOT") {
+        std::fs::write(&path, c.screenshot().await?)?;
+        eprintln!("screenshot written to {path}");
+    }
+
+    // The queen goes away: the page says so; it comes back: the page goes live again.
+    let addr = sb.queen_addr();
+    sb.stop_queen().await?;
+    wait_page(&c, "the connection shown as reconnecting", |c| {
+        Box::pin(async move {
+            (attr(c, "#connection", "e.dataset.state").await.ok()? == json!("reconnecting")).then_some(())
+        })
+    })
+    .await?;
+    let text = attr(&c, "#connection", "e.textContent").await?;
+    assert!(text.as_str().is_some_and(|t| t.contains("last snapshot")), "says how old the picture is: {text}");
+    sb.restart_queen(addr)?;
+    wait_page(&c, "the connection live again with hive-1", |c| {
+        Box::pin(async move {
+            let live = attr(c, "#connection", "e.dataset.state").await.ok()? == json!("live");
+            let h = rows(c, "hives").await.ok()?;
+            (live && h.iter().any(|(id, s)| id == "hive-1" && s == "online")).then_some(())
+        })
+    })
+    .await?;
+
+    c.close().await?;
+    sb.shutdown().await
+}

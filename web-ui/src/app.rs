@@ -1,0 +1,52 @@
+//! The dashboard page: state, hooks, and the layout of the components.
+
+use std::time::Duration;
+
+use contract::{NodeId, NodeKind};
+use leptos::prelude::*;
+
+use crate::components::{ConnectionBadge, EventLog, HiveTable, NodeDetail, Summary, WorkerTable};
+use crate::hooks::{use_clock, use_snapshot_stream};
+use crate::model::{Connection, Dashboard};
+
+/// The node whose detail panel is open.
+pub type Selection = Option<(NodeKind, NodeId)>;
+
+#[component]
+pub fn App() -> impl IntoView {
+    let dashboard = RwSignal::new(Dashboard::default());
+    let connection = RwSignal::new(Connection::Connecting);
+    let query = RwSignal::new(String::new());
+    let selected = RwSignal::new(Selection::None);
+    use_snapshot_stream(contract::paths::HEARTBEAT_STREAM, dashboard, connection);
+    let now = use_clock(Duration::from_secs(1));
+
+    Effect::new(move |_| document().set_title(&dashboard.with(Dashboard::title)));
+
+    view! {
+        <header>
+            <h1>"Apiary"</h1>
+            <input
+                id="filter"
+                type="search"
+                placeholder="filter nodes: name, hive, state…"
+                prop:value=move || query.get()
+                on:input=move |ev| query.set(event_target_value(&ev))
+            />
+            <ConnectionBadge dashboard connection now />
+        </header>
+        <main>
+            <Summary dashboard />
+            <div class="columns">
+                <div class="tables">
+                    <HiveTable dashboard query now selected />
+                    <WorkerTable dashboard query now selected />
+                </div>
+                <aside>
+                    <NodeDetail dashboard selected now />
+                    <EventLog dashboard selected />
+                </aside>
+            </div>
+        </main>
+    }
+}

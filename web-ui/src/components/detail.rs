@@ -1,0 +1,104 @@
+//! One node in detail, with its liveness history from the queen: why is it down?
+
+use contract::{NodeEvent, NodeKind};
+use leptos::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+
+use super::widgets::clock;
+use crate::app::Selection;
+use crate::model::{Dashboard, ago, hive_state, worker_state};
+
+async fn fetch_history(kind: NodeKind, id: &str) -> Result<Vec<NodeEvent>, String> {
+    let path = match kind {
+        NodeKind::Hive => "hives",
+        NodeKind::Worker => "workers",
+    };
+    let window = web_sys::window().ok_or("no window")?;
+    let resp = JsFuture::from(window.fetch_with_str(&format!("/v1/{path}/{id}/events")))
+        .await
+        .map_err(|e| format!("{e:?}"))?;
+    let resp: web_sys::Response = resp.dyn_into().map_err(|_| "not a response")?;
+    if !resp.ok() {
+        return Err(format!("queen answered {}", resp.status()));
+    }
+    let text = JsFuture::from(resp.text().map_err(|e| format!("{e:?}"))?).await.map_err(|e| format!("{e:?}"))?;
+    serde_json::from_str(&text.as_string().unwrap_or_default()).map_err(|e| e.to_string())
+}
+
+#[component]
+pub fn NodeDetail(
+    dashboard: RwSignal<Dashboard>,
+    selected: RwSignal<Selection>,
+    now: ReadSignal<f64>,
+) -> impl IntoView {
+    let history = RwSignal::new(Result::<Vec<NodeEvent>, String>::Ok(Vec::new()));
+    // Refetch when the selection changes and with every snapshot while it is open.
+    Effect::new(move |_| {
+        let seq = dashboard.with(|d| d.latest.as_ref().map(|s| s.seq));
+        let Some((kind, id)) = selected.get() else { return };
+        let _ = seq;
+        leptos::task::spawn_local(async move {
+            history.set(fetch_history(kind, id.as_str()).await);
+        });
+    });
+    let header = move || {
+        let (kind, id) = selected.get()?;
+        let since = dashboard.with(|d| d.since_last_ms(now.get()));
+        dashboard.with(|d| {
+            let s = d.latest.as_ref()?;
+            let (label, class, seen, extra) = match kind {
+                NodeKind::Hive => {
+                    let h = s.hives.iter().find(|h| h.id == id)?;
+                    let (l, c) = hive_state(h);
+                    (l, c, h.last_seen_ago_ms, format!("{} · epoch {} · {}", h.hostname, h.epoch, h.address))
+                }
+                NodeKind::Worker => {
+                    let w = s.workers.iter().find(|w| w.id == id)?;
+                    let (l, c) = worker_state(w);
+                    (l, c, w.last_seen_ago_ms, format!("on {} · epoch {} · {}", w.hive_id, w.epoch, w.address))
+                }
+            };
+            Some(view! {
+                <div class="detail-head">
+                    <strong>{id.to_string()}</strong>
+                    <span class=format!("state {class}")>{label}</span>
+                    <span class="seen">{format!("last seen {}", ago(seen as f64 + since))}</span>
+                </div>
+                <div class="detail-extra">{extra}</div>
+            })
+        })
+    };
+    let rows = move || match history.get() {
+        Ok(events) => events
+            .into_iter()
+            .rev()
+            .map(|e| {
+                let kind = format!("{:?}", e.kind).to_lowercase();
+                let class = format!("event {kind}");
+                view! {
+                    <li class=class>
+                        <span class="time">{clock(e.at)}</span>
+                        <span class="what">{kind}</span>
+                        <span class="reason">{e.reason}</span>
+                    </li>
+                }
+            })
+            .collect::<Vec<_>>()
+            .into_any(),
+        Err(e) => view! { <li class="error">{e}</li> }.into_any(),
+    };
+    view! {
+        <Show when=move || selected.with(Option::is_some)>
+            <section id="detail">
+                <h2>
+                    "Node"
+                    <button class="link close" on:click=move |_| selected.set(None)>"close"</button>
+                </h2>
+                {header}
+                <h3>"Liveness history"</h3>
+                <ul class="history">{rows}</ul>
+            </section>
+        </Show>
+    }
+}

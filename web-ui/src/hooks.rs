@@ -1,0 +1,66 @@
+//! Side effects as hooks: the snapshot stream and the clock.
+
+use std::time::Duration;
+
+use contract::Snapshot;
+use leptos::prelude::*;
+use send_wrapper::SendWrapper;
+use wasm_bindgen::JsCast;
+use wasm_bindgen::closure::Closure;
+use web_sys::{EventSource, MessageEvent};
+
+use crate::model::{Connection, Dashboard};
+
+pub fn now_ms() -> f64 {
+    js_sys::Date::now()
+}
+
+/// Opens an `EventSource` on `url` and folds every `event: heartbeat` into `dashboard`;
+/// `connection` follows the stream's state. The browser reconnects by itself (the queen
+/// sends `retry:`); the source is closed when the owning component is cleaned up.
+pub fn use_snapshot_stream(url: &str, dashboard: RwSignal<Dashboard>, connection: RwSignal<Connection>) {
+    let source = match EventSource::new(url) {
+        Ok(s) => s,
+        Err(e) => {
+            leptos::logging::error!("cannot open {url}: {e:?}");
+            connection.set(Connection::Reconnecting);
+            return;
+        }
+    };
+    let on_snapshot = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        let Some(data) = ev.data().as_string() else { return };
+        match serde_json::from_str::<Snapshot>(&data) {
+            Ok(s) => {
+                dashboard.update(|d| d.apply(s, now_ms()));
+                connection.set(Connection::Live);
+            }
+            Err(e) => leptos::logging::error!("snapshot did not decode: {e}"),
+        }
+    });
+    let on_open = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
+        if connection.get_untracked() == Connection::Reconnecting {
+            // Stays "reconnecting" until a snapshot proves the stream is really back.
+            leptos::logging::log!("stream reopened");
+        }
+    });
+    let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| connection.set(Connection::Reconnecting));
+    let _ = source.add_event_listener_with_callback("heartbeat", on_snapshot.as_ref().unchecked_ref());
+    source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
+    source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
+
+    let held = SendWrapper::new((source, on_snapshot, on_open, on_error));
+    on_cleanup(move || {
+        let (source, ..) = held.take();
+        source.close();
+    });
+}
+
+/// A clock that ticks every `period`, so "3 s ago" moves between snapshots.
+pub fn use_clock(period: Duration) -> ReadSignal<f64> {
+    let (now, set_now) = signal(now_ms());
+    match set_interval_with_handle(move || set_now.set(now_ms()), period) {
+        Ok(handle) => on_cleanup(move || handle.clear()),
+        Err(e) => leptos::logging::error!("no clock: {e:?}"),
+    }
+    now
+}
