@@ -356,6 +356,8 @@ mod tests {
             hives,
             workers: vec![],
             events,
+            deployments: vec![],
+            placement_brake: false,
         }
     }
 

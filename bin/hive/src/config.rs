@@ -30,6 +30,9 @@ pub struct HiveArgs {
     /// Most workers this hive will run [default: number of CPUs].
     #[arg(long, env = "APIARY_MAX_WORKERS")]
     pub max_workers: Option<u32>,
+    /// How long a worker gets to stop after SIGTERM before SIGKILL [default: 10s].
+    #[arg(long, env = "APIARY_WORKER_STOP_TIMEOUT")]
+    pub worker_stop_timeout: Option<HumanDuration>,
     /// Label used for placement, as key=value; repeatable.
     #[arg(long = "label", env = "APIARY_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -43,6 +46,7 @@ struct FileConfig {
     heartbeat_interval: Option<HumanDuration>,
     listen: Option<SocketAddr>,
     max_workers: Option<u32>,
+    worker_stop_timeout: Option<HumanDuration>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
 }
@@ -55,6 +59,7 @@ pub struct HiveConfig {
     pub listen: SocketAddr,
     pub max_workers: u32,
     pub labels: BTreeMap<String, String>,
+    pub worker_stop_timeout: Duration,
 }
 
 impl HiveConfig {
@@ -67,6 +72,7 @@ impl HiveConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             max_workers: default_max_workers(),
             labels: BTreeMap::new(),
+            worker_stop_timeout: Duration::from_secs(10),
         }
     }
 
@@ -109,6 +115,11 @@ impl HiveConfig {
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             max_workers,
             labels,
+            worker_stop_timeout: args
+                .worker_stop_timeout
+                .or(file.worker_stop_timeout)
+                .map(Into::into)
+                .unwrap_or(Duration::from_secs(10)),
         })
     }
 }

@@ -8,17 +8,20 @@
 //! Entry point: [`run`] with an already-bound listener.
 
 pub mod config;
+mod control;
 pub mod resources;
+mod supervisor;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contract::{Capacity, Epoch, HiveHeartbeat, HiveStatus, Resources, Seq};
+use contract::{Capacity, Epoch, HiveHeartbeat, HiveStatus, ProcessState, Resources, Seq, SupervisedWorker};
 use lifecycle::health::Health;
 use lifecycle::http::{method_not_allowed_fallback, not_found_fallback};
 use queen_client::{Heartbeater, QueenClient};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,10 +38,13 @@ struct Identity {
     address: String,
     hostname: String,
     resources: Mutex<Resources>,
+    /// The supervisor's latest report of its workers.
+    workers: Arc<Mutex<Vec<SupervisedWorker>>>,
 }
 
 impl Identity {
     fn heartbeat(&self, seq: Seq, status: HiveStatus) -> HiveHeartbeat {
+        let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         HiveHeartbeat {
             id: self.config.name.clone(),
             epoch: self.epoch,
@@ -48,10 +54,13 @@ impl Identity {
             version: env!("CARGO_PKG_VERSION").to_string(),
             status,
             resources: *self.resources.lock().unwrap_or_else(|p| p.into_inner()),
-            // Supervising workers is not the hive's job yet: it runs none of its own.
-            capacity: Capacity { max_workers: self.config.max_workers, running_workers: 0 },
+            capacity: Capacity {
+                max_workers: self.config.max_workers,
+                running_workers: workers.iter().filter(|w| w.state == ProcessState::Running).count() as u32,
+            },
             labels: self.config.labels.clone(),
             services: Vec::new(),
+            workers,
             sent_at: OffsetDateTime::now_utc(),
         }
     }
@@ -61,13 +70,18 @@ impl Identity {
 pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let client = QueenClient::new(&config.queen, None, Duration::from_secs(5))?;
-    let heartbeater = Arc::new(Heartbeater::new(client, config.heartbeat_interval));
+    let heartbeater = Arc::new(Heartbeater::new(client.clone(), config.heartbeat_interval));
+    let supervisor = supervisor::Supervisor::new(
+        supervisor::ChildEnv { queen: config.queen.clone(), hive: config.name.clone() },
+        config.worker_stop_timeout,
+    );
     let mut sampler = resources::Sampler::new().map_err(|e| anyhow::anyhow!("cannot read system resources: {e}"))?;
     let identity = Arc::new(Identity {
         epoch: Epoch::for_new_process(),
         address: format!("http://{addr}"),
         hostname: lifecycle::hostname(),
         resources: Mutex::new(sampler.sample()),
+        workers: supervisor.report(),
         config,
     });
 
@@ -84,12 +98,21 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     });
     let app = health.router().fallback(not_found_fallback).method_not_allowed_fallback(method_not_allowed_fallback);
     let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
+    let (desired, desired_rx) = watch::channel(Vec::new());
+    let supervising = CancellationToken::new();
+    let supervised = tasks.spawn(supervisor.run(desired_rx, supervising.clone()));
+    tasks.spawn(control::run(client, identity.config.name.clone(), desired, beats.clone()));
     tracing::info!(hive = %identity.config.name, epoch = %identity.epoch, %addr, queen = %identity.config.queen, "hive started");
 
     stop.cancelled().await;
     tracing::info!("hive stopping");
     health.set_draining();
     beats.cancel();
+    // The hive's workers stop with it, and the stop is done when they have exited.
+    supervising.cancel();
+    if let Err(e) = supervised.await {
+        tracing::error!(error = %e, "supervisor failed");
+    }
     tasks.close();
     heartbeater.goodbye(|seq| identity.heartbeat(seq, HiveStatus::ShuttingDown), FINAL_BEAT_TIMEOUT).await;
     let served = server.stop().await;

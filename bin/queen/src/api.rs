@@ -5,11 +5,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
+use axum::response::sse::Event;
 use axum::routing::{any, get, post};
 use contract::{
-    ContractError, HeartbeatResponse, HiveHeartbeat, HiveSummary, NodeEvent, NodeId, NodeKind, WorkerHeartbeat,
+    Assignment, CommandAck, ContractError, DeploymentSpec, DeploymentStatus, HeartbeatResponse, HiveCommand,
+    HiveHeartbeat, HiveSummary, MAX_REPLICAS, NodeEvent, NodeId, NodeKind, ScaleBody, StrategyBody, WorkerHeartbeat,
     WorkerSummary, paths,
 };
 use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
@@ -17,6 +20,7 @@ use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found
 use tower_http::services::ServeDir;
 
 use crate::metrics::HeartbeatLabels;
+use crate::orchestrator::DeployError;
 use crate::{Queen, snapshot, summary};
 
 pub fn router(queen: Arc<Queen>) -> Router {
@@ -32,6 +36,13 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route(paths::WORKERS, get(list::<WorkerHeartbeat>))
         .route("/v1/workers/{id}", get(one::<WorkerHeartbeat>))
         .route("/v1/workers/{id}/events", get(events::<WorkerHeartbeat>))
+        .route("/v1/hives/{id}/commands", get(commands))
+        .route("/v1/hives/{id}/acks", post(ack))
+        .route(paths::DEPLOYMENTS, get(list_deployments).post(create_deployment))
+        .route("/v1/deployments/{name}", get(get_deployment).patch(scale_deployment).delete(delete_deployment))
+        .route(paths::ASSIGNMENTS, get(assignments))
+        .route(paths::STRATEGY, get(get_strategy).put(put_strategy))
+        .route(paths::JOBS, post(crate::jobs::route))
         .route("/v1/{*rest}", any(not_found_fallback))
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
@@ -155,4 +166,107 @@ async fn events<T: NodePayload>(
 async fn latest_snapshot(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     let frame = queen.latest_frame();
     ([(header::CONTENT_TYPE, "application/json")], frame.json.to_string())
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            DeployError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DeployError::Store(_) => store_error(e),
+        }
+    }
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("store_unavailable", e.to_string(), std::time::Duration::from_secs(1))
+}
+
+/// `GET /v1/hives/{id}/commands`: the control channel. The hive's current desired set at
+/// once, then every change; the hive ACKs each over HTTP.
+async fn commands(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&raw)?;
+    tracing::info!(hive = %id, "control channel open");
+    let rx = queen.orchestrator.subscribe(&id);
+    Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), |cmd: &HiveCommand| {
+        let data = serde_json::to_string(cmd).unwrap_or_default();
+        Event::default().event("command").id(cmd.id.to_string()).data(data)
+    }))
+}
+
+async fn ack(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+    JsonBody(ack): JsonBody<CommandAck>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&raw)?;
+    queen.orchestrator.ack(&id, ack);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
+    Json(queen.orchestrator.list(&queen.workers))
+}
+
+fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiError> {
+    queen
+        .orchestrator
+        .get(name, &queen.workers)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))
+}
+
+async fn get_deployment(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    found(&queen, &parse_id(&raw)?)
+}
+
+async fn create_deployment(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(spec): JsonBody<DeploymentSpec>,
+) -> Result<(StatusCode, Json<DeploymentStatus>), ApiError> {
+    spec.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let name = spec.name.clone();
+    queen.orchestrator.create(spec)?;
+    queen.reconcile();
+    Ok((StatusCode::CREATED, found(&queen, &name)?))
+}
+
+async fn scale_deployment(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<ScaleBody>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    let name = parse_id(&raw)?;
+    if body.replicas > MAX_REPLICAS {
+        return Err(ApiError::unprocessable(format!("replicas: at most {MAX_REPLICAS}")));
+    }
+    queen.orchestrator.scale(&name, body.replicas)?;
+    queen.reconcile();
+    found(&queen, &name)
+}
+
+async fn delete_deployment(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+    queen.orchestrator.delete(&parse_id(&raw)?)?;
+    queen.reconcile();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Assignment>> {
+    Json(queen.orchestrator.assignments())
+}
+
+async fn get_strategy(State(queen): State<Arc<Queen>>) -> Json<StrategyBody> {
+    Json(StrategyBody { strategy: queen.orchestrator.strategy() })
+}
+
+async fn put_strategy(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(body): JsonBody<StrategyBody>,
+) -> Result<Json<StrategyBody>, ApiError> {
+    queen.orchestrator.set_strategy(body.strategy).map_err(store_error)?;
+    tracing::info!(strategy = body.strategy.as_str(), "placement strategy changed");
+    Ok(Json(body))
 }

@@ -30,6 +30,15 @@ pub struct ServeArgs {
     /// Silence after which a node is offline [default: three heartbeat intervals].
     #[arg(long, env = "APIARY_OFFLINE_AFTER")]
     pub offline_after: Option<HumanDuration>,
+    /// Where durable state (deployments, assignments, strategy) lives [default: ./apiary-data].
+    #[arg(long, env = "APIARY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// How long a hive stays offline before its replicas are placed elsewhere [default: 30s].
+    #[arg(long, env = "APIARY_ORPHAN_GRACE")]
+    pub orphan_grace: Option<HumanDuration>,
+    /// Placement strategy at start, until changed at run time [default: least_loaded].
+    #[arg(long, env = "APIARY_STRATEGY")]
+    pub strategy: Option<contract::PlacementStrategy>,
     /// Directory with the built dashboard (`cargo xtask web`) [default: `web-ui` next to
     /// the queen binary].
     #[arg(long, env = "APIARY_UI_DIR")]
@@ -45,6 +54,9 @@ struct FileConfig {
     heartbeat_interval: Option<HumanDuration>,
     offline_after: Option<HumanDuration>,
     ui_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    orphan_grace: Option<HumanDuration>,
+    strategy: Option<contract::PlacementStrategy>,
 }
 
 /// A validated queen configuration.
@@ -58,6 +70,12 @@ pub struct QueenConfig {
     pub snapshot_events: usize,
     /// Where the dashboard's files are; `None` when no built dashboard was found.
     pub ui_dir: Option<PathBuf>,
+    /// Durable state; `None` keeps it in memory only (tests).
+    pub data_dir: Option<PathBuf>,
+    /// Time past the offline threshold after which a hive's replicas are re-placed.
+    pub orphan_grace: Duration,
+    /// Strategy to use when the store has none yet.
+    pub strategy: Option<contract::PlacementStrategy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +103,11 @@ impl QueenConfig {
             args.offline_after.or(file.offline_after).map(Into::into),
         )?;
         config.ui_dir = args.ui_dir.clone().or(file.ui_dir).or_else(default_ui_dir);
+        config.data_dir = Some(args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("apiary-data")));
+        if let Some(grace) = args.orphan_grace.or(file.orphan_grace) {
+            config.orphan_grace = grace.into();
+        }
+        config.strategy = args.strategy.or(file.strategy);
         Ok(config)
     }
 
@@ -120,6 +143,9 @@ impl QueenConfig {
                 thresholds,
                 snapshot_events: 100,
                 ui_dir: None,
+                data_dir: None,
+                orphan_grace: Duration::from_secs(30),
+                strategy: None,
             }),
             _ => Err(ConfigError { problems }),
         }

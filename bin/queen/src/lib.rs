@@ -10,8 +10,12 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+mod jobs;
 mod metrics;
+pub mod orchestrator;
+mod placement;
 mod snapshot;
+pub mod store;
 mod summary;
 
 use std::sync::Arc;
@@ -28,12 +32,20 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{QueenConfig, ServeArgs};
 use metrics::Metrics;
+use orchestrator::Orchestrator;
 pub use snapshot::Frame;
+use store::{MemoryStore, RedbStore, Store};
 
 /// Shared state of one queen process.
 pub struct Queen {
     pub hives: HeartbeatRegistry<HiveHeartbeat>,
     pub workers: HeartbeatRegistry<WorkerHeartbeat>,
+    pub orchestrator: Arc<Orchestrator>,
+    /// Counts jobs the queen has forwarded and not yet seen answered, per worker, so that
+    /// concurrent routing spreads load before heartbeats catch up.
+    jobs_in_flight: dashmap::DashMap<contract::NodeId, u32>,
+    /// Forwards jobs to workers; one pooled client for all of them.
+    http: reqwest::Client,
     config: QueenConfig,
     metrics: Metrics,
     health: Arc<Health>,
@@ -45,14 +57,26 @@ pub struct Queen {
 }
 
 impl Queen {
-    fn new(config: QueenConfig, stop: CancellationToken) -> Arc<Self> {
+    fn new(config: QueenConfig, stop: CancellationToken) -> anyhow::Result<Arc<Self>> {
         let event_seq = Arc::new(AtomicU64::new(1));
         let hives = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
-        let workers = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), event_seq);
+        let workers = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
+        let store: Box<dyn Store> = match &config.data_dir {
+            Some(dir) => Box::new(RedbStore::open(dir)?),
+            None => Box::new(MemoryStore::default()),
+        };
+        let orchestrator =
+            Arc::new(Orchestrator::open(store, config.thresholds.offline_after + config.orphan_grace, event_seq)?);
+        if let Some(strategy) = config.strategy {
+            orchestrator.set_strategy(strategy)?;
+        }
 
         let (snapshots, rx) = watch::channel(Arc::new(Frame::empty()));
         let max_age = config.snapshot_interval * 3;
-        let mut builder = Health::builder().check("snapshot_fresh", move || {
+        let store_check = Arc::clone(&orchestrator);
+        let mut builder = Health::builder()
+            .check("store", move || store_check.ping().map(|()| "reachable".to_string()).map_err(|e| e.to_string()));
+        builder = builder.check("snapshot_fresh", move || {
             let age = rx.borrow().built_at.elapsed();
             if age <= max_age {
                 Ok(format!("last snapshot {} ms ago", age.as_millis()))
@@ -63,9 +87,28 @@ impl Queen {
         let metrics = Metrics::register(builder.metrics());
         let health = builder.build();
 
-        let queen = Arc::new(Self { hives, workers, config, metrics, health, snapshots, stop });
+        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+        let queen = Arc::new(Self {
+            hives,
+            workers,
+            orchestrator,
+            jobs_in_flight: dashmap::DashMap::new(),
+            http,
+            config,
+            metrics,
+            health,
+            snapshots,
+            stop,
+        });
         queen.publish_snapshot();
-        queen
+        Ok(queen)
+    }
+
+    /// Re-places work now; after an API change, so operators need not wait for a sweep.
+    pub fn reconcile(&self) {
+        if let Err(e) = self.orchestrator.reconcile(&self.hives) {
+            tracing::error!(error = %e, "reconcile could not write the store; will retry");
+        }
     }
 
     pub fn config(&self) -> &QueenConfig {
@@ -97,7 +140,7 @@ impl Queen {
 /// Runs a queen on `listener` until `stop` fires, then stops gracefully: `/readyz` turns
 /// 503, open streams end, in-flight requests finish, every task is awaited.
 pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
-    let queen = Queen::new(config, stop.clone());
+    let queen = Queen::new(config, stop.clone())?;
     let tasks = TaskTracker::new();
 
     tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
@@ -133,6 +176,7 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
                 queen.sweep();
                 queen.hives.cleanup_stale();
                 queen.workers.cleanup_stale();
+                queen.reconcile();
             }
         }
     }

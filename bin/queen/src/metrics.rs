@@ -27,8 +27,15 @@ pub struct EventLabels {
     pub event: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// done | rejected | worker_failed | no_worker
+    pub outcome: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub jobs: Family<JobLabels, Counter>,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
     pub nodes: Family<NodeLabels, Gauge>,
     pub events: Family<EventLabels, Counter>,
@@ -40,6 +47,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            jobs: Family::default(),
             heartbeats: Family::default(),
             nodes: Family::default(),
             events: Family::default(),
@@ -54,6 +62,7 @@ impl Metrics {
         );
         registry.register("apiary_nodes", "Known nodes by kind and liveness, as of the last snapshot", m.nodes.clone());
         registry.register("apiary_liveness_events", "Liveness changes by node kind and event", m.events.clone());
+        registry.register("apiary_jobs_routed", "Jobs routed through the queen, by outcome", m.jobs.clone());
         registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());
         registry.register(
             "apiary_snapshot_build_seconds",

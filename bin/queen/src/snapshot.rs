@@ -9,6 +9,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use contract::{NodeKind, Snapshot};
 use futures_util::Stream;
 use time::OffsetDateTime;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{ClientGuard, NodeLabels};
@@ -79,6 +80,7 @@ impl Queen {
             .iter()
             .map(|e| summary::node_event(NodeKind::Hive, e))
             .chain(self.workers.recent_events(limit).iter().map(|e| summary::node_event(NodeKind::Worker, e)))
+            .chain(self.orchestrator.recent_events(limit))
             .collect();
         events.sort_by_key(|e| e.seq);
         let skip = events.len().saturating_sub(limit);
@@ -101,6 +103,8 @@ impl Queen {
             hives,
             workers,
             events,
+            deployments: self.orchestrator.summaries(&self.workers),
+            placement_brake: self.orchestrator.brake_engaged(),
         }
     }
 
@@ -175,13 +179,22 @@ fn event(frame: &Frame) -> Event {
 /// so a client that falls behind skips straight to it. The stream ends when the queen
 /// stops.
 pub(crate) async fn stream(State(queen): State<Arc<Queen>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let mut rx = queen.snapshots.subscribe();
-    let stop = queen.stop.clone();
     let guard = ClientGuard::new(&queen.metrics.sse_clients);
+    watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, event)
+}
+
+/// An SSE stream of a watch channel: its current value at once (with the reconnect
+/// delay), then each new value, until `stop` fires. `guard` lives as long as the stream.
+pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
+    mut rx: watch::Receiver<Arc<T>>,
+    stop: CancellationToken,
+    guard: G,
+    to_event: fn(&T) -> Event,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = async_stream::stream! {
         let _guard = guard;
         let first = Arc::clone(&rx.borrow_and_update());
-        yield Ok(event(&first).retry(CLIENT_RETRY));
+        yield Ok(to_event(&first).retry(CLIENT_RETRY));
         loop {
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -189,8 +202,8 @@ pub(crate) async fn stream(State(queen): State<Arc<Queen>>) -> Sse<impl Stream<I
                     if changed.is_err() {
                         break;
                     }
-                    let frame = Arc::clone(&rx.borrow_and_update());
-                    yield Ok(event(&frame));
+                    let value = Arc::clone(&rx.borrow_and_update());
+                    yield Ok(to_event(&value));
                 }
             }
         }

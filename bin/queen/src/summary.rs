@@ -127,3 +127,8 @@ pub fn as_ref<T>(v: &NodeView<T>) -> NodeRef<'_, T> {
         silent_for: v.silent_for,
     }
 }
+
+/// `used` as a percentage of `total`; 0 when the total is unknown.
+pub fn percent(used: u64, total: u64) -> f32 {
+    if total == 0 { 0.0 } else { (used as f64 * 100.0 / total as f64) as f32 }
+}

@@ -73,6 +73,9 @@ pub struct HiveHeartbeat {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub services: Vec<String>,
+    /// The worker processes this hive supervises.
+    #[serde(default)]
+    pub workers: Vec<crate::SupervisedWorker>,
     /// Sender's wall clock; shown to operators, never used for ordering.
     #[serde(with = "time::serde::rfc3339")]
     pub sent_at: OffsetDateTime,
@@ -160,6 +163,12 @@ impl HiveHeartbeat {
         for s in &self.services {
             text("services", s)?;
         }
+        if self.workers.len() > 10_000 {
+            return Err(ContractError::InvalidField { field: "workers", reason: "at most 10000".into() });
+        }
+        for w in &self.workers {
+            text("workers.last_exit", &w.last_exit)?;
+        }
         Ok(())
     }
 }
@@ -202,6 +211,7 @@ mod tests {
             capacity: Capacity { max_workers: 4, running_workers: 0 },
             labels: BTreeMap::new(),
             services: vec![],
+            workers: vec![],
             sent_at: OffsetDateTime::UNIX_EPOCH,
         }
     }

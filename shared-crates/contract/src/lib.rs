@@ -5,6 +5,7 @@
 //! serde and time only (plus the registry trait behind the `registry` feature), which keeps
 //! it compilable for `wasm32-unknown-unknown`.
 
+mod deploy;
 mod error;
 mod health;
 mod heartbeat;
@@ -14,6 +15,10 @@ mod jobs;
 mod registry_impl;
 mod snapshot;
 
+pub use deploy::{
+    Assignment, AssignmentState, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, HiveCommand, MAX_REPLICAS,
+    PlacementStrategy, ProcessState, ScaleBody, StrategyBody, SupervisedWorker, WorkerLaunch,
+};
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};
 pub use heartbeat::{
@@ -21,7 +26,7 @@ pub use heartbeat::{
 };
 pub use ids::{Epoch, MAX_ID_LEN, NodeId, Seq};
 pub use jobs::{JobRequest, JobResponse, MAX_SHA256_ROUNDS, MAX_SLEEP_MS};
-pub use snapshot::{EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary};
+pub use snapshot::{DeploymentSummary, EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary};
 
 /// Where each endpoint lives, so clients and server cannot drift apart.
 pub mod paths {
@@ -32,6 +37,9 @@ pub mod paths {
     pub const HIVES: &str = "/v1/hives";
     pub const WORKERS: &str = "/v1/workers";
     pub const JOBS: &str = "/v1/jobs";
+    pub const DEPLOYMENTS: &str = "/v1/deployments";
+    pub const ASSIGNMENTS: &str = "/v1/assignments";
+    pub const STRATEGY: &str = "/v1/placement/strategy";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";

@@ -42,6 +42,12 @@ pub enum EventKind {
     Flapping,
     /// A flapping node has beaten steadily long enough to count again.
     Steady,
+    /// A replica (named by its worker id) was given a hive.
+    Placed,
+    /// A replica's hive has been gone past the orphan grace; it will be placed elsewhere.
+    Orphaned,
+    /// A replica found no hive with room and matching labels.
+    Pending,
 }
 
 /// One entry of the event log; `reason` answers "why".
@@ -124,4 +130,19 @@ pub struct Snapshot {
     /// The most recent liveness events, newest last; a bounded buffer, so a client that
     /// reconnects recovers the events it missed while away.
     pub events: Vec<NodeEvent>,
+    /// Each deployment's replicas: wanted, placed on a hive, and heartbeating.
+    #[serde(default)]
+    pub deployments: Vec<DeploymentSummary>,
+    /// Set while so many hives look dead at once that the queen has stopped re-placing
+    /// work: the likelier truth is that the queen is cut off.
+    #[serde(default)]
+    pub placement_brake: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentSummary {
+    pub name: NodeId,
+    pub replicas: u32,
+    pub placed: u32,
+    pub running: u32,
 }

@@ -156,9 +156,10 @@ impl Heartbeater {
     }
 }
 
-/// Starts small, doubles, and never waits more than one interval (the jitter backon adds
-/// is up to the current delay, hence the half).
-fn retry_policy(interval: Duration) -> ExponentialBuilder {
+/// Starts small, doubles, and never waits more than `interval` (the jitter backon adds is
+/// up to the current delay, hence the half): a thousand nodes retrying against a queen
+/// that comes back do not all arrive in the same instant.
+pub fn retry_policy(interval: Duration) -> ExponentialBuilder {
     ExponentialBuilder::default()
         .with_min_delay((interval / 8).clamp(Duration::from_millis(10), Duration::from_secs(1)))
         .with_max_delay(interval / 2)

@@ -4,13 +4,18 @@
 
 mod heartbeat;
 
-pub use heartbeat::{Beat, Heartbeater, jittered};
+pub use heartbeat::{Beat, Heartbeater, jittered, retry_policy};
 
 use std::time::Duration;
 
-use contract::{ApiErrorBody, HiveSummary, NodeEvent, Snapshot, WorkerSummary, paths};
+use contract::{ApiErrorBody, CommandAck, HiveCommand, HiveSummary, NodeEvent, NodeId, Snapshot, WorkerSummary, paths};
+use eventsource_stream::Eventsource;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+/// A stream that says nothing for this long is dead; the queen comments every 15 s.
+const STREAM_READ_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// Default address of the queen (DESIGN 10).
 pub const DEFAULT_QUEEN_URL: &str = "http://127.0.0.1:8500";
@@ -21,6 +26,8 @@ pub enum ClientError {
     InvalidUrl { url: String, reason: String },
     #[error("queen unreachable: {0}")]
     Transport(#[from] reqwest::Error),
+    #[error("stream broke: {0}")]
+    Stream(String),
     #[error("queen answered {status}: {code}: {message}")]
     Api { status: u16, code: String, message: String },
 }
@@ -29,6 +36,9 @@ pub enum ClientError {
 #[derive(Clone, Debug)]
 pub struct QueenClient {
     http: reqwest::Client,
+    /// For long-lived streams: no total timeout, but a read timeout well past the queen's
+    /// keep-alive comments, so a dead connection is noticed.
+    streams: reqwest::Client,
     base: String,
     token: Option<String>,
 }
@@ -46,7 +56,11 @@ impl QueenClient {
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        Ok(Self { http, base: trimmed.to_string(), token })
+        let streams = reqwest::Client::builder()
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .read_timeout(STREAM_READ_TIMEOUT)
+            .build()?;
+        Ok(Self { http, streams, base: trimmed.to_string(), token })
     }
 
     pub fn base_url(&self) -> &str {
@@ -84,6 +98,47 @@ impl QueenClient {
     ) -> Result<R, ClientError> {
         let resp = self.authorize(self.http.post(self.url(path)).json(body)).send().await?;
         Self::decode(resp).await
+    }
+
+    /// A POST whose success has no body (204).
+    pub async fn post_no_content<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ClientError> {
+        let resp = self.authorize(self.http.post(self.url(path)).json(body)).send().await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Self::decode::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
+    /// The hive's control channel: commands as the queen sends them. Ends when the
+    /// connection does; the caller reconnects.
+    pub async fn commands(
+        &self,
+        hive: &NodeId,
+    ) -> Result<impl futures_util::Stream<Item = Result<HiveCommand, ClientError>> + use<>, ClientError> {
+        let url = self.url(&format!("{}/{hive}/commands", paths::HIVES));
+        let resp = self.authorize(self.streams.get(url).header("accept", "text/event-stream")).send().await?;
+        if !resp.status().is_success() {
+            return Err(Self::decode::<serde_json::Value>(resp).await.err().unwrap_or(ClientError::Api {
+                status: 0,
+                code: "unexpected".into(),
+                message: "stream refused".into(),
+            }));
+        }
+        Ok(resp.bytes_stream().eventsource().filter_map(|event| async move {
+            match event {
+                Ok(e) if e.event == "command" => Some(serde_json::from_str(&e.data).map_err(|err| ClientError::Api {
+                    status: 200,
+                    code: "bad_command".into(),
+                    message: err.to_string(),
+                })),
+                Ok(_) => None,
+                Err(e) => Some(Err(ClientError::Stream(e.to_string()))),
+            }
+        }))
+    }
+
+    pub async fn ack(&self, hive: &NodeId, ack: &CommandAck) -> Result<(), ClientError> {
+        self.post_no_content(&format!("{}/{hive}/acks", paths::HIVES), ack).await
     }
 
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {

@@ -1,0 +1,255 @@
+//! Runs the hive's assigned workers as child processes and keeps them so: starts what is
+//! missing, restarts what crashed (capped exponential backoff), stops what is no longer
+//! wanted (SIGTERM, a deadline, then SIGKILL), and reports each one's state.
+//!
+//! Children must not outlive the hive, even a `kill -9`ed one: each is started through
+//! `setpriv --pdeathsig KILL` (util-linux), so the kernel kills it when the hive dies,
+//! and is also killed when its handle is dropped. Each gets its own process group, so a
+//! Ctrl-C meant for the hive does not hit the workers twice.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contract::{NodeId, ProcessState, SupervisedWorker, WorkerLaunch};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often child exits and due restarts are looked at.
+const TICK: Duration = Duration::from_millis(100);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A child that ran this long before exiting was healthy: its backoff starts over.
+const STABLE_AFTER: Duration = Duration::from_secs(60);
+const SETPRIV: &str = "/usr/bin/setpriv";
+
+struct Proc {
+    launch: WorkerLaunch,
+    child: Option<Child>,
+    pid: Option<u32>,
+    state: ProcessState,
+    restarts: u32,
+    backoff: Duration,
+    next_start: Instant,
+    started_at: Instant,
+    /// Set once a stop began: SIGKILL after it.
+    kill_at: Option<Instant>,
+    last_exit: String,
+}
+
+/// What the hive tells its children about where they are.
+#[derive(Clone)]
+pub struct ChildEnv {
+    pub queen: String,
+    pub hive: NodeId,
+}
+
+pub struct Supervisor {
+    env: ChildEnv,
+    stop_timeout: Duration,
+    procs: BTreeMap<NodeId, Proc>,
+    report: Arc<Mutex<Vec<SupervisedWorker>>>,
+}
+
+impl Supervisor {
+    pub fn new(env: ChildEnv, stop_timeout: Duration) -> Self {
+        Self { env, stop_timeout, procs: BTreeMap::new(), report: Arc::new(Mutex::new(Vec::new())) }
+    }
+
+    /// The workers' states as of the last pass, for heartbeats.
+    pub fn report(&self) -> Arc<Mutex<Vec<SupervisedWorker>>> {
+        Arc::clone(&self.report)
+    }
+
+    /// Reconciles until `stop` fires, then stops every child and waits for them to exit.
+    pub async fn run(mut self, mut desired: watch::Receiver<Vec<WorkerLaunch>>, stop: CancellationToken) {
+        loop {
+            let want = desired.borrow_and_update().clone();
+            self.reconcile(&want);
+            self.publish();
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                changed = desired.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(TICK) => {}
+            }
+        }
+        self.stop_all().await;
+        self.publish();
+    }
+
+    fn spawn(&self, launch: &WorkerLaunch) -> std::io::Result<Child> {
+        let mut cmd = if std::path::Path::new(SETPRIV).exists() {
+            let mut c = Command::new(SETPRIV);
+            c.args(["--pdeathsig", "KILL", "--"]).arg(&launch.command);
+            c
+        } else {
+            Command::new(&launch.command)
+        };
+        // The hive's own APIARY_* settings (its listen address, say) are not the child's.
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("APIARY_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.args(&launch.args)
+            .envs(&launch.env)
+            .env("APIARY_QUEEN", &self.env.queen)
+            .env("APIARY_HIVE", self.env.hive.as_str())
+            .env("APIARY_NAME", launch.name.as_str())
+            .env("APIARY_KIND", launch.deployment.as_str())
+            .stdin(Stdio::null())
+            .process_group(0)
+            .kill_on_drop(true);
+        cmd.spawn()
+    }
+
+    fn start(&mut self, name: &NodeId, launch: &WorkerLaunch, now: Instant) {
+        let spawned = self.spawn(launch);
+        let proc = self.procs.entry(name.clone()).or_insert_with(|| Proc {
+            launch: launch.clone(),
+            child: None,
+            pid: None,
+            state: ProcessState::Restarting,
+            restarts: 0,
+            backoff: FIRST_BACKOFF,
+            next_start: now,
+            started_at: now,
+            kill_at: None,
+            last_exit: String::new(),
+        });
+        match spawned {
+            Ok(child) => {
+                proc.pid = child.id();
+                proc.child = Some(child);
+                proc.state = ProcessState::Running;
+                proc.started_at = now;
+                tracing::info!(worker = %name, pid = ?proc.pid, "worker started");
+            }
+            Err(e) => {
+                proc.last_exit = format!("could not start {}: {e}", launch.command);
+                tracing::warn!(worker = %name, error = %e, "worker did not start");
+                Self::after_exit(proc, now);
+            }
+        }
+    }
+
+    /// Schedules a restart with backoff, or gives up past `max_restarts`.
+    fn after_exit(proc: &mut Proc, now: Instant) {
+        proc.child = None;
+        proc.pid = None;
+        if now.saturating_duration_since(proc.started_at) >= STABLE_AFTER {
+            proc.backoff = FIRST_BACKOFF;
+        }
+        if proc.launch.max_restarts.is_some_and(|max| proc.restarts >= max) {
+            proc.state = ProcessState::Failed;
+            return;
+        }
+        proc.restarts += 1;
+        proc.state = ProcessState::Restarting;
+        proc.next_start = now + proc.backoff;
+        proc.backoff = (proc.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    fn begin_stop(proc: &mut Proc, now: Instant, timeout: Duration) {
+        if proc.kill_at.is_some() {
+            return;
+        }
+        proc.state = ProcessState::Stopping;
+        proc.kill_at = Some(now + timeout);
+        if let Some(pid) = proc.pid {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+
+    /// One pass: reap exits, stop the unwanted, start the missing and the due.
+    fn reconcile(&mut self, want: &[WorkerLaunch]) {
+        let now = Instant::now();
+        let wanted: BTreeMap<&NodeId, &WorkerLaunch> = want.iter().map(|l| (&l.name, l)).collect();
+        let mut gone = Vec::new();
+        for (name, proc) in self.procs.iter_mut() {
+            let exited = match proc.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status.to_string()),
+                Some(Err(e)) => Some(format!("lost track of the process: {e}")),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                if proc.kill_at.is_some() {
+                    gone.push(name.clone());
+                    continue;
+                }
+                tracing::warn!(worker = %name, %status, restarts = proc.restarts, "worker exited");
+                proc.last_exit = status;
+                Self::after_exit(proc, now);
+            }
+            let unwanted = wanted.get(name).is_none_or(|l| **l != proc.launch);
+            if unwanted {
+                if proc.child.is_none() {
+                    gone.push(name.clone());
+                } else {
+                    Self::begin_stop(proc, now, self.stop_timeout);
+                }
+            }
+            if let (Some(at), Some(child)) = (proc.kill_at, proc.child.as_mut())
+                && now >= at
+            {
+                tracing::warn!(worker = %name, "worker did not stop in time; killing it");
+                let _ = child.start_kill();
+            }
+        }
+        for name in gone {
+            self.procs.remove(&name);
+        }
+        for (name, launch) in wanted {
+            let due = match self.procs.get(name) {
+                None => true,
+                Some(p) => p.state == ProcessState::Restarting && p.child.is_none() && now >= p.next_start,
+            };
+            if due {
+                self.start(name, launch, now);
+            }
+        }
+    }
+
+    fn publish(&self) {
+        let report = self
+            .procs
+            .iter()
+            .map(|(name, p)| SupervisedWorker {
+                name: name.clone(),
+                deployment: p.launch.deployment.clone(),
+                state: p.state,
+                pid: p.pid,
+                restarts: p.restarts,
+                last_exit: p.last_exit.clone(),
+            })
+            .collect();
+        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+    }
+
+    /// SIGTERM to every child, SIGKILL to those still there at the deadline; returns when
+    /// all have exited — a stop is done when the processes are gone, not when signalled.
+    async fn stop_all(&mut self) {
+        let now = Instant::now();
+        let timeout = self.stop_timeout;
+        for proc in self.procs.values_mut() {
+            Self::begin_stop(proc, now, timeout);
+        }
+        for (name, proc) in self.procs.iter_mut() {
+            let Some(child) = proc.child.as_mut() else { continue };
+            let deadline = proc.kill_at.unwrap_or(now);
+            if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
+                tracing::warn!(worker = %name, "worker did not stop in time; killing it");
+                let _ = child.kill().await;
+            }
+            proc.child = None;
+            proc.pid = None;
+        }
+        self.procs.clear();
+        tracing::info!("all workers stopped");
+    }
+}

@@ -1,0 +1,396 @@
+//! Deployments, their replicas' assignments to hives, and the commands that tell each
+//! hive what to run.
+//!
+//! One reconcile pass turns "what operators asked for" plus "which hives are alive" into
+//! assignments: replicas beyond the count are dropped, replicas whose hive has been gone
+//! past the orphan grace are orphaned, and every unplaced replica is offered to the
+//! placement strategy. Each hive's desired set is then derived from the assignments and
+//! published on its command channel when it changed. Commands carry the whole desired set,
+//! so they are idempotent and a hive that reconnects simply gets the current one.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use contract::{
+    Assignment, AssignmentState, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DeploymentSummary,
+    EventKind, HiveCommand, HiveHeartbeat, HiveStatus, Liveness, NodeEvent, NodeId, NodeKind, PlacementStrategy,
+    WorkerHeartbeat, WorkerLaunch,
+};
+use heartbeat_registry::{self as registry, HeartbeatRegistry};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::placement::{Candidate, Placer};
+use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError};
+
+/// Events about replicas kept for the snapshot.
+const EVENTS_KEPT: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    #[error("deployment {0} already exists")]
+    Exists(NodeId),
+    #[error("no deployment named {0}")]
+    NotFound(NodeId),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+struct State {
+    deployments: BTreeMap<NodeId, DeploymentRecord>,
+    /// By worker name.
+    assignments: BTreeMap<NodeId, Assignment>,
+    placer: Placer,
+}
+
+/// One hive's command channel: the latest command, and what it asked for.
+struct Channel {
+    tx: watch::Sender<Arc<HiveCommand>>,
+    desired: Vec<WorkerLaunch>,
+    acked: Option<CommandAck>,
+}
+
+pub struct Orchestrator {
+    state: Mutex<State>,
+    store: Box<dyn Store>,
+    channels: Mutex<BTreeMap<NodeId, Channel>>,
+    next_command: AtomicU64,
+    /// Shared with the registries so replica events and liveness events form one order.
+    event_seq: Arc<AtomicU64>,
+    events: Mutex<VecDeque<NodeEvent>>,
+    /// A hive offline this long has its replicas placed elsewhere.
+    orphan_grace: Duration,
+    /// On while more than half the hives look dead at once.
+    brake: AtomicBool,
+}
+
+/// A hive as reconcile sees it.
+struct HiveView {
+    liveness: registry::Liveness,
+    silent_for: Duration,
+    candidate: Option<Candidate>,
+}
+
+fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
+    WorkerLaunch {
+        name: worker.clone(),
+        deployment: spec.name.clone(),
+        command: spec.command.clone(),
+        args: spec.args.clone(),
+        env: spec.env.clone(),
+        max_restarts: spec.max_restarts,
+    }
+}
+
+fn worker_name(deployment: &NodeId, slot: u32) -> NodeId {
+    // The spec's validation keeps the name short enough for the suffix.
+    NodeId::sanitized(&format!("{deployment}-{slot}"))
+}
+
+impl Orchestrator {
+    pub fn open(store: Box<dyn Store>, orphan_grace: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
+        let Persisted { deployments, assignments, strategy } = store.load()?;
+        Ok(Self {
+            state: Mutex::new(State { deployments, assignments, placer: Placer::new(strategy.unwrap_or_default()) }),
+            store,
+            channels: Mutex::new(BTreeMap::new()),
+            next_command: AtomicU64::new(1),
+            event_seq,
+            events: Mutex::new(VecDeque::new()),
+            orphan_grace,
+            brake: AtomicBool::new(false),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn event(&self, worker: &NodeId, kind: EventKind, reason: String) {
+        tracing::info!(worker = %worker, ?kind, %reason, "placement");
+        let event = NodeEvent {
+            seq: self.event_seq.fetch_add(1, Ordering::Relaxed),
+            at: OffsetDateTime::now_utc(),
+            node: NodeKind::Worker,
+            id: worker.clone(),
+            kind,
+            liveness: Liveness::Offline,
+            reason,
+        };
+        let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(event);
+    }
+
+    pub fn recent_events(&self, limit: usize) -> Vec<NodeEvent> {
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+        events.iter().skip(events.len().saturating_sub(limit)).cloned().collect()
+    }
+
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping()
+    }
+
+    pub fn brake_engaged(&self) -> bool {
+        self.brake.load(Ordering::Relaxed)
+    }
+
+    pub fn strategy(&self) -> PlacementStrategy {
+        self.lock().placer.strategy
+    }
+
+    pub fn set_strategy(&self, strategy: PlacementStrategy) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        self.store.apply(&Batch { strategy: Some(strategy), ..Default::default() })?;
+        st.placer = Placer::new(strategy);
+        Ok(())
+    }
+
+    pub fn create(&self, spec: DeploymentSpec) -> Result<(), DeployError> {
+        let mut st = self.lock();
+        if st.deployments.contains_key(&spec.name) {
+            return Err(DeployError::Exists(spec.name));
+        }
+        let record = DeploymentRecord { spec, created_at: OffsetDateTime::now_utc() };
+        self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
+        st.deployments.insert(record.spec.name.clone(), record);
+        Ok(())
+    }
+
+    pub fn scale(&self, name: &NodeId, replicas: u32) -> Result<(), DeployError> {
+        let mut st = self.lock();
+        let mut record = st.deployments.get(name).cloned().ok_or_else(|| DeployError::NotFound(name.clone()))?;
+        record.spec.replicas = replicas;
+        self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
+        st.deployments.insert(name.clone(), record);
+        Ok(())
+    }
+
+    /// Forgets the deployment; the next reconcile drops its replicas and the hives stop
+    /// them gracefully.
+    pub fn delete(&self, name: &NodeId) -> Result<(), DeployError> {
+        let mut st = self.lock();
+        if !st.deployments.contains_key(name) {
+            return Err(DeployError::NotFound(name.clone()));
+        }
+        self.store.apply(&Batch { delete_deployments: vec![name.clone()], ..Default::default() })?;
+        st.deployments.remove(name);
+        Ok(())
+    }
+
+    pub fn assignments(&self) -> Vec<Assignment> {
+        self.lock().assignments.values().cloned().collect()
+    }
+
+    fn running(workers: &HeartbeatRegistry<WorkerHeartbeat>, a: &Assignment) -> bool {
+        workers.get(&a.worker).is_some_and(|w| w.liveness.is_up() && Some(&w.payload.hive_id) == a.hive.as_ref())
+    }
+
+    fn status(
+        &self,
+        record: &DeploymentRecord,
+        st: &State,
+        workers: &HeartbeatRegistry<WorkerHeartbeat>,
+    ) -> DeploymentStatus {
+        let assignments: Vec<Assignment> =
+            st.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
+        let running = assignments.iter().filter(|a| Self::running(workers, a)).count() as u32;
+        DeploymentStatus { spec: record.spec.clone(), created_at: record.created_at, assignments, running }
+    }
+
+    pub fn list(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentStatus> {
+        let st = self.lock();
+        st.deployments.values().map(|d| self.status(d, &st, workers)).collect()
+    }
+
+    pub fn get(&self, name: &NodeId, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Option<DeploymentStatus> {
+        let st = self.lock();
+        st.deployments.get(name).map(|d| self.status(d, &st, workers))
+    }
+
+    pub fn summaries(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentSummary> {
+        self.list(workers)
+            .into_iter()
+            .map(|d| DeploymentSummary {
+                placed: d.assignments.iter().filter(|a| a.state == AssignmentState::Placed).count() as u32,
+                name: d.spec.name,
+                replicas: d.spec.replicas,
+                running: d.running,
+            })
+            .collect()
+    }
+
+    /// One reconcile pass; see the module doc.
+    pub fn reconcile(&self, hives: &HeartbeatRegistry<HiveHeartbeat>) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc();
+        let mut views: BTreeMap<NodeId, HiveView> = BTreeMap::new();
+        hives.visit(|h| {
+            let p = h.payload;
+            let ready = h.liveness == registry::Liveness::Online && !h.flapping && p.status == HiveStatus::Ready;
+            let candidate = ready.then(|| Candidate {
+                id: p.id.clone(),
+                labels: p.labels.clone(),
+                max_workers: p.capacity.max_workers,
+                assigned: 0,
+                cpu_percent: p.resources.cpu_percent,
+                memory_percent: crate::summary::percent(p.resources.memory_used_bytes, p.resources.memory_total_bytes),
+            });
+            views.insert(p.id.clone(), HiveView { liveness: h.liveness, silent_for: h.silent_for, candidate });
+        });
+        let counted = views.values().filter(|v| v.liveness != registry::Liveness::Stopped).count();
+        let offline = views.values().filter(|v| v.liveness == registry::Liveness::Offline).count();
+        let brake = counted >= 2 && offline * 2 > counted;
+        if self.brake.swap(brake, Ordering::Relaxed) != brake {
+            if brake {
+                tracing::error!(
+                    offline,
+                    of = counted,
+                    "more than half the hives look dead at once: the queen is more likely cut off than they are; not re-placing work until this clears"
+                );
+            } else {
+                tracing::warn!("placement brake released: hives are back");
+            }
+        }
+
+        let mut st = self.lock();
+        let mut batch = Batch::default();
+        let State { deployments, assignments, placer } = &mut *st;
+
+        // Replicas nobody wants any more.
+        assignments.retain(|w, a| {
+            let keep = deployments.get(&a.deployment).is_some_and(|d| a.slot < d.spec.replicas);
+            if !keep {
+                batch.delete_assignments.push(w.clone());
+            }
+            keep
+        });
+
+        // Replicas whose hive is gone.
+        for a in assignments.values_mut().filter(|a| a.state == AssignmentState::Placed) {
+            let Some(hive) = a.hive.clone() else { continue };
+            let reason = match views.get(&hive) {
+                None => Some(format!("hive {hive} was removed")),
+                Some(v) if v.liveness == registry::Liveness::Stopped => Some(format!("hive {hive} stopped")),
+                Some(v) if v.liveness == registry::Liveness::Offline && v.silent_for >= self.orphan_grace && !brake => {
+                    Some(format!("hive {hive} offline for {} s", v.silent_for.as_secs()))
+                }
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                a.state = AssignmentState::Orphaned;
+                a.hive = None;
+                a.since = now;
+                a.moves += 1;
+                self.event(&a.worker, EventKind::Orphaned, reason);
+                batch.put_assignments.push(a.clone());
+            }
+        }
+
+        // Slots that have no assignment yet.
+        for d in deployments.values() {
+            for slot in 0..d.spec.replicas {
+                let worker = worker_name(&d.spec.name, slot);
+                assignments.entry(worker.clone()).or_insert_with(|| Assignment {
+                    deployment: d.spec.name.clone(),
+                    slot,
+                    worker,
+                    hive: None,
+                    state: AssignmentState::Pending,
+                    since: now,
+                    moves: 0,
+                });
+            }
+        }
+
+        // Offer every unplaced replica to the strategy, counting what each hive holds.
+        let mut candidates: Vec<Candidate> = views.values().filter_map(|v| v.candidate.clone()).collect();
+        for a in assignments.values() {
+            if let Some(c) = a.hive.as_ref().and_then(|h| candidates.iter_mut().find(|c| &c.id == h)) {
+                c.assigned += 1;
+            }
+        }
+        for a in assignments.values_mut().filter(|a| a.hive.is_none()) {
+            let Some(d) = deployments.get(&a.deployment) else { continue };
+            match placer.pick(&mut candidates, &d.spec.labels_required) {
+                Some(hive) => {
+                    self.event(
+                        &a.worker,
+                        EventKind::Placed,
+                        format!("placed on {hive} ({})", placer.strategy.as_str()),
+                    );
+                    a.hive = Some(hive);
+                    a.state = AssignmentState::Placed;
+                    a.since = now;
+                    batch.put_assignments.push(a.clone());
+                }
+                // Said once, when the replica first finds no room.
+                None if a.state != AssignmentState::Pending || a.since == now => {
+                    a.state = AssignmentState::Pending;
+                    self.event(&a.worker, EventKind::Pending, "no hive with room and matching labels".into());
+                    batch.put_assignments.push(a.clone());
+                }
+                None => {}
+            }
+        }
+        self.store.apply(&batch)?;
+
+        // What each hive should run now.
+        let mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>> = BTreeMap::new();
+        for a in assignments.values() {
+            if let (Some(hive), Some(d)) = (&a.hive, deployments.get(&a.deployment)) {
+                desired.entry(hive.clone()).or_default().push(launch(&d.spec, &a.worker));
+            }
+        }
+        drop(st);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let hives: BTreeSet<NodeId> = channels.keys().cloned().chain(desired.keys().cloned()).collect();
+        for hive in hives {
+            let want = desired.remove(&hive).unwrap_or_default();
+            match channels.get_mut(&hive) {
+                Some(ch) if ch.desired == want => {}
+                Some(ch) => {
+                    ch.tx.send_replace(Arc::new(self.command(want.clone())));
+                    ch.desired = want;
+                }
+                None => {
+                    let (tx, _) = watch::channel(Arc::new(self.command(want.clone())));
+                    channels.insert(hive, Channel { tx, desired: want, acked: None });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn command(&self, workers: Vec<WorkerLaunch>) -> HiveCommand {
+        HiveCommand { id: self.next_command.fetch_add(1, Ordering::Relaxed), kind: CommandKind::Assign { workers } }
+    }
+
+    /// The command stream of one hive, starting with its current desired set.
+    pub fn subscribe(&self, hive: &NodeId) -> watch::Receiver<Arc<HiveCommand>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(ch) = channels.get(hive) {
+            return ch.tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(self.command(Vec::new())));
+        channels.insert(hive.clone(), Channel { tx, desired: Vec::new(), acked: None });
+        rx
+    }
+
+    pub fn ack(&self, hive: &NodeId, ack: CommandAck) {
+        if !ack.ok {
+            tracing::warn!(%hive, command = ack.command_id, detail = %ack.detail, "hive could not apply a command");
+        }
+        if let Some(ch) = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get_mut(hive) {
+            ch.acked = Some(ack);
+        }
+    }
+
+    /// The last ACK a hive sent.
+    pub fn last_ack(&self, hive: &NodeId) -> Option<CommandAck> {
+        self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(hive).and_then(|c| c.acked.clone())
+    }
+}

@@ -1,0 +1,259 @@
+//! The queen's durable state — deployments, assignments, the placement strategy — behind
+//! a small trait, so that another backend (etcd, for replicas) can come later.
+//!
+//! The default backend is redb: an embedded, pure-Rust key-value store with ACID write
+//! transactions and copy-on-write commits, so a crash mid-write leaves the last committed
+//! state intact (no torn writes), with no server to run and no C to build. Values are the
+//! contract's JSON, so the file stays readable by any tool that speaks redb.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use contract::{Assignment, NodeId, PlacementStrategy};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// A deployment as stored: the operator's spec and when it was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub spec: contract::DeploymentSpec,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// Everything the queen keeps across restarts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Persisted {
+    pub deployments: BTreeMap<NodeId, DeploymentRecord>,
+    /// By worker name.
+    pub assignments: BTreeMap<NodeId, Assignment>,
+    pub strategy: Option<PlacementStrategy>,
+}
+
+/// Changes applied together or not at all.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub put_deployments: Vec<DeploymentRecord>,
+    pub delete_deployments: Vec<NodeId>,
+    pub put_assignments: Vec<Assignment>,
+    pub delete_assignments: Vec<NodeId>,
+    pub strategy: Option<PlacementStrategy>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.put_deployments.is_empty()
+            && self.delete_deployments.is_empty()
+            && self.put_assignments.is_empty()
+            && self.delete_assignments.is_empty()
+            && self.strategy.is_none()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store holds a record that does not decode: {0}")]
+    Corrupt(String),
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub trait Store: Send + Sync {
+    fn load(&self) -> Result<Persisted, StoreError>;
+    /// Applies `batch` atomically and durably before returning.
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Whether the store answers; a readiness check.
+    fn ping(&self) -> Result<(), StoreError>;
+}
+
+const DEPLOYMENTS: TableDefinition<&str, &str> = TableDefinition::new("deployments");
+const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+pub struct RedbStore {
+    db: Database,
+}
+
+impl RedbStore {
+    /// Opens (or creates) `<dir>/queen.redb`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
+        let db = Database::create(dir.join("queen.redb")).map_err(backend)?;
+        // Create the tables up front so reads never meet a missing table.
+        let txn = db.begin_write().map_err(backend)?;
+        for table in [DEPLOYMENTS, ASSIGNMENTS, META] {
+            txn.open_table(table).map_err(backend)?;
+        }
+        txn.commit().map_err(backend)?;
+        Ok(Self { db })
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<String, StoreError> {
+    serde_json::to_string(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn read_table<T: for<'de> Deserialize<'de>>(
+    txn: &redb::ReadTransaction,
+    def: TableDefinition<&str, &str>,
+) -> Result<BTreeMap<NodeId, T>, StoreError> {
+    let table = txn.open_table(def).map_err(backend)?;
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(backend)? {
+        let (k, v) = row.map_err(backend)?;
+        let id = NodeId::new(k.value()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let value = serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("{}: {e}", k.value())))?;
+        out.insert(id, value);
+    }
+    Ok(out)
+}
+
+impl Store for RedbStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let deployments = read_table(&txn, DEPLOYMENTS)?;
+        let assignments = read_table(&txn, ASSIGNMENTS)?;
+        let meta = txn.open_table(META).map_err(backend)?;
+        let strategy = match meta.get("strategy").map_err(backend)? {
+            Some(v) => Some(v.value().parse().map_err(StoreError::Corrupt)?),
+            None => None,
+        };
+        Ok(Persisted { deployments, assignments, strategy })
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(backend)?;
+        {
+            let mut deployments = txn.open_table(DEPLOYMENTS).map_err(backend)?;
+            for d in &batch.put_deployments {
+                deployments.insert(d.spec.name.as_str(), encode(d)?.as_str()).map_err(backend)?;
+            }
+            for name in &batch.delete_deployments {
+                deployments.remove(name.as_str()).map_err(backend)?;
+            }
+            let mut assignments = txn.open_table(ASSIGNMENTS).map_err(backend)?;
+            for a in &batch.put_assignments {
+                assignments.insert(a.worker.as_str(), encode(a)?.as_str()).map_err(backend)?;
+            }
+            for w in &batch.delete_assignments {
+                assignments.remove(w.as_str()).map_err(backend)?;
+            }
+            if let Some(s) = batch.strategy {
+                txn.open_table(META).map_err(backend)?.insert("strategy", s.as_str()).map_err(backend)?;
+            }
+        }
+        txn.commit().map_err(backend)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        self.db.begin_read().map(|_| ()).map_err(backend)
+    }
+}
+
+/// Keeps nothing across restarts; for tests that do not care.
+#[derive(Default)]
+pub struct MemoryStore(Mutex<Persisted>);
+
+impl Store for MemoryStore {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        Ok(self.0.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut p = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        for d in &batch.put_deployments {
+            p.deployments.insert(d.spec.name.clone(), d.clone());
+        }
+        for name in &batch.delete_deployments {
+            p.deployments.remove(name);
+        }
+        for a in &batch.put_assignments {
+            p.assignments.insert(a.worker.clone(), a.clone());
+        }
+        for w in &batch.delete_assignments {
+            p.assignments.remove(w);
+        }
+        if batch.strategy.is_some() {
+            p.strategy = batch.strategy;
+        }
+        Ok(())
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use contract::{AssignmentState, DeploymentSpec};
+
+    fn record(name: &str) -> DeploymentRecord {
+        DeploymentRecord {
+            spec: DeploymentSpec {
+                name: NodeId::new(name).expect("valid"),
+                command: "worker".into(),
+                args: vec![],
+                env: Default::default(),
+                replicas: 2,
+                labels_required: Default::default(),
+                max_restarts: None,
+            },
+            created_at: OffsetDateTime::UNIX_EPOCH,
+        }
+    }
+
+    fn assignment(worker: &str) -> Assignment {
+        Assignment {
+            deployment: NodeId::new("web").expect("valid"),
+            slot: 0,
+            worker: NodeId::new(worker).expect("valid"),
+            hive: Some(NodeId::new("h1").expect("valid")),
+            state: AssignmentState::Placed,
+            since: OffsetDateTime::UNIX_EPOCH,
+            moves: 0,
+        }
+    }
+
+    fn temp_dir(tag: &str) -> std::path::PathBuf {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        std::env::temp_dir().join(format!("apiary-store-{tag}-{}-{nanos}", std::process::id()))
+    }
+
+    #[test]
+    fn redb_state_survives_reopening() -> Result<(), StoreError> {
+        let dir = temp_dir("reopen");
+        {
+            let store = RedbStore::open(&dir)?;
+            store.apply(&Batch {
+                put_deployments: vec![record("web"), record("batch")],
+                put_assignments: vec![assignment("web-0"), assignment("web-1")],
+                strategy: Some(PlacementStrategy::Weighted),
+                ..Default::default()
+            })?;
+            store.apply(&Batch {
+                delete_deployments: vec![NodeId::new("batch").expect("valid")],
+                delete_assignments: vec![NodeId::new("web-1").expect("valid")],
+                ..Default::default()
+            })?;
+        }
+        let loaded = RedbStore::open(&dir)?.load()?;
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(loaded.deployments.keys().map(NodeId::as_str).collect::<Vec<_>>(), ["web"]);
+        assert_eq!(loaded.assignments.keys().map(NodeId::as_str).collect::<Vec<_>>(), ["web-0"]);
+        assert_eq!(loaded.strategy, Some(PlacementStrategy::Weighted));
+        assert_eq!(loaded.assignments[&NodeId::new("web-0").expect("valid")], assignment("web-0"));
+        Ok(())
+    }
+}

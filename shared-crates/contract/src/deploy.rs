@@ -1,0 +1,219 @@
+//! Deployments, placement, assignments and the queen → hive control channel.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::{ContractError, NodeId};
+
+/// How the queen picks a hive for a replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlacementStrategy {
+    /// Hives in turn, by id.
+    RoundRobin,
+    /// Lowest combined cpu %, memory % and share of worker slots in use.
+    #[default]
+    LeastLoaded,
+    /// Fewest workers assigned.
+    LeastWorkers,
+    /// Any hive with room, uniformly.
+    Random,
+    /// Random, in proportion to free capacity (max workers minus assigned).
+    Weighted,
+}
+
+impl PlacementStrategy {
+    pub const ALL: [PlacementStrategy; 5] = [
+        PlacementStrategy::RoundRobin,
+        PlacementStrategy::LeastLoaded,
+        PlacementStrategy::LeastWorkers,
+        PlacementStrategy::Random,
+        PlacementStrategy::Weighted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlacementStrategy::RoundRobin => "round_robin",
+            PlacementStrategy::LeastLoaded => "least_loaded",
+            PlacementStrategy::LeastWorkers => "least_workers",
+            PlacementStrategy::Random => "random",
+            PlacementStrategy::Weighted => "weighted",
+        }
+    }
+}
+
+impl std::str::FromStr for PlacementStrategy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s).ok_or_else(|| {
+            format!("unknown strategy {s:?}; one of round_robin, least_loaded, least_workers, random, weighted")
+        })
+    }
+}
+
+/// `PUT /v1/placement/strategy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StrategyBody {
+    pub strategy: PlacementStrategy,
+}
+
+/// What an operator asks to run: `POST /v1/deployments`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentSpec {
+    /// Also the prefix of its workers' names (`<name>-<slot>`), so it follows id syntax.
+    pub name: NodeId,
+    pub command: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    pub replicas: u32,
+    /// A replica only lands on a hive whose labels include all of these.
+    #[serde(default)]
+    pub labels_required: BTreeMap<String, String>,
+    /// Restarts of one replica before the hive gives up on it [default: unlimited].
+    #[serde(default)]
+    pub max_restarts: Option<u32>,
+}
+
+/// Most replicas one deployment may ask for.
+pub const MAX_REPLICAS: u32 = 10_000;
+
+impl DeploymentSpec {
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let bad = |field, reason: &str| Err(ContractError::InvalidField { field, reason: reason.into() });
+        // Worker ids are `<name>-<slot>` and must stay within the id limit.
+        if self.name.as_str().len() > crate::MAX_ID_LEN - 6 {
+            return bad("name", "at most 58 characters, so that worker names fit");
+        }
+        if self.command.trim().is_empty() || self.command.len() > 1024 || self.command.contains('\0') {
+            return bad("command", "must be a non-empty path or program name without NUL");
+        }
+        if self.args.len() > 256 || self.args.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
+            return bad("args", "at most 256 arguments of 4096 bytes, without NUL");
+        }
+        if self.env.len() > 256
+            || self.env.iter().any(|(k, v)| {
+                k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || k.starts_with("APIARY_")
+            })
+        {
+            return bad(
+                "env",
+                "at most 256 variables; names non-empty, without = or NUL, not APIARY_* (the hive sets those)",
+            );
+        }
+        if self.replicas > MAX_REPLICAS {
+            return bad("replicas", "at most 10000");
+        }
+        Ok(())
+    }
+}
+
+/// `PATCH /v1/deployments/{name}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleBody {
+    pub replicas: u32,
+}
+
+/// Where a replica stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AssignmentState {
+    /// On a hive; the worker heartbeats (or will, once started).
+    Placed,
+    /// Its hive has been offline past the orphan grace; waiting for a new hive.
+    Orphaned,
+    /// No hive has room or matching labels.
+    Pending,
+}
+
+/// One replica slot of a deployment and the hive it runs on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub deployment: NodeId,
+    pub slot: u32,
+    /// The worker's id: `<deployment>-<slot>`.
+    pub worker: NodeId,
+    pub hive: Option<NodeId>,
+    pub state: AssignmentState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// Times this slot moved to another hive.
+    pub moves: u32,
+}
+
+/// A deployment with where its replicas are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    pub spec: DeploymentSpec,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub assignments: Vec<Assignment>,
+    /// Replicas whose worker heartbeats and is up.
+    pub running: u32,
+}
+
+/// What a hive should run: the whole desired set, so a command is idempotent and a
+/// replay after a reconnect is harmless.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerLaunch {
+    pub name: NodeId,
+    pub deployment: NodeId,
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub max_restarts: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum CommandKind {
+    /// Run exactly these workers.
+    Assign { workers: Vec<WorkerLaunch> },
+}
+
+/// One message on `GET /v1/hives/{id}/commands` (SSE `event: command`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HiveCommand {
+    /// Increases with every command the queen issues; an ACK names it.
+    pub id: u64,
+    #[serde(flatten)]
+    pub kind: CommandKind,
+}
+
+/// `POST /v1/hives/{id}/acks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandAck {
+    pub command_id: u64,
+    pub ok: bool,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// A supervised worker process as its hive reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessState {
+    Running,
+    /// Exited; waiting out the restart backoff.
+    Restarting,
+    Stopping,
+    /// Gave up after `max_restarts`, or could not be started.
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SupervisedWorker {
+    pub name: NodeId,
+    pub deployment: NodeId,
+    pub state: ProcessState,
+    pub pid: Option<u32>,
+    pub restarts: u32,
+    /// Why it last exited or failed, for operators.
+    #[serde(default)]
+    pub last_exit: String,
+}
