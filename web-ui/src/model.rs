@@ -325,6 +325,7 @@ mod tests {
             capacity: Capacity { max_workers: 4, running_workers: 1 },
             labels: Default::default(),
             services: vec![],
+            workers: vec![],
         }
     }
 

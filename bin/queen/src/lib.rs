@@ -106,7 +106,7 @@ impl Queen {
 
     /// Re-places work now; after an API change, so operators need not wait for a sweep.
     pub fn reconcile(&self) {
-        if let Err(e) = self.orchestrator.reconcile(&self.hives) {
+        if let Err(e) = self.orchestrator.reconcile(&self.hives, &self.workers) {
             tracing::error!(error = %e, "reconcile could not write the store; will retry");
         }
     }

@@ -64,6 +64,9 @@ pub struct Orchestrator {
     orphan_grace: Duration,
     /// On while more than half the hives look dead at once.
     brake: AtomicBool,
+    /// A queen that just started has not heard from every hive yet: a hive it does not
+    /// know is not taken for gone until the orphan threshold has passed since the start.
+    started: std::time::Instant,
 }
 
 /// A hive as reconcile sees it.
@@ -101,6 +104,7 @@ impl Orchestrator {
             events: Mutex::new(VecDeque::new()),
             orphan_grace,
             brake: AtomicBool::new(false),
+            started: std::time::Instant::now(),
         })
     }
 
@@ -108,7 +112,7 @@ impl Orchestrator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn event(&self, worker: &NodeId, kind: EventKind, reason: String) {
+    fn event(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>, worker: &NodeId, kind: EventKind, reason: String) {
         tracing::info!(worker = %worker, ?kind, %reason, "placement");
         let event = NodeEvent {
             seq: self.event_seq.fetch_add(1, Ordering::Relaxed),
@@ -116,7 +120,9 @@ impl Orchestrator {
             node: NodeKind::Worker,
             id: worker.clone(),
             kind,
-            liveness: Liveness::Offline,
+            // The worker's own liveness as the queen last saw it; a replica not yet
+            // started has none and counts as offline.
+            liveness: workers.get(worker).map(|w| crate::summary::liveness(w.liveness)).unwrap_or(Liveness::Offline),
             reason,
         };
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
@@ -225,7 +231,11 @@ impl Orchestrator {
     }
 
     /// One reconcile pass; see the module doc.
-    pub fn reconcile(&self, hives: &HeartbeatRegistry<HiveHeartbeat>) -> Result<(), StoreError> {
+    pub fn reconcile(
+        &self,
+        hives: &HeartbeatRegistry<HiveHeartbeat>,
+        workers: &HeartbeatRegistry<WorkerHeartbeat>,
+    ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
         let mut views: BTreeMap<NodeId, HiveView> = BTreeMap::new();
         hives.visit(|h| {
@@ -273,7 +283,8 @@ impl Orchestrator {
         for a in assignments.values_mut().filter(|a| a.state == AssignmentState::Placed) {
             let Some(hive) = a.hive.clone() else { continue };
             let reason = match views.get(&hive) {
-                None => Some(format!("hive {hive} was removed")),
+                None if self.started.elapsed() >= self.orphan_grace => Some(format!("hive {hive} is unknown")),
+                None => None,
                 Some(v) if v.liveness == registry::Liveness::Stopped => Some(format!("hive {hive} stopped")),
                 Some(v) if v.liveness == registry::Liveness::Offline && v.silent_for >= self.orphan_grace && !brake => {
                     Some(format!("hive {hive} offline for {} s", v.silent_for.as_secs()))
@@ -285,7 +296,7 @@ impl Orchestrator {
                 a.hive = None;
                 a.since = now;
                 a.moves += 1;
-                self.event(&a.worker, EventKind::Orphaned, reason);
+                self.event(workers, &a.worker, EventKind::Orphaned, reason);
                 batch.put_assignments.push(a.clone());
             }
         }
@@ -318,6 +329,7 @@ impl Orchestrator {
             match placer.pick(&mut candidates, &d.spec.labels_required) {
                 Some(hive) => {
                     self.event(
+                        workers,
                         &a.worker,
                         EventKind::Placed,
                         format!("placed on {hive} ({})", placer.strategy.as_str()),
@@ -330,7 +342,7 @@ impl Orchestrator {
                 // Said once, when the replica first finds no room.
                 None if a.state != AssignmentState::Pending || a.since == now => {
                     a.state = AssignmentState::Pending;
-                    self.event(&a.worker, EventKind::Pending, "no hive with room and matching labels".into());
+                    self.event(workers, &a.worker, EventKind::Pending, "no hive with room and matching labels".into());
                     batch.put_assignments.push(a.clone());
                 }
                 None => {}

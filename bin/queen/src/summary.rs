@@ -93,6 +93,7 @@ pub fn hive(n: NodeRef<'_, HiveHeartbeat>) -> HiveSummary {
         capacity: p.capacity,
         labels: p.labels.clone(),
         services: p.services.clone(),
+        workers: p.workers.clone(),
     }
 }
 

@@ -84,6 +84,9 @@ pub struct HiveSummary {
     pub capacity: Capacity,
     pub labels: BTreeMap<String, String>,
     pub services: Vec<String>,
+    /// The worker processes it supervises, as it reported them.
+    #[serde(default)]
+    pub workers: Vec<crate::SupervisedWorker>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -21,6 +21,44 @@ use queen_client::QueenClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// Builds the `queen`, `hive` and `worker` binaries (a no-op when `cargo xtask test`
+/// already did) and returns the directory they are in: the target profile directory the
+/// running test binary lives under.
+pub fn built_binaries() -> anyhow::Result<std::path::PathBuf> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "queen", "-p", "hive", "-p", "worker"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build of the binaries failed");
+    }
+    let exe = std::env::current_exe()?;
+    // <target>/<profile>/deps/<test>-<hash>
+    let dir = exe.parent().and_then(|deps| deps.parent()).context("test binary has no profile dir")?;
+    Ok(dir.to_path_buf())
+}
+
+/// A fresh directory under the system's temp dir, removed when dropped.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> std::io::Result<Self> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("apiary-{tag}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -123,6 +161,9 @@ pub struct SandboxBuilder {
     heartbeat_interval: Duration,
     snapshot_interval: Duration,
     ui_dir: Option<std::path::PathBuf>,
+    data_dir: Option<std::path::PathBuf>,
+    orphan_grace: Option<Duration>,
+    max_workers: u32,
 }
 
 impl Default for SandboxBuilder {
@@ -133,6 +174,9 @@ impl Default for SandboxBuilder {
             heartbeat_interval: Duration::from_millis(200),
             snapshot_interval: Duration::from_millis(200),
             ui_dir: None,
+            data_dir: None,
+            orphan_grace: None,
+            max_workers: 4,
         }
     }
 }
@@ -152,6 +196,15 @@ impl SandboxBuilder {
     }
     pub fn snapshot_interval(mut self, d: Duration) -> Self {
         self.snapshot_interval = d;
+        self
+    }
+    /// Keep the queen's durable state in `dir` (in memory otherwise).
+    pub fn data_dir(mut self, dir: std::path::PathBuf) -> Self {
+        self.data_dir = Some(dir);
+        self
+    }
+    pub fn orphan_grace(mut self, d: Duration) -> Self {
+        self.orphan_grace = Some(d);
         self
     }
     /// Serve the built dashboard from `dir`.
@@ -230,12 +283,18 @@ impl Sandbox {
         let mut config =
             queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
         config.ui_dir = self.config.ui_dir.clone();
+        config.data_dir = self.config.data_dir.clone();
+        if let Some(grace) = self.config.orphan_grace {
+            config.orphan_grace = grace;
+        }
         self.queen = Some(Node::spawn(NodeId::new("queen")?, bind, move |l, stop| queen::run(config, l, stop))?);
         Ok(())
     }
 
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
-        let config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
+        let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
+        config.max_workers = self.config.max_workers;
+        config.worker_stop_timeout = Duration::from_secs(5);
         self.hives
             .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| hive::run(config, l, stop))?);
         Ok(())
@@ -277,6 +336,14 @@ impl Sandbox {
         let mut node = Self::take(&mut self.workers, id)?;
         node.stop.cancel();
         Ok(async move { node.join().await })
+    }
+
+    /// Like `kill -9` of the queen.
+    pub async fn kill_queen(&mut self) -> anyhow::Result<()> {
+        match self.queen.take() {
+            Some(mut q) => q.kill().await,
+            None => bail!("the queen is not running"),
+        }
     }
 
     /// Stops the queen gracefully; hives and workers keep running and keep retrying.

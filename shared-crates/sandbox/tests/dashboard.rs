@@ -38,7 +38,7 @@ impl Drop for Driver {
     }
 }
 
-async fn browser() -> anyhow::Result<(Driver, Client, tempdir::TempProfile)> {
+async fn browser() -> anyhow::Result<(Driver, Client, sandbox::TempDir)> {
     for path in [CHROMIUM, CHROMEDRIVER] {
         if !std::path::Path::new(path).exists() {
             bail!("{path} is missing: install Debian's chromium and chromium-driver (cargo xtask test does)");
@@ -53,7 +53,7 @@ async fn browser() -> anyhow::Result<(Driver, Client, tempdir::TempProfile)> {
             .spawn()
             .context("starting chromedriver")?,
     );
-    let profile = tempdir::TempProfile::new()?;
+    let profile = sandbox::TempDir::new("chromium")?;
     let mut caps = serde_json::Map::new();
     caps.insert(
         "goog:chromeOptions".into(),
@@ -80,27 +80,6 @@ async fn browser() -> anyhow::Result<(Driver, Client, tempdir::TempProfile)> {
     })
     .await?;
     Ok((driver, client, profile))
-}
-
-mod tempdir {
-    /// A fresh Chromium profile directory, removed afterwards.
-    pub struct TempProfile(pub std::path::PathBuf);
-
-    impl TempProfile {
-        pub fn new() -> std::io::Result<Self> {
-            let nanos =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-            let dir = std::env::temp_dir().join(format!("apiary-chromium-{}-{nanos}", std::process::id()));
-            std::fs::create_dir_all(&dir)?;
-            Ok(Self(dir))
-        }
-    }
-
-    impl Drop for TempProfile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 /// Reads the page in one script, so that rows re-rendered between two WebDriver calls

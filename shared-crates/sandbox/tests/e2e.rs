@@ -2,7 +2,6 @@
 //! as a browser reads it, a hive killed with SIGKILL, the rest stopped with SIGTERM.
 
 use std::net::TcpListener as StdListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -44,24 +43,6 @@ impl Drop for Proc {
     }
 }
 
-/// Builds the three binaries (a no-op when `cargo xtask test` already did) and returns
-/// the directory they are in: the target profile dir this test binary lives under.
-fn binaries() -> anyhow::Result<PathBuf> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--quiet", "-p", "queen", "-p", "hive", "-p", "worker"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build of the binaries failed");
-    }
-    let exe = std::env::current_exe()?;
-    // <target>/<profile>/deps/e2e-<hash>
-    let dir = exe.parent().and_then(|deps| deps.parent()).context("test binary has no profile dir")?;
-    Ok(dir.to_path_buf())
-}
-
 fn spawn(dir: &std::path::Path, name: &'static str, args: &[&str]) -> anyhow::Result<Proc> {
     let child = Command::new(dir.join(name))
         .args(args)
@@ -78,7 +59,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_processes_a_killed_hive_goes_offline_and_sigterm_stops_cleanly() -> anyhow::Result<()> {
-    let dir = tokio::task::spawn_blocking(binaries).await??;
+    let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");

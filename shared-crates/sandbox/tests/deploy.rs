@@ -1,0 +1,281 @@
+//! Deployments on an in-process cluster whose hives start the real `worker` binary as
+//! child processes: placement, restart after `kill -9`, re-placement when a hive dies,
+//! no duplicates when it returns, durability across a queen restart, job routing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use contract::{Assignment, AssignmentState, DeploymentStatus, EventKind, NodeId, ProcessState};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use queen_client::QueenClient;
+use sandbox::{Sandbox, TempDir, wait_until};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+const FAST: &str = "300ms";
+
+async fn deploy(client: &QueenClient, replicas: u32) -> anyhow::Result<DeploymentStatus> {
+    let bin = tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("worker");
+    let spec = json!({
+        "name": "web",
+        "command": bin.to_string_lossy(),
+        "args": ["--heartbeat-interval", FAST],
+        "replicas": replicas,
+    });
+    Ok(client.post_json("/v1/deployments", &spec).await?)
+}
+
+/// Workers the queen sees up, by name → hive.
+async fn running(client: &QueenClient) -> anyhow::Result<BTreeMap<String, String>> {
+    Ok(client
+        .workers()
+        .await?
+        .into_iter()
+        .filter(|w| matches!(w.liveness, contract::Liveness::Online | contract::Liveness::Suspect))
+        .map(|w| (w.id.to_string(), w.hive_id.to_string()))
+        .collect())
+}
+
+async fn assignments(client: &QueenClient) -> anyhow::Result<Vec<Assignment>> {
+    Ok(client.get_json("/v1/assignments").await?)
+}
+
+fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+async fn wait_running(client: &QueenClient, n: usize, what: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    wait_until(what, WAIT, || async { running(client).await.ok().filter(|r| r.len() == n) }).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_are_placed_restarted_and_moved_when_a_hive_dies() -> anyhow::Result<()> {
+    let mut sb = Sandbox::builder()
+        .hives(3)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .orphan_grace(Duration::from_millis(500))
+        .start()
+        .await?;
+    let client = sb.client();
+    let put = reqwest::Client::new()
+        .put(format!("{}/v1/placement/strategy", sb.queen_url()))
+        .json(&json!({"strategy": "least_workers"}))
+        .send()
+        .await?;
+    assert!(put.status().is_success());
+
+    let created = deploy(&client, 6).await?;
+    assert_eq!(created.assignments.len(), 6);
+    let per_hive = |a: &[Assignment]| {
+        let mut m: BTreeMap<String, usize> = BTreeMap::new();
+        for x in a {
+            *m.entry(x.hive.as_ref().map(|h| h.to_string()).unwrap_or_default()).or_default() += 1;
+        }
+        m
+    };
+    assert_eq!(
+        per_hive(&created.assignments).values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "least_workers spreads evenly"
+    );
+    let up = wait_running(&client, 6, "6 replicas heartbeating").await?;
+    for a in assignments(&client).await? {
+        assert_eq!(
+            up.get(a.worker.as_str()),
+            a.hive.as_ref().map(|h| h.to_string()).as_ref(),
+            "{} runs where assigned",
+            a.worker
+        );
+    }
+
+    // kill -9 one worker process: its hive restarts it.
+    let victim = wait_until("hive-1 reporting its workers", WAIT, || async {
+        client.hive("hive-1").await.ok()?.workers_reported().into_iter().find(|w| w.3 == ProcessState::Running)
+    })
+    .await?;
+    let old_pid = victim.1;
+    kill(Pid::from_raw(old_pid as i32), Signal::SIGKILL)?;
+    wait_until("the killed worker restarted", WAIT, || async {
+        let h = client.hive("hive-1").await.ok()?;
+        h.workers_reported().into_iter().find(|(name, pid, restarts, state)| {
+            name == &victim.0 && *pid != old_pid && *restarts >= 1 && *state == ProcessState::Running
+        })
+    })
+    .await?;
+    wait_until("the restarted worker heartbeating under a new epoch", WAIT, || async {
+        let events = client.worker_events(&victim.0).await.ok()?;
+        events.iter().any(|e| e.kind == EventKind::Restarted).then_some(())
+    })
+    .await?;
+
+    // kill a hive: its children die with it, its replicas move.
+    let hive0 = NodeId::new("hive-0")?;
+    let doomed: Vec<(String, u32)> = wait_until("hive-0 reporting 2 running workers", WAIT, || async {
+        let w = client.hive("hive-0").await.ok()?.workers_reported();
+        (w.len() == 2 && w.iter().all(|x| x.3 == ProcessState::Running))
+            .then(|| w.into_iter().map(|(n, p, ..)| (n, p)).collect())
+    })
+    .await?;
+    let killed_at = Instant::now();
+    sb.kill_hive(&hive0).await?;
+    wait_until("hive-0's children gone", WAIT, || async { doomed.iter().all(|(_, pid)| !alive(*pid)).then_some(()) })
+        .await?;
+    let moved = wait_until("hive-0's replicas running elsewhere", WAIT, || async {
+        let r = running(&client).await.ok()?;
+        let a = assignments(&client).await.ok()?;
+        let placed_elsewhere = a.iter().all(|x| x.state == AssignmentState::Placed && x.hive.as_ref() != Some(&hive0));
+        (placed_elsewhere && r.len() == 6 && r.values().all(|h| h != "hive-0")).then_some(a)
+    })
+    .await?;
+    eprintln!("hive death to replicas running elsewhere: {} ms", killed_at.elapsed().as_millis());
+    for (name, _) in &doomed {
+        let a = moved.iter().find(|a| a.worker.as_str() == name).expect("still assigned");
+        assert_eq!(a.moves, 1, "{name} moved once");
+    }
+    wait_until("the move shown in the stream's events", WAIT, || async {
+        let s = sb.snapshot().await.ok()?;
+        s.events.iter().any(|e| e.kind == EventKind::Orphaned && e.reason.contains("hive-0")).then_some(())
+    })
+    .await?;
+
+    // hive-0 comes back under a new epoch: it is told to run nothing, nothing is doubled.
+    sb.add_hive(hive0.clone())?;
+    wait_until("hive-0 back and idle", WAIT, || async {
+        let h = client.hive("hive-0").await.ok()?;
+        (h.liveness == contract::Liveness::Online && h.workers_reported().is_empty()).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let r = running(&client).await?;
+    assert_eq!(r.len(), 6);
+    assert!(r.values().all(|h| h != "hive-0"), "no replica runs twice: {r:?}");
+    let names: BTreeSet<String> = assignments(&client).await?.into_iter().map(|a| a.worker.to_string()).collect();
+    assert_eq!(names.len(), 6);
+
+    // Scale down, then delete: the hives stop the workers gracefully.
+    let scaled: DeploymentStatus = {
+        let resp = reqwest::Client::new()
+            .patch(format!("{}/v1/deployments/web", sb.queen_url()))
+            .json(&json!({"replicas": 2}))
+            .send()
+            .await?;
+        assert!(resp.status().is_success());
+        resp.json().await?
+    };
+    assert_eq!(scaled.assignments.len(), 2);
+    wait_until("4 workers stopped after scaling down", WAIT, || async {
+        let stopped = client.workers().await.ok()?.iter().filter(|w| w.liveness == contract::Liveness::Stopped).count();
+        (stopped >= 4).then_some(())
+    })
+    .await?;
+    let resp = reqwest::Client::new().delete(format!("{}/v1/deployments/web", sb.queen_url())).send().await?;
+    assert_eq!(resp.status().as_u16(), 204);
+    wait_running(&client, 0, "every worker stopped after delete").await?;
+    sb.shutdown().await
+}
+
+trait Reported {
+    /// (name, pid, restarts, state) of each worker the hive supervises.
+    fn workers_reported(&self) -> Vec<(String, u32, u32, ProcessState)>;
+}
+
+impl Reported for contract::HiveSummary {
+    fn workers_reported(&self) -> Vec<(String, u32, u32, ProcessState)> {
+        self.workers.iter().map(|w| (w.name.to_string(), w.pid.unwrap_or(0), w.restarts, w.state)).collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queen_restart_keeps_deployments_and_assignments_and_routes_every_job_once() -> anyhow::Result<()> {
+    let data = TempDir::new("queen-data")?;
+    let mut sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .data_dir(data.0.clone())
+        .start()
+        .await?;
+    let client = sb.client();
+    deploy(&client, 4).await?;
+    wait_running(&client, 4, "4 replicas heartbeating").await?;
+    let before = assignments(&client).await?;
+
+    let addr = sb.queen_addr();
+    sb.kill_queen().await?;
+    sb.restart_queen(addr)?;
+    let deployments: Vec<DeploymentStatus> =
+        wait_until("the queen back", WAIT, || async { client.get_json("/v1/deployments").await.ok() }).await?;
+    assert_eq!(deployments.len(), 1);
+    assert_eq!(deployments[0].spec.replicas, 4);
+    wait_running(&client, 4, "the same 4 replicas heartbeating to the new queen").await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = assignments(&client).await?;
+    assert_eq!(after, before, "nothing re-placed needlessly");
+    let snapshot = sb.snapshot().await?;
+    assert!(
+        !snapshot.events.iter().any(|e| e.kind == EventKind::Placed),
+        "no placement after restart: {:?}",
+        snapshot.events
+    );
+
+    // 500 jobs, 20 at a time, through the queen: each answered once or refused.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/jobs", sb.queen_url());
+    let started = Instant::now();
+    let mut answered = 0u32;
+    let mut refused = 0u32;
+    let jobs: Vec<u32> = (0..500).collect();
+    for chunk in jobs.chunks(20) {
+        let mut batch = Vec::new();
+        for &i in chunk {
+            let http = http.clone();
+            let url = url.clone();
+            batch.push(tokio::spawn(async move {
+                let input = format!("job-{i}");
+                let resp =
+                    http.post(&url).json(&json!({"kind": "sha256", "input": input, "rounds": 100})).send().await?;
+                let status = resp.status().as_u16();
+                let body: serde_json::Value = resp.json().await?;
+                anyhow::Ok((status, input, body))
+            }));
+        }
+        for job in batch {
+            let (status, input, body) = job.await??;
+            match status {
+                200 => {
+                    assert_eq!(
+                        body["output"],
+                        json!(worker::jobs::sha256_rounds(&input, 100)),
+                        "job {input} answered with its own result"
+                    );
+                    answered += 1;
+                }
+                503 => refused += 1,
+                other => panic!("job {input}: unexpected {other}: {body}"),
+            }
+        }
+    }
+    let elapsed = started.elapsed();
+    eprintln!(
+        "500 jobs through the queen: {answered} answered, {refused} refused, {:.0} jobs/s",
+        500.0 / elapsed.as_secs_f64()
+    );
+    assert_eq!(answered + refused, 500);
+    assert!(answered >= 490, "4 workers × 4 slots take 20 at a time: {answered} answered");
+    // Every answered job ran exactly once: the workers' own counters add up.
+    let mut done_on_workers = 0u64;
+    for w in client.workers().await? {
+        let metrics = http.get(format!("{}/metrics", w.address)).send().await?.text().await?;
+        done_on_workers += metrics
+            .lines()
+            .find(|l| l.starts_with("apiary_jobs_total{kind=\"sha256\",outcome=\"done\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    assert_eq!(done_on_workers, u64::from(answered), "no job ran twice, none got lost");
+    sb.shutdown().await
+}
