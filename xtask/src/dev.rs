@@ -64,6 +64,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
 
+    // A fresh store each run: the dev cluster is defined by the flags, not by last time.
+    let data_dir = crate::target_dir().join("dev-data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let data_dir = data_dir.to_string_lossy().into_owned();
+    let replicas = args.hives * args.workers_per_hive;
+    // Room for every replica on any one hive, so work can move when a hive dies.
+    let max_workers = replicas.max(1).to_string();
     let mut procs = vec![spawn(
         &dir,
         "queen",
@@ -76,15 +83,41 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             &args.heartbeat_interval,
             "--snapshot-interval",
             &args.snapshot_interval,
+            "--data-dir",
+            &data_dir,
+            "--strategy",
+            "least_workers",
         ],
     )?];
     for h in 1..=args.hives {
         let hive = format!("hive-{h}");
-        procs.push(spawn(&dir, "hive", hive.clone(), &["--queen", &url, "--name", &hive])?);
-        for w in 1..=args.workers_per_hive {
-            let name = format!("{hive}-worker-{w}");
-            procs.push(spawn(&dir, "worker", name.clone(), &["--queen", &url, "--hive", &hive, "--name", &name])?);
+        procs.push(spawn(
+            &dir,
+            "hive",
+            hive.clone(),
+            &["--queen", &url, "--name", &hive, "--max-workers", &max_workers],
+        )?);
+    }
+    // Deploy once every hive has joined, so the replicas spread over all of them.
+    let joined_by = Instant::now() + Duration::from_secs(20);
+    while online_counts(&args.listen).is_none_or(|(hives, _)| hives < args.hives) && Instant::now() < joined_by {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // The workers come from a deployment, placed by the queen and started by the hives.
+    let worker = dir.join("worker").to_string_lossy().into_owned();
+    let replicas_arg = replicas.to_string();
+    let deploy = ["deploy", "workers", "--command", &worker, "--replicas", &replicas_arg, "--queen", &url];
+    let deployed_at = Instant::now();
+    loop {
+        let out = Command::new(dir.join("queen")).args(deploy).output().context("running queen deploy")?;
+        if out.status.success() {
+            break;
         }
+        if deployed_at.elapsed() > Duration::from_secs(20) {
+            stop_all(&mut procs);
+            anyhow::bail!("queen deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 
     eprintln!("\nApiary dev cluster: 1 queen, {} hives, {} workers", args.hives, args.hives * args.workers_per_hive);
@@ -92,6 +125,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     eprintln!("  stream:  curl -N {url}/v1/heartbeats/stream");
     eprintln!("  status:  cargo run -q -p queen -- status --queen {url}");
     eprintln!("  nodes:   cargo run -q -p queen -- nodes --queen {url}");
+    eprintln!("  work:    cargo run -q -p queen -- deployments --queen {url}");
     eprintln!("Ctrl-C stops everything.\n");
 
     let expected = (args.hives, args.hives * args.workers_per_hive);
@@ -123,12 +157,13 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops the cluster in order (workers, then hives, then the queen last, so that each
-/// can still say goodbye to it): SIGTERM, then SIGKILL for whatever is still running
+/// Stops the cluster in order (hives, which stop their workers, then the queen last, so
+/// that each can still say goodbye to it): SIGTERM, then SIGKILL for whatever is still running
 /// after the grace period. Leaves no process behind.
 fn stop_all(procs: &mut [Proc]) {
     eprintln!("\nxtask dev: stopping {} processes", procs.iter().filter(|p| !p.exited).count());
-    for stage in ["worker", "hive", "queen"] {
+    // Hives stop the workers they run before they exit.
+    for stage in ["hive", "queen"] {
         let mut group: Vec<&mut Proc> = procs.iter_mut().filter(|p| p.bin == stage && !p.exited).collect();
         for p in &group {
             let _ = kill(Pid::from_raw(p.child.id() as i32), Signal::SIGTERM);

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use contract::{HiveSummary, Liveness, Snapshot, WorkerSummary};
+use contract::{
+    DeploymentSpec, DeploymentStatus, HiveSummary, Liveness, NodeId, PlacementStrategy, Snapshot, WorkerSummary,
+};
 use queen_client::{DEFAULT_QUEEN_URL, QueenClient};
 
 use crate::config::ServeArgs;
@@ -23,6 +25,99 @@ pub enum Command {
     Status(Remote),
     /// List hives and workers with their liveness.
     Nodes(Remote),
+    /// Run replicas of a command on the cluster's hives.
+    Deploy(DeployArgs),
+    /// List deployments and where their replicas run.
+    Deployments(Remote),
+    /// Change a deployment's replica count.
+    Scale {
+        name: String,
+        replicas: u32,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Stop all of a deployment's replicas gracefully and forget it.
+    Undeploy {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Show the placement strategy, or switch it: round_robin, least_loaded,
+    /// least_workers, random, weighted.
+    Strategy {
+        strategy: Option<PlacementStrategy>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DeployArgs {
+    /// Deployment name; its workers are named `<name>-<slot>`.
+    pub name: String,
+    /// Program each replica runs.
+    #[arg(long)]
+    pub command: String,
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
+    /// Hive label a replica needs, as key=value; repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Environment variable for the replicas, as KEY=VALUE; repeatable.
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Restarts of one replica before its hive gives up on it.
+    #[arg(long)]
+    pub max_restarts: Option<u32>,
+    /// Arguments for the command, after `--`.
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+fn pairs(items: &[String], what: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => anyhow::bail!("{what} {kv:?} is not KEY=VALUE"),
+        })
+        .collect()
+}
+
+impl DeployArgs {
+    pub fn spec(&self) -> anyhow::Result<DeploymentSpec> {
+        let spec = DeploymentSpec {
+            name: NodeId::new(self.name.clone())?,
+            command: self.command.clone(),
+            args: self.args.clone(),
+            env: pairs(&self.env, "--env")?,
+            replicas: self.replicas,
+            labels_required: pairs(&self.labels, "--label")?,
+            max_restarts: self.max_restarts,
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+}
+
+pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
+    let mut out = format!("{:<20} {:>8} {:>8}  {}\n", "DEPLOYMENT", "REPLICAS", "RUNNING", "COMMAND");
+    for d in deployments {
+        out.push_str(&format!("{:<20} {:>8} {:>8}  {}\n", d.spec.name, d.spec.replicas, d.running, d.spec.command));
+        for a in &d.assignments {
+            let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
+            out.push_str(&format!(
+                "  {:<24} {:<16} {:<9} since {}\n",
+                a.worker,
+                hive,
+                format!("{:?}", a.state).to_lowercase(),
+                a.since
+            ));
+        }
+    }
+    out
 }
 
 #[derive(clap::Args, Debug)]
@@ -101,4 +196,41 @@ pub fn render_nodes(hives: &[HiveSummary], workers: &[WorkerSummary]) -> String 
         ));
     }
     out
+}
+
+/// Every subcommand but `serve`: ask the queen, print the answer.
+pub async fn run_remote(command: Command) -> anyhow::Result<()> {
+    use anyhow::Context;
+    match command {
+        Command::Serve(_) => anyhow::bail!("serve is not a remote command"),
+        Command::Status(remote) => {
+            let snapshot = remote.client()?.snapshot().await.with_context(|| format!("asking {}", remote.queen))?;
+            print!("{}", render_status(&snapshot));
+        }
+        Command::Nodes(remote) => {
+            let client = remote.client()?;
+            let hives = client.hives().await.with_context(|| format!("asking {}", remote.queen))?;
+            print!("{}", render_nodes(&hives, &client.workers().await?));
+        }
+        Command::Deploy(args) => {
+            let status = args.remote.client()?.deploy(&args.spec()?).await?;
+            print!("{}", render_deployments(&[status]));
+        }
+        Command::Deployments(remote) => print!("{}", render_deployments(&remote.client()?.deployments().await?)),
+        Command::Scale { name, replicas, remote } => {
+            print!("{}", render_deployments(&[remote.client()?.scale(&name, replicas).await?]));
+        }
+        Command::Undeploy { name, remote } => {
+            remote.client()?.undeploy(&name).await?;
+            println!("{name}: replicas stopping");
+        }
+        Command::Strategy { strategy, remote } => {
+            let client = remote.client()?;
+            if let Some(s) = strategy {
+                client.set_strategy(s).await?;
+            }
+            println!("{}", client.strategy().await?.as_str());
+        }
+    }
+    Ok(())
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use queen::cli::{Cli, Command, render_nodes, render_status};
+use queen::cli::{Cli, Command};
 use queen::config::QueenConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -19,17 +19,6 @@ async fn main() -> anyhow::Result<()> {
             lifecycle::shutdown::spawn_signal_handler(stop.clone())?;
             queen::run(config, listener, stop).await
         }
-        Command::Status(remote) => {
-            let snapshot = remote.client()?.snapshot().await.with_context(|| format!("asking {}", remote.queen))?;
-            print!("{}", render_status(&snapshot));
-            Ok(())
-        }
-        Command::Nodes(remote) => {
-            let client = remote.client()?;
-            let hives = client.hives().await.with_context(|| format!("asking {}", remote.queen))?;
-            let workers = client.workers().await?;
-            print!("{}", render_nodes(&hives, &workers));
-            Ok(())
-        }
+        remote => queen::cli::run_remote(remote).await,
     }
 }

@@ -77,7 +77,8 @@ impl std::str::FromStr for NodeId {
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        // `pad`, so that `{:<20}` in tables lines up.
+        f.pad(&self.0)
     }
 }
 

@@ -8,7 +8,10 @@ pub use heartbeat::{Beat, Heartbeater, jittered, retry_policy};
 
 use std::time::Duration;
 
-use contract::{ApiErrorBody, CommandAck, HiveCommand, HiveSummary, NodeEvent, NodeId, Snapshot, WorkerSummary, paths};
+use contract::{
+    ApiErrorBody, Assignment, CommandAck, DeploymentSpec, DeploymentStatus, HiveCommand, HiveSummary, NodeEvent,
+    NodeId, PlacementStrategy, ScaleBody, Snapshot, StrategyBody, WorkerSummary, paths,
+};
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -98,6 +101,51 @@ impl QueenClient {
     ) -> Result<R, ClientError> {
         let resp = self.authorize(self.http.post(self.url(path)).json(body)).send().await?;
         Self::decode(resp).await
+    }
+
+    /// Any method with a JSON body and a JSON answer.
+    pub async fn send_json<B: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        let resp = self.authorize(self.http.request(method, self.url(path)).json(body)).send().await?;
+        Self::decode(resp).await
+    }
+
+    pub async fn deploy(&self, spec: &DeploymentSpec) -> Result<DeploymentStatus, ClientError> {
+        self.post_json(paths::DEPLOYMENTS, spec).await
+    }
+
+    pub async fn deployments(&self) -> Result<Vec<DeploymentStatus>, ClientError> {
+        self.get_json(paths::DEPLOYMENTS).await
+    }
+
+    pub async fn scale(&self, name: &str, replicas: u32) -> Result<DeploymentStatus, ClientError> {
+        let path = format!("{}/{name}", paths::DEPLOYMENTS);
+        self.send_json(reqwest::Method::PATCH, &path, &ScaleBody { replicas }).await
+    }
+
+    pub async fn undeploy(&self, name: &str) -> Result<(), ClientError> {
+        let resp = self.authorize(self.http.delete(self.url(&format!("{}/{name}", paths::DEPLOYMENTS)))).send().await?;
+        if resp.status().is_success() {
+            return Ok(());
+        }
+        Self::decode::<serde_json::Value>(resp).await.map(|_| ())
+    }
+
+    pub async fn strategy(&self) -> Result<PlacementStrategy, ClientError> {
+        Ok(self.get_json::<StrategyBody>(paths::STRATEGY).await?.strategy)
+    }
+
+    pub async fn set_strategy(&self, strategy: PlacementStrategy) -> Result<(), ClientError> {
+        self.send_json::<_, StrategyBody>(reqwest::Method::PUT, paths::STRATEGY, &StrategyBody { strategy }).await?;
+        Ok(())
+    }
+
+    pub async fn assignments(&self) -> Result<Vec<Assignment>, ClientError> {
+        self.get_json(paths::ASSIGNMENTS).await
     }
 
     /// A POST whose success has no body (204).
