@@ -140,3 +140,58 @@ async fn real_processes_a_killed_hive_goes_offline_and_sigterm_stops_cleanly() -
     assert!(ended, "the stream ends when the queen stops");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queen_killed_mid_write_loses_no_acknowledged_deployment_and_never_corrupts_its_store() -> anyhow::Result<()>
+{
+    let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
+    let data = sandbox::TempDir::new("torn-writes")?;
+    let data_dir = data.0.to_string_lossy().into_owned();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let mut acknowledged: Vec<String> = Vec::new();
+    for round in 0..8u64 {
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let url = format!("http://{listen}");
+        let mut queen = spawn(&dir, "queen", &["serve", "--listen", &listen, "--data-dir", &data_dir])?;
+        let up = Instant::now();
+        while http.get(format!("{url}/healthz")).send().await.is_err() {
+            if up.elapsed() > Duration::from_secs(20) {
+                bail!("queen did not come up in round {round}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Everything written before must be there, exactly.
+        let have: Vec<contract::DeploymentStatus> =
+            http.get(format!("{url}/v1/deployments")).send().await?.json().await?;
+        let names: Vec<String> = have.iter().map(|d| d.spec.name.to_string()).collect();
+        for name in &acknowledged {
+            assert!(names.contains(name), "round {round}: acknowledged {name} lost; store has {names:?}");
+        }
+        // Write as fast as possible, and kill the queen at an arbitrary moment.
+        let kill_after = Duration::from_millis(30 + (round * 37) % 200);
+        let started = Instant::now();
+        let mut i = 0;
+        while started.elapsed() < kill_after {
+            let name = format!("d{round}-{i}");
+            let spec = serde_json::json!({"name": name, "command": "true", "replicas": 0});
+            if let Ok(resp) = http.post(format!("{url}/v1/deployments")).json(&spec).send().await {
+                if resp.status().as_u16() == 201 {
+                    acknowledged.push(name);
+                }
+            }
+            i += 1;
+        }
+        queen.signal(Signal::SIGKILL)?;
+        queen.wait_exit(Duration::from_secs(5))?;
+    }
+    eprintln!("{} acknowledged deployments across 8 kill -9s", acknowledged.len());
+    assert!(acknowledged.len() > 20, "the loop wrote something: {}", acknowledged.len());
+    // The store opens cleanly and holds every acknowledged write.
+    let store = queen::store::RedbStore::open(&data.0)?;
+    let persisted = queen::store::Store::load(&store)?;
+    for name in &acknowledged {
+        assert!(persisted.deployments.keys().any(|k| k.as_str() == name), "{name} lost");
+    }
+    Ok(())
+}
