@@ -175,10 +175,10 @@ async fn a_queen_killed_mid_write_loses_no_acknowledged_deployment_and_never_cor
         while started.elapsed() < kill_after {
             let name = format!("d{round}-{i}");
             let spec = serde_json::json!({"name": name, "command": "true", "replicas": 0});
-            if let Ok(resp) = http.post(format!("{url}/v1/deployments")).json(&spec).send().await {
-                if resp.status().as_u16() == 201 {
-                    acknowledged.push(name);
-                }
+            if let Ok(resp) = http.post(format!("{url}/v1/deployments")).json(&spec).send().await
+                && resp.status().as_u16() == 201
+            {
+                acknowledged.push(name);
             }
             i += 1;
         }
@@ -193,5 +193,39 @@ async fn a_queen_killed_mid_write_loses_no_acknowledged_deployment_and_never_cor
     for name in &acknowledged {
         assert!(persisted.deployments.keys().any(|k| k.as_str() == name), "{name} lost");
     }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hive_killed_with_sigkill_leaves_no_worker_process_behind() -> anyhow::Result<()> {
+    let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
+    let data = sandbox::TempDir::new("orphans")?;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let fast = ["--heartbeat-interval", "300ms"];
+    let data_dir = data.0.to_string_lossy().into_owned();
+    let _queen = spawn(&dir, "queen", &["serve", "--listen", &listen, "--data-dir", &data_dir, fast[0], fast[1]])?;
+    let mut hive =
+        spawn(&dir, "hive", &["--queen", &url, "--name", "e2e-hive", "--max-workers", "4", fast[0], fast[1]])?;
+    let client = queen_client::QueenClient::new(&url, None, Duration::from_secs(5))?;
+    let worker = dir.join("worker").to_string_lossy().into_owned();
+    let spec = serde_json::json!({"name": "w", "command": worker, "replicas": 2});
+    sandbox::wait_until("the queen taking the deployment", Duration::from_secs(20), || async {
+        client.post_json::<_, serde_json::Value>("/v1/deployments", &spec).await.ok()
+    })
+    .await?;
+    let pids: Vec<u32> = sandbox::wait_until("two worker processes running", Duration::from_secs(20), || async {
+        let h = client.hive("e2e-hive").await.ok()?;
+        let pids: Vec<u32> = h.workers.iter().filter_map(|w| w.pid).collect();
+        (pids.len() == 2 && client.workers().await.ok()?.len() == 2).then_some(pids)
+    })
+    .await?;
+    hive.signal(Signal::SIGKILL)?;
+    hive.wait_exit(Duration::from_secs(5))?;
+    sandbox::wait_until("the workers gone with their hive", Duration::from_secs(10), || async {
+        pids.iter().all(|p| kill(Pid::from_raw(*p as i32), None).is_err()).then_some(())
+    })
+    .await?;
     Ok(())
 }
