@@ -42,6 +42,21 @@ pub fn Summary(dashboard: RwSignal<Dashboard>) -> impl IntoView {
                 Box::new(latest(|s| s.jobs_in_flight.to_string())),
                 Box::new(latest(|s| format!("snapshot #{}", s.seq))),
             )}
+            {card(
+                "replicas running",
+                "replicas",
+                Box::new(latest(|s| {
+                    let (running, wanted) = s.deployments.iter().fold((0, 0), |(r, w), d| (r + d.running, w + d.replicas));
+                    format!("{running} / {wanted}")
+                })),
+                Box::new(latest(|s| {
+                    if s.placement_brake {
+                        "placement brake on: most hives look dead".into()
+                    } else {
+                        format!("{} deployments", s.deployments.len())
+                    }
+                })),
+            )}
             <div class="card trend">
                 <div class="label">"online over time"</div>
                 {move || dashboard.with(|d| {
