@@ -5,7 +5,7 @@ use std::time::Duration;
 use contract::{NodeId, NodeKind};
 use leptos::prelude::*;
 
-use crate::components::{ConnectionBadge, EventLog, HiveTable, NodeDetail, Summary, WorkerTable};
+use crate::components::{ConnectionBadge, EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, WorkerTable};
 use crate::hooks::{use_clock, use_snapshot_stream};
 use crate::model::{Connection, Dashboard};
 
@@ -37,6 +37,7 @@ pub fn App() -> impl IntoView {
         </header>
         <main>
             <Summary dashboard />
+            <ShutdownPanel dashboard />
             <div class="columns">
                 <div class="tables">
                     <HiveTable dashboard query now selected />

@@ -359,6 +359,7 @@ mod tests {
             events,
             deployments: vec![],
             placement_brake: false,
+            shutdown: None,
         }
     }
 

@@ -33,6 +33,12 @@ pub struct HiveArgs {
     /// How long a worker gets to stop after SIGTERM before SIGKILL [default: 10s].
     #[arg(long, env = "APIARY_WORKER_STOP_TIMEOUT")]
     pub worker_stop_timeout: Option<HumanDuration>,
+    /// Shell command run in the cluster shutdown's STORAGE phase, in order; repeatable.
+    #[arg(long = "storage-hook", env = "APIARY_STORAGE_HOOKS", value_delimiter = ';')]
+    pub storage_hooks: Vec<String>,
+    /// Time each storage hook may take [default: 30s].
+    #[arg(long, env = "APIARY_STORAGE_HOOK_TIMEOUT")]
+    pub storage_hook_timeout: Option<HumanDuration>,
     /// Label used for placement, as key=value; repeatable.
     #[arg(long = "label", env = "APIARY_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
@@ -49,6 +55,23 @@ struct FileConfig {
     worker_stop_timeout: Option<HumanDuration>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
+    /// `[[storage_hooks]] command = "..." timeout = "10s"`
+    #[serde(default)]
+    storage_hooks: Vec<FileHook>,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileHook {
+    command: String,
+    timeout: Option<HumanDuration>,
+}
+
+/// A command the hive runs (with `sh -c`) in the STORAGE phase of a cluster shutdown.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StorageHook {
+    pub command: String,
+    pub timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +83,7 @@ pub struct HiveConfig {
     pub max_workers: u32,
     pub labels: BTreeMap<String, String>,
     pub worker_stop_timeout: Duration,
+    pub storage_hooks: Vec<StorageHook>,
 }
 
 impl HiveConfig {
@@ -73,6 +97,7 @@ impl HiveConfig {
             max_workers: default_max_workers(),
             labels: BTreeMap::new(),
             worker_stop_timeout: Duration::from_secs(10),
+            storage_hooks: Vec::new(),
         }
     }
 
@@ -115,6 +140,20 @@ impl HiveConfig {
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             max_workers,
             labels,
+            storage_hooks: {
+                let default_timeout: Duration =
+                    args.storage_hook_timeout.map(Into::into).unwrap_or(Duration::from_secs(30));
+                file.storage_hooks
+                    .into_iter()
+                    .map(|h| StorageHook {
+                        command: h.command,
+                        timeout: h.timeout.map(Into::into).unwrap_or(default_timeout),
+                    })
+                    .chain(
+                        args.storage_hooks.iter().map(|c| StorageHook { command: c.clone(), timeout: default_timeout }),
+                    )
+                    .collect()
+            },
             worker_stop_timeout: args
                 .worker_stop_timeout
                 .or(file.worker_stop_timeout)

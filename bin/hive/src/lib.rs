@@ -12,6 +12,7 @@ mod control;
 pub mod resources;
 mod supervisor;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,9 +41,15 @@ struct Identity {
     resources: Mutex<Resources>,
     /// The supervisor's latest report of its workers.
     workers: Arc<Mutex<Vec<SupervisedWorker>>>,
+    /// A cluster shutdown has passed GATE: the hive starts nothing and says `draining`.
+    gated: Arc<AtomicBool>,
 }
 
 impl Identity {
+    fn status(&self) -> HiveStatus {
+        if self.gated.load(Ordering::SeqCst) { HiveStatus::Draining } else { HiveStatus::Ready }
+    }
+
     fn heartbeat(&self, seq: Seq, status: HiveStatus) -> HiveHeartbeat {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         HiveHeartbeat {
@@ -68,6 +75,8 @@ impl Identity {
 
 /// Runs a hive until `stop` fires, then stops gracefully and returns.
 pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
+    // Cancelled by the caller (a signal) or by the hive itself (the INFRA phase).
+    let own = stop.child_token();
     let addr = listener.local_addr()?;
     let client = QueenClient::new(&config.queen, None, Duration::from_secs(5))?;
     let heartbeater = Arc::new(Heartbeater::new(client.clone(), config.heartbeat_interval));
@@ -82,6 +91,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         hostname: lifecycle::hostname(),
         resources: Mutex::new(sampler.sample()),
         workers: supervisor.report(),
+        gated: Arc::new(AtomicBool::new(false)),
         config,
     });
 
@@ -90,21 +100,28 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     let health = health.build();
 
     let tasks = TaskTracker::new();
-    let beats = stop.child_token();
+    let beats = own.child_token();
     tasks.spawn(sample_loop(sampler, Arc::clone(&identity), beats.clone()));
     tasks.spawn({
         let (hb, identity, beats) = (Arc::clone(&heartbeater), Arc::clone(&identity), beats.clone());
-        async move { hb.run(|seq| identity.heartbeat(seq, HiveStatus::Ready), beats).await }
+        async move { hb.run(|seq| identity.heartbeat(seq, identity.status()), beats).await }
     });
     let app = health.router().fallback(not_found_fallback).method_not_allowed_fallback(method_not_allowed_fallback);
     let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
-    let (desired, desired_rx) = watch::channel(Vec::new());
+    let (desired, desired_rx) = watch::channel(supervisor::Desired::default());
+    let context = control::Context {
+        desired,
+        drain: supervisor.drain_outcome(),
+        gated: Arc::clone(&identity.gated),
+        storage_hooks: identity.config.storage_hooks.clone(),
+        exit: own.clone(),
+    };
     let supervising = CancellationToken::new();
     let supervised = tasks.spawn(supervisor.run(desired_rx, supervising.clone()));
-    tasks.spawn(control::run(client, identity.config.name.clone(), desired, beats.clone()));
+    tasks.spawn(control::run(client, identity.config.name.clone(), context, beats.clone()));
     tracing::info!(hive = %identity.config.name, epoch = %identity.epoch, %addr, queen = %identity.config.queen, "hive started");
 
-    stop.cancelled().await;
+    own.cancelled().await;
     tracing::info!("hive stopping");
     health.set_draining();
     beats.cancel();

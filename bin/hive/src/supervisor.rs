@@ -42,6 +42,14 @@ struct Proc {
     last_exit: String,
 }
 
+/// Signals a worker's whole process group (it leads its own), so that a shell script
+/// and what it started stop together.
+fn signal_group(pid: Option<u32>, signal: Signal) {
+    if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(-pid), signal);
+    }
+}
+
 /// What the hive tells its children about where they are.
 #[derive(Clone)]
 pub struct ChildEnv {
@@ -49,16 +57,48 @@ pub struct ChildEnv {
     pub hive: NodeId,
 }
 
+/// What the supervisor is asked to keep.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub workers: Vec<WorkerLaunch>,
+    /// Cluster shutdown GATE: start nothing, restart nothing.
+    pub gate: bool,
+    /// Cluster shutdown DRAIN: stop everything, SIGKILL after this long.
+    pub drain: Option<Duration>,
+}
+
+/// How a drain went, for the hive's ACK.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DrainOutcome {
+    /// Every child has exited.
+    pub done: bool,
+    pub stopped: Vec<NodeId>,
+    /// Stopped with SIGKILL at the deadline, having ignored SIGTERM.
+    pub killed: Vec<NodeId>,
+}
+
 pub struct Supervisor {
     env: ChildEnv,
     stop_timeout: Duration,
     procs: BTreeMap<NodeId, Proc>,
     report: Arc<Mutex<Vec<SupervisedWorker>>>,
+    drain: Arc<Mutex<DrainOutcome>>,
 }
 
 impl Supervisor {
     pub fn new(env: ChildEnv, stop_timeout: Duration) -> Self {
-        Self { env, stop_timeout, procs: BTreeMap::new(), report: Arc::new(Mutex::new(Vec::new())) }
+        Self {
+            env,
+            stop_timeout,
+            procs: BTreeMap::new(),
+            report: Arc::new(Mutex::new(Vec::new())),
+            drain: Arc::new(Mutex::new(DrainOutcome::default())),
+        }
+    }
+
+    /// How the cluster-shutdown drain is going.
+    pub fn drain_outcome(&self) -> Arc<Mutex<DrainOutcome>> {
+        Arc::clone(&self.drain)
     }
 
     /// The workers' states as of the last pass, for heartbeats.
@@ -67,10 +107,17 @@ impl Supervisor {
     }
 
     /// Reconciles until `stop` fires, then stops every child and waits for them to exit.
-    pub async fn run(mut self, mut desired: watch::Receiver<Vec<WorkerLaunch>>, stop: CancellationToken) {
+    pub async fn run(mut self, mut desired: watch::Receiver<Desired>, stop: CancellationToken) {
         loop {
             let want = desired.borrow_and_update().clone();
-            self.reconcile(&want);
+            match want.drain {
+                Some(deadline) => self.reconcile(&[], true, deadline),
+                None => self.reconcile(&want.workers, want.gate, self.stop_timeout),
+            }
+            if want.drain.is_some() {
+                let mut outcome = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+                outcome.done = self.procs.is_empty();
+            }
             self.publish();
             tokio::select! {
                 _ = stop.cancelled() => break,
@@ -161,13 +208,12 @@ impl Supervisor {
         }
         proc.state = ProcessState::Stopping;
         proc.kill_at = Some(now + timeout);
-        if let Some(pid) = proc.pid {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        }
+        signal_group(proc.pid, Signal::SIGTERM);
     }
 
-    /// One pass: reap exits, stop the unwanted, start the missing and the due.
-    fn reconcile(&mut self, want: &[WorkerLaunch]) {
+    /// One pass: reap exits, stop the unwanted (SIGKILL after `stop_timeout`), and unless
+    /// `gated`, start the missing and the due.
+    fn reconcile(&mut self, want: &[WorkerLaunch], gated: bool, stop_timeout: Duration) {
         let now = Instant::now();
         let wanted: BTreeMap<&NodeId, &WorkerLaunch> = want.iter().map(|l| (&l.name, l)).collect();
         let mut gone = Vec::new();
@@ -179,6 +225,10 @@ impl Supervisor {
             };
             if let Some(status) = exited {
                 if proc.kill_at.is_some() {
+                    let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+                    if !drain.killed.contains(name) {
+                        drain.stopped.push(name.clone());
+                    }
                     gone.push(name.clone());
                     continue;
                 }
@@ -191,18 +241,26 @@ impl Supervisor {
                 if proc.child.is_none() {
                     gone.push(name.clone());
                 } else {
-                    Self::begin_stop(proc, now, self.stop_timeout);
+                    Self::begin_stop(proc, now, stop_timeout);
                 }
             }
-            if let (Some(at), Some(child)) = (proc.kill_at, proc.child.as_mut())
+            if let Some(at) = proc.kill_at
+                && proc.child.is_some()
                 && now >= at
             {
                 tracing::warn!(worker = %name, "worker did not stop in time; killing it");
-                let _ = child.start_kill();
+                signal_group(proc.pid, Signal::SIGKILL);
+                let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
+                if !drain.killed.contains(name) {
+                    drain.killed.push(name.clone());
+                }
             }
         }
         for name in gone {
             self.procs.remove(&name);
+        }
+        if gated {
+            return;
         }
         for (name, launch) in wanted {
             let due = match self.procs.get(name) {
@@ -244,6 +302,7 @@ impl Supervisor {
             let deadline = proc.kill_at.unwrap_or(now);
             if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
                 tracing::warn!(worker = %name, "worker did not stop in time; killing it");
+                signal_group(proc.pid, Signal::SIGKILL);
                 let _ = child.kill().await;
             }
             proc.child = None;

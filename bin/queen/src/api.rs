@@ -15,6 +15,7 @@ use contract::{
     HiveHeartbeat, HiveSummary, MAX_REPLICAS, NodeEvent, NodeId, NodeKind, ScaleBody, StrategyBody, WorkerHeartbeat,
     WorkerSummary, paths,
 };
+use contract::{ShutdownAnswer, ShutdownRequest, ShutdownState};
 use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
 use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
 use tower_http::services::ServeDir;
@@ -43,6 +44,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route(paths::ASSIGNMENTS, get(assignments))
         .route(paths::STRATEGY, get(get_strategy).put(put_strategy))
         .route(paths::JOBS, post(crate::jobs::route))
+        .route(paths::CLUSTER_SHUTDOWN, get(get_shutdown).post(post_shutdown))
         .route("/v1/{*rest}", any(not_found_fallback))
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
@@ -227,6 +229,7 @@ async fn create_deployment(
     State(queen): State<Arc<Queen>>,
     JsonBody(spec): JsonBody<DeploymentSpec>,
 ) -> Result<(StatusCode, Json<DeploymentStatus>), ApiError> {
+    refuse_when_gated(&queen)?;
     spec.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let name = spec.name.clone();
     queen.orchestrator.create(spec)?;
@@ -239,6 +242,7 @@ async fn scale_deployment(
     Path(raw): Path<String>,
     JsonBody(body): JsonBody<ScaleBody>,
 ) -> Result<Json<DeploymentStatus>, ApiError> {
+    refuse_when_gated(&queen)?;
     let name = parse_id(&raw)?;
     if body.replicas > MAX_REPLICAS {
         return Err(ApiError::unprocessable(format!("replicas: at most {MAX_REPLICAS}")));
@@ -249,6 +253,7 @@ async fn scale_deployment(
 }
 
 async fn delete_deployment(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+    refuse_when_gated(&queen)?;
     queen.orchestrator.delete(&parse_id(&raw)?)?;
     queen.reconcile();
     Ok(StatusCode::NO_CONTENT)
@@ -269,4 +274,23 @@ async fn put_strategy(
     queen.orchestrator.set_strategy(body.strategy).map_err(store_error)?;
     tracing::info!(strategy = body.strategy.as_str(), "placement strategy changed");
     Ok(Json(body))
+}
+
+fn refuse_when_gated(queen: &Queen) -> Result<(), ApiError> {
+    if queen.orchestrator.gated() { Err(crate::jobs::shutting_down()) } else { Ok(()) }
+}
+
+/// `POST /v1/cluster/shutdown`: a dry run answers the plan; otherwise the sequence starts
+/// (202) and runs in the background; `GET` follows it.
+async fn post_shutdown(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(req): JsonBody<ShutdownRequest>,
+) -> Result<(StatusCode, Json<ShutdownAnswer>), ApiError> {
+    let dry = req.dry_run;
+    let answer = crate::shutdown::start(&queen, req)?;
+    Ok((if dry { StatusCode::OK } else { StatusCode::ACCEPTED }, Json(answer)))
+}
+
+async fn get_shutdown(State(queen): State<Arc<Queen>>) -> Result<Json<ShutdownState>, ApiError> {
+    queen.shutdown().map(Json).ok_or_else(|| ApiError::not_found("no cluster shutdown has been started"))
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use contract::{
-    DeploymentSpec, DeploymentStatus, HiveSummary, Liveness, NodeId, PlacementStrategy, Snapshot, WorkerSummary,
+    DeploymentSpec, DeploymentStatus, HiveSummary, Liveness, NodeId, Phase, PhaseStatus, PlacementStrategy,
+    ShutdownAnswer, ShutdownPlan, ShutdownRequest, ShutdownState, ShutdownStatus, Snapshot, WorkerSummary,
 };
 use queen_client::{DEFAULT_QUEEN_URL, QueenClient};
 
@@ -42,6 +43,11 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// Cluster-wide operations.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Show the placement strategy, or switch it: round_robin, least_loaded,
     /// least_workers, random, weighted.
     Strategy {
@@ -49,6 +55,31 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// Shut the whole cluster down in order: GATE, DRAIN, STORAGE, PERSIST, INFRA.
+    Shutdown(ShutdownArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ShutdownArgs {
+    /// Print the plan (phases, hives, workers, deadlines) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Record hives that do not ACK and go on; on a running shutdown, push it past a
+    /// stuck phase.
+    #[arg(long)]
+    pub force: bool,
+    /// Time workers get between SIGTERM and SIGKILL [default: 30s].
+    #[arg(long)]
+    pub timeout: Option<lifecycle::HumanDuration>,
+    /// Time the queen waits for every hive's ACK of one phase [default: timeout + 15s].
+    #[arg(long)]
+    pub phase_timeout: Option<lifecycle::HumanDuration>,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(clap::Args, Debug)]
@@ -224,6 +255,7 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             remote.client()?.undeploy(&name).await?;
             println!("{name}: replicas stopping");
         }
+        Command::Cluster { command: ClusterCommand::Shutdown(args) } => return shutdown(args).await,
         Command::Strategy { strategy, remote } => {
             let client = remote.client()?;
             if let Some(s) = strategy {
@@ -233,4 +265,102 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn ms(d: Option<lifecycle::HumanDuration>) -> Option<u64> {
+    d.map(|d| d.0.as_millis() as u64)
+}
+
+pub fn render_plan(plan: &ShutdownPlan) -> String {
+    let mut out = format!(
+        "plan (dry run, nothing changed): {}\nworkers get {} ms between SIGTERM and SIGKILL; each phase waits {} ms for ACKs\n",
+        plan.phases.iter().map(|p| p.name()).collect::<Vec<_>>().join(" → "),
+        plan.drain_deadline_ms,
+        plan.phase_timeout_ms
+    );
+    for (hive, workers) in &plan.hives {
+        let names: Vec<String> = workers.iter().map(NodeId::to_string).collect();
+        out.push_str(&format!("  {hive}: {} workers {}\n", workers.len(), names.join(", ")));
+    }
+    out
+}
+
+pub fn render_shutdown(s: &ShutdownState) -> String {
+    let mut out = format!("cluster shutdown: {:?}{}\n", s.status, if s.force { " (force)" } else { "" });
+    for p in &s.phases {
+        let took = match (p.started_at, p.ended_at) {
+            (Some(a), Some(b)) => format!("{} ms", (b - a).whole_milliseconds()),
+            (Some(_), None) => "running".into(),
+            _ => "-".into(),
+        };
+        out.push_str(&format!(
+            "  {:<8} {:<8} {:>10}\n",
+            p.phase.name(),
+            format!("{:?}", p.status).to_lowercase(),
+            took
+        ));
+        for (hive, h) in &p.hives {
+            out.push_str(&format!("      {hive:<20} {:<9} {}\n", format!("{:?}", h.status).to_lowercase(), h.detail));
+        }
+    }
+    if !s.failure.is_empty() {
+        out.push_str(&format!("stopped: {}\n", s.failure));
+    }
+    out
+}
+
+/// Starts (or dry-runs) a cluster shutdown and follows it live until the queen is gone.
+async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
+    let client = args.remote.client()?;
+    let req = ShutdownRequest {
+        dry_run: args.dry_run,
+        force: args.force,
+        drain_deadline_ms: ms(args.timeout),
+        phase_timeout_ms: ms(args.phase_timeout),
+    };
+    let mut last = match client.post_json::<_, ShutdownAnswer>(contract::paths::CLUSTER_SHUTDOWN, &req).await? {
+        ShutdownAnswer::Plan(plan) => {
+            print!("{}", render_plan(&plan));
+            return Ok(());
+        }
+        ShutdownAnswer::Started(state) => state,
+    };
+    let bar = indicatif::ProgressBar::new(Phase::ALL.len() as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} phases  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let done = last.phases.iter().filter(|p| matches!(p.status, PhaseStatus::Done | PhaseStatus::Forced)).count();
+        bar.set_position(done as u64);
+        if let Some(p) = last.current() {
+            let acked = p.hives.values().filter(|h| h.status == contract::AckStatus::Acked).count();
+            let left: u32 = p.hives.values().map(|h| h.workers_left).sum();
+            bar.set_message(format!("{}: {acked}/{} hives ACKed, {left} workers left", p.phase.name(), p.hives.len()));
+        }
+        if last.status != ShutdownStatus::Running {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        match client.get_json::<ShutdownState>(contract::paths::CLUSTER_SHUTDOWN).await {
+            Ok(state) => last = state,
+            // The queen leaves last, at INFRA: it being gone then is the end.
+            Err(queen_client::ClientError::Transport(_))
+                if last.current().is_some_and(|p| p.phase == Phase::Infra)
+                    || last.status != ShutdownStatus::Running =>
+            {
+                break;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bar.finish_and_clear();
+    print!("{}", render_shutdown(&last));
+    match last.status {
+        ShutdownStatus::Failed => anyhow::bail!("cluster shutdown stopped: {}", last.failure),
+        _ => {
+            println!("the queen has exited");
+            Ok(())
+        }
+    }
 }

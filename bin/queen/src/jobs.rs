@@ -84,6 +84,10 @@ pub async fn route(
     body: Result<JsonBody<JobRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(job) = body?;
+    if queen.orchestrator.gated() {
+        queen.count_job("refused_shutdown");
+        return Err(shutting_down());
+    }
     let deployment = match query.deployment {
         Some(d) => Some(NodeId::new(d).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?),
         None => None,
@@ -130,4 +134,13 @@ pub async fn route(
         "no available worker can take this job now",
         Duration::from_secs(1),
     ))
+}
+
+/// What every mutating call answers once a cluster shutdown has passed GATE.
+pub fn shutting_down() -> ApiError {
+    ApiError::unavailable(
+        "shutting_down",
+        "the cluster is shutting down and takes no new work",
+        Duration::from_secs(30),
+    )
 }

@@ -14,6 +14,7 @@ mod jobs;
 mod metrics;
 pub mod orchestrator;
 mod placement;
+mod shutdown;
 mod snapshot;
 pub mod store;
 mod summary;
@@ -54,10 +55,16 @@ pub struct Queen {
     /// Fires when the queen stops; open SSE streams end on it so shutdown never waits on a
     /// browser tab.
     stop: CancellationToken,
+    /// Cancelled by the queen itself when a cluster shutdown reaches its end.
+    exit: CancellationToken,
+    /// The cluster shutdown, running or ended; mirrored in the store.
+    shutdown: std::sync::Mutex<Option<contract::ShutdownState>>,
+    /// Every task the queen spawns, awaited on the way out.
+    tasks: TaskTracker,
 }
 
 impl Queen {
-    fn new(config: QueenConfig, stop: CancellationToken) -> anyhow::Result<Arc<Self>> {
+    fn new(config: QueenConfig, stop: CancellationToken, tasks: TaskTracker) -> anyhow::Result<Arc<Self>> {
         let event_seq = Arc::new(AtomicU64::new(1));
         let hives = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
         let workers = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
@@ -70,6 +77,7 @@ impl Queen {
         if let Some(strategy) = config.strategy {
             orchestrator.set_strategy(strategy)?;
         }
+        let shutdown = orchestrator.load_shutdown()?;
 
         let (snapshots, rx) = watch::channel(Arc::new(Frame::empty()));
         let max_age = config.snapshot_interval * 3;
@@ -98,10 +106,49 @@ impl Queen {
             metrics,
             health,
             snapshots,
+            exit: stop.clone(),
             stop,
+            shutdown: std::sync::Mutex::new(shutdown),
+            tasks,
         });
         queen.publish_snapshot();
         Ok(queen)
+    }
+
+    fn observe_phase(&self, phase: contract::Phase, took: Duration) {
+        self.metrics
+            .phase_seconds
+            .get_or_create(&metrics::PhaseLabels { phase: phase.name() })
+            .observe(took.as_secs_f64());
+    }
+
+    fn count_ack_failure(&self, phase: contract::Phase) {
+        self.metrics.ack_failures.get_or_create(&metrics::PhaseLabels { phase: phase.name() }).inc();
+    }
+
+    /// PERSIST: who ran what and how each phase ended, as JSON beside the store (the
+    /// store itself is written on every change, so this is the human-readable record).
+    fn write_final_state(&self) {
+        let Some(dir) = &self.config.data_dir else {
+            tracing::info!("no data dir: the final cluster state is only in the log");
+            return;
+        };
+        let state = summary::FinalState {
+            written_at: time::OffsetDateTime::now_utc(),
+            deployments: self.orchestrator.list(&self.workers),
+            hives: self.hives.list_all().iter().map(|v| summary::hive(summary::as_ref(v))).collect(),
+            shutdown: self.shutdown(),
+        };
+        let path = dir.join("final-state.json");
+        let tmp = dir.join("final-state.json.tmp");
+        let written = serde_json::to_vec_pretty(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => tracing::info!(path = %path.display(), "final cluster state written"),
+            Err(e) => tracing::error!(error = %e, path = %path.display(), "could not write the final cluster state"),
+        }
     }
 
     /// Re-places work now; after an API change, so operators need not wait for a sweep.
@@ -140,8 +187,12 @@ impl Queen {
 /// Runs a queen on `listener` until `stop` fires, then stops gracefully: `/readyz` turns
 /// 503, open streams end, in-flight requests finish, every task is awaited.
 pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
-    let queen = Queen::new(config, stop.clone())?;
+    // Cancelled by the caller (a signal) or by the queen itself, last, at the end of a
+    // cluster shutdown.
+    let stop = stop.child_token();
     let tasks = TaskTracker::new();
+    let queen = Queen::new(config, stop.clone(), tasks.clone())?;
+    shutdown::resume(&queen);
 
     tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(sweep_loop(Arc::clone(&queen), stop.child_token()));

@@ -33,8 +33,15 @@ pub struct JobLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
+}
+
 #[derive(Clone)]
 pub struct Metrics {
+    pub phase_seconds: Family<PhaseLabels, Histogram>,
+    pub ack_failures: Family<PhaseLabels, Counter>,
     pub jobs: Family<JobLabels, Counter>,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
     pub nodes: Family<NodeLabels, Gauge>,
@@ -47,6 +54,8 @@ pub struct Metrics {
 impl Metrics {
     pub fn register(registry: &mut Registry) -> Self {
         let m = Self {
+            phase_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14))),
+            ack_failures: Family::default(),
             jobs: Family::default(),
             heartbeats: Family::default(),
             nodes: Family::default(),
@@ -62,6 +71,16 @@ impl Metrics {
         );
         registry.register("apiary_nodes", "Known nodes by kind and liveness, as of the last snapshot", m.nodes.clone());
         registry.register("apiary_liveness_events", "Liveness changes by node kind and event", m.events.clone());
+        registry.register(
+            "apiary_shutdown_phase_seconds",
+            "Duration of cluster shutdown phases",
+            m.phase_seconds.clone(),
+        );
+        registry.register(
+            "apiary_shutdown_ack_failures",
+            "Hives that failed or did not ACK a shutdown phase",
+            m.ack_failures.clone(),
+        );
         registry.register("apiary_jobs_routed", "Jobs routed through the queen, by outcome", m.jobs.clone());
         registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());
         registry.register(

@@ -64,6 +64,10 @@ pub struct Orchestrator {
     orphan_grace: Duration,
     /// On while more than half the hives look dead at once.
     brake: AtomicBool,
+    /// Set from a cluster shutdown's GATE on: no deployments change, nothing is placed or
+    /// orphaned, and each hive's desired state carries its phase order.
+    gate: AtomicBool,
+    phase_orders: Mutex<BTreeMap<NodeId, contract::PhaseOrder>>,
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
     started: std::time::Instant,
@@ -94,7 +98,7 @@ fn worker_name(deployment: &NodeId, slot: u32) -> NodeId {
 
 impl Orchestrator {
     pub fn open(store: Box<dyn Store>, orphan_grace: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
-        let Persisted { deployments, assignments, strategy } = store.load()?;
+        let Persisted { deployments, assignments, strategy, shutdown: _ } = store.load()?;
         Ok(Self {
             state: Mutex::new(State { deployments, assignments, placer: Placer::new(strategy.unwrap_or_default()) }),
             store,
@@ -104,6 +108,8 @@ impl Orchestrator {
             events: Mutex::new(VecDeque::new()),
             orphan_grace,
             brake: AtomicBool::new(false),
+            gate: AtomicBool::new(false),
+            phase_orders: Mutex::new(BTreeMap::new()),
             started: std::time::Instant::now(),
         })
     }
@@ -114,15 +120,27 @@ impl Orchestrator {
 
     fn event(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>, worker: &NodeId, kind: EventKind, reason: String) {
         tracing::info!(worker = %worker, ?kind, %reason, "placement");
+        // The worker's own liveness as the queen last saw it; a replica not yet started
+        // has none and counts as offline.
+        let liveness = workers.get(worker).map(|w| crate::summary::liveness(w.liveness)).unwrap_or(Liveness::Offline);
+        self.record(NodeKind::Worker, worker, kind, liveness, reason);
+    }
+
+    /// An event about the cluster or one hive that is not a liveness change (shutdown
+    /// phases and ACKs), in the same ordered log.
+    pub fn cluster_event(&self, node: NodeKind, id: &NodeId, kind: EventKind, reason: String) {
+        tracing::info!(node = ?node, %id, ?kind, %reason, "cluster");
+        self.record(node, id, kind, Liveness::Online, reason);
+    }
+
+    fn record(&self, node: NodeKind, id: &NodeId, kind: EventKind, liveness: Liveness, reason: String) {
         let event = NodeEvent {
             seq: self.event_seq.fetch_add(1, Ordering::Relaxed),
             at: OffsetDateTime::now_utc(),
-            node: NodeKind::Worker,
-            id: worker.clone(),
+            node,
+            id: id.clone(),
             kind,
-            // The worker's own liveness as the queen last saw it; a replica not yet
-            // started has none and counts as offline.
-            liveness: workers.get(worker).map(|w| crate::summary::liveness(w.liveness)).unwrap_or(Liveness::Offline),
+            liveness,
             reason,
         };
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
@@ -135,6 +153,51 @@ impl Orchestrator {
     pub fn recent_events(&self, limit: usize) -> Vec<NodeEvent> {
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner());
         events.iter().skip(events.len().saturating_sub(limit)).cloned().collect()
+    }
+
+    pub fn gated(&self) -> bool {
+        self.gate.load(Ordering::SeqCst)
+    }
+
+    pub fn set_gate(&self) {
+        self.gate.store(true, Ordering::SeqCst);
+    }
+
+    /// Sends `order` to each of `hives` (in their desired state, beside their workers)
+    /// and returns the id of the command each must ACK.
+    pub fn order_phase(&self, hives: &[NodeId], order: contract::PhaseOrder) -> BTreeMap<NodeId, u64> {
+        {
+            let mut orders = self.phase_orders.lock().unwrap_or_else(|p| p.into_inner());
+            for h in hives {
+                orders.insert(h.clone(), order.clone());
+            }
+        }
+        let mut ids = BTreeMap::new();
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for h in hives {
+            let workers = channels.get(h).map(|c| c.desired.clone()).unwrap_or_default();
+            let command = self.command(h, workers.clone());
+            ids.insert(h.clone(), command.id);
+            match channels.get_mut(h) {
+                Some(ch) => {
+                    ch.tx.send_replace(Arc::new(command));
+                }
+                None => {
+                    let (tx, _) = watch::channel(Arc::new(command));
+                    channels.insert(h.clone(), Channel { tx, desired: workers, acked: None });
+                }
+            }
+        }
+        ids
+    }
+
+    /// Persists the shutdown state (phase progress) atomically with nothing else.
+    pub fn save_shutdown(&self, state: &contract::ShutdownState) -> Result<(), StoreError> {
+        self.store.apply(&Batch { shutdown: Some(state.clone()), ..Default::default() })
+    }
+
+    pub fn load_shutdown(&self) -> Result<Option<contract::ShutdownState>, StoreError> {
+        Ok(self.store.load()?.shutdown)
     }
 
     pub fn ping(&self) -> Result<(), StoreError> {
@@ -266,6 +329,10 @@ impl Orchestrator {
             }
         }
 
+        if self.gated() {
+            // Frozen: a shutting-down cluster moves no work; hives get their phase orders.
+            return Ok(());
+        }
         let mut st = self.lock();
         let mut batch = Batch::default();
         let State { deployments, assignments, placer } = &mut *st;
@@ -365,11 +432,11 @@ impl Orchestrator {
             match channels.get_mut(&hive) {
                 Some(ch) if ch.desired == want => {}
                 Some(ch) => {
-                    ch.tx.send_replace(Arc::new(self.command(want.clone())));
+                    ch.tx.send_replace(Arc::new(self.command(&hive, want.clone())));
                     ch.desired = want;
                 }
                 None => {
-                    let (tx, _) = watch::channel(Arc::new(self.command(want.clone())));
+                    let (tx, _) = watch::channel(Arc::new(self.command(&hive, want.clone())));
                     channels.insert(hive, Channel { tx, desired: want, acked: None });
                 }
             }
@@ -377,8 +444,12 @@ impl Orchestrator {
         Ok(())
     }
 
-    fn command(&self, workers: Vec<WorkerLaunch>) -> HiveCommand {
-        HiveCommand { id: self.next_command.fetch_add(1, Ordering::Relaxed), kind: CommandKind::Assign { workers } }
+    fn command(&self, hive: &NodeId, workers: Vec<WorkerLaunch>) -> HiveCommand {
+        let shutdown = self.phase_orders.lock().unwrap_or_else(|p| p.into_inner()).get(hive).cloned();
+        HiveCommand {
+            id: self.next_command.fetch_add(1, Ordering::Relaxed),
+            kind: CommandKind::Assign { workers, shutdown },
+        }
     }
 
     /// The command stream of one hive, starting with its current desired set.
@@ -387,7 +458,7 @@ impl Orchestrator {
         if let Some(ch) = channels.get(hive) {
             return ch.tx.subscribe();
         }
-        let (tx, rx) = watch::channel(Arc::new(self.command(Vec::new())));
+        let (tx, rx) = watch::channel(Arc::new(self.command(hive, Vec::new())));
         channels.insert(hive.clone(), Channel { tx, desired: Vec::new(), acked: None });
         rx
     }

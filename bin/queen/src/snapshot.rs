@@ -105,6 +105,7 @@ impl Queen {
             events,
             deployments: self.orchestrator.summaries(&self.workers),
             placement_brake: self.orchestrator.brake_engaged(),
+            shutdown: self.shutdown(),
         }
     }
 

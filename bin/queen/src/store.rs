@@ -30,6 +30,7 @@ pub struct Persisted {
     /// By worker name.
     pub assignments: BTreeMap<NodeId, Assignment>,
     pub strategy: Option<PlacementStrategy>,
+    pub shutdown: Option<contract::ShutdownState>,
 }
 
 /// Changes applied together or not at all.
@@ -40,6 +41,7 @@ pub struct Batch {
     pub put_assignments: Vec<Assignment>,
     pub delete_assignments: Vec<NodeId>,
     pub strategy: Option<PlacementStrategy>,
+    pub shutdown: Option<contract::ShutdownState>,
 }
 
 impl Batch {
@@ -49,6 +51,7 @@ impl Batch {
             && self.put_assignments.is_empty()
             && self.delete_assignments.is_empty()
             && self.strategy.is_none()
+            && self.shutdown.is_none()
     }
 }
 
@@ -124,7 +127,13 @@ impl Store for RedbStore {
             Some(v) => Some(v.value().parse().map_err(StoreError::Corrupt)?),
             None => None,
         };
-        Ok(Persisted { deployments, assignments, strategy })
+        let shutdown = match meta.get("shutdown").map_err(backend)? {
+            Some(v) => {
+                Some(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("shutdown: {e}")))?)
+            }
+            None => None,
+        };
+        Ok(Persisted { deployments, assignments, strategy, shutdown })
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -147,8 +156,12 @@ impl Store for RedbStore {
             for w in &batch.delete_assignments {
                 assignments.remove(w.as_str()).map_err(backend)?;
             }
+            let mut meta = txn.open_table(META).map_err(backend)?;
             if let Some(s) = batch.strategy {
-                txn.open_table(META).map_err(backend)?.insert("strategy", s.as_str()).map_err(backend)?;
+                meta.insert("strategy", s.as_str()).map_err(backend)?;
+            }
+            if let Some(s) = &batch.shutdown {
+                meta.insert("shutdown", encode(s)?.as_str()).map_err(backend)?;
             }
         }
         txn.commit().map_err(backend)
@@ -184,6 +197,9 @@ impl Store for MemoryStore {
         }
         if batch.strategy.is_some() {
             p.strategy = batch.strategy;
+        }
+        if batch.shutdown.is_some() {
+            p.shutdown = batch.shutdown.clone();
         }
         Ok(())
     }

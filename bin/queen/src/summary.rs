@@ -52,10 +52,22 @@ pub fn event_label(k: registry::EventKind) -> &'static str {
     }
 }
 
+/// The final cluster state PERSIST writes next to the store: who ran what, how each phase
+/// ended, readable without any Apiary tool.
+#[derive(serde::Serialize)]
+pub struct FinalState {
+    #[serde(with = "time::serde::rfc3339")]
+    pub written_at: OffsetDateTime,
+    pub deployments: Vec<contract::DeploymentStatus>,
+    pub hives: Vec<HiveSummary>,
+    pub shutdown: Option<contract::ShutdownState>,
+}
+
 pub fn kind_label(k: NodeKind) -> &'static str {
     match k {
         NodeKind::Hive => "hive",
         NodeKind::Worker => "worker",
+        NodeKind::Queen => "queen",
     }
 }
 

@@ -172,8 +172,12 @@ pub struct WorkerLaunch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CommandKind {
-    /// Run exactly these workers.
-    Assign { workers: Vec<WorkerLaunch> },
+    /// Run exactly these workers — and, while the cluster shuts down, do this phase.
+    Assign {
+        workers: Vec<WorkerLaunch>,
+        #[serde(default)]
+        shutdown: Option<crate::PhaseOrder>,
+    },
 }
 
 /// One message on `GET /v1/hives/{id}/commands` (SSE `event: command`).

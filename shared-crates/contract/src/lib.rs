@@ -13,6 +13,7 @@ mod ids;
 mod jobs;
 #[cfg(feature = "registry")]
 mod registry_impl;
+mod shutdown;
 mod snapshot;
 
 pub use deploy::{
@@ -26,6 +27,10 @@ pub use heartbeat::{
 };
 pub use ids::{Epoch, MAX_ID_LEN, NodeId, Seq};
 pub use jobs::{JobRequest, JobResponse, MAX_SHA256_ROUNDS, MAX_SLEEP_MS};
+pub use shutdown::{
+    AckStatus, HiveProgress, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer, ShutdownPlan,
+    ShutdownRequest, ShutdownState, ShutdownStatus,
+};
 pub use snapshot::{DeploymentSummary, EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary};
 
 /// Where each endpoint lives, so clients and server cannot drift apart.
@@ -40,6 +45,7 @@ pub mod paths {
     pub const DEPLOYMENTS: &str = "/v1/deployments";
     pub const ASSIGNMENTS: &str = "/v1/assignments";
     pub const STRATEGY: &str = "/v1/placement/strategy";
+    pub const CLUSTER_SHUTDOWN: &str = "/v1/cluster/shutdown";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";

@@ -25,6 +25,8 @@ pub enum Liveness {
 pub enum NodeKind {
     Hive,
     Worker,
+    /// Events about the cluster as a whole, such as shutdown phases.
+    Queen,
 }
 
 /// A change of a node's liveness.
@@ -48,6 +50,16 @@ pub enum EventKind {
     Orphaned,
     /// A replica found no hive with room and matching labels.
     Pending,
+    /// A cluster shutdown phase began.
+    PhaseStarted,
+    /// A phase ended: every hive ACKed, or `force` carried on past those that did not.
+    PhaseDone,
+    /// A phase ended without every ACK; the shutdown stopped there.
+    PhaseFailed,
+    /// A hive ACKed a phase.
+    Acked,
+    /// A hive reported it could not do a phase, or did not answer in time.
+    AckFailed,
 }
 
 /// One entry of the event log; `reason` answers "why".
@@ -140,6 +152,9 @@ pub struct Snapshot {
     /// work: the likelier truth is that the queen is cut off.
     #[serde(default)]
     pub placement_brake: bool,
+    /// The cluster shutdown, while one runs or after it ended.
+    #[serde(default)]
+    pub shutdown: Option<crate::ShutdownState>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -133,6 +133,10 @@ impl Node {
         }
     }
 
+    fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     async fn stop(&mut self) -> anyhow::Result<()> {
         self.stop.cancel();
         self.join().await
@@ -164,6 +168,7 @@ pub struct SandboxBuilder {
     data_dir: Option<std::path::PathBuf>,
     orphan_grace: Option<Duration>,
     max_workers: u32,
+    storage_hooks: Vec<String>,
 }
 
 impl Default for SandboxBuilder {
@@ -177,6 +182,7 @@ impl Default for SandboxBuilder {
             data_dir: None,
             orphan_grace: None,
             max_workers: 4,
+            storage_hooks: Vec::new(),
         }
     }
 }
@@ -201,6 +207,11 @@ impl SandboxBuilder {
     /// Keep the queen's durable state in `dir` (in memory otherwise).
     pub fn data_dir(mut self, dir: std::path::PathBuf) -> Self {
         self.data_dir = Some(dir);
+        self
+    }
+    /// Shell commands every hive runs in a cluster shutdown's STORAGE phase.
+    pub fn storage_hooks(mut self, hooks: &[&str]) -> Self {
+        self.storage_hooks = hooks.iter().map(|h| h.to_string()).collect();
         self
     }
     pub fn orphan_grace(mut self, d: Duration) -> Self {
@@ -295,6 +306,12 @@ impl Sandbox {
         let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
         config.max_workers = self.config.max_workers;
         config.worker_stop_timeout = Duration::from_secs(5);
+        config.storage_hooks = self
+            .config
+            .storage_hooks
+            .iter()
+            .map(|c| hive::config::StorageHook { command: c.clone(), timeout: Duration::from_secs(5) })
+            .collect();
         self.hives
             .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| hive::run(config, l, stop))?);
         Ok(())
@@ -336,6 +353,16 @@ impl Sandbox {
         let mut node = Self::take(&mut self.workers, id)?;
         node.stop.cancel();
         Ok(async move { node.join().await })
+    }
+
+    /// Whether the queen's `run` has returned on its own (the end of a cluster shutdown).
+    pub fn queen_exited(&self) -> bool {
+        self.queen.as_ref().is_none_or(Node::finished)
+    }
+
+    /// Hives whose `run` has returned on their own.
+    pub fn exited_hives(&self) -> Vec<NodeId> {
+        self.hives.iter().filter(|h| h.finished()).map(|h| h.id.clone()).collect()
     }
 
     /// Like `kill -9` of the queen.

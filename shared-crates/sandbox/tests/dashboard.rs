@@ -204,6 +204,28 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() -> anyhow::Res
     })
     .await?;
 
+    // A cluster shutdown shows as a stepper, to its end.
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v1/cluster/shutdown", sb.queen_url()))
+        .json(&json!({"drain_deadline_ms": 500, "phase_timeout_ms": 3000}))
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 202);
+    wait_page(&c, "the shutdown stepper with every phase done", |c| {
+        Box::pin(async move {
+            let steps = c
+                .execute(
+                    "return Array.from(document.querySelectorAll('#shutdown .stepper li')).map(l => l.className);",
+                    vec![],
+                )
+                .await
+                .ok()?;
+            let steps: Vec<String> = serde_json::from_value(steps).ok()?;
+            (steps.len() == 5 && steps.iter().all(|s| s.contains("done"))).then_some(())
+        })
+    })
+    .await?;
+
     c.close().await?;
     sb.shutdown().await
 }

@@ -13,6 +13,7 @@ async fn fetch_history(kind: NodeKind, id: &str) -> Result<Vec<NodeEvent>, Strin
     let path = match kind {
         NodeKind::Hive => "hives",
         NodeKind::Worker => "workers",
+        NodeKind::Queen => return Err("the queen has no node history".into()),
     };
     let window = web_sys::window().ok_or("no window")?;
     let resp = JsFuture::from(window.fetch_with_str(&format!("/v1/{path}/{id}/events")))
@@ -58,6 +59,7 @@ pub fn NodeDetail(
                     let (l, c) = worker_state(w);
                     (l, c, w.last_seen_ago_ms, format!("on {} · epoch {} · {}", w.hive_id, w.epoch, w.address))
                 }
+                NodeKind::Queen => return None,
             };
             Some(view! {
                 <div class="detail-head">
