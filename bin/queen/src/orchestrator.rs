@@ -68,6 +68,8 @@ pub struct Orchestrator {
     /// orphaned, and each hive's desired state carries its phase order.
     gate: AtomicBool,
     phase_orders: Mutex<BTreeMap<NodeId, contract::PhaseOrder>>,
+    /// Woken by every ACK, so a shutdown phase ends as soon as its last ACK is in.
+    pub acks: tokio::sync::Notify,
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
     started: std::time::Instant,
@@ -110,6 +112,7 @@ impl Orchestrator {
             brake: AtomicBool::new(false),
             gate: AtomicBool::new(false),
             phase_orders: Mutex::new(BTreeMap::new()),
+            acks: tokio::sync::Notify::new(),
             started: std::time::Instant::now(),
         })
     }
@@ -470,6 +473,7 @@ impl Orchestrator {
         if let Some(ch) = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get_mut(hive) {
             ch.acked = Some(ack);
         }
+        self.acks.notify_waiters();
     }
 
     /// The last ACK a hive sent.

@@ -227,6 +227,8 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
 
     let deadline = Instant::now() + timeout;
     loop {
+        // Registered before looking, so an ACK that lands in between still wakes us.
+        let acked = queen.orchestrator.acks.notified();
         let mut waiting = 0;
         let mut acks = Vec::new();
         queen.update(|s| {
@@ -256,7 +258,11 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         if waiting == 0 || Instant::now() >= deadline {
             break;
         }
-        tokio::time::sleep(POLL).await;
+        // The poll keeps workers-left fresh from heartbeats; an ACK ends the wait at once.
+        tokio::select! {
+            _ = acked => {}
+            _ = tokio::time::sleep(POLL) => {}
+        }
     }
 
     let ended = OffsetDateTime::now_utc();

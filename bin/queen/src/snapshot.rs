@@ -198,7 +198,9 @@ pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
         yield Ok(to_event(&first).retry(CLIENT_RETRY));
         loop {
             tokio::select! {
-                _ = stop.cancelled() => break,
+                // A value published just before the stop (the end of a cluster shutdown)
+                // still goes out before the stream ends.
+                biased;
                 changed = rx.changed() => {
                     if changed.is_err() {
                         break;
@@ -206,6 +208,7 @@ pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
                     let value = Arc::clone(&rx.borrow_and_update());
                     yield Ok(to_event(&value));
                 }
+                _ = stop.cancelled() => break,
             }
         }
     };
