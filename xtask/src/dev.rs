@@ -142,6 +142,11 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
                 eprintln!("xtask dev: {} exited on its own ({status})", p.name);
             }
         }
+        if procs.iter().all(|p| p.exited) {
+            // A `queen cluster shutdown` ends this way.
+            eprintln!("xtask dev: every process has exited");
+            return Ok(());
+        }
         if !announced
             && let Some((hives, workers)) = online_counts(&args.listen)
             && (hives, workers) == expected

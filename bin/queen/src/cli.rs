@@ -330,7 +330,13 @@ async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} phases  {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    loop {
+    // The snapshot stream carries the shutdown state at every phase change and every tick,
+    // and its last frame, sent before the queen exits, holds the final state.
+    let mut snapshots = std::pin::pin!(client.snapshots().await?);
+    while let Some(snapshot) = futures_util::StreamExt::next(&mut snapshots).await {
+        let Ok(snapshot) = snapshot else { break };
+        let Some(state) = snapshot.shutdown else { continue };
+        last = state;
         let done = last.phases.iter().filter(|p| matches!(p.status, PhaseStatus::Done | PhaseStatus::Forced)).count();
         bar.set_position(done as u64);
         if let Some(p) = last.current() {
@@ -338,29 +344,18 @@ async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
             let left: u32 = p.hives.values().map(|h| h.workers_left).sum();
             bar.set_message(format!("{}: {acked}/{} hives ACKed, {left} workers left", p.phase.name(), p.hives.len()));
         }
-        if last.status != ShutdownStatus::Running {
+        if last.status == ShutdownStatus::Failed {
             break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        match client.get_json::<ShutdownState>(contract::paths::CLUSTER_SHUTDOWN).await {
-            Ok(state) => last = state,
-            // The queen leaves last, at INFRA: it being gone then is the end.
-            Err(queen_client::ClientError::Transport(_))
-                if last.current().is_some_and(|p| p.phase == Phase::Infra)
-                    || last.status != ShutdownStatus::Running =>
-            {
-                break;
-            }
-            Err(e) => return Err(e.into()),
         }
     }
     bar.finish_and_clear();
     print!("{}", render_shutdown(&last));
     match last.status {
         ShutdownStatus::Failed => anyhow::bail!("cluster shutdown stopped: {}", last.failure),
-        _ => {
+        ShutdownStatus::Completed => {
             println!("the queen has exited");
             Ok(())
         }
+        ShutdownStatus::Running => anyhow::bail!("lost the queen's stream before the shutdown ended"),
     }
 }

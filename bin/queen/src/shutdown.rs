@@ -188,6 +188,8 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     let participants: Vec<NodeId> =
         state.phases.iter().find(|p| p.phase == phase).map(|p| p.hives.keys().cloned().collect()).unwrap_or_default();
     queen.phase_event(EventKind::PhaseStarted, format!("{} started: {} hives", phase.name(), participants.len()));
+    // Phase changes go out at once, not at the next tick: dashboards and the CLI follow.
+    queen.publish_snapshot();
     tracing::warn!(phase = phase.name(), hives = participants.len(), "cluster shutdown phase");
 
     match phase {
@@ -210,6 +212,15 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         let done = OffsetDateTime::now_utc();
         queen.update(|s| {
             if let Some(r) = report(s, phase) {
+                for (hive, progress) in r.hives.iter_mut() {
+                    let gone = queen.hives.get(hive).is_none_or(|v| !v.liveness.is_up());
+                    // An exit cannot be ACKed: the goodbye heartbeat stands in for it.
+                    (progress.status, progress.detail) = if gone {
+                        (AckStatus::Acked, "exited".into())
+                    } else {
+                        (AckStatus::TimedOut, "still heartbeating".into())
+                    };
+                }
                 r.status = PhaseStatus::Done;
                 r.ended_at = Some(done);
             }
@@ -306,6 +317,7 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     }
     let status = state.as_ref().and_then(|s| s.phases.iter().find(|p| p.phase == phase).map(|p| p.status));
     let took = started.elapsed().as_millis();
+    queen.publish_snapshot();
     match status {
         Some(PhaseStatus::Done) => {
             queen.phase_event(EventKind::PhaseDone, format!("{} done in {took} ms", phase.name()));

@@ -157,14 +157,15 @@ impl QueenClient {
         Self::decode::<serde_json::Value>(resp).await.map(|_| ())
     }
 
-    /// The hive's control channel: commands as the queen sends them. Ends when the
-    /// connection does; the caller reconnects.
-    pub async fn commands(
+    /// `event` payloads of the SSE stream at `path`, decoded. Ends when the connection
+    /// does; the caller reconnects if it wants to.
+    async fn sse<T: DeserializeOwned>(
         &self,
-        hive: &NodeId,
-    ) -> Result<impl futures_util::Stream<Item = Result<HiveCommand, ClientError>> + use<>, ClientError> {
-        let url = self.url(&format!("{}/{hive}/commands", paths::HIVES));
-        let resp = self.authorize(self.streams.get(url).header("accept", "text/event-stream")).send().await?;
+        path: &str,
+        event: &'static str,
+    ) -> Result<impl futures_util::Stream<Item = Result<T, ClientError>> + use<T>, ClientError> {
+        let resp =
+            self.authorize(self.streams.get(self.url(path)).header("accept", "text/event-stream")).send().await?;
         if !resp.status().is_success() {
             return Err(Self::decode::<serde_json::Value>(resp).await.err().unwrap_or(ClientError::Api {
                 status: 0,
@@ -172,17 +173,33 @@ impl QueenClient {
                 message: "stream refused".into(),
             }));
         }
-        Ok(resp.bytes_stream().eventsource().filter_map(|event| async move {
-            match event {
-                Ok(e) if e.event == "command" => Some(serde_json::from_str(&e.data).map_err(|err| ClientError::Api {
+        Ok(resp.bytes_stream().eventsource().filter_map(move |e| async move {
+            match e {
+                Ok(e) if e.event == event => Some(serde_json::from_str(&e.data).map_err(|err| ClientError::Api {
                     status: 200,
-                    code: "bad_command".into(),
+                    code: "bad_event".into(),
                     message: err.to_string(),
                 })),
                 Ok(_) => None,
                 Err(e) => Some(Err(ClientError::Stream(e.to_string()))),
             }
         }))
+    }
+
+    /// The hive's control channel: commands as the queen sends them.
+    pub async fn commands(
+        &self,
+        hive: &NodeId,
+    ) -> Result<impl futures_util::Stream<Item = Result<HiveCommand, ClientError>> + use<>, ClientError> {
+        self.sse(&format!("{}/{hive}/commands", paths::HIVES), "command").await
+    }
+
+    /// The cluster snapshots, as the dashboard gets them; the last one before the queen
+    /// stops is delivered before the stream ends.
+    pub async fn snapshots(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = Result<Snapshot, ClientError>> + use<>, ClientError> {
+        self.sse(paths::HEARTBEAT_STREAM, "heartbeat").await
     }
 
     pub async fn ack(&self, hive: &NodeId, ack: &CommandAck) -> Result<(), ClientError> {
