@@ -233,6 +233,13 @@ async fn a_hive_that_never_acks_stops_the_sequence_unless_forced() -> anyhow::Re
         .await?;
     assert_eq!(refused.status().as_u16(), 503, "GATE holds after the failure");
     assert!(refused.headers().contains_key("retry-after"));
+    let metrics = reqwest::get(format!("{}/metrics", sb.queen_url())).await?.text().await?;
+    for needle in [
+        "apiary_shutdown_ack_failures_total{phase=\"GATE\"} 1",
+        "apiary_shutdown_phase_seconds_count{phase=\"GATE\"} 1",
+    ] {
+        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    }
 
     // With force: every phase is forced past the silent hive and the queen exits.
     start_shutdown(&client, json!({"force": true, "phase_timeout_ms": 1000, "drain_deadline_ms": 500})).await?;
@@ -279,6 +286,9 @@ async fn a_worker_that_ignores_sigterm_is_killed_at_the_deadline_even_across_a_q
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let last = last.expect("state seen after the restart");
+    if let (Some(a), Some(b)) = (last.phases[1].started_at, last.phases[1].ended_at) {
+        eprintln!("DRAIN with a 3 s deadline and a queen restart in it: {} ms", (b - a).whole_milliseconds());
+    }
     let drain = &last.phases[1].hives[&contract::NodeId::new("hive-0")?];
     assert_eq!(drain.status, AckStatus::Acked);
     assert!(drain.detail.contains("killed at the deadline: stubborn-0"), "{}", drain.detail);
