@@ -3,7 +3,7 @@
 //! ignores SIGTERM, dry run, a second request, and a queen restart midway.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use contract::{
     AckStatus, EventKind, NodeEvent, NodeKind, Phase, PhaseStatus, ShutdownAnswer, ShutdownState, ShutdownStatus,
@@ -32,6 +32,23 @@ async fn start_shutdown(client: &QueenClient, body: Value) -> anyhow::Result<Shu
         ShutdownAnswer::Started(s) => Ok(s),
         ShutdownAnswer::Plan(p) => anyhow::bail!("expected a start, got a plan: {p:?}"),
     }
+}
+
+/// Follows the snapshot stream, as the CLI does, until it ends with the queen; the
+/// shutdown state of its last frame.
+async fn follow(client: &QueenClient) -> anyhow::Result<ShutdownState> {
+    let mut snapshots = std::pin::pin!(client.snapshots().await?);
+    let mut last = None;
+    let ended = tokio::time::timeout(WAIT, async {
+        while let Some(Ok(s)) = futures_util::StreamExt::next(&mut snapshots).await {
+            if s.shutdown.is_some() {
+                last = s.shutdown;
+            }
+        }
+    })
+    .await;
+    anyhow::ensure!(ended.is_ok(), "the queen's stream did not end: {last:?}");
+    last.ok_or_else(|| anyhow::anyhow!("no shutdown state on the stream"))
 }
 
 /// Every event the stream carries, kept in order, until the stream ends.
@@ -103,21 +120,13 @@ async fn a_cluster_shuts_down_in_order_without_losing_a_job() -> anyhow::Result<
         reqwest::Client::new().post(format!("{}/v1/cluster/shutdown", sb.queen_url())).json(&json!({})).send().await?;
     assert_eq!(second.status().as_u16(), 409);
 
-    // Watch the state until the queen leaves.
-    let mut last: Option<ShutdownState> = None;
-    let begun = Instant::now();
-    while !sb.queen_exited() {
-        if let Ok(s) = client.get_json::<ShutdownState>("/v1/cluster/shutdown").await {
-            last = Some(s);
-        }
-        anyhow::ensure!(begun.elapsed() < WAIT, "the cluster did not finish shutting down: {last:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let last = follow(&client).await?;
+    assert_eq!(last.status, ShutdownStatus::Completed, "the stream's last frame holds the end: {last:?}");
+    wait_until("the queen gone", WAIT, || async { sb.queen_exited().then_some(()) }).await?;
     stop_jobs.cancel();
     for l in loops {
         l.await?;
     }
-    let last = last.expect("state seen");
     eprintln!(
         "phases: {}",
         last.phases
@@ -276,16 +285,11 @@ async fn a_worker_that_ignores_sigterm_is_killed_at_the_deadline_even_across_a_q
     let addr = sb.queen_addr();
     sb.kill_queen().await?;
     sb.restart_queen(addr)?;
-    let mut last = None;
-    let begun = Instant::now();
-    while !sb.queen_exited() {
-        if let Ok(s) = client.get_json::<ShutdownState>("/v1/cluster/shutdown").await {
-            last = Some(s);
-        }
-        anyhow::ensure!(begun.elapsed() < WAIT, "the resumed shutdown did not finish: {last:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let last = last.expect("state seen after the restart");
+    let client =
+        wait_until("the restarted queen", WAIT, || async { client.snapshot().await.ok().map(|_| client.clone()) })
+            .await?;
+    let last = follow(&client).await?;
+    assert_eq!(last.status, ShutdownStatus::Completed, "{last:?}");
     if let (Some(a), Some(b)) = (last.phases[1].started_at, last.phases[1].ended_at) {
         eprintln!("DRAIN with a 3 s deadline and a queen restart in it: {} ms", (b - a).whole_milliseconds());
     }
