@@ -307,6 +307,7 @@ mod tests {
         HiveSummary {
             id: id(name),
             liveness,
+            eligible: true,
             available: liveness == Liveness::Online,
             flapping: false,
             status: HiveStatus::Ready,
@@ -360,6 +361,7 @@ mod tests {
             deployments: vec![],
             placement_brake: false,
             shutdown: None,
+            drains: vec![],
         }
     }
 

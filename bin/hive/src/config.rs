@@ -33,6 +33,10 @@ pub struct HiveArgs {
     /// How long a worker gets to stop after SIGTERM before SIGKILL [default: 10s].
     #[arg(long, env = "APIARY_WORKER_STOP_TIMEOUT")]
     pub worker_stop_timeout: Option<HumanDuration>,
+    /// On SIGTERM, ask the queen to move this hive's work elsewhere first, waiting up to
+    /// this long; `0s` turns it off [default: 60s].
+    #[arg(long, env = "APIARY_DRAIN_ON_SHUTDOWN")]
+    pub drain_on_shutdown: Option<HumanDuration>,
     /// Shell command run in the cluster shutdown's STORAGE phase, in order; repeatable.
     #[arg(long = "storage-hook", env = "APIARY_STORAGE_HOOKS", value_delimiter = ';')]
     pub storage_hooks: Vec<String>,
@@ -53,6 +57,7 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     max_workers: Option<u32>,
     worker_stop_timeout: Option<HumanDuration>,
+    drain_on_shutdown: Option<HumanDuration>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     /// `[[storage_hooks]] command = "..." timeout = "10s"`
@@ -84,6 +89,8 @@ pub struct HiveConfig {
     pub labels: BTreeMap<String, String>,
     pub worker_stop_timeout: Duration,
     pub storage_hooks: Vec<StorageHook>,
+    /// How long a stopping hive waits for the queen to move its work; zero: it does not ask.
+    pub drain_on_shutdown: Duration,
 }
 
 impl HiveConfig {
@@ -98,6 +105,7 @@ impl HiveConfig {
             labels: BTreeMap::new(),
             worker_stop_timeout: Duration::from_secs(10),
             storage_hooks: Vec::new(),
+            drain_on_shutdown: Duration::from_secs(60),
         }
     }
 
@@ -140,6 +148,11 @@ impl HiveConfig {
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             max_workers,
             labels,
+            drain_on_shutdown: args
+                .drain_on_shutdown
+                .or(file.drain_on_shutdown)
+                .map(Into::into)
+                .unwrap_or(Duration::from_secs(60)),
             storage_hooks: {
                 let default_timeout: Duration =
                     args.storage_hook_timeout.map(Into::into).unwrap_or(Duration::from_secs(30));

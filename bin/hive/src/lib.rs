@@ -118,11 +118,17 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     };
     let supervising = CancellationToken::new();
     let supervised = tasks.spawn(supervisor.run(desired_rx, supervising.clone()));
+    let control_client = client.clone();
     tasks.spawn(control::run(client, identity.config.name.clone(), context, beats.clone()));
     tracing::info!(hive = %identity.config.name, epoch = %identity.epoch, %addr, queen = %identity.config.queen, "hive started");
 
     own.cancelled().await;
     tracing::info!("hive stopping");
+    // A hive taken down for maintenance moves its work first (not at the end of a cluster
+    // shutdown: then there is nowhere to move it).
+    if !identity.gated.load(Ordering::SeqCst) && !identity.config.drain_on_shutdown.is_zero() {
+        drain_first(&control_client, &identity.config).await;
+    }
     health.set_draining();
     beats.cancel();
     // The hive's workers stop with it, and the stop is done when they have exited.
@@ -153,5 +159,30 @@ async fn sample_loop(mut sampler: resources::Sampler, identity: Arc<Identity>, s
                 *identity.resources.lock().unwrap_or_else(|p| p.into_inner()) = reading;
             }
         }
+    }
+}
+
+/// Asks the queen to drain this hive and waits, up to `drain_on_shutdown`, until its
+/// replicas run elsewhere. Best effort: a queen that cannot be reached just means the
+/// hive stops its workers itself.
+async fn drain_first(client: &QueenClient, config: &HiveConfig) {
+    let deadline = config.drain_on_shutdown;
+    if let Err(e) = client.drain(&config.name, Some(deadline)).await {
+        tracing::warn!(error = %e, "could not ask the queen to drain this hive; stopping workers here");
+        return;
+    }
+    tracing::info!(?deadline, "waiting for the queen to move this hive's work");
+    let waited = tokio::time::timeout(deadline + Duration::from_secs(2), async {
+        loop {
+            match client.drain_status(&config.name).await {
+                Ok(s) if s.done || s.stuck() => return s,
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(s) => tracing::info!(moved = s.moved, notes = ?s.notes, "drained before stopping"),
+        Err(_) => tracing::warn!("the drain did not finish in time; stopping what is left"),
     }
 }

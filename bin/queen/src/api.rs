@@ -15,7 +15,9 @@ use contract::{
     HiveHeartbeat, HiveSummary, MAX_REPLICAS, NodeEvent, NodeId, NodeKind, ScaleBody, StrategyBody, WorkerHeartbeat,
     WorkerSummary, paths,
 };
-use contract::{ShutdownAnswer, ShutdownRequest, ShutdownState};
+use contract::{
+    ClusterStats, DrainRequest, DrainStatus, EligibilityBody, ShutdownAnswer, ShutdownRequest, ShutdownState,
+};
 use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
 use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
 use tower_http::services::ServeDir;
@@ -32,7 +34,10 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .route(paths::HEARTBEAT_STREAM, get(snapshot::stream))
         .route(paths::SNAPSHOT, get(latest_snapshot))
         .route(paths::HIVES, get(list::<HiveHeartbeat>))
-        .route("/v1/hives/{id}", get(one::<HiveHeartbeat>))
+        .route("/v1/hives/{id}", get(one::<HiveHeartbeat>).delete(remove_hive))
+        .route("/v1/hives/{id}/eligibility", axum::routing::put(set_eligibility))
+        .route("/v1/hives/{id}/drain", get(get_drain).post(start_drain).delete(cancel_drain))
+        .route(paths::CLUSTER_STATS, get(stats))
         .route("/v1/hives/{id}/events", get(events::<HiveHeartbeat>))
         .route(paths::WORKERS, get(list::<WorkerHeartbeat>))
         .route("/v1/workers/{id}", get(one::<WorkerHeartbeat>))
@@ -77,7 +82,7 @@ pub trait NodePayload: HeartbeatPayload<Id = NodeId> + serde::de::DeserializeOwn
     type Summary: serde::Serialize + Send;
     fn validate(&self) -> Result<(), ContractError>;
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self>;
-    fn summary(node: NodeRef<'_, Self>) -> Self::Summary;
+    fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> Self::Summary;
 }
 
 impl NodePayload for HiveHeartbeat {
@@ -89,8 +94,10 @@ impl NodePayload for HiveHeartbeat {
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
         &queen.hives
     }
-    fn summary(node: NodeRef<'_, Self>) -> HiveSummary {
-        summary::hive(node)
+    fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> HiveSummary {
+        let mut h = summary::hive(node);
+        h.eligible = queen.orchestrator.eligible(&h.id);
+        h
     }
 }
 
@@ -103,7 +110,7 @@ impl NodePayload for WorkerHeartbeat {
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
         &queen.workers
     }
-    fn summary(node: NodeRef<'_, Self>) -> WorkerSummary {
+    fn summary(_: &Queen, node: NodeRef<'_, Self>) -> WorkerSummary {
         summary::worker(node)
     }
 }
@@ -142,7 +149,7 @@ fn unknown<T: NodePayload>(id: &NodeId) -> ApiError {
 
 async fn list<T: NodePayload>(State(queen): State<Arc<Queen>>) -> Json<Vec<T::Summary>> {
     let views = T::registry(&queen).list_all();
-    Json(views.iter().map(|v| T::summary(summary::as_ref(v))).collect())
+    Json(views.iter().map(|v| T::summary(&queen, summary::as_ref(v))).collect())
 }
 
 async fn one<T: NodePayload>(
@@ -151,7 +158,7 @@ async fn one<T: NodePayload>(
 ) -> Result<Json<T::Summary>, ApiError> {
     let id = parse_id(&raw)?;
     let view = T::registry(&queen).get(&id).ok_or_else(|| unknown::<T>(&id))?;
-    Ok(Json(T::summary(summary::as_ref(&view))))
+    Ok(Json(T::summary(&queen, summary::as_ref(&view))))
 }
 
 /// `GET /v1/{hives,workers}/{id}/events`: why this node is in the state it is in.
@@ -293,4 +300,79 @@ async fn post_shutdown(
 
 async fn get_shutdown(State(queen): State<Arc<Queen>>) -> Result<Json<ShutdownState>, ApiError> {
     queen.shutdown().map(Json).ok_or_else(|| ApiError::not_found("no cluster shutdown has been started"))
+}
+
+async fn set_eligibility(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+    JsonBody(body): JsonBody<EligibilityBody>,
+) -> Result<Json<EligibilityBody>, ApiError> {
+    let id = parse_id(&raw)?;
+    queen.orchestrator.set_eligible(&id, body.eligible).map_err(store_error)?;
+    tracing::info!(hive = %id, eligible = body.eligible, "eligibility changed");
+    queen.reconcile();
+    Ok(Json(body))
+}
+
+async fn start_drain(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+    JsonBody(req): JsonBody<DrainRequest>,
+) -> Result<(StatusCode, Json<DrainStatus>), ApiError> {
+    refuse_when_gated(&queen)?;
+    let id = parse_id(&raw)?;
+    if queen.hives.get(&id).is_none() {
+        return Err(unknown::<HiveHeartbeat>(&id));
+    }
+    let deadline =
+        req.deadline_ms.map(std::time::Duration::from_millis).unwrap_or(crate::orchestrator::DEFAULT_DRAIN_DEADLINE);
+    queen.orchestrator.start_drain(&id, deadline).map_err(store_error)?;
+    tracing::warn!(hive = %id, ?deadline, "drain started");
+    queen.reconcile();
+    let status = queen.orchestrator.drain(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+async fn get_drain(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<Json<DrainStatus>, ApiError> {
+    let id = parse_id(&raw)?;
+    queen.orchestrator.drain(&id).map(Json).ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))
+}
+
+async fn cancel_drain(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<Json<DrainStatus>, ApiError> {
+    let id = parse_id(&raw)?;
+    let status =
+        queen.orchestrator.cancel_drain(&id).ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))?;
+    tracing::warn!(hive = %id, "drain cancelled");
+    Ok(Json(status))
+}
+
+#[derive(serde::Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/hives/{id}`: forgets a hive that is gone; its events stay in the log.
+async fn remove_hive(
+    State(queen): State<Arc<Queen>>,
+    Path(raw): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&raw)?;
+    let view = queen.hives.get(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
+    if view.liveness.is_up() && !q.force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "hive_online",
+            format!("{id} is online; stop it first, or add force to forget it anyway"),
+        ));
+    }
+    queen.hives.remove(&id);
+    tracing::warn!(hive = %id, "hive removed");
+    queen.reconcile();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn stats(State(queen): State<Arc<Queen>>) -> Json<ClusterStats> {
+    Json(queen.stats())
 }

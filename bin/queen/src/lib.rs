@@ -151,6 +151,44 @@ impl Queen {
         }
     }
 
+    /// Cluster-wide counts for `GET /v1/cluster/stats`.
+    pub fn stats(&self) -> contract::ClusterStats {
+        let ineligible = self.orchestrator.ineligible();
+        let mut hives_by_liveness = std::collections::BTreeMap::new();
+        let (mut eligible, mut capacity) = (0, 0u64);
+        self.hives.visit(|h| {
+            *hives_by_liveness.entry(summary::liveness_label(h.liveness).to_string()).or_insert(0) += 1;
+            if h.liveness.is_up() && !ineligible.contains(&h.payload.id) {
+                eligible += 1;
+                capacity += u64::from(h.payload.capacity.max_workers);
+            }
+        });
+        let mut workers_by_status = std::collections::BTreeMap::new();
+        self.workers.visit(|w| {
+            if w.liveness.is_up() {
+                let status = serde_json::to_value(w.payload.status).ok().and_then(|v| v.as_str().map(str::to_string));
+                *workers_by_status.entry(status.unwrap_or_default()).or_insert(0) += 1;
+            }
+        });
+        let assigned = self.orchestrator.assignments().iter().filter(|a| a.hive.is_some()).count() as u64;
+        let jobs_routed_total = ["done", "rejected", "worker_failed"]
+            .iter()
+            .map(|o| self.metrics.jobs.get_or_create(&metrics::JobLabels { outcome: o }).get())
+            .sum();
+        contract::ClusterStats {
+            hives_by_liveness,
+            hives_eligible: eligible,
+            hives_ineligible: ineligible.len(),
+            workers_by_status,
+            capacity,
+            assigned,
+            utilization_percent: if capacity == 0 { 0.0 } else { assigned as f64 * 100.0 / capacity as f64 },
+            jobs_routed_total,
+            strategy: self.orchestrator.strategy(),
+            leader: format!("this queen ({})", self.config.listen),
+        }
+    }
+
     /// Re-places work now; after an API change, so operators need not wait for a sweep.
     pub fn reconcile(&self) {
         if let Err(e) = self.orchestrator.reconcile(&self.hives, &self.workers) {

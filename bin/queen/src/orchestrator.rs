@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use contract::{
     Assignment, AssignmentState, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DeploymentSummary,
-    EventKind, HiveCommand, HiveHeartbeat, HiveStatus, Liveness, NodeEvent, NodeId, NodeKind, PlacementStrategy,
-    WorkerHeartbeat, WorkerLaunch,
+    DrainStatus, EventKind, HiveCommand, HiveHeartbeat, HiveStatus, Liveness, NodeEvent, NodeId, NodeKind,
+    PlacementStrategy, WorkerHeartbeat, WorkerLaunch,
 };
 use heartbeat_registry::{self as registry, HeartbeatRegistry};
 use time::OffsetDateTime;
@@ -40,9 +40,12 @@ pub enum DeployError {
 
 struct State {
     deployments: BTreeMap<NodeId, DeploymentRecord>,
-    /// By worker name.
+    /// By slot key (the generation-0 worker name).
     assignments: BTreeMap<NodeId, Assignment>,
     placer: Placer,
+    /// Hives that get no new replicas; durable.
+    ineligible: BTreeSet<NodeId>,
+    drains: BTreeMap<NodeId, Drain>,
 }
 
 /// One hive's command channel: the latest command, and what it asked for.
@@ -93,16 +96,45 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
     }
 }
 
-fn worker_name(deployment: &NodeId, slot: u32) -> NodeId {
-    // The spec's validation keeps the name short enough for the suffix.
-    NodeId::sanitized(&format!("{deployment}-{slot}"))
+/// The worker's id for one instance of a slot: `web-3`, then `web-3.1`, `web-3.2` for the
+/// instances drains start elsewhere. Generation 0 is also the slot's key.
+fn worker_name(deployment: &NodeId, slot: u32, generation: u32) -> NodeId {
+    // The spec's validation keeps the name short enough for the suffixes.
+    match generation {
+        0 => NodeId::sanitized(&format!("{deployment}-{slot}")),
+        g => NodeId::sanitized(&format!("{deployment}-{slot}.{g}")),
+    }
+}
+
+/// Replicas one drain moves at the same time: a drain must not take a deployment's
+/// capacity down by more than this while it waits for new instances to come up.
+const MOVING_AT_ONCE: usize = 2;
+/// How long a drain may take unless told otherwise.
+pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);
+
+/// One hive's drain.
+#[derive(Clone, Debug)]
+struct Drain {
+    started_at: OffsetDateTime,
+    deadline: std::time::Instant,
+    deadline_wall: OffsetDateTime,
+    moved: BTreeSet<NodeId>,
+    cancelled: bool,
+    done: bool,
+    notes: Vec<String>,
 }
 
 impl Orchestrator {
     pub fn open(store: Box<dyn Store>, orphan_grace: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
-        let Persisted { deployments, assignments, strategy, shutdown: _ } = store.load()?;
+        let Persisted { deployments, assignments, strategy, shutdown: _, ineligible } = store.load()?;
         Ok(Self {
-            state: Mutex::new(State { deployments, assignments, placer: Placer::new(strategy.unwrap_or_default()) }),
+            state: Mutex::new(State {
+                deployments,
+                assignments,
+                placer: Placer::new(strategy.unwrap_or_default()),
+                ineligible,
+                drains: BTreeMap::new(),
+            }),
             store,
             channels: Mutex::new(BTreeMap::new()),
             next_command: AtomicU64::new(1),
@@ -254,6 +286,196 @@ impl Orchestrator {
         Ok(())
     }
 
+    pub fn eligible(&self, hive: &NodeId) -> bool {
+        !self.lock().ineligible.contains(hive)
+    }
+
+    pub fn ineligible(&self) -> BTreeSet<NodeId> {
+        self.lock().ineligible.clone()
+    }
+
+    /// Turns new placements on a hive on or off; durable.
+    pub fn set_eligible(&self, hive: &NodeId, eligible: bool) -> Result<(), StoreError> {
+        let mut st = self.lock();
+        let mut next = st.ineligible.clone();
+        if eligible {
+            next.remove(hive);
+        } else {
+            next.insert(hive.clone());
+        }
+        self.store.apply(&Batch { ineligible: Some(next.clone()), ..Default::default() })?;
+        st.ineligible = next;
+        Ok(())
+    }
+
+    /// Starts draining a hive: ineligible at once (and durably), then, at each reconcile,
+    /// its replicas are started elsewhere a few at a time and the old ones stopped once
+    /// the new ones heartbeat. Starting one that runs returns its status unchanged.
+    pub fn start_drain(&self, hive: &NodeId, deadline: Duration) -> Result<DrainStatus, StoreError> {
+        self.set_eligible(hive, false)?;
+        let mut st = self.lock();
+        let running = st.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
+        if !running {
+            let now = OffsetDateTime::now_utc();
+            st.drains.insert(
+                hive.clone(),
+                Drain {
+                    started_at: now,
+                    deadline: std::time::Instant::now() + deadline,
+                    deadline_wall: now + deadline,
+                    moved: BTreeSet::new(),
+                    cancelled: false,
+                    done: false,
+                    notes: Vec::new(),
+                },
+            );
+        }
+        Ok(Self::drain_status(&st, hive).unwrap_or_else(|| unreachable_drain(hive)))
+    }
+
+    /// Stops a drain where it stands; the hive stays ineligible.
+    pub fn cancel_drain(&self, hive: &NodeId) -> Option<DrainStatus> {
+        let mut st = self.lock();
+        let d = st.drains.get_mut(hive)?;
+        if !d.done {
+            d.cancelled = true;
+            d.done = true;
+        }
+        // Replacements already running stay; their old instances are retired normally.
+        Self::drain_status(&st, hive)
+    }
+
+    pub fn drain(&self, hive: &NodeId) -> Option<DrainStatus> {
+        Self::drain_status(&self.lock(), hive)
+    }
+
+    pub fn drains(&self) -> Vec<DrainStatus> {
+        let st = self.lock();
+        st.drains.keys().filter_map(|h| Self::drain_status(&st, h)).collect()
+    }
+
+    fn drain_status(st: &State, hive: &NodeId) -> Option<DrainStatus> {
+        let d = st.drains.get(hive)?;
+        let left = st
+            .assignments
+            .values()
+            .filter(|a| a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive))
+            .count() as u32;
+        let moving =
+            st.assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count() as u32;
+        Some(DrainStatus {
+            hive: hive.clone(),
+            started_at: d.started_at,
+            deadline: d.deadline_wall,
+            moved: d.moved.len() as u32,
+            left,
+            moving,
+            done: d.done,
+            cancelled: d.cancelled,
+            notes: d.notes.clone(),
+        })
+    }
+
+    /// The drain part of a reconcile pass.
+    #[allow(clippy::too_many_arguments)]
+    fn drain_step(
+        &self,
+        workers: &HeartbeatRegistry<WorkerHeartbeat>,
+        deployments: &BTreeMap<NodeId, DeploymentRecord>,
+        assignments: &mut BTreeMap<NodeId, Assignment>,
+        placer: &mut Placer,
+        candidates: &mut [Candidate],
+        drains: &mut BTreeMap<NodeId, Drain>,
+        views: &BTreeMap<NodeId, HiveView>,
+        batch: &mut Batch,
+    ) {
+        let now = OffsetDateTime::now_utc();
+        // Retire old instances whose replacement is up, or whose hive is gone anyway.
+        for a in assignments.values_mut() {
+            let Some(r) = a.retiring.clone() else { continue };
+            let replacement_up = workers.get(&a.worker).is_some_and(|w| w.available);
+            let old_hive_gone = views.get(&r.hive).is_none_or(|v| !v.liveness.is_up());
+            let deadline_passed = drains.get(&r.hive).is_some_and(|d| std::time::Instant::now() >= d.deadline);
+            if replacement_up || old_hive_gone || deadline_passed {
+                self.event(
+                    workers,
+                    &r.worker,
+                    EventKind::Pending,
+                    format!("retired from {}: {} took over", r.hive, a.worker),
+                );
+                if let Some(d) = drains.get_mut(&r.hive) {
+                    d.moved.insert(a.worker.clone());
+                }
+                a.retiring = None;
+                batch.put_assignments.push(a.clone());
+            }
+        }
+        for (hive, drain) in drains.iter_mut().filter(|(_, d)| !d.done) {
+            let past_deadline = std::time::Instant::now() >= drain.deadline;
+            let mut moving =
+                assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count();
+            for a in assignments.values_mut().filter(|a| a.hive.as_ref() == Some(hive) && a.retiring.is_none()) {
+                if past_deadline {
+                    // Whatever could not move is stopped anyway, and said so.
+                    drain.notes.push(format!("{} stopped at the deadline without a new home", a.worker));
+                    self.event(
+                        workers,
+                        &a.worker,
+                        EventKind::Pending,
+                        format!("drain of {hive}: stopped at the deadline"),
+                    );
+                    a.hive = None;
+                    a.state = AssignmentState::Pending;
+                    a.since = now;
+                    batch.put_assignments.push(a.clone());
+                    continue;
+                }
+                if moving >= MOVING_AT_ONCE {
+                    continue;
+                }
+                let Some(d) = deployments.get(&a.deployment) else { continue };
+                match placer.pick(candidates, &d.spec.labels_required) {
+                    Some(target) => {
+                        let old = a.worker.clone();
+                        a.generation += 1;
+                        a.worker = worker_name(&a.deployment, a.slot, a.generation);
+                        a.retiring = Some(contract::Retiring { hive: hive.clone(), worker: old.clone() });
+                        a.hive = Some(target.clone());
+                        a.moves += 1;
+                        a.since = now;
+                        moving += 1;
+                        self.event(
+                            workers,
+                            &a.worker,
+                            EventKind::Placed,
+                            format!("placed on {target}, replacing {old} on draining {hive}"),
+                        );
+                        batch.put_assignments.push(a.clone());
+                    }
+                    None => {
+                        let note = format!("cannot move {}: no other hive with room and matching labels", a.worker);
+                        if !drain.notes.contains(&note) {
+                            tracing::warn!(%hive, "{note}");
+                            drain.notes.push(note);
+                        }
+                    }
+                }
+            }
+            let left = assignments
+                .values()
+                .any(|a| a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive));
+            if !left {
+                drain.done = true;
+                self.cluster_event(
+                    NodeKind::Hive,
+                    hive,
+                    EventKind::PhaseDone,
+                    format!("drain done: {} replicas moved", drain.moved.len()),
+                );
+            }
+        }
+    }
+
     pub fn assignments(&self) -> Vec<Assignment> {
         self.lock().assignments.values().cloned().collect()
     }
@@ -338,7 +560,7 @@ impl Orchestrator {
         }
         let mut st = self.lock();
         let mut batch = Batch::default();
-        let State { deployments, assignments, placer } = &mut *st;
+        let State { deployments, assignments, placer, ineligible, drains } = &mut *st;
 
         // Replicas nobody wants any more.
         assignments.retain(|w, a| {
@@ -374,7 +596,7 @@ impl Orchestrator {
         // Slots that have no assignment yet.
         for d in deployments.values() {
             for slot in 0..d.spec.replicas {
-                let worker = worker_name(&d.spec.name, slot);
+                let worker = worker_name(&d.spec.name, slot, 0);
                 assignments.entry(worker.clone()).or_insert_with(|| Assignment {
                     deployment: d.spec.name.clone(),
                     slot,
@@ -383,17 +605,24 @@ impl Orchestrator {
                     state: AssignmentState::Pending,
                     since: now,
                     moves: 0,
+                    generation: 0,
+                    retiring: None,
                 });
             }
         }
 
         // Offer every unplaced replica to the strategy, counting what each hive holds.
-        let mut candidates: Vec<Candidate> = views.values().filter_map(|v| v.candidate.clone()).collect();
+        let mut candidates: Vec<Candidate> =
+            views.values().filter_map(|v| v.candidate.clone()).filter(|c| !ineligible.contains(&c.id)).collect();
         for a in assignments.values() {
-            if let Some(c) = a.hive.as_ref().and_then(|h| candidates.iter_mut().find(|c| &c.id == h)) {
-                c.assigned += 1;
+            let holders = a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive));
+            for h in holders {
+                if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
+                    c.assigned += 1;
+                }
             }
         }
+        self.drain_step(workers, deployments, assignments, placer, &mut candidates, drains, &views, &mut batch);
         for a in assignments.values_mut().filter(|a| a.hive.is_none()) {
             let Some(d) = deployments.get(&a.deployment) else { continue };
             match placer.pick(&mut candidates, &d.spec.labels_required) {
@@ -423,8 +652,12 @@ impl Orchestrator {
         // What each hive should run now.
         let mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>> = BTreeMap::new();
         for a in assignments.values() {
-            if let (Some(hive), Some(d)) = (&a.hive, deployments.get(&a.deployment)) {
+            let Some(d) = deployments.get(&a.deployment) else { continue };
+            if let Some(hive) = &a.hive {
                 desired.entry(hive.clone()).or_default().push(launch(&d.spec, &a.worker));
+            }
+            if let Some(r) = &a.retiring {
+                desired.entry(r.hive.clone()).or_default().push(launch(&d.spec, &r.worker));
             }
         }
         drop(st);
@@ -479,5 +712,20 @@ impl Orchestrator {
     /// The last ACK a hive sent.
     pub fn last_ack(&self, hive: &NodeId) -> Option<CommandAck> {
         self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(hive).and_then(|c| c.acked.clone())
+    }
+}
+
+fn unreachable_drain(hive: &NodeId) -> DrainStatus {
+    let now = OffsetDateTime::now_utc();
+    DrainStatus {
+        hive: hive.clone(),
+        started_at: now,
+        deadline: now,
+        moved: 0,
+        left: 0,
+        moving: 0,
+        done: true,
+        cancelled: false,
+        notes: vec![],
     }
 }

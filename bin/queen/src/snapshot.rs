@@ -54,11 +54,15 @@ impl Queen {
     }
 
     fn build_snapshot(&self, seq: u64) -> Snapshot {
+        // Read once, not under the registry's locks.
+        let ineligible = self.orchestrator.ineligible();
         let mut hives = Vec::with_capacity(self.hives.len());
         let mut counts = NodeCounts::default();
         self.hives.visit(|n| {
             counts.add(NodeKind::Hive, n.liveness, n.available);
-            hives.push(summary::hive(n));
+            let mut h = summary::hive(n);
+            h.eligible = !ineligible.contains(&h.id);
+            hives.push(h);
         });
         let mut workers = Vec::with_capacity(self.workers.len());
         let mut jobs_in_flight = 0u64;
@@ -106,6 +110,7 @@ impl Queen {
             deployments: self.orchestrator.summaries(&self.workers),
             placement_brake: self.orchestrator.brake_engaged(),
             shutdown: self.shutdown(),
+            drains: self.orchestrator.drains(),
         }
     }
 

@@ -31,6 +31,7 @@ pub struct Persisted {
     pub assignments: BTreeMap<NodeId, Assignment>,
     pub strategy: Option<PlacementStrategy>,
     pub shutdown: Option<contract::ShutdownState>,
+    pub ineligible: std::collections::BTreeSet<NodeId>,
 }
 
 /// Changes applied together or not at all.
@@ -42,6 +43,8 @@ pub struct Batch {
     pub delete_assignments: Vec<NodeId>,
     pub strategy: Option<PlacementStrategy>,
     pub shutdown: Option<contract::ShutdownState>,
+    /// The whole set of ineligible hives, when it changed.
+    pub ineligible: Option<std::collections::BTreeSet<NodeId>>,
 }
 
 impl Batch {
@@ -52,6 +55,7 @@ impl Batch {
             && self.delete_assignments.is_empty()
             && self.strategy.is_none()
             && self.shutdown.is_none()
+            && self.ineligible.is_none()
     }
 }
 
@@ -133,7 +137,11 @@ impl Store for RedbStore {
             }
             None => None,
         };
-        Ok(Persisted { deployments, assignments, strategy, shutdown })
+        let ineligible = match meta.get("ineligible").map_err(backend)? {
+            Some(v) => serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("ineligible: {e}")))?,
+            None => Default::default(),
+        };
+        Ok(Persisted { deployments, assignments, strategy, shutdown, ineligible })
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -151,7 +159,7 @@ impl Store for RedbStore {
             }
             let mut assignments = txn.open_table(ASSIGNMENTS).map_err(backend)?;
             for a in &batch.put_assignments {
-                assignments.insert(a.worker.as_str(), encode(a)?.as_str()).map_err(backend)?;
+                assignments.insert(a.key().as_str(), encode(a)?.as_str()).map_err(backend)?;
             }
             for w in &batch.delete_assignments {
                 assignments.remove(w.as_str()).map_err(backend)?;
@@ -162,6 +170,9 @@ impl Store for RedbStore {
             }
             if let Some(s) = &batch.shutdown {
                 meta.insert("shutdown", encode(s)?.as_str()).map_err(backend)?;
+            }
+            if let Some(set) = &batch.ineligible {
+                meta.insert("ineligible", encode(set)?.as_str()).map_err(backend)?;
             }
         }
         txn.commit().map_err(backend)
@@ -190,7 +201,7 @@ impl Store for MemoryStore {
             p.deployments.remove(name);
         }
         for a in &batch.put_assignments {
-            p.assignments.insert(a.worker.clone(), a.clone());
+            p.assignments.insert(a.key(), a.clone());
         }
         for w in &batch.delete_assignments {
             p.assignments.remove(w);
@@ -200,6 +211,9 @@ impl Store for MemoryStore {
         }
         if batch.shutdown.is_some() {
             p.shutdown = batch.shutdown.clone();
+        }
+        if let Some(set) = &batch.ineligible {
+            p.ineligible = set.clone();
         }
         Ok(())
     }
@@ -232,12 +246,14 @@ mod tests {
     fn assignment(worker: &str) -> Assignment {
         Assignment {
             deployment: NodeId::new("web").expect("valid"),
-            slot: 0,
+            slot: worker.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0),
             worker: NodeId::new(worker).expect("valid"),
             hive: Some(NodeId::new("h1").expect("valid")),
             state: AssignmentState::Placed,
             since: OffsetDateTime::UNIX_EPOCH,
             moves: 0,
+            generation: 0,
+            retiring: None,
         }
     }
 

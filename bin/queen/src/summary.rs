@@ -92,6 +92,8 @@ pub fn hive(n: NodeRef<'_, HiveHeartbeat>) -> HiveSummary {
     HiveSummary {
         id: p.id.clone(),
         liveness: liveness(n.liveness),
+        // Known to the orchestrator, not the registry; callers that have it fill it in.
+        eligible: true,
         available: n.available,
         flapping: n.flapping,
         status: p.status,

@@ -144,6 +144,71 @@ pub struct Assignment {
     pub since: OffsetDateTime,
     /// Times this slot moved to another hive.
     pub moves: u32,
+    /// Bumped each time a drain starts the slot anew elsewhere; part of the worker's name
+    /// after the first (`web-3.1`), so old and new instance can run side by side.
+    #[serde(default)]
+    pub generation: u32,
+    /// The instance a drain is replacing: it keeps running until the new one heartbeats.
+    #[serde(default)]
+    pub retiring: Option<Retiring>,
+}
+
+impl Assignment {
+    /// The slot's stable key, whatever instance runs it: `<deployment>-<slot>`.
+    pub fn key(&self) -> NodeId {
+        NodeId::sanitized(&format!("{}-{}", self.deployment, self.slot))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retiring {
+    pub hive: NodeId,
+    pub worker: NodeId,
+}
+
+/// `PUT /v1/hives/{id}/eligibility`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EligibilityBody {
+    pub eligible: bool,
+}
+
+/// `POST /v1/hives/{id}/drain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DrainRequest {
+    /// Whatever has not moved by then is stopped anyway [default: 5 min].
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+}
+
+/// A drain of one hive, as it stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub hive: NodeId,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+    /// Replicas now running elsewhere.
+    pub moved: u32,
+    /// Replicas still on the hive (or retiring from it).
+    pub left: u32,
+    /// Replicas whose new instance is starting elsewhere right now.
+    #[serde(default)]
+    pub moving: u32,
+    pub done: bool,
+    pub cancelled: bool,
+    /// What could not be done, said at once ("no hive with room for web-3").
+    pub notes: Vec<String>,
+}
+
+impl DrainStatus {
+    /// Nothing is moving and what is left has nowhere to go: waiting longer only waits
+    /// for the deadline.
+    pub fn stuck(&self) -> bool {
+        !self.done && self.moving == 0 && self.left > 0 && !self.notes.is_empty()
+    }
 }
 
 /// A deployment with where its replicas are.
@@ -220,4 +285,24 @@ pub struct SupervisedWorker {
     /// Why it last exited or failed, for operators.
     #[serde(default)]
     pub last_exit: String,
+}
+
+/// `GET /v1/cluster/stats`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ClusterStats {
+    /// Hives by liveness (online, suspect, offline, stopped).
+    pub hives_by_liveness: BTreeMap<String, usize>,
+    pub hives_eligible: usize,
+    pub hives_ineligible: usize,
+    /// Workers by the status they report (ready, busy, draining, ...), up ones only.
+    pub workers_by_status: BTreeMap<String, usize>,
+    /// Worker slots on hives that are up and eligible.
+    pub capacity: u64,
+    /// Replicas placed on hives.
+    pub assigned: u64,
+    pub utilization_percent: f64,
+    pub jobs_routed_total: u64,
+    pub strategy: PlacementStrategy,
+    /// Who places work: with one queen, always this one.
+    pub leader: String,
 }

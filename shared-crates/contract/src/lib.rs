@@ -17,8 +17,9 @@ mod shutdown;
 mod snapshot;
 
 pub use deploy::{
-    Assignment, AssignmentState, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, HiveCommand, MAX_REPLICAS,
-    PlacementStrategy, ProcessState, ScaleBody, StrategyBody, SupervisedWorker, WorkerLaunch,
+    Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DrainRequest,
+    DrainStatus, EligibilityBody, HiveCommand, MAX_REPLICAS, PlacementStrategy, ProcessState, Retiring, ScaleBody,
+    StrategyBody, SupervisedWorker, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};
@@ -46,6 +47,7 @@ pub mod paths {
     pub const ASSIGNMENTS: &str = "/v1/assignments";
     pub const STRATEGY: &str = "/v1/placement/strategy";
     pub const CLUSTER_SHUTDOWN: &str = "/v1/cluster/shutdown";
+    pub const CLUSTER_STATS: &str = "/v1/cluster/stats";
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";

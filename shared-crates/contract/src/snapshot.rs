@@ -80,6 +80,9 @@ pub struct NodeEvent {
 pub struct HiveSummary {
     pub id: NodeId,
     pub liveness: Liveness,
+    /// May be given new replicas; an operator or a drain turns it off.
+    #[serde(default = "yes")]
+    pub eligible: bool,
     /// Online, ready, and not damped for flapping: may be given new work.
     pub available: bool,
     pub flapping: bool,
@@ -99,6 +102,10 @@ pub struct HiveSummary {
     /// The worker processes it supervises, as it reported them.
     #[serde(default)]
     pub workers: Vec<crate::SupervisedWorker>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -155,6 +162,9 @@ pub struct Snapshot {
     /// The cluster shutdown, while one runs or after it ended.
     #[serde(default)]
     pub shutdown: Option<crate::ShutdownState>,
+    /// Hive drains running or recently ended.
+    #[serde(default)]
+    pub drains: Vec<crate::DrainStatus>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@ pub use heartbeat::{Beat, Heartbeater, jittered, retry_policy};
 use std::time::Duration;
 
 use contract::{
-    ApiErrorBody, Assignment, CommandAck, DeploymentSpec, DeploymentStatus, HiveCommand, HiveSummary, NodeEvent,
-    NodeId, PlacementStrategy, ScaleBody, Snapshot, StrategyBody, WorkerSummary, paths,
+    ApiErrorBody, Assignment, CommandAck, DeploymentSpec, DeploymentStatus, DrainRequest, DrainStatus, HiveCommand,
+    HiveSummary, NodeEvent, NodeId, PlacementStrategy, ScaleBody, Snapshot, StrategyBody, WorkerSummary, paths,
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -142,6 +142,15 @@ impl QueenClient {
     pub async fn set_strategy(&self, strategy: PlacementStrategy) -> Result<(), ClientError> {
         self.send_json::<_, StrategyBody>(reqwest::Method::PUT, paths::STRATEGY, &StrategyBody { strategy }).await?;
         Ok(())
+    }
+
+    pub async fn drain(&self, hive: &NodeId, deadline: Option<Duration>) -> Result<DrainStatus, ClientError> {
+        let req = DrainRequest { deadline_ms: deadline.map(|d| d.as_millis() as u64) };
+        self.post_json(&format!("{}/{hive}/drain", paths::HIVES), &req).await
+    }
+
+    pub async fn drain_status(&self, hive: &NodeId) -> Result<DrainStatus, ClientError> {
+        self.get_json(&format!("{}/{hive}/drain", paths::HIVES)).await
     }
 
     pub async fn assignments(&self) -> Result<Vec<Assignment>, ClientError> {

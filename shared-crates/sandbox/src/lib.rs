@@ -169,6 +169,7 @@ pub struct SandboxBuilder {
     orphan_grace: Option<Duration>,
     max_workers: u32,
     storage_hooks: Vec<String>,
+    drain_on_shutdown: Duration,
 }
 
 impl Default for SandboxBuilder {
@@ -183,6 +184,8 @@ impl Default for SandboxBuilder {
             orphan_grace: None,
             max_workers: 4,
             storage_hooks: Vec::new(),
+            // Off unless a test asks: tearing a sandbox down should not move work around.
+            drain_on_shutdown: Duration::ZERO,
         }
     }
 }
@@ -212,6 +215,11 @@ impl SandboxBuilder {
     /// Shell commands every hive runs in a cluster shutdown's STORAGE phase.
     pub fn storage_hooks(mut self, hooks: &[&str]) -> Self {
         self.storage_hooks = hooks.iter().map(|h| h.to_string()).collect();
+        self
+    }
+    /// Hives ask the queen to drain them when stopped, waiting up to `d`.
+    pub fn drain_on_shutdown(mut self, d: Duration) -> Self {
+        self.drain_on_shutdown = d;
         self
     }
     pub fn orphan_grace(mut self, d: Duration) -> Self {
@@ -306,6 +314,7 @@ impl Sandbox {
         let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
         config.max_workers = self.config.max_workers;
         config.worker_stop_timeout = Duration::from_secs(5);
+        config.drain_on_shutdown = self.config.drain_on_shutdown;
         config.storage_hooks = self
             .config
             .storage_hooks
