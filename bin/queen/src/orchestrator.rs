@@ -82,6 +82,8 @@ pub struct Orchestrator {
 struct HiveView {
     liveness: registry::Liveness,
     silent_for: Duration,
+    /// Worker processes the hive last reported.
+    processes: usize,
     candidate: Option<Candidate>,
 }
 
@@ -464,7 +466,9 @@ impl Orchestrator {
             let left = assignments
                 .values()
                 .any(|a| a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive));
-            if !left {
+            // Done when the processes have exited, not when they were told to.
+            let exited = views.get(hive).is_none_or(|v| !v.liveness.is_up() || v.processes == 0);
+            if !left && exited {
                 drain.done = true;
                 self.cluster_event(
                     NodeKind::Hive,
@@ -537,7 +541,10 @@ impl Orchestrator {
                 cpu_percent: p.resources.cpu_percent,
                 memory_percent: crate::summary::percent(p.resources.memory_used_bytes, p.resources.memory_total_bytes),
             });
-            views.insert(p.id.clone(), HiveView { liveness: h.liveness, silent_for: h.silent_for, candidate });
+            views.insert(
+                p.id.clone(),
+                HiveView { liveness: h.liveness, silent_for: h.silent_for, processes: p.workers.len(), candidate },
+            );
         });
         let counted = views.values().filter(|v| v.liveness != registry::Liveness::Stopped).count();
         let offline = views.values().filter(|v| v.liveness == registry::Liveness::Offline).count();
