@@ -102,8 +102,9 @@ fn test(ci: bool) -> anyhow::Result<()> {
     // dashboard; building them here keeps those tests from building inside the run.
     build_binaries()?;
     web::build()?;
-    // The browser tests drive Debian's Chromium over WebDriver.
-    web::ensure_apt(&["chromium", "chromium-driver"])?;
+    // The browser tests drive Debian's Chromium over WebDriver; `queen top` is tested in
+    // a tmux pseudo-terminal.
+    web::ensure_apt(&["chromium", "chromium-driver", "tmux"])?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))
     } else {

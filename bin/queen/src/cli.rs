@@ -43,6 +43,17 @@ pub enum Command {
         #[command(flatten)]
         remote: Remote,
     },
+    /// One hive: eligibility, drain, removal.
+    Node {
+        #[command(subcommand)]
+        command: NodeCommand,
+    },
+    /// Nodes by liveness and eligibility, workers by status, capacity and utilisation.
+    Stats(Remote),
+    /// Which replica runs where, since when, how often it moved.
+    Assignments(Remote),
+    /// The cluster live in the terminal: hives, events, drains, shutdown.
+    Top(Remote),
     /// Cluster-wide operations.
     Cluster {
         #[command(subcommand)]
@@ -52,6 +63,42 @@ pub enum Command {
     /// least_workers, random, weighted.
     Strategy {
         strategy: Option<PlacementStrategy>,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Allow (on) or stop (off) new replicas on a hive; what runs there keeps running.
+    Eligibility {
+        hive: String,
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Move a hive's replicas elsewhere (new ones up before old ones stop), then leave it
+    /// ineligible.
+    Drain {
+        hive: String,
+        /// Whatever has not moved by then is stopped anyway [default: 5m].
+        #[arg(long)]
+        deadline: Option<lifecycle::HumanDuration>,
+        /// Start it and return.
+        #[arg(long)]
+        no_wait: bool,
+        /// Cancel a running drain instead.
+        #[arg(long)]
+        cancel: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// Forget a hive that is gone (refused for an online one unless --force).
+    Rm {
+        hive: String,
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -156,6 +203,24 @@ pub struct Remote {
     /// Queen to ask.
     #[arg(long, env = "APIARY_QUEEN", default_value = DEFAULT_QUEEN_URL)]
     pub queen: String,
+    /// `table` for people, `json` for scripts.
+    #[arg(long, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// Prints `value` as JSON or as the table `render` makes of it.
+fn print_as<T: serde::Serialize>(output: Output, value: &T, render: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table => print!("{}", render(value)),
+    }
+    Ok(())
 }
 
 impl Remote {
@@ -241,8 +306,19 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
         Command::Nodes(remote) => {
             let client = remote.client()?;
             let hives = client.hives().await.with_context(|| format!("asking {}", remote.queen))?;
-            print!("{}", render_nodes(&hives, &client.workers().await?));
+            let nodes = (hives, client.workers().await?);
+            print_as(remote.output, &nodes, |(h, w)| render_nodes(h, w))?;
         }
+        Command::Stats(remote) => {
+            let stats: contract::ClusterStats = remote.client()?.get_json(contract::paths::CLUSTER_STATS).await?;
+            print_as(remote.output, &stats, render_stats)?;
+        }
+        Command::Assignments(remote) => {
+            let assignments = remote.client()?.assignments().await?;
+            print_as(remote.output, &assignments, |a| render_assignments(a))?;
+        }
+        Command::Node { command } => return node(command).await,
+        Command::Top(remote) => return crate::top::run(remote.client()?).await,
         Command::Deploy(args) => {
             let status = args.remote.client()?.deploy(&args.spec()?).await?;
             print!("{}", render_deployments(&[status]));
@@ -358,4 +434,106 @@ async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
         }
         ShutdownStatus::Running => anyhow::bail!("lost the queen's stream before the shutdown ended"),
     }
+}
+
+pub fn render_stats(s: &contract::ClusterStats) -> String {
+    let by = |m: &std::collections::BTreeMap<String, usize>| {
+        m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "hives:    {} ({} eligible, {} ineligible)\nworkers:  {}\ncapacity: {} slots, {} assigned ({:.0} %)\njobs routed: {}\nstrategy: {}\nleader:   {}\n",
+        by(&s.hives_by_liveness),
+        s.hives_eligible,
+        s.hives_ineligible,
+        by(&s.workers_by_status),
+        s.capacity,
+        s.assigned,
+        s.utilization_percent,
+        s.jobs_routed_total,
+        s.strategy.as_str(),
+        s.leader
+    )
+}
+
+pub fn render_assignments(assignments: &[contract::Assignment]) -> String {
+    let mut out = format!("{:<24} {:<16} {:<9} {:>5}  {}\n", "WORKER", "HIVE", "STATE", "MOVES", "SINCE");
+    for a in assignments {
+        let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
+        let state = format!("{:?}", a.state).to_lowercase();
+        out.push_str(&format!("{:<24} {:<16} {:<9} {:>5}  {}\n", a.worker, hive, state, a.moves, a.since));
+        if let Some(r) = &a.retiring {
+            out.push_str(&format!("  retiring {} on {}\n", r.worker, r.hive));
+        }
+    }
+    out
+}
+
+fn render_drain(d: &contract::DrainStatus) -> String {
+    let mut out = format!(
+        "drain of {}: {} moved, {} left{}{}\n",
+        d.hive,
+        d.moved,
+        d.left,
+        if d.cancelled { ", cancelled" } else { "" },
+        if d.done { ", done" } else { "" }
+    );
+    for n in &d.notes {
+        out.push_str(&format!("  {n}\n"));
+    }
+    out
+}
+
+async fn node(command: NodeCommand) -> anyhow::Result<()> {
+    match command {
+        NodeCommand::Eligibility { hive, state, remote } => {
+            let body = contract::EligibilityBody { eligible: state == "on" };
+            let path = format!("{}/{hive}/eligibility", contract::paths::HIVES);
+            let _: contract::EligibilityBody = remote.client()?.send_json(reqwest::Method::PUT, &path, &body).await?;
+            println!("{hive}: eligible {state}");
+        }
+        NodeCommand::Rm { hive, force, remote } => {
+            let client = remote.client()?;
+            let path = format!("{}/{hive}{}", contract::paths::HIVES, if force { "?force=true" } else { "" });
+            client.delete(&path).await?;
+            println!("{hive}: removed");
+        }
+        NodeCommand::Drain { hive, deadline, no_wait, cancel, remote } => {
+            let client = remote.client()?;
+            let id = NodeId::new(hive)?;
+            if cancel {
+                let path = format!("{}/{id}/drain", contract::paths::HIVES);
+                let status: contract::DrainStatus = client.send_json(reqwest::Method::DELETE, &path, &()).await?;
+                print!("{}", render_drain(&status));
+                return Ok(());
+            }
+            let mut status = client.drain(&id, deadline.map(|d| d.0)).await?;
+            for n in &status.notes {
+                println!("{n}");
+            }
+            if no_wait {
+                print!("{}", render_drain(&status));
+                return Ok(());
+            }
+            let total = u64::from(status.left + status.moved).max(1);
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} replicas moved  {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let mut said = status.notes.len();
+            while !status.done {
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                status = client.drain_status(&id).await?;
+                bar.set_position(u64::from(status.moved));
+                bar.set_message(format!("{} moving, {} left", status.moving, status.left));
+                for n in status.notes.iter().skip(said) {
+                    bar.println(n);
+                }
+                said = status.notes.len();
+            }
+            bar.finish_and_clear();
+            print!("{}", render_drain(&status));
+        }
+    }
+    Ok(())
 }

@@ -18,6 +18,7 @@ mod shutdown;
 mod snapshot;
 pub mod store;
 mod summary;
+mod top;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -128,7 +128,12 @@ impl QueenClient {
     }
 
     pub async fn undeploy(&self, name: &str) -> Result<(), ClientError> {
-        let resp = self.authorize(self.http.delete(self.url(&format!("{}/{name}", paths::DEPLOYMENTS)))).send().await?;
+        self.delete(&format!("{}/{name}", paths::DEPLOYMENTS)).await
+    }
+
+    /// A DELETE whose success has no body.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        let resp = self.authorize(self.http.delete(self.url(path))).send().await?;
         if resp.status().is_success() {
             return Ok(());
         }
