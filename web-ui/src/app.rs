@@ -5,7 +5,9 @@ use std::time::Duration;
 use contract::{NodeId, NodeKind};
 use leptos::prelude::*;
 
-use crate::components::{ConnectionBadge, EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, WorkerTable};
+use crate::components::{
+    ConnectionBadge, DrainsPanel, EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, WorkerTable,
+};
 use crate::hooks::{use_clock, use_snapshot_stream};
 use crate::model::{Connection, Dashboard};
 
@@ -38,6 +40,7 @@ pub fn App() -> impl IntoView {
         <main>
             <Summary dashboard />
             <ShutdownPanel dashboard />
+            <DrainsPanel dashboard />
             <div class="columns">
                 <div class="tables">
                     <HiveTable dashboard query now selected />

@@ -157,6 +157,7 @@ pub fn hive_state(h: &HiveSummary) -> (&'static str, &'static str) {
     match (h.liveness, h.status) {
         (Liveness::Online, _) if h.flapping => ("flapping", "warn"),
         (Liveness::Online, HiveStatus::Draining) => ("draining", "warn"),
+        (Liveness::Online, _) if !h.eligible => ("ineligible", "warn"),
         (Liveness::Online, _) => ("online", "ok"),
         (Liveness::Suspect, _) => ("suspect", "warn"),
         (Liveness::Offline, _) => ("offline", "bad"),

@@ -267,7 +267,14 @@ async fn delete_deployment(State(queen): State<Arc<Queen>>, Path(raw): Path<Stri
 }
 
 async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Assignment>> {
-    Json(queen.orchestrator.assignments())
+    let mut list = queen.orchestrator.assignments();
+    // Restarts are the hive's to count; join them in from its last report.
+    for a in &mut list {
+        if let Some(h) = a.hive.as_ref().and_then(|h| queen.hives.get(h)) {
+            a.restarts = h.payload.workers.iter().find(|w| w.name == a.worker).map(|w| w.restarts).unwrap_or(0);
+        }
+    }
+    Json(list)
 }
 
 async fn get_strategy(State(queen): State<Arc<Queen>>) -> Json<StrategyBody> {

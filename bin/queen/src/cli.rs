@@ -91,6 +91,9 @@ pub enum NodeCommand {
         /// Cancel a running drain instead.
         #[arg(long)]
         cancel: bool,
+        /// Stop what runs there now, without waiting for new instances elsewhere.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         remote: Remote,
     },
@@ -441,7 +444,7 @@ pub fn render_stats(s: &contract::ClusterStats) -> String {
         m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
     };
     format!(
-        "hives:    {} ({} eligible, {} ineligible)\nworkers:  {}\ncapacity: {} slots, {} assigned ({:.0} %)\njobs routed: {}\nstrategy: {}\nleader:   {}\n",
+        "hives:    {} ({} eligible, {} ineligible)\nworkers:  {}\ncapacity: {} slots, {} assigned ({:.0} %)\njobs routed: {} ({:.1}/s)\nstrategy: {}\nleader:   {}\n",
         by(&s.hives_by_liveness),
         s.hives_eligible,
         s.hives_ineligible,
@@ -450,17 +453,22 @@ pub fn render_stats(s: &contract::ClusterStats) -> String {
         s.assigned,
         s.utilization_percent,
         s.jobs_routed_total,
+        s.jobs_routed_per_second,
         s.strategy.as_str(),
         s.leader
     )
 }
 
 pub fn render_assignments(assignments: &[contract::Assignment]) -> String {
-    let mut out = format!("{:<24} {:<16} {:<9} {:>5}  {}\n", "WORKER", "HIVE", "STATE", "MOVES", "SINCE");
+    let mut out =
+        format!("{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n", "WORKER", "HIVE", "STATE", "MOVES", "RESTARTS", "SINCE");
     for a in assignments {
         let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
         let state = format!("{:?}", a.state).to_lowercase();
-        out.push_str(&format!("{:<24} {:<16} {:<9} {:>5}  {}\n", a.worker, hive, state, a.moves, a.since));
+        out.push_str(&format!(
+            "{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n",
+            a.worker, hive, state, a.moves, a.restarts, a.since
+        ));
         if let Some(r) = &a.retiring {
             out.push_str(&format!("  retiring {} on {}\n", r.worker, r.hive));
         }
@@ -497,7 +505,8 @@ async fn node(command: NodeCommand) -> anyhow::Result<()> {
             client.delete(&path).await?;
             println!("{hive}: removed");
         }
-        NodeCommand::Drain { hive, deadline, no_wait, cancel, remote } => {
+        NodeCommand::Drain { hive, deadline, no_wait, cancel, force, remote } => {
+            let deadline = if force { Some(lifecycle::HumanDuration(std::time::Duration::ZERO)) } else { deadline };
             let client = remote.client()?;
             let id = NodeId::new(hive)?;
             if cancel {

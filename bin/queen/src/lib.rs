@@ -62,6 +62,8 @@ pub struct Queen {
     shutdown: std::sync::Mutex<Option<contract::ShutdownState>>,
     /// Every task the queen spawns, awaited on the way out.
     tasks: TaskTracker,
+    /// (when, jobs routed so far) at recent snapshot ticks, for a routing rate.
+    job_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
 }
 
 impl Queen {
@@ -111,6 +113,7 @@ impl Queen {
             stop,
             shutdown: std::sync::Mutex::new(shutdown),
             tasks,
+            job_samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
         });
         queen.publish_snapshot();
         Ok(queen)
@@ -152,6 +155,22 @@ impl Queen {
         }
     }
 
+    fn jobs_routed(&self) -> u64 {
+        ["done", "rejected", "worker_failed"]
+            .iter()
+            .map(|o| self.metrics.jobs.get_or_create(&metrics::JobLabels { outcome: o }).get())
+            .sum()
+    }
+
+    /// Remembers the routed-jobs count at this moment (called every snapshot tick).
+    fn sample_jobs(&self) {
+        let mut samples = self.job_samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() == 60 {
+            samples.pop_front();
+        }
+        samples.push_back((std::time::Instant::now(), self.jobs_routed()));
+    }
+
     /// Cluster-wide counts for `GET /v1/cluster/stats`.
     pub fn stats(&self) -> contract::ClusterStats {
         let ineligible = self.orchestrator.ineligible();
@@ -172,10 +191,14 @@ impl Queen {
             }
         });
         let assigned = self.orchestrator.assignments().iter().filter(|a| a.hive.is_some()).count() as u64;
-        let jobs_routed_total = ["done", "rejected", "worker_failed"]
-            .iter()
-            .map(|o| self.metrics.jobs.get_or_create(&metrics::JobLabels { outcome: o }).get())
-            .sum();
+        let jobs_routed_total = self.jobs_routed();
+        let jobs_routed_per_second = {
+            let samples = self.job_samples.lock().unwrap_or_else(|p| p.into_inner());
+            match (samples.front(), samples.back()) {
+                (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (*t1 - *t0).as_secs_f64(),
+                _ => 0.0,
+            }
+        };
         contract::ClusterStats {
             hives_by_liveness,
             hives_eligible: eligible,
@@ -185,6 +208,7 @@ impl Queen {
             assigned,
             utilization_percent: if capacity == 0 { 0.0 } else { assigned as f64 * 100.0 / capacity as f64 },
             jobs_routed_total,
+            jobs_routed_per_second,
             strategy: self.orchestrator.strategy(),
             leader: format!("this queen ({})", self.config.listen),
         }

@@ -365,6 +365,14 @@ impl Orchestrator {
             .count() as u32;
         let moving =
             st.assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count() as u32;
+        let mut replicas: BTreeMap<NodeId, String> = d.moved.iter().map(|w| (w.clone(), "moved".to_string())).collect();
+        for a in st.assignments.values() {
+            if a.retiring.as_ref().is_some_and(|r| &r.hive == hive) {
+                replicas.insert(a.worker.clone(), "moving".into());
+            } else if a.hive.as_ref() == Some(hive) {
+                replicas.insert(a.worker.clone(), "waiting".into());
+            }
+        }
         Some(DrainStatus {
             hive: hive.clone(),
             started_at: d.started_at,
@@ -375,6 +383,7 @@ impl Orchestrator {
             done: d.done,
             cancelled: d.cancelled,
             notes: d.notes.clone(),
+            replicas,
         })
     }
 
@@ -612,6 +621,7 @@ impl Orchestrator {
                     state: AssignmentState::Pending,
                     since: now,
                     moves: 0,
+                    restarts: 0,
                     generation: 0,
                     retiring: None,
                 });
@@ -734,5 +744,6 @@ fn unreachable_drain(hive: &NodeId) -> DrainStatus {
         done: true,
         cancelled: false,
         notes: vec![],
+        replicas: BTreeMap::new(),
     }
 }

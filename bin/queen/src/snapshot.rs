@@ -170,7 +170,10 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => queen.publish_snapshot(),
+            _ = tick.tick() => {
+                queen.publish_snapshot();
+                queen.sample_jobs();
+            }
         }
     }
 }

@@ -252,6 +252,7 @@ mod tests {
             state: AssignmentState::Placed,
             since: OffsetDateTime::UNIX_EPOCH,
             moves: 0,
+            restarts: 0,
             generation: 0,
             retiring: None,
         }

@@ -144,6 +144,9 @@ pub struct Assignment {
     pub since: OffsetDateTime,
     /// Times this slot moved to another hive.
     pub moves: u32,
+    /// Times its hive restarted the current instance (from the hive's report).
+    #[serde(default)]
+    pub restarts: u32,
     /// Bumped each time a drain starts the slot anew elsewhere; part of the worker's name
     /// after the first (`web-3.1`), so old and new instance can run side by side.
     #[serde(default)]
@@ -201,6 +204,9 @@ pub struct DrainStatus {
     pub cancelled: bool,
     /// What could not be done, said at once ("no hive with room for web-3").
     pub notes: Vec<String>,
+    /// Each replica the drain concerns: waiting, moving (new instance starting), moved.
+    #[serde(default)]
+    pub replicas: BTreeMap<NodeId, String>,
 }
 
 impl DrainStatus {
@@ -302,6 +308,9 @@ pub struct ClusterStats {
     pub assigned: u64,
     pub utilization_percent: f64,
     pub jobs_routed_total: u64,
+    /// Over the last minute or so of snapshot ticks.
+    #[serde(default)]
+    pub jobs_routed_per_second: f64,
     pub strategy: PlacementStrategy,
     /// Who places work: with one queen, always this one.
     pub leader: String,

@@ -105,6 +105,10 @@ async fn replicas_are_placed_restarted_and_moved_when_a_hive_dies() -> anyhow::R
         })
     })
     .await?;
+    wait_until("the restart counted in the assignment", WAIT, || async {
+        assignments(&client).await.ok()?.into_iter().find(|a| a.worker.as_str() == victim.0 && a.restarts >= 1)
+    })
+    .await?;
     wait_until("the restarted worker heartbeating under a new epoch", WAIT, || async {
         let events = client.worker_events(&victim.0).await.ok()?;
         events.iter().any(|e| e.kind == EventKind::Restarted).then_some(())

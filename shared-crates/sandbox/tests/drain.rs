@@ -117,6 +117,10 @@ async fn a_drain_moves_work_first_under_load_and_the_hive_stays_ineligible() -> 
         answered.lock().map(|a| *a).unwrap_or(0)
     );
     assert_eq!((done.moved, done.left, done.cancelled), (4, 0, false), "{done:?}");
+    assert_eq!(done.replicas.values().filter(|s| *s == "moved").count(), 4, "{done:?}");
+    let stats: contract::ClusterStats = client.get_json("/v1/cluster/stats").await?;
+    assert_eq!((stats.hives_eligible, stats.hives_ineligible, stats.assigned), (2, 1, 4), "{stats:?}");
+    assert!(stats.jobs_routed_total > 0);
     assert!(done.notes.is_empty(), "{done:?}");
     let failures = failures.lock().unwrap_or_else(|p| p.into_inner()).clone();
     assert!(failures.is_empty(), "jobs failed during the drain: {failures:?}");

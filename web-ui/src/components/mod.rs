@@ -2,6 +2,7 @@
 
 mod connection;
 mod detail;
+mod drains;
 mod events;
 mod hives;
 mod shutdown;
@@ -11,6 +12,7 @@ mod workers;
 
 pub use connection::ConnectionBadge;
 pub use detail::NodeDetail;
+pub use drains::DrainsPanel;
 pub use events::EventLog;
 pub use hives::HiveTable;
 pub use shutdown::ShutdownPanel;
