@@ -11,6 +11,20 @@ use web_sys::{EventSource, MessageEvent};
 
 use crate::model::{Connection, Dashboard};
 
+/// `/v1` URL with the page's own `?access_token=` carried over, so a dashboard opened
+/// with the read token reads with it (an EventSource cannot send headers).
+pub fn api_url(path: &str) -> String {
+    let search = web_sys::window().and_then(|w| w.location().search().ok()).unwrap_or_default();
+    let token = search.trim_start_matches('?').split('&').find_map(|kv| kv.strip_prefix("access_token="));
+    match token {
+        Some(t) if !t.is_empty() => {
+            let sep = if path.contains('?') { '&' } else { '?' };
+            format!("{path}{sep}access_token={t}")
+        }
+        _ => path.to_string(),
+    }
+}
+
 pub fn now_ms() -> f64 {
     js_sys::Date::now()
 }

@@ -24,6 +24,9 @@ pub struct HiveArgs {
     /// Heartbeat interval until the queen says otherwise [default: 10s].
     #[arg(long, env = "APIARY_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<HumanDuration>,
+    /// The cluster token the queen expects; passed on to the workers this hive starts.
+    #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
+    pub token: Option<lifecycle::Secret>,
     /// Where /healthz, /readyz and /metrics answer [default: 127.0.0.1:0].
     #[arg(long, env = "APIARY_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -54,6 +57,7 @@ struct FileConfig {
     queen: Option<String>,
     name: Option<String>,
     heartbeat_interval: Option<HumanDuration>,
+    token: Option<lifecycle::Secret>,
     listen: Option<SocketAddr>,
     max_workers: Option<u32>,
     worker_stop_timeout: Option<HumanDuration>,
@@ -82,6 +86,7 @@ pub struct StorageHook {
 #[derive(Clone, Debug)]
 pub struct HiveConfig {
     pub queen: String,
+    pub token: Option<lifecycle::Secret>,
     pub name: NodeId,
     pub heartbeat_interval: Duration,
     pub listen: SocketAddr,
@@ -98,6 +103,7 @@ impl HiveConfig {
     pub fn new(queen: &str, name: NodeId, heartbeat_interval: Duration) -> Self {
         Self {
             queen: queen.to_string(),
+            token: None,
             name,
             heartbeat_interval,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -143,6 +149,7 @@ impl HiveConfig {
         }
         Ok(Self {
             queen: args.queen.clone().or(file.queen).unwrap_or_else(|| queen_client::DEFAULT_QUEEN_URL.into()),
+            token: args.token.clone().or(file.token),
             name,
             heartbeat_interval: interval,
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),

@@ -55,6 +55,8 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
 pub struct ChildEnv {
     pub queen: String,
     pub hive: NodeId,
+    /// The cluster token, passed on as `APIARY_TOKEN`.
+    pub token: Option<lifecycle::Secret>,
 }
 
 /// What the supervisor is asked to keep.
@@ -149,6 +151,7 @@ impl Supervisor {
             .env("APIARY_HIVE", self.env.hive.as_str())
             .env("APIARY_NAME", launch.name.as_str())
             .env("APIARY_KIND", launch.deployment.as_str())
+            .envs(self.env.token.iter().map(|t| ("APIARY_TOKEN", t.expose())))
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);

@@ -56,6 +56,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .with_state(Arc::clone(&queen))
         .merge(health)
         .merge(dashboard(queen.config.ui_dir.as_deref()))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
 }
 
 /// The dashboard's files at `/`, or a page that says how to build them.

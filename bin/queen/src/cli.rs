@@ -209,6 +209,9 @@ pub struct Remote {
     /// `table` for people, `json` for scripts.
     #[arg(long, default_value = "table")]
     pub output: Output,
+    /// Token to present: the admin token for changes, any token for reads.
+    #[arg(long, env = "APIARY_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,7 +231,7 @@ fn print_as<T: serde::Serialize>(output: Output, value: &T, render: impl FnOnce(
 
 impl Remote {
     pub fn client(&self) -> anyhow::Result<QueenClient> {
-        Ok(QueenClient::new(&self.queen, None, Duration::from_secs(10))?)
+        Ok(QueenClient::new(&self.queen, self.token.clone(), Duration::from_secs(10))?)
     }
 }
 

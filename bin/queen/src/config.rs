@@ -39,6 +39,17 @@ pub struct ServeArgs {
     /// Placement strategy at start, until changed at run time [default: least_loaded].
     #[arg(long, env = "APIARY_STRATEGY")]
     pub strategy: Option<contract::PlacementStrategy>,
+    /// Token hives and workers present (heartbeats, control channel, jobs) [default: none,
+    /// open].
+    #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
+    pub token: Option<crate::auth::Secret>,
+    /// Token for mutating admin calls (deployments, strategy, eligibility, drain, removal,
+    /// cluster shutdown) [default: none, open].
+    #[arg(long, env = "APIARY_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<crate::auth::Secret>,
+    /// Token for the dashboard, the stream and the read API [default: none, open].
+    #[arg(long, env = "APIARY_READ_TOKEN", hide_env_values = true)]
+    pub read_token: Option<crate::auth::Secret>,
     /// Directory with the built dashboard (`cargo xtask web`) [default: `web-ui` next to
     /// the queen binary].
     #[arg(long, env = "APIARY_UI_DIR")]
@@ -57,6 +68,9 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     orphan_grace: Option<HumanDuration>,
     strategy: Option<contract::PlacementStrategy>,
+    token: Option<crate::auth::Secret>,
+    admin_token: Option<crate::auth::Secret>,
+    read_token: Option<crate::auth::Secret>,
 }
 
 /// A validated queen configuration.
@@ -76,6 +90,7 @@ pub struct QueenConfig {
     pub orphan_grace: Duration,
     /// Strategy to use when the store has none yet.
     pub strategy: Option<contract::PlacementStrategy>,
+    pub tokens: crate::auth::Tokens,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +123,11 @@ impl QueenConfig {
             config.orphan_grace = grace.into();
         }
         config.strategy = args.strategy.or(file.strategy);
+        config.tokens = crate::auth::Tokens {
+            cluster: args.token.clone().or(file.token),
+            admin: args.admin_token.clone().or(file.admin_token),
+            read: args.read_token.clone().or(file.read_token),
+        };
         Ok(config)
     }
 
@@ -146,6 +166,7 @@ impl QueenConfig {
                 data_dir: None,
                 orphan_grace: Duration::from_secs(30),
                 strategy: None,
+                tokens: crate::auth::Tokens::default(),
             }),
             _ => Err(ConfigError { problems }),
         }

@@ -8,6 +8,7 @@
 //! production code on port 0.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 mod jobs;

@@ -17,6 +17,9 @@ pub struct WorkerArgs {
     /// The queen's base URL [default: http://127.0.0.1:8500].
     #[arg(long, env = "APIARY_QUEEN")]
     pub queen: Option<String>,
+    /// The cluster token the queen expects (a hive passes its own).
+    #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
+    pub token: Option<lifecycle::Secret>,
     /// The hive this worker belongs to [default: the hostname, like a hive's default name].
     #[arg(long, env = "APIARY_HIVE")]
     pub hive: Option<String>,
@@ -44,6 +47,7 @@ pub struct WorkerArgs {
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     queen: Option<String>,
+    token: Option<lifecycle::Secret>,
     hive: Option<String>,
     name: Option<String>,
     listen: Option<SocketAddr>,
@@ -56,6 +60,7 @@ struct FileConfig {
 #[derive(Clone, Debug)]
 pub struct WorkerConfig {
     pub queen: String,
+    pub token: Option<lifecycle::Secret>,
     pub hive: NodeId,
     pub name: NodeId,
     pub listen: SocketAddr,
@@ -70,6 +75,7 @@ impl WorkerConfig {
     pub fn new(queen: &str, hive: NodeId, name: NodeId, heartbeat_interval: Duration) -> Self {
         Self {
             queen: queen.to_string(),
+            token: None,
             hive,
             name,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -110,6 +116,7 @@ impl WorkerConfig {
         }
         Ok(Self {
             queen: args.queen.clone().or(file.queen).unwrap_or_else(|| queen_client::DEFAULT_QUEEN_URL.into()),
+            token: args.token.clone().or(file.token),
             hive,
             name,
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),

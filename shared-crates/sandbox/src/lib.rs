@@ -170,6 +170,8 @@ pub struct SandboxBuilder {
     max_workers: u32,
     storage_hooks: Vec<String>,
     drain_on_shutdown: Duration,
+    /// (cluster, admin, read) tokens the queen requires; hives and workers get the first.
+    tokens: (Option<String>, Option<String>, Option<String>),
 }
 
 impl Default for SandboxBuilder {
@@ -186,6 +188,7 @@ impl Default for SandboxBuilder {
             storage_hooks: Vec::new(),
             // Off unless a test asks: tearing a sandbox down should not move work around.
             drain_on_shutdown: Duration::ZERO,
+            tokens: (None, None, None),
         }
     }
 }
@@ -215,6 +218,12 @@ impl SandboxBuilder {
     /// Shell commands every hive runs in a cluster shutdown's STORAGE phase.
     pub fn storage_hooks(mut self, hooks: &[&str]) -> Self {
         self.storage_hooks = hooks.iter().map(|h| h.to_string()).collect();
+        self
+    }
+    /// Require these tokens at the queen; the sandbox's nodes present the cluster token and
+    /// its client the admin token.
+    pub fn tokens(mut self, cluster: &str, admin: &str, read: &str) -> Self {
+        self.tokens = (Some(cluster.into()), Some(admin.into()), Some(read.into()));
         self
     }
     /// Hives ask the queen to drain them when stopped, waiting up to `d`.
@@ -276,7 +285,7 @@ impl Sandbox {
     }
 
     pub fn client(&self) -> QueenClient {
-        match QueenClient::new(&self.queen_url(), None, Duration::from_secs(5)) {
+        match QueenClient::new(&self.queen_url(), self.config.tokens.1.clone(), Duration::from_secs(5)) {
             Ok(c) => c,
             Err(e) => panic!("sandbox queen url is always valid: {e}"),
         }
@@ -303,6 +312,12 @@ impl Sandbox {
             queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
         config.ui_dir = self.config.ui_dir.clone();
         config.data_dir = self.config.data_dir.clone();
+        let (cluster, admin, read) = &self.config.tokens;
+        config.tokens = queen::auth::Tokens {
+            cluster: cluster.as_ref().map(lifecycle::Secret::new),
+            admin: admin.as_ref().map(lifecycle::Secret::new),
+            read: read.as_ref().map(lifecycle::Secret::new),
+        };
         if let Some(grace) = self.config.orphan_grace {
             config.orphan_grace = grace;
         }
@@ -313,6 +328,7 @@ impl Sandbox {
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
         let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
         config.max_workers = self.config.max_workers;
+        config.token = self.config.tokens.0.as_ref().map(lifecycle::Secret::new);
         config.worker_stop_timeout = Duration::from_secs(5);
         config.drain_on_shutdown = self.config.drain_on_shutdown;
         config.storage_hooks = self
@@ -330,6 +346,7 @@ impl Sandbox {
         let mut config =
             worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
         config.drain_timeout = Duration::from_secs(10);
+        config.token = self.config.tokens.0.as_ref().map(lifecycle::Secret::new);
         self.workers
             .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| worker::run(config, l, stop))?);
         Ok(())

@@ -16,7 +16,7 @@ async fn fetch_history(kind: NodeKind, id: &str) -> Result<Vec<NodeEvent>, Strin
         NodeKind::Queen => return Err("the queen has no node history".into()),
     };
     let window = web_sys::window().ok_or("no window")?;
-    let resp = JsFuture::from(window.fetch_with_str(&format!("/v1/{path}/{id}/events")))
+    let resp = JsFuture::from(window.fetch_with_str(&crate::hooks::api_url(&format!("/v1/{path}/{id}/events"))))
         .await
         .map_err(|e| format!("{e:?}"))?;
     let resp: web_sys::Response = resp.dyn_into().map_err(|_| "not a response")?;

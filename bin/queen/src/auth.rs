@@ -1,0 +1,172 @@
+//! Who may call what: a cluster token for nodes (heartbeats, control channel, jobs), an
+//! admin token for every mutating admin call, an optional read token for the dashboard,
+//! the stream and the read API. A scope whose token is not configured is open, which is
+//! the loopback development default.
+//!
+//! `Authorization: Bearer <token>`; GET requests may instead carry `?access_token=`, since
+//! a browser's EventSource cannot set headers. Tokens are compared in constant time and
+//! never logged.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use lifecycle::http::ApiError;
+use subtle::ConstantTimeEq;
+
+use crate::Queen;
+
+pub use lifecycle::Secret;
+
+#[derive(Clone, Debug, Default)]
+pub struct Tokens {
+    pub cluster: Option<Secret>,
+    pub admin: Option<Secret>,
+    pub read: Option<Secret>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Open,
+    Read,
+    Cluster,
+    /// A hive asking for its own drain, or an operator.
+    ClusterOrAdmin,
+    Admin,
+}
+
+/// The scope of a request, from its method and path alone.
+pub fn scope(method: &Method, path: &str) -> Scope {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        (_, ["healthz"] | ["readyz"] | ["metrics"]) => Scope::Open,
+        ("POST", ["v1", "hive-heartbeat" | "worker-heartbeat" | "jobs"]) => Scope::Cluster,
+        ("GET", ["v1", "hives", _, "commands"]) | ("POST", ["v1", "hives", _, "acks"]) => Scope::Cluster,
+        ("POST", ["v1", "hives", _, "drain"]) => Scope::ClusterOrAdmin,
+        ("GET" | "HEAD", ["v1", ..]) => Scope::Read,
+        // The dashboard's own files hold no data; it reads through /v1 with its token.
+        ("GET" | "HEAD", _) => Scope::Open,
+        _ => Scope::Admin,
+    }
+}
+
+fn presented(req: &Request) -> Option<String> {
+    if let Some(h) = req.headers().get(axum::http::header::AUTHORIZATION) {
+        let value = h.to_str().ok()?;
+        return value.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    if req.method() == Method::GET {
+        let query = req.uri().query()?;
+        return query.split('&').find_map(|kv| kv.strip_prefix("access_token=")).map(str::to_string);
+    }
+    None
+}
+
+/// Constant time, so a wrong guess does not say how much of it was right.
+fn matches(secret: &Secret, presented: &str) -> bool {
+    secret.expose().as_bytes().ct_eq(presented.as_bytes()).into()
+}
+
+impl Tokens {
+    /// `Ok` to go on; otherwise the error to answer with.
+    pub fn check(&self, scope: Scope, token: Option<&str>) -> Result<(), ApiError> {
+        let allowed: Vec<&Secret> = match scope {
+            Scope::Open => return Ok(()),
+            Scope::Read => match &self.read {
+                // Reads are open unless a read token is set; then any token may read.
+                None => return Ok(()),
+                Some(r) => [Some(r), self.cluster.as_ref(), self.admin.as_ref()].into_iter().flatten().collect(),
+            },
+            Scope::Cluster => match &self.cluster {
+                None => return Ok(()),
+                Some(c) => [Some(c), self.admin.as_ref()].into_iter().flatten().collect(),
+            },
+            Scope::ClusterOrAdmin => {
+                if self.cluster.is_none() && self.admin.is_none() {
+                    return Ok(());
+                }
+                [self.cluster.as_ref(), self.admin.as_ref()].into_iter().flatten().collect()
+            }
+            Scope::Admin => match &self.admin {
+                None => return Ok(()),
+                Some(a) => vec![a],
+            },
+        };
+        let Some(token) = token else {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
+        };
+        if allowed.iter().any(|s| matches(s, token)) {
+            return Ok(());
+        }
+        let known = [&self.cluster, &self.admin, &self.read].into_iter().flatten().any(|s| matches(s, token));
+        if known {
+            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))
+        } else {
+            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+        }
+    }
+}
+
+/// The middleware in front of every route.
+pub async fn require(State(queen): State<Arc<Queen>>, req: Request, next: Next) -> Response {
+    let scope = scope(req.method(), req.uri().path());
+    match queen.config().tokens.check(scope, presented(&req).as_deref()) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens() -> Tokens {
+        Tokens { cluster: Some(Secret::new("c")), admin: Some(Secret::new("a")), read: Some(Secret::new("r")) }
+    }
+
+    #[test]
+    fn scopes_follow_the_design() {
+        assert_eq!(scope(&Method::POST, "/v1/hive-heartbeat"), Scope::Cluster);
+        assert_eq!(scope(&Method::GET, "/v1/hives/h1/commands"), Scope::Cluster);
+        assert_eq!(scope(&Method::POST, "/v1/jobs"), Scope::Cluster);
+        assert_eq!(scope(&Method::POST, "/v1/deployments"), Scope::Admin);
+        assert_eq!(scope(&Method::POST, "/v1/cluster/shutdown"), Scope::Admin);
+        assert_eq!(scope(&Method::PUT, "/v1/hives/h1/eligibility"), Scope::Admin);
+        assert_eq!(scope(&Method::POST, "/v1/hives/h1/drain"), Scope::ClusterOrAdmin);
+        assert_eq!(scope(&Method::GET, "/v1/heartbeats/stream"), Scope::Read);
+        assert_eq!(scope(&Method::GET, "/metrics"), Scope::Open);
+        assert_eq!(scope(&Method::GET, "/pkg/web-ui_bg.wasm"), Scope::Open);
+    }
+
+    #[test]
+    fn wrong_kind_is_403_and_none_or_unknown_is_401() {
+        let t = tokens();
+        let status = |scope, token| t.check(scope, token).err().map(|e| e.status.as_u16());
+        assert_eq!(status(Scope::Admin, None), Some(401));
+        assert_eq!(status(Scope::Admin, Some("nope")), Some(401));
+        assert_eq!(status(Scope::Admin, Some("c")), Some(403));
+        assert_eq!(status(Scope::Admin, Some("a")), None);
+        assert_eq!(status(Scope::Cluster, Some("r")), Some(403));
+        assert_eq!(status(Scope::Cluster, Some("a")), None, "admin may do what nodes do");
+        assert_eq!(status(Scope::Read, Some("c")), None, "any token may read");
+        assert_eq!(status(Scope::Read, None), Some(401));
+        assert_eq!(status(Scope::Open, None), None);
+    }
+
+    #[test]
+    fn scopes_without_a_token_are_open() {
+        let t = Tokens::default();
+        assert!(t.check(Scope::Admin, None).is_ok());
+        assert!(t.check(Scope::Cluster, None).is_ok());
+        let only_admin = Tokens { admin: Some(Secret::new("a")), ..Default::default() };
+        assert!(only_admin.check(Scope::Read, None).is_ok(), "reads stay open without a read token");
+        assert!(only_admin.check(Scope::Admin, None).is_err());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+    }
+}

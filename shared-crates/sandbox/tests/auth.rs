@@ -1,0 +1,141 @@
+//! Tokens: nodes with the cluster token, operators with the admin token, readers with the
+//! read token; 401 without one, 403 with the wrong kind; the hive hands its token to the
+//! workers it starts.
+
+use std::time::Duration;
+
+use contract::ApiErrorBody;
+use sandbox::{Sandbox, wait_until};
+use serde_json::{Value, json};
+
+/// (what, method, path, token, body, expected status)
+type Case = (&'static str, reqwest::Method, String, Option<&'static str>, Option<Value>, u16);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_call_needs_the_right_kind_of_token() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(1)
+        .heartbeat_interval(Duration::from_millis(300))
+        .tokens("cluster-secret", "admin-secret", "read-secret")
+        .start()
+        .await?;
+    let base = sb.queen_url();
+    let http = reqwest::Client::new();
+    let beat = json!({
+        "id": "intruder", "epoch": 1, "seq": 1, "address": "x", "hostname": "x", "version": "0", "status": "ready",
+        "resources": {"cpu_percent": 1.0, "memory_used_bytes": 1, "memory_total_bytes": 2, "disk_used_bytes": 1,
+                      "disk_total_bytes": 2, "load_average": {"one": 0.0, "five": 0.0, "fifteen": 0.0}},
+        "capacity": {"max_workers": 1, "running_workers": 0}, "sent_at": "2026-11-24T12:00:00Z"
+    });
+    let spec = json!({"name": "web", "command": "true", "replicas": 0});
+    let cases: Vec<Case> = vec![
+        (
+            "heartbeat without a token",
+            reqwest::Method::POST,
+            "/v1/hive-heartbeat".into(),
+            None,
+            Some(beat.clone()),
+            401,
+        ),
+        (
+            "heartbeat with a garbage token",
+            reqwest::Method::POST,
+            "/v1/hive-heartbeat".into(),
+            Some("nope"),
+            Some(beat.clone()),
+            401,
+        ),
+        (
+            "heartbeat with the read token",
+            reqwest::Method::POST,
+            "/v1/hive-heartbeat".into(),
+            Some("read-secret"),
+            Some(beat.clone()),
+            403,
+        ),
+        (
+            "deploy with the cluster token",
+            reqwest::Method::POST,
+            "/v1/deployments".into(),
+            Some("cluster-secret"),
+            Some(spec.clone()),
+            403,
+        ),
+        ("deploy without a token", reqwest::Method::POST, "/v1/deployments".into(), None, Some(spec.clone()), 401),
+        (
+            "shutdown with the read token",
+            reqwest::Method::POST,
+            "/v1/cluster/shutdown".into(),
+            Some("read-secret"),
+            Some(json!({})),
+            403,
+        ),
+        (
+            "strategy with the cluster token",
+            reqwest::Method::PUT,
+            "/v1/placement/strategy".into(),
+            Some("cluster-secret"),
+            Some(json!({"strategy": "random"})),
+            403,
+        ),
+        ("snapshot without a token", reqwest::Method::GET, "/v1/snapshot".into(), None, None, 401),
+        ("snapshot with the read token", reqwest::Method::GET, "/v1/snapshot".into(), Some("read-secret"), None, 200),
+        (
+            "snapshot with the cluster token",
+            reqwest::Method::GET,
+            "/v1/snapshot".into(),
+            Some("cluster-secret"),
+            None,
+            200,
+        ),
+        (
+            "snapshot with ?access_token",
+            reqwest::Method::GET,
+            "/v1/snapshot?access_token=read-secret".into(),
+            None,
+            None,
+            200,
+        ),
+        (
+            "deploy with the admin token",
+            reqwest::Method::POST,
+            "/v1/deployments".into(),
+            Some("admin-secret"),
+            Some(spec.clone()),
+            201,
+        ),
+        ("health is open", reqwest::Method::GET, "/healthz".into(), None, None, 200),
+        ("metrics are open", reqwest::Method::GET, "/metrics".into(), None, None, 200),
+    ];
+    for (name, method, path, token, body, status) in cases {
+        let mut req = http.request(method, format!("{base}{path}"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await?;
+        let got = resp.status().as_u16();
+        let text = resp.text().await?;
+        assert_eq!(got, status, "{name}: {text}");
+        if got == 401 || got == 403 {
+            let err: ApiErrorBody = serde_json::from_str(&text)?;
+            assert_eq!(err.code, if got == 401 { "unauthorized" } else { "forbidden" }, "{name}");
+            assert!(!text.contains("secret"), "{name}: a token leaked into an answer: {text}");
+        }
+    }
+    let client = sb.client();
+    assert!(client.hive("intruder").await.is_err(), "refused heartbeats changed nothing");
+
+    // The hive passes its token to the workers it starts: a deployed replica heartbeats.
+    let worker = tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("worker");
+    let spec = json!({"name": "tokened", "command": worker.to_string_lossy(), "args": ["--heartbeat-interval", "300ms"], "replicas": 1});
+    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
+    wait_until("the deployed worker heartbeating with the cluster token", Duration::from_secs(30), || async {
+        client.worker("tokened-0").await.ok().filter(|w| w.available)
+    })
+    .await?;
+    sb.shutdown().await
+}
