@@ -134,6 +134,13 @@ async fn heartbeat<T: NodePayload>(
             return Err(e);
         }
     };
+    if let Err(not_until) =
+        queen.heartbeat_limiter.check_key(&format!("{}/{}", summary::kind_label(T::KIND), payload.id()))
+    {
+        count(&queen, T::KIND, "rate_limited");
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));
+    }
     let outcome = T::registry(&queen).upsert(payload);
     let accepted = outcome != UpsertOutcome::Stale;
     count(&queen, T::KIND, if accepted { "accepted" } else { "stale" });

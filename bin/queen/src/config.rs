@@ -39,6 +39,9 @@ pub struct ServeArgs {
     /// Placement strategy at start, until changed at run time [default: least_loaded].
     #[arg(long, env = "APIARY_STRATEGY")]
     pub strategy: Option<contract::PlacementStrategy>,
+    /// Most clients on the heartbeat stream at once; more get 503 [default: 10000].
+    #[arg(long, env = "APIARY_MAX_STREAM_CLIENTS")]
+    pub max_stream_clients: Option<usize>,
     /// Token hives and workers present (heartbeats, control channel, jobs) [default: none,
     /// open].
     #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
@@ -71,6 +74,7 @@ struct FileConfig {
     token: Option<crate::auth::Secret>,
     admin_token: Option<crate::auth::Secret>,
     read_token: Option<crate::auth::Secret>,
+    max_stream_clients: Option<usize>,
 }
 
 /// A validated queen configuration.
@@ -91,6 +95,7 @@ pub struct QueenConfig {
     /// Strategy to use when the store has none yet.
     pub strategy: Option<contract::PlacementStrategy>,
     pub tokens: crate::auth::Tokens,
+    pub max_stream_clients: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +128,9 @@ impl QueenConfig {
             config.orphan_grace = grace.into();
         }
         config.strategy = args.strategy.or(file.strategy);
+        if let Some(n) = args.max_stream_clients.or(file.max_stream_clients) {
+            config.max_stream_clients = n;
+        }
         config.tokens = crate::auth::Tokens {
             cluster: args.token.clone().or(file.token),
             admin: args.admin_token.clone().or(file.admin_token),
@@ -167,6 +175,7 @@ impl QueenConfig {
                 orphan_grace: Duration::from_secs(30),
                 strategy: None,
                 tokens: crate::auth::Tokens::default(),
+                max_stream_clients: 10_000,
             }),
             _ => Err(ConfigError { problems }),
         }
@@ -174,6 +183,14 @@ impl QueenConfig {
 
     /// How often liveness is re-derived: well inside the suspect threshold, so a silent
     /// node is noticed promptly, and never busier than every 10 ms.
+    /// Heartbeats one node may send per second before it gets 429: four times its
+    /// interval's rate, and never less than five, so a well-behaved node (one beat per
+    /// interval, plus a goodbye) never comes near it.
+    pub fn heartbeats_per_second(&self) -> u32 {
+        let per_interval = 1000.0 / self.heartbeat_interval.as_millis().max(1) as f64;
+        ((per_interval * 4.0).ceil() as u32).max(5)
+    }
+
     pub fn sweep_interval(&self) -> Duration {
         (self.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }

@@ -63,6 +63,8 @@ pub struct Queen {
     shutdown: std::sync::Mutex<Option<contract::ShutdownState>>,
     /// Every task the queen spawns, awaited on the way out.
     tasks: TaskTracker,
+    /// Per-sender heartbeat rate limit, keyed by kind and id.
+    heartbeat_limiter: governor::DefaultKeyedRateLimiter<String>,
     /// (when, jobs routed so far) at recent snapshot ticks, for a routing rate.
     job_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
 }
@@ -100,6 +102,11 @@ impl Queen {
         let health = builder.build();
 
         let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+        let per_second = std::num::NonZeroU32::new(config.heartbeats_per_second()).unwrap_or(std::num::NonZeroU32::MIN);
+        // A burst of two seconds' worth absorbs a node's restart or a reconnect.
+        let burst = std::num::NonZeroU32::new(per_second.get().saturating_mul(2)).unwrap_or(per_second);
+        let heartbeat_limiter =
+            governor::RateLimiter::dashmap(governor::Quota::per_second(per_second).allow_burst(burst));
         let queen = Arc::new(Self {
             hives,
             workers,
@@ -115,6 +122,7 @@ impl Queen {
             shutdown: std::sync::Mutex::new(shutdown),
             tasks,
             job_samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            heartbeat_limiter,
         });
         queen.publish_snapshot();
         Ok(queen)
@@ -291,6 +299,8 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
                 queen.sweep();
                 queen.hives.cleanup_stale();
                 queen.workers.cleanup_stale();
+                // Forget the limiter state of senders that have gone quiet.
+                queen.heartbeat_limiter.retain_recent();
                 queen.reconcile();
             }
         }

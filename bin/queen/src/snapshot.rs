@@ -187,9 +187,18 @@ fn event(frame: &Frame) -> Event {
 /// A slow client never holds anything up: the watch channel keeps only the newest frame,
 /// so a client that falls behind skips straight to it. The stream ends when the queen
 /// stops.
-pub(crate) async fn stream(State(queen): State<Arc<Queen>>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+pub(crate) async fn stream(
+    State(queen): State<Arc<Queen>>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, lifecycle::http::ApiError> {
+    if queen.metrics.sse_clients.get() >= queen.config.max_stream_clients as i64 {
+        return Err(lifecycle::http::ApiError::unavailable(
+            "too_many_streams",
+            format!("the stream already has {} clients", queen.config.max_stream_clients),
+            Duration::from_secs(5),
+        ));
+    }
     let guard = ClientGuard::new(&queen.metrics.sse_clients);
-    watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, event)
+    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, event))
 }
 
 /// An SSE stream of a watch channel: its current value at once (with the reconnect

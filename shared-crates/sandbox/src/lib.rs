@@ -172,6 +172,7 @@ pub struct SandboxBuilder {
     drain_on_shutdown: Duration,
     /// (cluster, admin, read) tokens the queen requires; hives and workers get the first.
     tokens: (Option<String>, Option<String>, Option<String>),
+    max_stream_clients: Option<usize>,
 }
 
 impl Default for SandboxBuilder {
@@ -189,6 +190,7 @@ impl Default for SandboxBuilder {
             // Off unless a test asks: tearing a sandbox down should not move work around.
             drain_on_shutdown: Duration::ZERO,
             tokens: (None, None, None),
+            max_stream_clients: None,
         }
     }
 }
@@ -224,6 +226,10 @@ impl SandboxBuilder {
     /// its client the admin token.
     pub fn tokens(mut self, cluster: &str, admin: &str, read: &str) -> Self {
         self.tokens = (Some(cluster.into()), Some(admin.into()), Some(read.into()));
+        self
+    }
+    pub fn max_stream_clients(mut self, n: usize) -> Self {
+        self.max_stream_clients = Some(n);
         self
     }
     /// Hives ask the queen to drain them when stopped, waiting up to `d`.
@@ -312,6 +318,9 @@ impl Sandbox {
             queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
         config.ui_dir = self.config.ui_dir.clone();
         config.data_dir = self.config.data_dir.clone();
+        if let Some(n) = self.config.max_stream_clients {
+            config.max_stream_clients = n;
+        }
         let (cluster, admin, read) = &self.config.tokens;
         config.tokens = queen::auth::Tokens {
             cluster: cluster.as_ref().map(lifecycle::Secret::new),

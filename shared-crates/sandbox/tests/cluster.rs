@@ -346,3 +346,43 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
     }
     sb.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_heartbeats_is_rate_limited_and_streams_are_capped() -> anyhow::Result<()> {
+    let sb = Sandbox::builder().hives(1).workers_per_hive(1).max_stream_clients(2).start().await?;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/hive-heartbeat", sb.queen_url());
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for seq in 1..=100u64 {
+        let mut beat = hive_beat("flooder");
+        beat["seq"] = json!(seq);
+        let resp = http.post(&url).json(&beat).send().await?;
+        let status = resp.status().as_u16();
+        statuses.push(status);
+        if status == 429 {
+            retry_after = resp.headers().get("retry-after").cloned();
+            assert_eq!(resp.json::<ApiErrorBody>().await?.code, "rate_limited");
+        }
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited > 50, "a flood of 100 is mostly refused: {limited} refused");
+    assert!(retry_after.is_some(), "429 says when to come back");
+    // Well-behaved nodes were never refused.
+    let metrics = http.get(format!("{}/metrics", sb.queen_url())).send().await?.text().await?;
+    let refused_nodes: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("apiary_heartbeats_received_total") && l.contains("rate_limited"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(refused_nodes as usize, limited, "only the flooder was limited");
+
+    // Two stream clients fit; the third is told to come back later.
+    let _a = SnapshotStream::connect(&sb.queen_url()).await?;
+    let _b = SnapshotStream::connect(&sb.queen_url()).await?;
+    let third = http.get(format!("{}/v1/heartbeats/stream", sb.queen_url())).send().await?;
+    assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(third.headers().contains_key("retry-after"));
+    assert_eq!(third.json::<ApiErrorBody>().await?.code, "too_many_streams");
+    sb.shutdown().await
+}
