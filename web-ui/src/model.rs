@@ -131,11 +131,13 @@ pub fn percent(used: u64, total: u64) -> f32 {
     if total == 0 { 0.0 } else { (used as f64 * 100.0 / total as f64) as f32 }
 }
 
-/// "3 s ago", "4 min ago", "2 h ago".
+/// "0.9 s ago", "31 s ago", "4 min ago", "2 h ago": tenths while they matter.
 pub fn ago(ms: f64) -> String {
-    let s = (ms / 1000.0).max(0.0).floor() as u64;
+    let secs = (ms / 1000.0).max(0.0);
+    let s = secs.floor() as u64;
     match s {
-        0..=59 => format!("{s} s ago"),
+        0..=9 => format!("{secs:.1} s ago"),
+        10..=59 => format!("{s} s ago"),
         60..=3599 => format!("{} min ago", s / 60),
         _ => format!("{} h ago", s / 3600),
     }
@@ -387,11 +389,11 @@ mod tests {
         d.apply(snapshot(2, vec![], vec![]), 1000.0);
         assert_eq!(d.tick_ms, 1000.0);
         assert!(!d.is_stale(3000.0));
-        assert_eq!(d.connection_text(Connection::Live, 3000.0), "live · snapshot 2 s ago");
+        assert_eq!(d.connection_text(Connection::Live, 3000.0), "live · snapshot 2.0 s ago");
         assert!(!d.is_stale(4400.0), "within 2.5 ticks + 1 s");
         assert!(d.is_stale(5000.0));
-        assert_eq!(d.connection_text(Connection::Live, 5000.0), "stale: last snapshot 4 s ago");
-        assert_eq!(d.connection_text(Connection::Reconnecting, 8000.0), "reconnecting · last snapshot 7 s ago");
+        assert_eq!(d.connection_text(Connection::Live, 5000.0), "stale: last snapshot 4.0 s ago");
+        assert_eq!(d.connection_text(Connection::Reconnecting, 8000.0), "reconnecting · last snapshot 7.0 s ago");
     }
 
     #[test]
@@ -435,7 +437,8 @@ mod tests {
 
     #[test]
     fn formatting() {
-        assert_eq!(ago(2_500.0), "2 s ago");
+        assert_eq!(ago(2_500.0), "2.5 s ago");
+        assert_eq!(ago(31_400.0), "31 s ago");
         assert_eq!(ago(125_000.0), "2 min ago");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");

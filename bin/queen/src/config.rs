@@ -33,7 +33,8 @@ pub struct ServeArgs {
     /// Where durable state (deployments, assignments, strategy) lives [default: ./apiary-data].
     #[arg(long, env = "APIARY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// How long a hive stays offline before its replicas are placed elsewhere [default: 30s].
+    /// How long a hive stays offline (past --offline-after) before its replicas are placed
+    /// elsewhere [default: 30s].
     #[arg(long, env = "APIARY_ORPHAN_GRACE")]
     pub orphan_grace: Option<HumanDuration>,
     /// Placement strategy at start, until changed at run time [default: least_loaded].
