@@ -48,7 +48,7 @@ pub fn App() -> impl IntoView {
                 </div>
                 <aside>
                     <NodeDetail dashboard selected now />
-                    <EventLog dashboard selected />
+                    <EventLog dashboard />
                 </aside>
             </div>
         </main>

@@ -61,11 +61,7 @@ impl Dashboard {
         for h in &snapshot.hives {
             let trend = self.trends.entry(h.id.clone()).or_default();
             push_bounded(&mut trend.cpu, h.resources.cpu_percent, HISTORY);
-            push_bounded(
-                &mut trend.memory,
-                percent(h.resources.memory_used_bytes, h.resources.memory_total_bytes),
-                HISTORY,
-            );
+            push_bounded(&mut trend.memory, h.resources.memory_percent(), HISTORY);
         }
         self.trends.retain(|id, _| snapshot.hives.iter().any(|h| &h.id == id));
         push_bounded(&mut self.online, (snapshot.hives_online, snapshot.workers_online), HISTORY);
@@ -125,10 +121,6 @@ impl Dashboard {
             None => "Apiary".into(),
         }
     }
-}
-
-pub fn percent(used: u64, total: u64) -> f32 {
-    if total == 0 { 0.0 } else { (used as f64 * 100.0 / total as f64) as f32 }
 }
 
 /// "0.9 s ago", "31 s ago", "4 min ago", "2 h ago": tenths while they matter.
@@ -229,15 +221,13 @@ pub fn visible_hives(s: &Snapshot, query: &str, column: HiveColumn, descending: 
         .filter(|h| matches(query, &[h.id.as_str(), h.hostname.as_str(), hive_state(h).0, h.version.as_str()]))
         .cloned()
         .collect();
-    let mem = |h: &HiveSummary| percent(h.resources.memory_used_bytes, h.resources.memory_total_bytes);
-    let disk = |h: &HiveSummary| percent(h.resources.disk_used_bytes, h.resources.disk_total_bytes);
     hives.sort_by(|a, b| {
         let ord = match column {
             HiveColumn::Name => a.id.cmp(&b.id),
             HiveColumn::State => severity(hive_state(a).1).cmp(&severity(hive_state(b).1)),
             HiveColumn::Cpu => a.resources.cpu_percent.total_cmp(&b.resources.cpu_percent),
-            HiveColumn::Memory => mem(a).total_cmp(&mem(b)),
-            HiveColumn::Disk => disk(a).total_cmp(&disk(b)),
+            HiveColumn::Memory => a.resources.memory_percent().total_cmp(&b.resources.memory_percent()),
+            HiveColumn::Disk => a.resources.disk_percent().total_cmp(&b.resources.disk_percent()),
             HiveColumn::Load => a.resources.load_average.one.total_cmp(&b.resources.load_average.one),
             HiveColumn::Workers => a.capacity.running_workers.cmp(&b.capacity.running_workers),
             HiveColumn::LastSeen => a.last_seen_ago_ms.cmp(&b.last_seen_ago_ms),
@@ -442,8 +432,6 @@ mod tests {
         assert_eq!(ago(125_000.0), "2 min ago");
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
-        assert_eq!(percent(1, 4), 25.0);
-        assert_eq!(percent(1, 0), 0.0);
         let mut d = Dashboard::default();
         d.apply(snapshot(1, vec![hive("a", Liveness::Online, 1.0), hive("b", Liveness::Offline, 1.0)], vec![]), 0.0);
         assert_eq!(d.title(), "1/2 hives · 0/0 workers — Apiary");

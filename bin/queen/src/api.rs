@@ -117,7 +117,7 @@ impl NodePayload for WorkerHeartbeat {
 }
 
 fn count(queen: &Queen, kind: NodeKind, outcome: &'static str) {
-    queen.metrics.heartbeats.get_or_create(&HeartbeatLabels { kind: summary::kind_label(kind), outcome }).inc();
+    queen.metrics.heartbeats.get_or_create(&HeartbeatLabels { kind: kind.as_str(), outcome }).inc();
 }
 
 /// `POST /v1/{hive,worker}-heartbeat`. A rejected heartbeat changes nothing.
@@ -134,9 +134,7 @@ async fn heartbeat<T: NodePayload>(
             return Err(e);
         }
     };
-    if let Err(not_until) =
-        queen.heartbeat_limiter.check_key(&format!("{}/{}", summary::kind_label(T::KIND), payload.id()))
-    {
+    if let Err(not_until) = queen.heartbeat_limiter.check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
         count(&queen, T::KIND, "rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));
@@ -152,7 +150,7 @@ fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
 }
 
 fn unknown<T: NodePayload>(id: &NodeId) -> ApiError {
-    ApiError::not_found(format!("no {} named {id}", summary::kind_label(T::KIND)))
+    ApiError::not_found(format!("no {} named {id}", T::KIND.as_str()))
 }
 
 async fn list<T: NodePayload>(State(queen): State<Arc<Queen>>) -> Json<Vec<T::Summary>> {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use contract::{
-    DeploymentSpec, DeploymentStatus, HiveSummary, Liveness, NodeId, Phase, PhaseStatus, PlacementStrategy,
-    ShutdownAnswer, ShutdownPlan, ShutdownRequest, ShutdownState, ShutdownStatus, Snapshot, WorkerSummary,
+    DeploymentSpec, DeploymentStatus, HiveSummary, NodeId, Phase, PhaseStatus, PlacementStrategy, ShutdownAnswer,
+    ShutdownPlan, ShutdownRequest, ShutdownState, ShutdownStatus, Snapshot, WorkerSummary,
 };
 use queen_client::{DEFAULT_QUEEN_URL, QueenClient};
 
@@ -189,13 +189,7 @@ pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
         out.push_str(&format!("{:<20} {:>8} {:>8}  {}\n", d.spec.name, d.spec.replicas, d.running, d.spec.command));
         for a in &d.assignments {
             let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "  {:<24} {:<16} {:<9} since {}\n",
-                a.worker,
-                hive,
-                format!("{:?}", a.state).to_lowercase(),
-                a.since
-            ));
+            out.push_str(&format!("  {:<24} {:<16} {:<9} since {}\n", a.worker, hive, a.state.as_str(), a.since));
         }
     }
     out
@@ -235,15 +229,6 @@ impl Remote {
     }
 }
 
-fn liveness(l: Liveness) -> &'static str {
-    match l {
-        Liveness::Online => "online",
-        Liveness::Suspect => "suspect",
-        Liveness::Offline => "offline",
-        Liveness::Stopped => "stopped",
-    }
-}
-
 pub fn render_status(s: &Snapshot) -> String {
     format!(
         "snapshot {} at {}\nhives:   {} online, {} available, {} known\nworkers: {} online, {} available, {} known\njobs in flight: {}\n",
@@ -265,16 +250,12 @@ pub fn render_nodes(hives: &[HiveSummary], workers: &[WorkerSummary]) -> String 
         "HIVE", "LIVENESS", "STATUS", "CPU%", "MEM%", "WORKERS", "SEEN"
     );
     for h in hives {
-        let mem = if h.resources.memory_total_bytes == 0 {
-            0.0
-        } else {
-            h.resources.memory_used_bytes as f64 * 100.0 / h.resources.memory_total_bytes as f64
-        };
+        let mem = h.resources.memory_percent();
         out.push_str(&format!(
             "{:<24} {:<9} {:<14} {:>6.1} {:>7.1} {:>8} {:>8.1}s\n",
             h.id,
-            liveness(h.liveness),
-            format!("{:?}", h.status).to_lowercase(),
+            h.liveness.as_str(),
+            h.status.as_str(),
             h.resources.cpu_percent,
             mem,
             format!("{}/{}", h.capacity.running_workers, h.capacity.max_workers),
@@ -291,8 +272,8 @@ pub fn render_nodes(hives: &[HiveSummary], workers: &[WorkerSummary]) -> String 
             "{:<24} {:<16} {:<9} {:<9} {:>9} {:>8.1}s\n",
             w.id,
             w.hive_id,
-            liveness(w.liveness),
-            format!("{:?}", w.status).to_lowercase(),
+            w.liveness.as_str(),
+            w.status.as_str(),
             format!("{}/{}", w.in_flight, w.max_concurrent),
             w.last_seen_ago_ms as f64 / 1000.0
         ));
@@ -368,21 +349,16 @@ pub fn render_plan(plan: &ShutdownPlan) -> String {
 }
 
 pub fn render_shutdown(s: &ShutdownState) -> String {
-    let mut out = format!("cluster shutdown: {:?}{}\n", s.status, if s.force { " (force)" } else { "" });
+    let mut out = format!("cluster shutdown: {}{}\n", s.status, if s.force { " (force)" } else { "" });
     for p in &s.phases {
         let took = match (p.started_at, p.ended_at) {
             (Some(a), Some(b)) => format!("{} ms", (b - a).whole_milliseconds()),
             (Some(_), None) => "running".into(),
             _ => "-".into(),
         };
-        out.push_str(&format!(
-            "  {:<8} {:<8} {:>10}\n",
-            p.phase.name(),
-            format!("{:?}", p.status).to_lowercase(),
-            took
-        ));
+        out.push_str(&format!("  {:<8} {:<8} {:>10}\n", p.phase.name(), p.status.as_str(), took));
         for (hive, h) in &p.hives {
-            out.push_str(&format!("      {hive:<20} {:<9} {}\n", format!("{:?}", h.status).to_lowercase(), h.detail));
+            out.push_str(&format!("      {hive:<20} {:<9} {}\n", h.status.as_str(), h.detail));
         }
     }
     if !s.failure.is_empty() {
@@ -467,7 +443,7 @@ pub fn render_assignments(assignments: &[contract::Assignment]) -> String {
         format!("{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n", "WORKER", "HIVE", "STATE", "MOVES", "RESTARTS", "SINCE");
     for a in assignments {
         let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
-        let state = format!("{:?}", a.state).to_lowercase();
+        let state = a.state.as_str();
         out.push_str(&format!(
             "{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n",
             a.worker, hive, state, a.moves, a.restarts, a.since

@@ -54,11 +54,10 @@ pub struct Queen {
     health: Arc<Health>,
     /// The latest serialized snapshot; every SSE client reads it, nobody re-serializes.
     snapshots: watch::Sender<Arc<Frame>>,
-    /// Fires when the queen stops; open SSE streams end on it so shutdown never waits on a
-    /// browser tab.
+    /// Fires when the queen stops (a signal, or the end of a cluster shutdown, which
+    /// cancels it itself); open SSE streams end on it so shutdown never waits on a browser
+    /// tab.
     stop: CancellationToken,
-    /// Cancelled by the queen itself when a cluster shutdown reaches its end.
-    exit: CancellationToken,
     /// The cluster shutdown, running or ended; mirrored in the store.
     shutdown: std::sync::Mutex<Option<contract::ShutdownState>>,
     /// Every task the queen spawns, awaited on the way out.
@@ -117,7 +116,6 @@ impl Queen {
             metrics,
             health,
             snapshots,
-            exit: stop.clone(),
             stop,
             shutdown: std::sync::Mutex::new(shutdown),
             tasks,
@@ -186,7 +184,7 @@ impl Queen {
         let mut hives_by_liveness = std::collections::BTreeMap::new();
         let (mut eligible, mut capacity) = (0, 0u64);
         self.hives.visit(|h| {
-            *hives_by_liveness.entry(summary::liveness_label(h.liveness).to_string()).or_insert(0) += 1;
+            *hives_by_liveness.entry(summary::liveness(h.liveness).as_str().to_string()).or_insert(0) += 1;
             if h.liveness.is_up() && !ineligible.contains(&h.payload.id) {
                 eligible += 1;
                 capacity += u64::from(h.payload.capacity.max_workers);
@@ -195,8 +193,7 @@ impl Queen {
         let mut workers_by_status = std::collections::BTreeMap::new();
         self.workers.visit(|w| {
             if w.liveness.is_up() {
-                let status = serde_json::to_value(w.payload.status).ok().and_then(|v| v.as_str().map(str::to_string));
-                *workers_by_status.entry(status.unwrap_or_default()).or_insert(0) += 1;
+                *workers_by_status.entry(w.payload.status.as_str().to_string()).or_insert(0) += 1;
             }
         });
         let assigned = self.orchestrator.assignments().iter().filter(|a| a.hive.is_some()).count() as u64;
@@ -249,8 +246,8 @@ impl Queen {
         self.metrics
             .events
             .get_or_create(&metrics::EventLabels {
-                kind: summary::kind_label(kind),
-                event: summary::event_label(event.kind),
+                kind: kind.as_str(),
+                event: summary::event_kind(event.kind).as_str(),
             })
             .inc();
     }
@@ -320,7 +317,7 @@ async fn count_events(
         };
         match event {
             Ok(e) => {
-                tracing::info!(node = summary::kind_label(kind), id = %e.id, event = summary::event_label(e.kind), reason = %e.reason, "liveness");
+                tracing::info!(node = kind.as_str(), id = %e.id, event = summary::event_kind(e.kind).as_str(), reason = %e.reason, "liveness");
                 queen.count_events(kind, &e);
             }
             Err(broadcast::error::RecvError::Lagged(n)) => {

@@ -411,7 +411,7 @@ impl Orchestrator {
                 self.event(
                     workers,
                     &r.worker,
-                    EventKind::Pending,
+                    EventKind::Retired,
                     format!("retired from {}: {} took over", r.hive, a.worker),
                 );
                 if let Some(d) = drains.get_mut(&r.hive) {
@@ -520,15 +520,23 @@ impl Orchestrator {
     }
 
     pub fn summaries(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentSummary> {
-        self.list(workers)
-            .into_iter()
-            .map(|d| DeploymentSummary {
-                placed: d.assignments.iter().filter(|a| a.state == AssignmentState::Placed).count() as u32,
-                name: d.spec.name,
-                replicas: d.spec.replicas,
-                running: d.running,
+        // Runs every snapshot tick: one pass over the assignments, counting, cloning nothing.
+        let st = self.lock();
+        let mut out: BTreeMap<&NodeId, DeploymentSummary> = st
+            .deployments
+            .values()
+            .map(|d| {
+                let name = &d.spec.name;
+                (name, DeploymentSummary { name: name.clone(), replicas: d.spec.replicas, placed: 0, running: 0 })
             })
-            .collect()
+            .collect();
+        for a in st.assignments.values() {
+            if let Some(s) = out.get_mut(&a.deployment) {
+                s.placed += u32::from(a.state == AssignmentState::Placed);
+                s.running += u32::from(Self::running(workers, a));
+            }
+        }
+        out.into_values().collect()
     }
 
     /// One reconcile pass; see the module doc.
@@ -548,7 +556,7 @@ impl Orchestrator {
                 max_workers: p.capacity.max_workers,
                 assigned: 0,
                 cpu_percent: p.resources.cpu_percent,
-                memory_percent: crate::summary::percent(p.resources.memory_used_bytes, p.resources.memory_total_bytes),
+                memory_percent: p.resources.memory_percent(),
             });
             views.insert(
                 p.id.clone(),

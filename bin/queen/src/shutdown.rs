@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use contract::{
-    AckStatus, EventKind, HiveProgress, NodeId, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer,
+    AckStatus, EventKind, HiveProgress, NodeId, NodeKind, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer,
     ShutdownPlan, ShutdownRequest, ShutdownState, ShutdownStatus,
 };
 use lifecycle::http::ApiError;
@@ -77,8 +77,6 @@ impl Queen {
         self.orchestrator.cluster_event(NodeKind::Queen, &NodeId::sanitized("cluster"), kind, reason);
     }
 }
-
-use contract::NodeKind;
 
 /// `POST /v1/cluster/shutdown`.
 pub fn start(queen: &Arc<Queen>, req: ShutdownRequest) -> Result<ShutdownAnswer, ApiError> {
@@ -232,7 +230,7 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
             format!("INFRA done: hives gone in {} ms; the queen exits", started.elapsed().as_millis()),
         );
         queen.publish_snapshot();
-        queen.exit.cancel();
+        queen.stop.cancel();
         return false;
     }
 

@@ -90,8 +90,8 @@ impl Queen {
         let skip = events.len().saturating_sub(limit);
         events.drain(..skip);
 
-        let hive_ids = hives.iter().filter(|h| is_up(h.liveness)).map(|h| h.id.clone()).collect();
-        let worker_ids = workers.iter().filter(|w| is_up(w.liveness)).map(|w| w.id.clone()).collect();
+        let hive_ids = hives.iter().filter(|h| h.liveness.is_up()).map(|h| h.id.clone()).collect();
+        let worker_ids = workers.iter().filter(|w| w.liveness.is_up()).map(|w| w.id.clone()).collect();
         Snapshot {
             timestamp: OffsetDateTime::now_utc(),
             workers_online: counts.online[1],
@@ -118,10 +118,6 @@ impl Queen {
     pub fn latest_frame(&self) -> Arc<Frame> {
         Arc::clone(&self.snapshots.borrow())
     }
-}
-
-fn is_up(l: contract::Liveness) -> bool {
-    matches!(l, contract::Liveness::Online | contract::Liveness::Suspect)
 }
 
 /// Tallies made while visiting the registries once, exported as metrics afterwards.
@@ -152,10 +148,7 @@ impl NodeCounts {
                 queen
                     .metrics
                     .nodes
-                    .get_or_create(&NodeLabels {
-                        kind: summary::kind_label(kind),
-                        liveness: summary::liveness_label(l),
-                    })
+                    .get_or_create(&NodeLabels { kind: kind.as_str(), liveness: summary::liveness(l).as_str() })
                     .set(self.by_liveness[kind as usize][l as usize]);
             }
         }

@@ -15,15 +15,6 @@ pub fn liveness(l: registry::Liveness) -> Liveness {
     }
 }
 
-pub fn liveness_label(l: registry::Liveness) -> &'static str {
-    match l {
-        registry::Liveness::Online => "online",
-        registry::Liveness::Suspect => "suspect",
-        registry::Liveness::Offline => "offline",
-        registry::Liveness::Stopped => "stopped",
-    }
-}
-
 pub fn event_kind(k: registry::EventKind) -> EventKind {
     match k {
         registry::EventKind::Joined => EventKind::Joined,
@@ -38,20 +29,6 @@ pub fn event_kind(k: registry::EventKind) -> EventKind {
     }
 }
 
-pub fn event_label(k: registry::EventKind) -> &'static str {
-    match k {
-        registry::EventKind::Joined => "joined",
-        registry::EventKind::Restarted => "restarted",
-        registry::EventKind::Suspect => "suspect",
-        registry::EventKind::Offline => "offline",
-        registry::EventKind::Recovered => "recovered",
-        registry::EventKind::Stopped => "stopped",
-        registry::EventKind::Removed => "removed",
-        registry::EventKind::Flapping => "flapping",
-        registry::EventKind::Steady => "steady",
-    }
-}
-
 /// The final cluster state PERSIST writes next to the store: who ran what, how each phase
 /// ended, readable without any Apiary tool.
 #[derive(serde::Serialize)]
@@ -61,14 +38,6 @@ pub struct FinalState {
     pub deployments: Vec<contract::DeploymentStatus>,
     pub hives: Vec<HiveSummary>,
     pub shutdown: Option<contract::ShutdownState>,
-}
-
-pub fn kind_label(k: NodeKind) -> &'static str {
-    match k {
-        NodeKind::Hive => "hive",
-        NodeKind::Worker => "worker",
-        NodeKind::Queen => "queen",
-    }
 }
 
 fn wall(t: SystemTime) -> OffsetDateTime {
@@ -141,9 +110,4 @@ pub fn as_ref<T>(v: &NodeView<T>) -> NodeRef<'_, T> {
         last_seen: v.last_seen,
         silent_for: v.silent_for,
     }
-}
-
-/// `used` as a percentage of `total`; 0 when the total is unknown.
-pub fn percent(used: u64, total: u64) -> f32 {
-    if total == 0 { 0.0 } else { (used as f64 * 100.0 / total as f64) as f32 }
 }

@@ -49,18 +49,13 @@ impl Sort {
     }
 }
 
-fn liveness(l: Liveness) -> (&'static str, Color) {
+fn liveness_colour(l: Liveness) -> Color {
     match l {
-        Liveness::Online => ("online", Color::Green),
-        Liveness::Suspect => ("suspect", Color::Yellow),
-        Liveness::Offline => ("offline", Color::Red),
-        Liveness::Stopped => ("stopped", Color::DarkGray),
+        Liveness::Online => Color::Green,
+        Liveness::Suspect => Color::Yellow,
+        Liveness::Offline => Color::Red,
+        Liveness::Stopped => Color::DarkGray,
     }
-}
-
-fn mem_percent(h: &HiveSummary) -> f64 {
-    let r = &h.resources;
-    if r.memory_total_bytes == 0 { 0.0 } else { r.memory_used_bytes as f64 * 100.0 / r.memory_total_bytes as f64 }
 }
 
 /// A ten-cell text bar: numbers change, the layout does not.
@@ -150,26 +145,27 @@ fn draw(terminal: &mut ratatui::DefaultTerminal, url: &str, feed: &Mutex<Feed>) 
             list.retain(|h| {
                 filter.is_empty()
                     || h.id.as_str().contains(filter.as_str())
-                    || liveness(h.liveness).0.contains(filter.as_str())
+                    || h.liveness.as_str().contains(filter.as_str())
             });
             match sort {
                 Sort::Name => list.sort_by(|a, b| a.id.cmp(&b.id)),
-                Sort::Liveness => list.sort_by_key(|h| liveness(h.liveness).0 != "offline"),
+                Sort::Liveness => list.sort_by_key(|h| h.liveness != Liveness::Offline),
                 Sort::Cpu => list.sort_by(|a, b| b.resources.cpu_percent.total_cmp(&a.resources.cpu_percent)),
-                Sort::Memory => list.sort_by(|a, b| mem_percent(b).total_cmp(&mem_percent(a))),
+                Sort::Memory => {
+                    list.sort_by(|a, b| b.resources.memory_percent().total_cmp(&a.resources.memory_percent()))
+                }
             }
             let rows = list.iter().map(|h| {
-                let (word, colour) = liveness(h.liveness);
                 Row::new(vec![
                     h.id.to_string(),
-                    word.to_string(),
+                    h.liveness.to_string(),
                     if h.eligible { "yes".into() } else { "no".into() },
                     bar(f64::from(h.resources.cpu_percent)),
-                    bar(mem_percent(h)),
+                    bar(f64::from(h.resources.memory_percent())),
                     format!("{}/{}", h.capacity.running_workers, h.capacity.max_workers),
                     format!("{:.1}s", h.last_seen_ago_ms as f64 / 1000.0),
                 ])
-                .style(Style::default().fg(colour))
+                .style(Style::default().fg(liveness_colour(h.liveness)))
             });
             let widths = [
                 Constraint::Length(20),
@@ -194,9 +190,9 @@ fn draw(terminal: &mut ratatui::DefaultTerminal, url: &str, feed: &Mutex<Feed>) 
             if let Some(s) = &snapshot {
                 if let Some(sd) = &s.shutdown {
                     let phases: Vec<String> =
-                        sd.phases.iter().map(|p| format!("{} {:?}", p.phase.name(), p.status).to_lowercase()).collect();
+                        sd.phases.iter().map(|p| format!("{} {}", p.phase.name(), p.status)).collect();
                     lines.push(Line::styled(
-                        format!("cluster shutdown {:?}: {}", sd.status, phases.join(" → ")),
+                        format!("cluster shutdown {}: {}", sd.status, phases.join(" → ")),
                         Style::default().fg(Color::Yellow),
                     ));
                 }
@@ -207,7 +203,7 @@ fn draw(terminal: &mut ratatui::DefaultTerminal, url: &str, feed: &Mutex<Feed>) 
                     ));
                 }
                 for e in s.events.iter().rev().take(10) {
-                    lines.push(Line::raw(format!("{} {} {:?}: {}", e.at.time(), e.id, e.kind, e.reason)));
+                    lines.push(Line::raw(format!("{} {} {}: {}", e.at.time(), e.id, e.kind, e.reason)));
                 }
             }
             frame.render_widget(

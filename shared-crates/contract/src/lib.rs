@@ -11,6 +11,7 @@ mod health;
 mod heartbeat;
 mod ids;
 mod jobs;
+mod names;
 #[cfg(feature = "registry")]
 mod registry_impl;
 mod shutdown;

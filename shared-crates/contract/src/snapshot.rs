@@ -50,6 +50,8 @@ pub enum EventKind {
     Orphaned,
     /// A replica found no hive with room and matching labels.
     Pending,
+    /// A drain stopped the old instance of a replica once its new one was serving.
+    Retired,
     /// A cluster shutdown phase began.
     PhaseStarted,
     /// A phase ended: every hive ACKed, or `force` carried on past those that did not.

@@ -16,7 +16,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
-use contract::{Liveness, NodeId, Snapshot};
+use contract::{NodeId, Snapshot};
 use queen_client::QueenClient;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -434,12 +434,11 @@ impl Sandbox {
     /// the snapshot tick.
     pub async fn wait_for_counts(&self, hives: usize, workers: usize, timeout: Duration) -> anyhow::Result<()> {
         let client = self.client();
-        let up = |l: Liveness| matches!(l, Liveness::Online | Liveness::Suspect);
         wait_until(&format!("{hives} hives and {workers} workers online"), timeout, || {
             let client = client.clone();
             async move {
-                let h = client.hives().await.ok()?.iter().filter(|h| up(h.liveness)).count();
-                let w = client.workers().await.ok()?.iter().filter(|w| up(w.liveness)).count();
+                let h = client.hives().await.ok()?.iter().filter(|h| h.liveness.is_up()).count();
+                let w = client.workers().await.ok()?.iter().filter(|w| w.liveness.is_up()).count();
                 (h == hives && w == workers).then_some(())
             }
         })

@@ -32,7 +32,7 @@ async fn running(client: &QueenClient) -> anyhow::Result<BTreeMap<String, String
         .workers()
         .await?
         .into_iter()
-        .filter(|w| matches!(w.liveness, contract::Liveness::Online | contract::Liveness::Suspect))
+        .filter(|w| w.liveness.is_up())
         .map(|w| (w.id.to_string(), w.hive_id.to_string()))
         .collect())
 }

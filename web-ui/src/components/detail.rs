@@ -76,7 +76,7 @@ pub fn NodeDetail(
             .into_iter()
             .rev()
             .map(|e| {
-                let kind = format!("{:?}", e.kind).to_lowercase();
+                let kind = e.kind.as_str();
                 let class = format!("event {kind}");
                 view! {
                     <li class=class>

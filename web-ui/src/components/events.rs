@@ -3,22 +3,19 @@
 use leptos::prelude::*;
 
 use super::widgets::clock;
-use crate::app::Selection;
 use crate::model::Dashboard;
 
 #[component]
-pub fn EventLog(dashboard: RwSignal<Dashboard>, selected: RwSignal<Selection>) -> impl IntoView {
-    let _ = selected;
+pub fn EventLog(dashboard: RwSignal<Dashboard>) -> impl IntoView {
     let rows = move || {
         dashboard.with(|d| {
             d.events_newest_first(None)
                 .into_iter()
                 .take(200)
                 .map(|e| {
-                    let kind = format!("{:?}", e.kind).to_lowercase();
-                    let node = format!("{:?}", e.node).to_lowercase();
+                    let (kind, node) = (e.kind.as_str(), e.node.as_str());
                     view! {
-                        <li class=format!("event {kind}") data-id=e.id.to_string() data-kind=kind.clone()>
+                        <li class=format!("event {kind}") data-id=e.id.to_string() data-kind=kind>
                             <span class="time">{clock(e.at)}</span>
                             <span class="what">{format!("{node} {} {kind}", e.id)}</span>
                             <span class="reason">{e.reason.clone()}</span>

@@ -6,7 +6,7 @@ use leptos::prelude::*;
 
 use super::widgets::{bar, sort_header, spark};
 use crate::app::Selection;
-use crate::model::{Dashboard, HiveColumn, ago, hive_state, human_bytes, percent, visible_hives};
+use crate::model::{Dashboard, HiveColumn, ago, hive_state, human_bytes, visible_hives};
 
 #[component]
 pub fn HiveTable(
@@ -28,8 +28,7 @@ pub fn HiveTable(
                     let (label, class) = hive_state(&h);
                     let trend = d.trends.get(&h.id).cloned().unwrap_or_default();
                     let r = h.resources;
-                    let mem = percent(r.memory_used_bytes, r.memory_total_bytes);
-                    let disk = percent(r.disk_used_bytes, r.disk_total_bytes);
+                    let (mem, disk) = (r.memory_percent(), r.disk_percent());
                     let id = h.id.clone();
                     let select = move |_| selected.set(Some((NodeKind::Hive, id.clone())));
                     view! {
