@@ -27,6 +27,10 @@ pub struct HiveArgs {
     /// The cluster token the queen expects; passed on to the workers this hive starts.
     #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
     pub token: Option<lifecycle::Secret>,
+    /// PEM file with the certificate(s) to trust for an https queen (its CA, or its
+    /// self-signed certificate); passed on to the workers this hive starts.
+    #[arg(long, env = "APIARY_CA")]
+    pub ca: Option<PathBuf>,
     /// Where /healthz, /readyz and /metrics answer [default: 127.0.0.1:0].
     #[arg(long, env = "APIARY_LISTEN")]
     pub listen: Option<SocketAddr>,
@@ -58,6 +62,7 @@ struct FileConfig {
     name: Option<String>,
     heartbeat_interval: Option<HumanDuration>,
     token: Option<lifecycle::Secret>,
+    ca: Option<PathBuf>,
     listen: Option<SocketAddr>,
     max_workers: Option<u32>,
     worker_stop_timeout: Option<HumanDuration>,
@@ -87,6 +92,7 @@ pub struct StorageHook {
 pub struct HiveConfig {
     pub queen: String,
     pub token: Option<lifecycle::Secret>,
+    pub ca: Option<PathBuf>,
     pub name: NodeId,
     pub heartbeat_interval: Duration,
     pub listen: SocketAddr,
@@ -104,6 +110,7 @@ impl HiveConfig {
         Self {
             queen: queen.to_string(),
             token: None,
+            ca: None,
             name,
             heartbeat_interval,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -150,6 +157,8 @@ impl HiveConfig {
         Ok(Self {
             queen: args.queen.clone().or(file.queen).unwrap_or_else(|| queen_client::DEFAULT_QUEEN_URL.into()),
             token: args.token.clone().or(file.token),
+            // Absolute, because the workers it is passed on to run in their own directories.
+            ca: args.ca.clone().or(file.ca).map(|p| std::path::absolute(&p).unwrap_or(p)),
             name,
             heartbeat_interval: interval,
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),

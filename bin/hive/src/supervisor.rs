@@ -57,6 +57,8 @@ pub struct ChildEnv {
     pub hive: NodeId,
     /// The cluster token, passed on as `APIARY_TOKEN`.
     pub token: Option<lifecycle::Secret>,
+    /// The certificate(s) trusted for an https queen, passed on as `APIARY_CA`.
+    pub ca: Option<std::path::PathBuf>,
 }
 
 /// What the supervisor is asked to keep.
@@ -152,6 +154,7 @@ impl Supervisor {
             .env("APIARY_NAME", launch.name.as_str())
             .env("APIARY_KIND", launch.deployment.as_str())
             .envs(self.env.token.iter().map(|t| ("APIARY_TOKEN", t.expose())))
+            .envs(self.env.ca.iter().map(|ca| ("APIARY_CA", ca.as_os_str())))
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);

@@ -206,6 +206,9 @@ pub struct Remote {
     /// Token to present: the admin token for changes, any token for reads.
     #[arg(long, env = "APIARY_ADMIN_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM certificate(s) to trust for an https queen.
+    #[arg(long, env = "APIARY_CA")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +228,7 @@ fn print_as<T: serde::Serialize>(output: Output, value: &T, render: impl FnOnce(
 
 impl Remote {
     pub fn client(&self) -> anyhow::Result<QueenClient> {
-        Ok(QueenClient::new(&self.queen, self.token.clone(), Duration::from_secs(10))?)
+        Ok(QueenClient::with_ca(&self.queen, self.token.clone(), Duration::from_secs(10), self.ca.as_deref())?)
     }
 }
 

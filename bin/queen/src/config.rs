@@ -58,6 +58,12 @@ pub struct ServeArgs {
     /// the queen binary].
     #[arg(long, env = "APIARY_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
+    #[arg(long, env = "APIARY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "APIARY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The config file; unknown keys are errors, so a typo is not silently ignored.
@@ -76,6 +82,8 @@ struct FileConfig {
     admin_token: Option<crate::auth::Secret>,
     read_token: Option<crate::auth::Secret>,
     max_stream_clients: Option<usize>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 /// A validated queen configuration.
@@ -97,6 +105,8 @@ pub struct QueenConfig {
     pub strategy: Option<contract::PlacementStrategy>,
     pub tokens: crate::auth::Tokens,
     pub max_stream_clients: usize,
+    /// Serve HTTPS with this; `None` serves plain HTTP.
+    pub tls: Option<lifecycle::serve::TlsConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +146,13 @@ impl QueenConfig {
             cluster: args.token.clone().or(file.token),
             admin: args.admin_token.clone().or(file.admin_token),
             read: args.read_token.clone().or(file.read_token),
+        };
+        config.tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => {
+                Some(lifecycle::serve::load_tls(&cert, &key).map_err(|e| ConfigError { problems: vec![e.0] })?)
+            }
+            (None, None) => None,
+            _ => return Err(ConfigError { problems: vec!["tls_cert and tls_key go together".into()] }),
         };
         Ok(config)
     }
@@ -177,6 +194,7 @@ impl QueenConfig {
                 strategy: None,
                 tokens: crate::auth::Tokens::default(),
                 max_stream_clients: 10_000,
+                tls: None,
             }),
             _ => Err(ConfigError { problems }),
         }

@@ -100,7 +100,7 @@ impl Queen {
         let metrics = Metrics::register(builder.metrics());
         let health = builder.build();
 
-        let http = reqwest::Client::builder().connect_timeout(Duration::from_secs(2)).build()?;
+        let http = queen_client::http_builder().connect_timeout(Duration::from_secs(2)).build()?;
         let per_second = std::num::NonZeroU32::new(config.heartbeats_per_second()).unwrap_or(std::num::NonZeroU32::MIN);
         // A burst of two seconds' worth absorbs a node's restart or a reconnect.
         let burst = std::num::NonZeroU32::new(per_second.get().saturating_mul(2)).unwrap_or(per_second);
@@ -269,9 +269,11 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Worker, queen.workers.subscribe(), stop.child_token()));
 
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, stream = %format!("http://{addr}{}", contract::paths::HEARTBEAT_STREAM), "queen listening");
+    let scheme = if queen.config.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, stream = %format!("{scheme}://{addr}{}", contract::paths::HEARTBEAT_STREAM), "queen listening");
     let app = api::router(Arc::clone(&queen));
-    let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
+    let options = lifecycle::ServeOptions { tls: queen.config.tls.clone(), ..Default::default() };
+    let server = lifecycle::HttpServer::spawn_with(&tasks, listener, app, options);
 
     stop.cancelled().await;
     tracing::info!("queen stopping");

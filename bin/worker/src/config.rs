@@ -20,6 +20,10 @@ pub struct WorkerArgs {
     /// The cluster token the queen expects (a hive passes its own).
     #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
     pub token: Option<lifecycle::Secret>,
+    /// PEM file with the certificate(s) to trust for an https queen (its CA, or its
+    /// self-signed certificate).
+    #[arg(long, env = "APIARY_CA")]
+    pub ca: Option<PathBuf>,
     /// The hive this worker belongs to [default: the hostname, like a hive's default name].
     #[arg(long, env = "APIARY_HIVE")]
     pub hive: Option<String>,
@@ -48,6 +52,7 @@ pub struct WorkerArgs {
 struct FileConfig {
     queen: Option<String>,
     token: Option<lifecycle::Secret>,
+    ca: Option<PathBuf>,
     hive: Option<String>,
     name: Option<String>,
     listen: Option<SocketAddr>,
@@ -61,6 +66,7 @@ struct FileConfig {
 pub struct WorkerConfig {
     pub queen: String,
     pub token: Option<lifecycle::Secret>,
+    pub ca: Option<PathBuf>,
     pub hive: NodeId,
     pub name: NodeId,
     pub listen: SocketAddr,
@@ -76,6 +82,7 @@ impl WorkerConfig {
         Self {
             queen: queen.to_string(),
             token: None,
+            ca: None,
             hive,
             name,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -117,6 +124,7 @@ impl WorkerConfig {
         Ok(Self {
             queen: args.queen.clone().or(file.queen).unwrap_or_else(|| queen_client::DEFAULT_QUEEN_URL.into()),
             token: args.token.clone().or(file.token),
+            ca: args.ca.clone().or(file.ca),
             hive,
             name,
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),

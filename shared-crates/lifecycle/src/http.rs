@@ -75,15 +75,26 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-/// `axum::Json`, but rejections come back as [`ApiError`] with the contract's body.
+/// Time a client has to send a whole request body. Bodies are at most 64 KiB, so
+/// anything slower is a client holding a connection and a task hostage byte by byte.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `axum::Json`, but rejections come back as [`ApiError`] with the contract's body, and
+/// the body must arrive within [`BODY_TIMEOUT`].
 pub struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let axum::Json(value) = axum::Json::<T>::from_request(req, state).await?;
-        Ok(Self(value))
+        match tokio::time::timeout(BODY_TIMEOUT, axum::Json::<T>::from_request(req, state)).await {
+            Ok(json) => Ok(Self(json?.0)),
+            Err(_) => Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs()),
+            )),
+        }
     }
 }
 

@@ -5,11 +5,15 @@
 //! - [`health`]: `/healthz`, `/readyz` (named checks, 503 when degraded or draining) and
 //!   `/metrics` (Prometheus text).
 //! - [`http`]: the one JSON error type and a JSON extractor whose rejections use it.
+//! - [`serve`]: plain or TLS listeners with header limits and deadlines.
 //! - [`HumanDuration`]: `500ms`, `5s`, `2m` in flags, env and config files.
 
 pub mod health;
 pub mod http;
+pub mod serve;
 pub mod shutdown;
+
+pub use serve::{HttpServer, ServeOptions};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -46,32 +50,6 @@ impl<'de> serde::Deserialize<'de> for HumanDuration {
 impl From<HumanDuration> for Duration {
     fn from(d: HumanDuration) -> Self {
         d.0
-    }
-}
-
-/// An HTTP server whose stop is separate from the process's stop: a process first turns
-/// unready and drains while still answering `/readyz`, and only then stops serving.
-pub struct HttpServer {
-    stop: tokio_util::sync::CancellationToken,
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl HttpServer {
-    /// Serves `app` on `listener` as a task of `tasks`.
-    pub fn spawn(tasks: &tokio_util::task::TaskTracker, listener: TcpListener, app: axum::Router) -> Self {
-        let stop = tokio_util::sync::CancellationToken::new();
-        let handle = tasks.spawn({
-            let stop = stop.clone();
-            async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
-        });
-        Self { stop, handle }
-    }
-
-    /// Stops accepting connections, lets in-flight requests finish, and returns how
-    /// serving ended.
-    pub async fn stop(self) -> std::io::Result<()> {
-        self.stop.cancel();
-        self.handle.await.map_err(std::io::Error::other)?
     }
 }
 

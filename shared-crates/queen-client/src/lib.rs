@@ -27,6 +27,8 @@ pub const DEFAULT_QUEEN_URL: &str = "http://127.0.0.1:8500";
 pub enum ClientError {
     #[error("invalid queen url {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
+    #[error("invalid CA certificate: {0}")]
+    InvalidCa(String),
     #[error("queen unreachable: {0}")]
     Transport(#[from] reqwest::Error),
     #[error("stream broke: {0}")]
@@ -46,20 +48,64 @@ pub struct QueenClient {
     token: Option<String>,
 }
 
+/// A `reqwest` client builder whose TLS uses ring. Every HTTP client in Apiary starts
+/// here: reqwest is built without a crypto provider of its own (aws-lc-rs needs a long C
+/// build), so one has to be installed before any client is built.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    static PROVIDER: std::sync::Once = std::sync::Once::new();
+    PROVIDER.call_once(|| {
+        // Err only means another provider was installed first; that one serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+    reqwest::Client::builder()
+}
+
+/// A plain client with no timeouts of its own (tests and one-off calls).
+pub fn http() -> reqwest::Client {
+    http_builder().build().unwrap_or_else(|e| panic!("building an HTTP client without options cannot fail: {e}"))
+}
+
 impl QueenClient {
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_ca(base, token, timeout, None)
+    }
+
+    /// Like [`QueenClient::new`], trusting only the PEM certificate(s) in the file `ca`
+    /// for an `https` queen (a private CA or a self-signed certificate).
+    pub fn with_ca(
+        base: &str,
+        token: Option<String>,
+        timeout: Duration,
+        ca: Option<&std::path::Path>,
+    ) -> Result<Self, ClientError> {
         let trimmed = base.trim_end_matches('/');
         let url = reqwest::Url::parse(trimmed)
             .map_err(|e| ClientError::InvalidUrl { url: base.into(), reason: e.to_string() })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(ClientError::InvalidUrl { url: base.into(), reason: "scheme must be http or https".into() });
         }
-        let http = reqwest::Client::builder()
+        let roots = match ca {
+            Some(path) => {
+                let invalid = |why: String| ClientError::InvalidCa(format!("{}: {why}", path.display()));
+                let pem = std::fs::read(path).map_err(|e| invalid(e.to_string()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| invalid(e.to_string()))?;
+                if certs.is_empty() {
+                    return Err(invalid("no PEM certificate in the file".into()));
+                }
+                Some(certs)
+            }
+            None => None,
+        };
+        let with_roots = |b: reqwest::ClientBuilder| match &roots {
+            Some(certs) => b.tls_certs_only(certs.iter().cloned()),
+            None => b,
+        };
+        let http = with_roots(http_builder())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
-        let streams = reqwest::Client::builder()
+        let streams = with_roots(http_builder())
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .read_timeout(STREAM_READ_TIMEOUT)
             .build()?;

@@ -173,6 +173,7 @@ pub struct SandboxBuilder {
     /// (cluster, admin, read) tokens the queen requires; hives and workers get the first.
     tokens: (Option<String>, Option<String>, Option<String>),
     max_stream_clients: Option<usize>,
+    tls: bool,
 }
 
 impl Default for SandboxBuilder {
@@ -191,6 +192,7 @@ impl Default for SandboxBuilder {
             drain_on_shutdown: Duration::ZERO,
             tokens: (None, None, None),
             max_stream_clients: None,
+            tls: false,
         }
     }
 }
@@ -241,6 +243,12 @@ impl SandboxBuilder {
         self.orphan_grace = Some(d);
         self
     }
+    /// The queen serves HTTPS with a self-signed certificate made for this sandbox; hives,
+    /// workers and [`Sandbox::client`] trust it (and nothing else).
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
     /// Serve the built dashboard from `dir`.
     pub fn ui_dir(mut self, dir: std::path::PathBuf) -> Self {
         self.ui_dir = Some(dir);
@@ -250,7 +258,8 @@ impl SandboxBuilder {
     /// Starts the queen, then every hive and worker, and waits until the queen sees them
     /// all online.
     pub async fn start(self) -> anyhow::Result<Sandbox> {
-        let mut sandbox = Sandbox { config: self.clone(), queen: None, hives: Vec::new(), workers: Vec::new() };
+        let tls = if self.tls { Some(TlsFiles::generate()?) } else { None };
+        let mut sandbox = Sandbox { config: self.clone(), queen: None, hives: Vec::new(), workers: Vec::new(), tls };
         sandbox.start_queen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         for h in 0..self.hives {
             let hive_id = NodeId::new(format!("hive-{h}"))?;
@@ -271,6 +280,25 @@ pub struct Sandbox {
     queen: Option<Node>,
     hives: Vec<Node>,
     workers: Vec<Node>,
+    tls: Option<TlsFiles>,
+}
+
+/// A self-signed certificate for `localhost` and `127.0.0.1`, and its key, on disk.
+pub struct TlsFiles {
+    _dir: TempDir,
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
+impl TlsFiles {
+    pub fn generate() -> anyhow::Result<Self> {
+        let dir = TempDir::new("tls")?;
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+        let (cert, key) = (dir.0.join("cert.pem"), dir.0.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem())?;
+        std::fs::write(&key, made.signing_key.serialize_pem())?;
+        Ok(Self { _dir: dir, cert, key })
+    }
 }
 
 impl Sandbox {
@@ -287,11 +315,17 @@ impl Sandbox {
     }
 
     pub fn queen_url(&self) -> String {
-        format!("http://{}", self.queen_addr())
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.queen_addr())
+    }
+
+    /// The certificate the queen serves, when it serves HTTPS.
+    pub fn ca(&self) -> Option<&std::path::Path> {
+        self.tls.as_ref().map(|t| t.cert.as_path())
     }
 
     pub fn client(&self) -> QueenClient {
-        match QueenClient::new(&self.queen_url(), self.config.tokens.1.clone(), Duration::from_secs(5)) {
+        match QueenClient::with_ca(&self.queen_url(), self.config.tokens.1.clone(), Duration::from_secs(5), self.ca()) {
             Ok(c) => c,
             Err(e) => panic!("sandbox queen url is always valid: {e}"),
         }
@@ -330,6 +364,9 @@ impl Sandbox {
         if let Some(grace) = self.config.orphan_grace {
             config.orphan_grace = grace;
         }
+        if let Some(tls) = &self.tls {
+            config.tls = Some(lifecycle::serve::load_tls(&tls.cert, &tls.key)?);
+        }
         self.queen = Some(Node::spawn(NodeId::new("queen")?, bind, move |l, stop| queen::run(config, l, stop))?);
         Ok(())
     }
@@ -338,6 +375,7 @@ impl Sandbox {
         let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
         config.max_workers = self.config.max_workers;
         config.token = self.config.tokens.0.as_ref().map(lifecycle::Secret::new);
+        config.ca = self.ca().map(Into::into);
         config.worker_stop_timeout = Duration::from_secs(5);
         config.drain_on_shutdown = self.config.drain_on_shutdown;
         config.storage_hooks = self
@@ -356,6 +394,7 @@ impl Sandbox {
             worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
         config.drain_timeout = Duration::from_secs(10);
         config.token = self.config.tokens.0.as_ref().map(lifecycle::Secret::new);
+        config.ca = self.ca().map(Into::into);
         self.workers
             .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| worker::run(config, l, stop))?);
         Ok(())

@@ -18,7 +18,7 @@ pub struct SnapshotStream {
 impl SnapshotStream {
     /// Connects to `<queen>/v1/heartbeats/stream`.
     pub async fn connect(queen_url: &str) -> anyhow::Result<Self> {
-        let resp = reqwest::Client::new()
+        let resp = queen_client::http()
             .get(format!("{queen_url}{}", contract::paths::HEARTBEAT_STREAM))
             .header("accept", "text/event-stream")
             .send()

@@ -21,7 +21,7 @@ async fn every_call_needs_the_right_kind_of_token() -> anyhow::Result<()> {
         .start()
         .await?;
     let base = sb.queen_url();
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
     let beat = json!({
         "id": "intruder", "epoch": 1, "seq": 1, "address": "x", "hostname": "x", "version": "0", "status": "ready",
         "resources": {"cpu_percent": 1.0, "memory_used_bytes": 1, "memory_total_bytes": 2, "disk_used_bytes": 1,

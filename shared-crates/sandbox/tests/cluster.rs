@@ -132,7 +132,7 @@ async fn a_worker_runs_real_jobs_reports_busy_and_drains() -> anyhow::Result<()>
         Sandbox::builder().hives(1).workers_per_hive(1).heartbeat_interval(Duration::from_millis(100)).start().await?;
     let id = NodeId::new("worker-0-0")?;
     let url = format!("{}/v1/jobs", sb.worker_url(&id).expect("worker url"));
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
 
     let resp = http.post(&url).json(&json!({"kind": "sha256", "input": "abc", "rounds": 1})).send().await?;
     assert_eq!(resp.status(), StatusCode::OK);
@@ -272,7 +272,7 @@ async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::R
     ];
     assert!(cases.len() >= 15);
 
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
     for c in &cases {
         let mut req = http.post(format!("{}{}", sb.queen_url(), c.path)).body(c.body.clone());
         if let Some(ct) = c.content_type {
@@ -310,7 +310,7 @@ async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()> {
     let sb = Sandbox::builder().hives(1).workers_per_hive(1).start().await?;
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
     let base = sb.queen_url();
     for (path, status, code) in [
         ("/v1/hives/nope", 404, "not_found"),
@@ -350,7 +350,7 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_heartbeats_is_rate_limited_and_streams_are_capped() -> anyhow::Result<()> {
     let sb = Sandbox::builder().hives(1).workers_per_hive(1).max_stream_clients(2).start().await?;
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
     let url = format!("{}/v1/hive-heartbeat", sb.queen_url());
     let mut statuses = Vec::new();
     let mut retry_after = None;

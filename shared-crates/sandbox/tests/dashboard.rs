@@ -205,7 +205,7 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() -> anyhow::Res
     .await?;
 
     // A cluster shutdown shows as a stepper, to its end.
-    let resp = reqwest::Client::new()
+    let resp = queen_client::http()
         .post(format!("{}/v1/cluster/shutdown", sb.queen_url()))
         .json(&json!({"drain_deadline_ms": 500, "phase_timeout_ms": 3000}))
         .send()

@@ -60,7 +60,7 @@ async fn replicas_are_placed_restarted_and_moved_when_a_hive_dies() -> anyhow::R
         .start()
         .await?;
     let client = sb.client();
-    let put = reqwest::Client::new()
+    let put = queen_client::http()
         .put(format!("{}/v1/placement/strategy", sb.queen_url()))
         .json(&json!({"strategy": "least_workers"}))
         .send()
@@ -161,7 +161,7 @@ async fn replicas_are_placed_restarted_and_moved_when_a_hive_dies() -> anyhow::R
 
     // Scale down, then delete: the hives stop the workers gracefully.
     let scaled: DeploymentStatus = {
-        let resp = reqwest::Client::new()
+        let resp = queen_client::http()
             .patch(format!("{}/v1/deployments/web", sb.queen_url()))
             .json(&json!({"replicas": 2}))
             .send()
@@ -175,7 +175,7 @@ async fn replicas_are_placed_restarted_and_moved_when_a_hive_dies() -> anyhow::R
         (stopped >= 4).then_some(())
     })
     .await?;
-    let resp = reqwest::Client::new().delete(format!("{}/v1/deployments/web", sb.queen_url())).send().await?;
+    let resp = queen_client::http().delete(format!("{}/v1/deployments/web", sb.queen_url())).send().await?;
     assert_eq!(resp.status().as_u16(), 204);
     wait_running(&client, 0, "every worker stopped after delete").await?;
     sb.shutdown().await
@@ -228,7 +228,7 @@ async fn a_queen_restart_keeps_deployments_and_assignments_and_routes_every_job_
 
     // 500 jobs, 16 at a time, through the queen: each answered once or refused. The same
     // load straight at the workers (spread client-side) is the baseline, in the same run.
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
     let via_queen = format!("{}/v1/jobs", sb.queen_url());
     let (answered, refused, through_queen) = run_jobs(&http, 500, |_| via_queen.clone()).await?;
     let direct_urls: Vec<String> = client.workers().await?.iter().map(|w| format!("{}/v1/jobs", w.address)).collect();

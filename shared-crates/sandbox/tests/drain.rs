@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(40);
 
 async fn eligibility(sb: &Sandbox, hive: &str, eligible: bool) -> anyhow::Result<()> {
-    let resp = reqwest::Client::new()
+    let resp = queen_client::http()
         .put(format!("{}/v1/hives/{hive}/eligibility", sb.queen_url()))
         .json(&json!({"eligible": eligible}))
         .send()
@@ -65,7 +65,7 @@ async fn a_drain_moves_work_first_under_load_and_the_hive_stays_ineligible() -> 
         let (stop, failures, answered, url) =
             (stop.clone(), Arc::clone(&failures), Arc::clone(&answered), format!("{}/v1/jobs", sb.queen_url()));
         tasks.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = queen_client::http();
             while !stop.is_cancelled() {
                 let status = http
                     .post(&url)
@@ -205,7 +205,7 @@ async fn sigterm_drains_a_hive_first_and_drains_can_be_cancelled_and_hives_remov
     assert_eq!((d.done, d.moved), (true, 2));
 
     // Removal: refused while online, allowed once gone.
-    let http = reqwest::Client::new();
+    let http = queen_client::http();
     let online = http.delete(format!("{}/v1/hives/hive-1", sb.queen_url())).send().await?;
     assert_eq!(online.status().as_u16(), 409);
     let gone = http.delete(format!("{}/v1/hives/hive-0", sb.queen_url())).send().await?;

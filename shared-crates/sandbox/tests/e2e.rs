@@ -147,7 +147,7 @@ async fn a_queen_killed_mid_write_loses_no_acknowledged_deployment_and_never_cor
     let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
     let data = sandbox::TempDir::new("torn-writes")?;
     let data_dir = data.0.to_string_lossy().into_owned();
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(2)).build()?;
+    let http = queen_client::http_builder().timeout(Duration::from_secs(2)).build()?;
     let mut acknowledged: Vec<String> = Vec::new();
     for round in 0..8u64 {
         let port = free_port()?;

@@ -100,7 +100,7 @@ async fn a_cluster_shuts_down_in_order_without_losing_a_job() -> anyhow::Result<
     for _ in 0..6 {
         let (log, stop, url) = (Arc::clone(&log), stop_jobs.clone(), format!("{}/v1/jobs", sb.queen_url()));
         loops.push(tokio::spawn(async move {
-            let http = reqwest::Client::new();
+            let http = queen_client::http();
             while !stop.is_cancelled() {
                 let sent = OffsetDateTime::now_utc();
                 match http.post(&url).json(&json!({"kind": "sleep", "ms": 300})).send().await {
@@ -117,7 +117,7 @@ async fn a_cluster_shuts_down_in_order_without_losing_a_job() -> anyhow::Result<
     assert_eq!(started.status, ShutdownStatus::Running);
     // A second request while one runs is refused.
     let second =
-        reqwest::Client::new().post(format!("{}/v1/cluster/shutdown", sb.queen_url())).json(&json!({})).send().await?;
+        queen_client::http().post(format!("{}/v1/cluster/shutdown", sb.queen_url())).json(&json!({})).send().await?;
     assert_eq!(second.status().as_u16(), 409);
 
     let last = follow(&client).await?;
@@ -181,7 +181,7 @@ async fn a_cluster_shuts_down_in_order_without_losing_a_job() -> anyhow::Result<
 /// Heartbeats as a hive that never opens its control channel, so never ACKs.
 fn silent_hive(queen: String, stop: tokio_util::sync::CancellationToken) {
     tokio::spawn(async move {
-        let http = reqwest::Client::new();
+        let http = queen_client::http();
         let mut seq = 0;
         while !stop.is_cancelled() {
             seq += 1;
@@ -221,7 +221,7 @@ async fn a_hive_that_never_acks_stops_the_sequence_unless_forced() -> anyhow::Re
     assert_eq!(plan.phases, Phase::ALL.to_vec());
     assert!(client.get_json::<ShutdownState>("/v1/cluster/shutdown").await.is_err(), "no shutdown after a dry run");
     assert!(sb.snapshot().await?.shutdown.is_none());
-    let deploy_ok = reqwest::Client::new()
+    let deploy_ok = queen_client::http()
         .post(format!("{}/v1/deployments", sb.queen_url()))
         .json(&json!({"name": "still-open", "command": "true", "replicas": 0}))
         .send()
@@ -235,7 +235,7 @@ async fn a_hive_that_never_acks_stops_the_sequence_unless_forced() -> anyhow::Re
     assert_eq!(failed.phases[1].status, PhaseStatus::Pending, "the sequence stopped at GATE");
     assert!(failed.failure.starts_with("GATE: silent did not ACK"), "{}", failed.failure);
     assert_eq!(failed.phases[0].hives[&contract::NodeId::new("hive-0")?].status, AckStatus::Acked);
-    let refused = reqwest::Client::new()
+    let refused = queen_client::http()
         .post(format!("{}/v1/deployments", sb.queen_url()))
         .json(&json!({"name": "too-late", "command": "true", "replicas": 0}))
         .send()
