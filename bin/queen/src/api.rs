@@ -7,6 +7,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::http::header;
+use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::response::sse::Event;
 use axum::routing::{any, get, post};
@@ -20,17 +21,26 @@ use contract::{
 };
 use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
 use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
+use prometheus_client::metrics::histogram::Histogram;
 use tower_http::services::ServeDir;
 
-use crate::metrics::HeartbeatLabels;
+use crate::metrics::{HeartbeatLabels, KindLabels, StreamLabels};
 use crate::orchestrator::DeployError;
 use crate::{Queen, snapshot, summary};
 
 pub fn router(queen: Arc<Queen>) -> Router {
     let health = queen.health.router();
     Router::new()
-        .route(paths::HIVE_HEARTBEAT, post(heartbeat::<HiveHeartbeat>))
-        .route(paths::WORKER_HEARTBEAT, post(heartbeat::<WorkerHeartbeat>))
+        .route(
+            paths::HIVE_HEARTBEAT,
+            post(heartbeat::<HiveHeartbeat>)
+                .route_layer(from_fn_with_state(ingest_histogram(&queen, NodeKind::Hive), timed)),
+        )
+        .route(
+            paths::WORKER_HEARTBEAT,
+            post(heartbeat::<WorkerHeartbeat>)
+                .route_layer(from_fn_with_state(ingest_histogram(&queen, NodeKind::Worker), timed)),
+        )
         .route(paths::HEARTBEAT_STREAM, get(snapshot::stream))
         .route(paths::SNAPSHOT, get(latest_snapshot))
         .route(paths::HIVES, get(list::<HiveHeartbeat>))
@@ -114,6 +124,22 @@ impl NodePayload for WorkerHeartbeat {
     fn summary(_: &Queen, node: NodeRef<'_, Self>) -> WorkerSummary {
         summary::worker(node)
     }
+}
+
+/// Times a heartbeat from its arrival (before the body is read) to its answer.
+async fn timed(
+    State(histogram): State<Histogram>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    histogram.observe(started.elapsed().as_secs_f64());
+    resp
+}
+
+fn ingest_histogram(queen: &Queen, kind: NodeKind) -> Histogram {
+    queen.metrics.ingest_seconds.get_or_create(&KindLabels { kind: kind.as_str() }).clone()
 }
 
 fn count(queen: &Queen, kind: NodeKind, outcome: &'static str) {
@@ -203,9 +229,11 @@ async fn commands(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> R
     let id = parse_id(&raw)?;
     tracing::info!(hive = %id, "control channel open");
     let rx = queen.orchestrator.subscribe(&id);
-    Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), |cmd: &HiveCommand| {
+    let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "commands" }).clone();
+    Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), sent, |cmd: &HiveCommand| {
         let data = serde_json::to_string(cmd).unwrap_or_default();
-        Event::default().event("command").id(cmd.id.to_string()).data(data)
+        let len = data.len();
+        (Event::default().event("command").id(cmd.id.to_string()).data(data), len)
     }))
 }
 

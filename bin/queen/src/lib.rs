@@ -12,7 +12,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 mod jobs;
-mod metrics;
+pub(crate) mod metrics;
 pub mod orchestrator;
 mod placement;
 mod shutdown;
@@ -97,7 +97,7 @@ impl Queen {
                 Err(format!("no snapshot for {} ms: the snapshot ticker is stuck", age.as_millis()))
             }
         });
-        let metrics = Metrics::register(builder.metrics());
+        let metrics = Metrics::register(builder.metrics(), orchestrator.decisions.clone());
         let health = builder.build();
 
         let http = queen_client::http_builder().connect_timeout(Duration::from_secs(2)).build()?;

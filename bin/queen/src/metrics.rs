@@ -34,6 +34,29 @@ pub struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    /// placed | orphaned | pending | retired
+    pub decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    /// snapshots | commands
+    pub stream: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// applied | rejected
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PhaseLabels {
     pub phase: &'static str,
 }
@@ -44,6 +67,9 @@ pub struct Metrics {
     pub ack_failures: Family<PhaseLabels, Counter>,
     pub jobs: Family<JobLabels, Counter>,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
+    pub ingest_seconds: Family<KindLabels, Histogram>,
+    pub sse_bytes: Family<StreamLabels, Counter>,
+    pub config_reloads: Family<OutcomeLabels, Counter>,
     pub nodes: Family<NodeLabels, Gauge>,
     pub events: Family<EventLabels, Counter>,
     pub sse_clients: Gauge,
@@ -52,12 +78,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn register(registry: &mut Registry) -> Self {
+    /// Registers every metric; `decisions` is the orchestrator's own counter family.
+    pub fn register(registry: &mut Registry, decisions: Family<DecisionLabels, Counter>) -> Self {
         let m = Self {
             phase_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14))),
             ack_failures: Family::default(),
             jobs: Family::default(),
             heartbeats: Family::default(),
+            // 50 µs to about 3 s: an ingest is normally well under a millisecond.
+            ingest_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00005, 3.0, 11))),
+            sse_bytes: Family::default(),
+            config_reloads: Family::default(),
             nodes: Family::default(),
             events: Family::default(),
             sse_clients: Gauge::default(),
@@ -70,7 +101,18 @@ impl Metrics {
             m.heartbeats.clone(),
         );
         registry.register("apiary_nodes", "Known nodes by kind and liveness, as of the last snapshot", m.nodes.clone());
-        registry.register("apiary_liveness_events", "Liveness changes by node kind and event", m.events.clone());
+        registry.register(
+            "apiary_heartbeat_ingest_seconds",
+            "Time from a heartbeat request's arrival to its answer, by node kind",
+            m.ingest_seconds.clone(),
+        );
+        registry.register("apiary_liveness_transitions", "Liveness changes by node kind and event", m.events.clone());
+        registry.register("apiary_sse_bytes_sent", "Bytes of SSE frames sent, by stream", m.sse_bytes.clone());
+        registry.register(
+            "apiary_config_reloads",
+            "Config file reloads, by outcome (a rejected file leaves the running config as it was)",
+            m.config_reloads.clone(),
+        );
         registry.register(
             "apiary_shutdown_phase_seconds",
             "Duration of cluster shutdown phases",
@@ -81,6 +123,7 @@ impl Metrics {
             "Hives that failed or did not ACK a shutdown phase",
             m.ack_failures.clone(),
         );
+        registry.register("apiary_placement_decisions", "Replica placement decisions, by decision", decisions);
         registry.register("apiary_jobs_routed", "Jobs routed through the queen, by outcome", m.jobs.clone());
         registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());
         registry.register(

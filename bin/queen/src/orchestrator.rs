@@ -19,9 +19,12 @@ use contract::{
     PlacementStrategy, WorkerHeartbeat, WorkerLaunch,
 };
 use heartbeat_registry::{self as registry, HeartbeatRegistry};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::metrics::DecisionLabels;
 use crate::placement::{Candidate, Placer};
 use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError};
 
@@ -76,6 +79,8 @@ pub struct Orchestrator {
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
     started: std::time::Instant,
+    /// Placement decisions by kind, for `/metrics`.
+    pub decisions: Family<DecisionLabels, Counter>,
 }
 
 /// A hive as reconcile sees it.
@@ -148,6 +153,7 @@ impl Orchestrator {
             phase_orders: Mutex::new(BTreeMap::new()),
             acks: tokio::sync::Notify::new(),
             started: std::time::Instant::now(),
+            decisions: Family::default(),
         })
     }
 
@@ -171,6 +177,9 @@ impl Orchestrator {
     }
 
     fn record(&self, node: NodeKind, id: &NodeId, kind: EventKind, liveness: Liveness, reason: String) {
+        if matches!(kind, EventKind::Placed | EventKind::Orphaned | EventKind::Pending | EventKind::Retired) {
+            self.decisions.get_or_create(&DecisionLabels { decision: kind.as_str() }).inc();
+        }
         let event = NodeEvent {
             seq: self.event_seq.fetch_add(1, Ordering::Relaxed),
             at: OffsetDateTime::now_utc(),

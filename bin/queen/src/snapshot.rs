@@ -8,11 +8,12 @@ use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use contract::{NodeKind, Snapshot};
 use futures_util::Stream;
+use prometheus_client::metrics::counter::Counter;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{ClientGuard, NodeLabels};
+use crate::metrics::{ClientGuard, NodeLabels, StreamLabels};
 use crate::{Queen, summary};
 
 /// A published snapshot: its id and its JSON, shared by every subscriber.
@@ -171,8 +172,8 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
     }
 }
 
-fn event(frame: &Frame) -> Event {
-    Event::default().event("heartbeat").id(frame.seq.to_string()).data(&*frame.json)
+fn event(frame: &Frame) -> (Event, usize) {
+    (Event::default().event("heartbeat").id(frame.seq.to_string()).data(&*frame.json), frame.json.len())
 }
 
 /// `GET /v1/heartbeats/stream`: the latest snapshot at once, then every new one.
@@ -191,21 +192,26 @@ pub(crate) async fn stream(
         ));
     }
     let guard = ClientGuard::new(&queen.metrics.sse_clients);
-    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, event))
+    let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "snapshots" }).clone();
+    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, sent, event))
 }
 
 /// An SSE stream of a watch channel: its current value at once (with the reconnect
-/// delay), then each new value, until `stop` fires. `guard` lives as long as the stream.
+/// delay), then each new value, until `stop` fires. `guard` lives as long as the stream;
+/// `sent` counts the data bytes of every frame (`to_event` returns the frame and that size).
 pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
     mut rx: watch::Receiver<Arc<T>>,
     stop: CancellationToken,
     guard: G,
-    to_event: fn(&T) -> Event,
+    sent: Counter,
+    to_event: fn(&T) -> (Event, usize),
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = async_stream::stream! {
         let _guard = guard;
         let first = Arc::clone(&rx.borrow_and_update());
-        yield Ok(to_event(&first).retry(CLIENT_RETRY));
+        let (event, len) = to_event(&first);
+        sent.inc_by(len as u64);
+        yield Ok(event.retry(CLIENT_RETRY));
         loop {
             tokio::select! {
                 // A value published just before the stop (the end of a cluster shutdown)
@@ -216,7 +222,9 @@ pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
                         break;
                     }
                     let value = Arc::clone(&rx.borrow_and_update());
-                    yield Ok(to_event(&value));
+                    let (event, len) = to_event(&value);
+                    sent.inc_by(len as u64);
+                    yield Ok(event);
                 }
                 _ = stop.cancelled() => break,
             }

@@ -334,16 +334,39 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
     let mut stream = SnapshotStream::connect(&base).await?;
     // Node gauges are set when a snapshot is built; wait for one that has everyone.
     while stream.next(Duration::from_secs(5)).await?.is_some_and(|(_, s)| s.hives_online != 1) {}
-    let metrics = http.get(format!("{base}/metrics")).send().await?.text().await?;
-    for needle in [
-        "apiary_heartbeats_received_total{kind=\"hive\",outcome=\"accepted\"}",
-        "apiary_heartbeats_received_total{kind=\"worker\",outcome=\"accepted\"}",
-        "apiary_nodes{kind=\"hive\",liveness=\"online\"} 1",
-        "apiary_sse_clients 1",
-        "apiary_liveness_events_total{kind=\"hive\",event=\"joined\"} 1",
-    ] {
-        assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
+    let text = http.get(format!("{base}/metrics")).send().await?.text().await?;
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))?;
+    let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
+        scrape.samples.iter().find_map(|s| {
+            let matches = s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v));
+            match (&s.value, matches) {
+                (
+                    prometheus_parse::Value::Counter(v)
+                    | prometheus_parse::Value::Gauge(v)
+                    | prometheus_parse::Value::Untyped(v),
+                    true,
+                ) => Some(*v),
+                _ => None,
+            }
+        })
+    };
+    let hive = [("kind", "hive")];
+    assert!(value("apiary_heartbeats_received_total", &[("kind", "hive"), ("outcome", "accepted")]) >= Some(1.0));
+    assert!(value("apiary_heartbeats_received_total", &[("kind", "worker"), ("outcome", "accepted")]) >= Some(1.0));
+    assert_eq!(value("apiary_nodes", &[("kind", "hive"), ("liveness", "online")]), Some(1.0));
+    assert_eq!(value("apiary_sse_clients", &[]), Some(1.0));
+    assert_eq!(value("apiary_liveness_transitions_total", &[("kind", "hive"), ("event", "joined")]), Some(1.0));
+    assert!(value("apiary_sse_bytes_sent_total", &[("stream", "snapshots")]) > Some(100.0), "{text}");
+    assert!(value("apiary_heartbeat_ingest_seconds_count", &hive) >= Some(1.0), "{text}");
+    assert!(value("apiary_heartbeat_ingest_seconds_sum", &hive) > Some(0.0), "{text}");
+    // Prometheus conventions: one prefix, counters end in _total, durations in _seconds.
+    for sample in &scrape.samples {
+        assert!(sample.metric.starts_with("apiary_"), "{}", sample.metric);
     }
+    for (name, help) in &scrape.docs {
+        assert!(!help.is_empty(), "{name} has no help");
+    }
+    assert!(text.contains("# TYPE apiary_heartbeat_ingest_seconds histogram"), "{text}");
     sb.shutdown().await
 }
 
