@@ -65,7 +65,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
         .with_state(Arc::clone(&queen))
         .merge(health)
-        .merge(dashboard(queen.config.ui_dir.as_deref()))
+        .merge(dashboard(queen.config().ui_dir.as_deref()))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
 }
 
@@ -160,7 +160,7 @@ async fn heartbeat<T: NodePayload>(
             return Err(e);
         }
     };
-    if let Err(not_until) = queen.heartbeat_limiter.check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
+    if let Err(not_until) = queen.heartbeat_limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
         count(&queen, T::KIND, "rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));

@@ -20,7 +20,7 @@ use crate::Queen;
 
 pub use lifecycle::Secret;
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
     pub cluster: Option<Secret>,
     pub admin: Option<Secret>,

@@ -58,6 +58,13 @@ pub struct ServeArgs {
     /// the queen binary].
     #[arg(long, env = "APIARY_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
+    /// Heartbeats one node may send per second before it gets 429 [default: four times
+    /// its interval's rate, at least 5].
+    #[arg(long, env = "APIARY_HEARTBEAT_RATE_LIMIT")]
+    pub heartbeat_rate_limit: Option<u32>,
+    /// Log filter, like RUST_LOG: `info`, `warn,queen=debug` [default: RUST_LOG, or info].
+    #[arg(long, env = "APIARY_LOG_LEVEL")]
+    pub log_level: Option<String>,
     /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
     #[arg(long, env = "APIARY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -84,6 +91,8 @@ struct FileConfig {
     max_stream_clients: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    heartbeat_rate_limit: Option<u32>,
+    log_level: Option<String>,
 }
 
 /// A validated queen configuration.
@@ -107,6 +116,22 @@ pub struct QueenConfig {
     pub max_stream_clients: usize,
     /// Serve HTTPS with this; `None` serves plain HTTP.
     pub tls: Option<lifecycle::serve::TlsConfig>,
+    /// The certificate and key files `tls` was read from.
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    /// Per-sender heartbeat rate limit; `None` derives it from the heartbeat interval.
+    pub heartbeat_rate_limit: Option<u32>,
+    /// Log filter directives; `None` leaves the process's filter as it is.
+    pub log_level: Option<String>,
+    /// The flags this configuration was loaded from (with the config file they name), so
+    /// a reload merges the same way; `None` for configurations built in code.
+    pub source: Option<ServeArgs>,
+}
+
+/// What a reload changed, and what it could not change without a restart.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reload {
+    pub applied: Vec<String>,
+    pub needs_restart: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,12 +152,38 @@ impl QueenConfig {
             Some(path) => lifecycle::read_toml(path).map_err(|e| ConfigError { problems: vec![e.0] })?,
             None => FileConfig::default(),
         };
-        let mut config = Self::build(
+        let built = Self::build(
             args.listen.or(file.listen),
             args.snapshot_interval.or(file.snapshot_interval).map(Into::into),
             args.heartbeat_interval.or(file.heartbeat_interval).map(Into::into),
             args.offline_after.or(file.offline_after).map(Into::into),
-        )?;
+        );
+        // Everything wrong is reported together, not one problem per attempt.
+        let mut problems = built.as_ref().err().map(|e| e.problems.clone()).unwrap_or_default();
+        let heartbeat_rate_limit = args.heartbeat_rate_limit.or(file.heartbeat_rate_limit);
+        if heartbeat_rate_limit == Some(0) {
+            problems.push("heartbeat_rate_limit must be at least 1 per second".into());
+        }
+        let log_level = args.log_level.clone().or(file.log_level);
+        if let Some(Err(e)) = log_level.as_deref().map(lifecycle::check_log_filter) {
+            problems.push(e);
+        }
+        let tls_files = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                problems.push("tls_cert and tls_key go together".into());
+                None
+            }
+        };
+        let tls = match &tls_files {
+            Some((cert, key)) => lifecycle::serve::load_tls(cert, key).map_err(|e| problems.push(e.0)).ok(),
+            None => None,
+        };
+        let mut config = match built {
+            Ok(config) if problems.is_empty() => config,
+            _ => return Err(ConfigError { problems }),
+        };
         config.ui_dir = args.ui_dir.clone().or(file.ui_dir).or_else(default_ui_dir);
         config.data_dir = Some(args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("apiary-data")));
         if let Some(grace) = args.orphan_grace.or(file.orphan_grace) {
@@ -147,14 +198,53 @@ impl QueenConfig {
             admin: args.admin_token.clone().or(file.admin_token),
             read: args.read_token.clone().or(file.read_token),
         };
-        config.tls = match (args.tls_cert.clone().or(file.tls_cert), args.tls_key.clone().or(file.tls_key)) {
-            (Some(cert), Some(key)) => {
-                Some(lifecycle::serve::load_tls(&cert, &key).map_err(|e| ConfigError { problems: vec![e.0] })?)
-            }
-            (None, None) => None,
-            _ => return Err(ConfigError { problems: vec!["tls_cert and tls_key go together".into()] }),
-        };
+        config.tls = tls;
+        config.tls_files = tls_files;
+        config.heartbeat_rate_limit = heartbeat_rate_limit;
+        config.log_level = log_level;
+        config.source = Some(args.clone());
         Ok(config)
+    }
+
+    /// Reads the configuration again from where this one came from. What is safe to change
+    /// live (intervals, thresholds, strategy, stream cap, rate limit, log filter) comes
+    /// from the new file; everything else stays and is listed as needing a restart. An
+    /// invalid file changes nothing.
+    pub fn reloaded(&self) -> Result<(Self, Reload), ConfigError> {
+        let Some(args) = &self.source else {
+            return Err(ConfigError {
+                problems: vec!["this configuration was not loaded from flags or a file".into()],
+            });
+        };
+        let new = Self::load(args)?;
+        let mut next = self.clone();
+        let mut reload = Reload::default();
+        macro_rules! live {
+            ($($field:ident),*) => {$(
+                if self.$field != new.$field {
+                    reload.applied.push(format!("{}: {:?} -> {:?}", stringify!($field), self.$field, new.$field));
+                    next.$field = new.$field.clone();
+                }
+            )*};
+        }
+        macro_rules! fixed {
+            ($($field:ident),*) => {$(
+                if self.$field != new.$field {
+                    reload.needs_restart.push(stringify!($field).to_string());
+                }
+            )*};
+        }
+        live!(
+            snapshot_interval,
+            heartbeat_interval,
+            thresholds,
+            strategy,
+            max_stream_clients,
+            heartbeat_rate_limit,
+            log_level
+        );
+        fixed!(listen, ui_dir, data_dir, orphan_grace, tokens, tls_files);
+        Ok((next, reload))
     }
 
     fn build(
@@ -195,21 +285,28 @@ impl QueenConfig {
                 tokens: crate::auth::Tokens::default(),
                 max_stream_clients: 10_000,
                 tls: None,
+                tls_files: None,
+                heartbeat_rate_limit: None,
+                log_level: None,
+                source: None,
             }),
             _ => Err(ConfigError { problems }),
         }
     }
 
-    /// How often liveness is re-derived: well inside the suspect threshold, so a silent
-    /// node is noticed promptly, and never busier than every 10 ms.
-    /// Heartbeats one node may send per second before it gets 429: four times its
-    /// interval's rate, and never less than five, so a well-behaved node (one beat per
-    /// interval, plus a goodbye) never comes near it.
+    /// Heartbeats one node may send per second before it gets 429: as configured, or four
+    /// times its interval's rate and never less than five, so a well-behaved node (one
+    /// beat per interval, plus a goodbye) never comes near it.
     pub fn heartbeats_per_second(&self) -> u32 {
+        if let Some(n) = self.heartbeat_rate_limit {
+            return n;
+        }
         let per_interval = 1000.0 / self.heartbeat_interval.as_millis().max(1) as f64;
         ((per_interval * 4.0).ceil() as u32).max(5)
     }
 
+    /// How often liveness is re-derived: well inside the suspect threshold, so a silent
+    /// node is noticed promptly, and never busier than every 10 ms.
     pub fn sweep_interval(&self) -> Duration {
         (self.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
     }
@@ -285,5 +382,24 @@ mod tests {
         };
         let err = QueenConfig::load(&args).expect_err("out of order");
         assert!(err.to_string().contains("out of order"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_applies_live_fields_and_lists_the_rest() {
+        let (args, path) = args_with_file("snapshot_interval = \"1s\"\nlisten = \"127.0.0.1:9000\"\n");
+        let running = QueenConfig::load(&args).expect("valid");
+        std::fs::write(&path, "snapshot_interval = \"2s\"\nlisten = \"127.0.0.1:9001\"\nstrategy = \"round_robin\"\n")
+            .expect("rewrite");
+        let (next, reload) = running.reloaded().expect("valid again");
+        assert_eq!(next.snapshot_interval, Duration::from_secs(2));
+        assert_eq!(next.strategy, Some(contract::PlacementStrategy::RoundRobin));
+        assert_eq!(next.listen, running.listen, "the listener cannot move under a running queen");
+        assert_eq!(reload.needs_restart, vec!["listen".to_string()]);
+        assert_eq!(reload.applied.len(), 2, "{:?}", reload.applied);
+
+        std::fs::write(&path, "snapshot_interval = \"1ms\"\nheartbeat_rate_limit = 0\n").expect("rewrite");
+        let err = running.reloaded().expect_err("invalid");
+        let _ = std::fs::remove_file(path);
+        assert_eq!(err.problems.len(), 2, "{err}");
     }
 }

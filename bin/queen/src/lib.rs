@@ -15,6 +15,7 @@ mod jobs;
 pub(crate) mod metrics;
 pub mod orchestrator;
 mod placement;
+mod reload;
 mod shutdown;
 mod snapshot;
 pub mod store;
@@ -49,7 +50,9 @@ pub struct Queen {
     jobs_in_flight: dashmap::DashMap<contract::NodeId, u32>,
     /// Forwards jobs to workers; one pooled client for all of them.
     http: reqwest::Client,
-    config: QueenConfig,
+    /// The running configuration; replaced whole by a reload, watched by the loops whose
+    /// timing it sets.
+    config: watch::Sender<Arc<QueenConfig>>,
     metrics: Metrics,
     health: Arc<Health>,
     /// The latest serialized snapshot; every SSE client reads it, nobody re-serializes.
@@ -62,8 +65,9 @@ pub struct Queen {
     shutdown: std::sync::Mutex<Option<contract::ShutdownState>>,
     /// Every task the queen spawns, awaited on the way out.
     tasks: TaskTracker,
-    /// Per-sender heartbeat rate limit, keyed by kind and id.
-    heartbeat_limiter: governor::DefaultKeyedRateLimiter<String>,
+    /// Per-sender heartbeat rate limit, keyed by kind and id; replaced when a reload
+    /// changes the rate.
+    heartbeat_limiter: std::sync::RwLock<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// (when, jobs routed so far) at recent snapshot ticks, for a routing rate.
     job_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
 }
@@ -85,11 +89,12 @@ impl Queen {
         let shutdown = orchestrator.load_shutdown()?;
 
         let (snapshots, rx) = watch::channel(Arc::new(Frame::empty()));
-        let max_age = config.snapshot_interval * 3;
+        let (config, config_rx) = watch::channel(Arc::new(config));
         let store_check = Arc::clone(&orchestrator);
         let mut builder = Health::builder()
             .check("store", move || store_check.ping().map(|()| "reachable".to_string()).map_err(|e| e.to_string()));
         builder = builder.check("snapshot_fresh", move || {
+            let max_age = config_rx.borrow().snapshot_interval * 3;
             let age = rx.borrow().built_at.elapsed();
             if age <= max_age {
                 Ok(format!("last snapshot {} ms ago", age.as_millis()))
@@ -101,11 +106,7 @@ impl Queen {
         let health = builder.build();
 
         let http = queen_client::http_builder().connect_timeout(Duration::from_secs(2)).build()?;
-        let per_second = std::num::NonZeroU32::new(config.heartbeats_per_second()).unwrap_or(std::num::NonZeroU32::MIN);
-        // A burst of two seconds' worth absorbs a node's restart or a reconnect.
-        let burst = std::num::NonZeroU32::new(per_second.get().saturating_mul(2)).unwrap_or(per_second);
-        let heartbeat_limiter =
-            governor::RateLimiter::dashmap(governor::Quota::per_second(per_second).allow_burst(burst));
+        let heartbeat_limiter = std::sync::RwLock::new(Arc::new(limiter(config.borrow().heartbeats_per_second())));
         let queen = Arc::new(Self {
             hives,
             workers,
@@ -140,7 +141,8 @@ impl Queen {
     /// PERSIST: who ran what and how each phase ended, as JSON beside the store (the
     /// store itself is written on every change, so this is the human-readable record).
     fn write_final_state(&self) {
-        let Some(dir) = &self.config.data_dir else {
+        let config = self.config();
+        let Some(dir) = &config.data_dir else {
             tracing::info!("no data dir: the final cluster state is only in the log");
             return;
         };
@@ -216,7 +218,7 @@ impl Queen {
             jobs_routed_total,
             jobs_routed_per_second,
             strategy: self.orchestrator.strategy(),
-            leader: format!("this queen ({})", self.config.listen),
+            leader: format!("this queen ({})", self.config.borrow().listen),
         }
     }
 
@@ -227,13 +229,18 @@ impl Queen {
         }
     }
 
-    pub fn config(&self) -> &QueenConfig {
-        &self.config
+    /// The configuration as of now (a reload may replace it at any time).
+    pub fn config(&self) -> Arc<QueenConfig> {
+        Arc::clone(&self.config.borrow())
     }
 
     /// The interval handed out in heartbeat responses.
     pub fn next_interval(&self) -> Duration {
-        self.config.heartbeat_interval
+        self.config.borrow().heartbeat_interval
+    }
+
+    fn heartbeat_limiter(&self) -> Arc<governor::DefaultKeyedRateLimiter<String>> {
+        Arc::clone(&self.heartbeat_limiter.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Re-derives liveness of every node now.
@@ -267,12 +274,19 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     tasks.spawn(sweep_loop(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Hive, queen.hives.subscribe(), stop.child_token()));
     tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Worker, queen.workers.subscribe(), stop.child_token()));
+    if let Some(filter) = &queen.config().log_level
+        && let Err(e) = lifecycle::set_log_filter(filter)
+    {
+        tracing::warn!(error = %e, "log filter not applied");
+    }
+    reload::spawn(&queen, &tasks, stop.child_token())?;
 
     let addr = listener.local_addr()?;
-    let scheme = if queen.config.tls.is_some() { "https" } else { "http" };
+    let config = queen.config();
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, stream = %format!("{scheme}://{addr}{}", contract::paths::HEARTBEAT_STREAM), "queen listening");
     let app = api::router(Arc::clone(&queen));
-    let options = lifecycle::ServeOptions { tls: queen.config.tls.clone(), ..Default::default() };
+    let options = lifecycle::ServeOptions { tls: config.tls.clone(), ..Default::default() };
     let server = lifecycle::HttpServer::spawn_with(&tasks, listener, app, options);
 
     stop.cancelled().await;
@@ -289,21 +303,37 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
 /// Re-derives liveness often enough that a silent node is noticed within a fraction of an
 /// interval, and forgets nodes that have been gone for long.
 async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(queen.config.sweep_interval());
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut config = queen.config.subscribe();
+    let mut tick = interval(config.borrow_and_update().sweep_interval());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            Ok(()) = config.changed() => tick = interval(config.borrow_and_update().sweep_interval()),
             _ = tick.tick() => {
                 queen.sweep();
                 queen.hives.cleanup_stale();
                 queen.workers.cleanup_stale();
                 // Forget the limiter state of senders that have gone quiet.
-                queen.heartbeat_limiter.retain_recent();
+                queen.heartbeat_limiter().retain_recent();
                 queen.reconcile();
             }
         }
     }
+}
+
+/// A ticker that skips ticks it missed rather than bursting to catch up.
+pub(crate) fn interval(period: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tick
+}
+
+/// A per-sender limiter allowing `per_second` heartbeats, with a burst of two seconds'
+/// worth to absorb a node's restart or a reconnect.
+fn limiter(per_second: u32) -> governor::DefaultKeyedRateLimiter<String> {
+    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+    governor::RateLimiter::dashmap(governor::Quota::per_second(rate).allow_burst(burst))
 }
 
 async fn count_events(

@@ -78,7 +78,7 @@ impl Queen {
         workers.sort_by(|a, b| a.id.cmp(&b.id));
         counts.export(self);
 
-        let limit = self.config.snapshot_events;
+        let limit = self.config.borrow().snapshot_events;
         let mut events: Vec<_> = self
             .hives
             .recent_events(limit)
@@ -158,12 +158,18 @@ impl NodeCounts {
 
 /// Publishes a snapshot every `snapshot_interval` until `stop` fires.
 pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(queen.config.snapshot_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut config = queen.config.subscribe();
+    let mut tick = crate::interval(config.borrow_and_update().snapshot_interval);
     tick.tick().await; // the first frame was published at start
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
+            Ok(()) = config.changed() => {
+                // A new interval starts counting now; the first tick of a fresh interval
+                // is immediate, so skip it rather than publish twice in a row.
+                tick = crate::interval(config.borrow_and_update().snapshot_interval);
+                tick.tick().await;
+            }
             _ = tick.tick() => {
                 queen.publish_snapshot();
                 queen.sample_jobs();
@@ -184,10 +190,11 @@ fn event(frame: &Frame) -> (Event, usize) {
 pub(crate) async fn stream(
     State(queen): State<Arc<Queen>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, lifecycle::http::ApiError> {
-    if queen.metrics.sse_clients.get() >= queen.config.max_stream_clients as i64 {
+    let max = queen.config.borrow().max_stream_clients;
+    if queen.metrics.sse_clients.get() >= max as i64 {
         return Err(lifecycle::http::ApiError::unavailable(
             "too_many_streams",
-            format!("the stream already has {} clients", queen.config.max_stream_clients),
+            format!("the stream already has {max} clients"),
             Duration::from_secs(5),
         ));
     }

@@ -117,11 +117,43 @@ pub fn hostname() -> String {
         .unwrap_or_else(|| "localhost".into())
 }
 
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter of this process, when [`init_tracing`] installed it; changed by
+/// [`set_log_filter`] without a restart.
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`) until [`set_log_filter`]
+/// says otherwise.
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .try_init();
+    if installed.is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+/// Checks log filter directives (`info`, `warn,queen=debug`) without applying them.
+pub fn check_log_filter(directives: &str) -> Result<(), String> {
+    tracing_subscriber::EnvFilter::try_new(directives).map(drop).map_err(|e| format!("log filter {directives:?}: {e}"))
+}
+
+/// Replaces the log filter; `Ok(false)` when logging was not set up by [`init_tracing`]
+/// (tests), so there is nothing to change.
+pub fn set_log_filter(directives: &str) -> Result<bool, String> {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(directives).map_err(|e| format!("log filter {directives:?}: {e}"))?;
+    match LOG_FILTER.get() {
+        Some(handle) => handle.reload(filter).map(|()| true).map_err(|e| e.to_string()),
+        None => Ok(false),
+    }
 }
 
 #[cfg(test)]

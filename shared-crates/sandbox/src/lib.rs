@@ -6,6 +6,7 @@
 //! the sockets close, as with `kill -9`. A graceful stop instead cancels the node's token
 //! and waits for its `run` to return, as SIGTERM does.
 
+pub mod samples;
 mod sse;
 
 pub use sse::SnapshotStream;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use contract::{ApiErrorBody, EventKind, JobResponse, Liveness, NodeId, WorkerStatus};
 use reqwest::StatusCode;
+use sandbox::samples::{hive_beat, worker_beat};
 use sandbox::{Sandbox, SnapshotStream, wait_until};
 use serde_json::{Value, json};
 
@@ -171,26 +172,6 @@ async fn a_worker_runs_real_jobs_reports_busy_and_drains() -> anyhow::Result<()>
     stopping.await?;
     assert_eq!(client.worker("worker-0-0").await?.liveness, Liveness::Stopped);
     sb.shutdown().await
-}
-
-fn hive_beat(id: &str) -> Value {
-    json!({
-        "id": id, "epoch": 7, "seq": 1, "address": "http://127.0.0.1:1", "hostname": "box",
-        "version": "0.1.0", "status": "ready",
-        "resources": {"cpu_percent": 5.0, "memory_used_bytes": 1, "memory_total_bytes": 2,
-                      "disk_used_bytes": 1, "disk_total_bytes": 2,
-                      "load_average": {"one": 0.1, "five": 0.1, "fifteen": 0.1}},
-        "capacity": {"max_workers": 4, "running_workers": 0},
-        "labels": {}, "services": [], "sent_at": "2026-11-24T12:00:00Z"
-    })
-}
-
-fn worker_beat(id: &str) -> Value {
-    json!({
-        "id": id, "hive_id": "hive-x", "epoch": 7, "seq": 1, "version": "0.1.0", "status": "ready",
-        "kind": "reference", "address": "http://127.0.0.1:2", "in_flight": 0, "max_concurrent": 4,
-        "sent_at": "2026-11-24T12:00:00Z"
-    })
 }
 
 fn with(mut v: Value, pointer: &str, value: Value) -> String {
