@@ -73,17 +73,22 @@ pub fn router(queen: Arc<Queen>) -> Router {
 fn dashboard(dir: Option<&std::path::Path>) -> Router {
     match dir {
         Some(dir) => Router::new().fallback_service(ServeDir::new(dir)),
-        None => Router::new().fallback(|| async {
-            (
-                [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-                "<!doctype html><title>Apiary</title><h1>Apiary</h1>\
+        None => Router::new()
+            .route("/", get(no_dashboard))
+            .route("/index.html", get(no_dashboard))
+            .fallback(not_found_fallback),
+    }
+}
+
+async fn no_dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!doctype html><title>Apiary</title><h1>Apiary</h1>\
                  <p>This queen has no dashboard to serve: build it with <code>cargo xtask web</code> \
                  (it lands in <code>web-ui/</code> next to the queen binary) or point <code>--ui-dir</code> at it.</p>\
                  <p>The API is under <a href=\"/v1/snapshot\">/v1</a>; the live stream is \
                  <a href=\"/v1/heartbeats/stream\">/v1/heartbeats/stream</a>.</p>",
-            )
-        }),
-    }
+    )
 }
 
 /// What the queen needs to take in one kind of heartbeat; implemented for the two kinds
@@ -349,6 +354,10 @@ async fn set_eligibility(
     JsonBody(body): JsonBody<EligibilityBody>,
 ) -> Result<Json<EligibilityBody>, ApiError> {
     let id = parse_id(&raw)?;
+    // A typo must not leave a durable mark for a hive that never existed.
+    if queen.hives.get(&id).is_none() {
+        return Err(unknown::<HiveHeartbeat>(&id));
+    }
     queen.orchestrator.set_eligible(&id, body.eligible).map_err(store_error)?;
     tracing::info!(hive = %id, eligible = body.eligible, "eligibility changed");
     queen.reconcile();

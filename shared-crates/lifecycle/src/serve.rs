@@ -94,6 +94,8 @@ impl HttpServer {
     /// Serves `app` on `listener` as a task of `tasks`.
     pub fn spawn_with(tasks: &TaskTracker, listener: TcpListener, app: axum::Router, options: ServeOptions) -> Self {
         let stop = CancellationToken::new();
+        let limit = options.max_header_bytes;
+        let app = app.layer(axum::middleware::from_fn(move |req, next| limit_headers(limit, req, next)));
         let handle = tasks.spawn(accept_loop(listener, app, options, stop.clone()));
         Self { stop, handle }
     }
@@ -106,6 +108,26 @@ impl HttpServer {
     }
 }
 
+/// 431 with the JSON error body when the request line and headers exceed `limit` bytes.
+async fn limit_headers(
+    limit: usize,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let size = req.uri().to_string().len()
+        + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
+    if size > limit {
+        return crate::http::ApiError::new(
+            axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("request line and headers are {size} bytes; the limit is {limit}"),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
@@ -116,7 +138,9 @@ async fn accept_loop(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
-        .max_buf_size(options.max_header_bytes.max(8192))
+        // hyper checks its read buffer only when a head is still incomplete, so its cap is
+        // loose; it guards memory, and `limit_headers` enforces the exact limit.
+        .max_buf_size((options.max_header_bytes * 2).max(8192))
         .keep_alive(true);
     let acceptor = options.tls.clone().map(tokio_rustls::TlsAcceptor::from);
     loop {
