@@ -106,7 +106,22 @@ fn test(ci: bool) -> anyhow::Result<()> {
     // a tmux pseudo-terminal.
     web::ensure_apt(&["chromium", "chromium-driver", "tmux"])?;
     if has_nextest() {
-        run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))
+        run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+        if ci {
+            // The bounded fuzz pass: the decoding and ordering properties with 20 000
+            // cases each instead of 256 (about ten seconds).
+            run(cargo().env("PROPTEST_CASES", "20000").args([
+                "nextest",
+                "run",
+                "-p",
+                "contract",
+                "-p",
+                "heartbeat-registry",
+                "-E",
+                "binary(decode) | test(ordering)",
+            ]))?;
+        }
+        Ok(())
     } else {
         eprintln!("cargo-nextest not found; using cargo test (install it with `cargo install cargo-nextest`)");
         run(cargo().args(["test", "--workspace"]))

@@ -273,3 +273,46 @@ async fn concurrent_upserts_keep_the_newest_heartbeat_of_every_node() {
     }
     assert_eq!(r.recent_events(10_000).len() as u64, nodes, "exactly one Joined per node");
 }
+
+mod ordering {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// One heartbeat of a random sequence: which of three nodes, its epoch and seq in small
+    /// ranges (so repeats, replays and restarts are common), and whether it is a goodbye.
+    fn beats() -> impl Strategy<Value = Vec<(u8, u64, u64, bool)>> {
+        proptest::collection::vec((0u8..3, 0u64..4, 0u64..6, proptest::bool::weighted(0.1)), 1..60)
+    }
+
+    proptest! {
+        /// Against a model that keeps the highest (epoch, seq) per node: every outcome is
+        /// the one the ordering rules say, the registry holds exactly the model's heartbeat,
+        /// and a goodbye that is not stale leaves the node stopped.
+        #[test]
+        fn upserts_follow_epoch_then_seq(beats in beats()) {
+            let r = registry();
+            let mut model: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+            for (node, epoch, seq, last) in beats {
+                let id = format!("n{node}");
+                let expected = match model.get(&id) {
+                    None => UpsertOutcome::Joined,
+                    Some(&held) if (epoch, seq) <= held => UpsertOutcome::Stale,
+                    Some(&(held_epoch, _)) if epoch > held_epoch => UpsertOutcome::Restarted { previous_epoch: held_epoch },
+                    Some(_) => UpsertOutcome::Updated,
+                };
+                let outcome = r.upsert(Beat { id: id.clone(), epoch, seq, ready: true, last });
+                prop_assert_eq!(outcome, expected);
+                if outcome != UpsertOutcome::Stale {
+                    model.insert(id.clone(), (epoch, seq));
+                }
+                let held = r.get(&id).expect("a node that sent anything is known");
+                prop_assert_eq!((held.payload.epoch, held.payload.seq), model[&id]);
+                if last && outcome != UpsertOutcome::Stale {
+                    prop_assert_eq!(held.liveness, Liveness::Stopped);
+                }
+            }
+            prop_assert_eq!(r.list_all().len(), model.len());
+        }
+    }
+}
