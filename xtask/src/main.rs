@@ -3,10 +3,13 @@
 //! - `cargo xtask dev [--hives N] [--workers-per-hive M]`: a local cluster on loopback,
 //!   with the dashboard.
 //! - `cargo xtask web`: build the dashboard.
-//! - `cargo xtask test [--ci]`: the whole test suite (with `--ci`, also fmt and clippy).
+//! - `cargo xtask test [--ci]`: the whole test suite (with `--ci`, also fmt, clippy, a
+//!   longer property-test run and schemathesis against the OpenAPI document).
+//! - `cargo xtask schemathesis [--seconds N]`: the queen held to its OpenAPI document.
 //!   The project has no doctests; nextest runs everything else.
 
 mod dev;
+mod schemathesis;
 #[cfg(test)]
 mod tidy;
 mod web;
@@ -36,6 +39,11 @@ enum Task {
         #[arg(long)]
         ci: bool,
     },
+    /// Run schemathesis against a real queen for a bounded time.
+    Schemathesis {
+        #[arg(long, default_value_t = 90)]
+        seconds: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -43,6 +51,7 @@ fn main() -> anyhow::Result<()> {
         Task::Dev(args) => dev::run(args),
         Task::Web => web::build().map(|_| ()),
         Task::Test { ci } => test(ci),
+        Task::Schemathesis { seconds } => schemathesis::check(&build_binaries()?, seconds),
     }
 }
 
@@ -100,7 +109,7 @@ fn test(ci: bool) -> anyhow::Result<()> {
     }
     // The end-to-end and browser tests start these as processes and serve this
     // dashboard; building them here keeps those tests from building inside the run.
-    build_binaries()?;
+    let bin_dir = build_binaries()?;
     web::build()?;
     // The browser tests drive Debian's Chromium over WebDriver; `queen top` is tested in
     // a tmux pseudo-terminal.
@@ -120,6 +129,7 @@ fn test(ci: bool) -> anyhow::Result<()> {
                 "-E",
                 "binary(decode) | test(ordering)",
             ]))?;
+            schemathesis::check(&bin_dir, 90)?;
         }
         Ok(())
     } else {

@@ -4,69 +4,109 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::http::header;
-use axum::middleware::from_fn_with_state;
 use axum::response::IntoResponse;
 use axum::response::sse::Event;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get};
 use contract::{
-    Assignment, CommandAck, ContractError, DeploymentSpec, DeploymentStatus, HeartbeatResponse, HiveCommand,
-    HiveHeartbeat, HiveSummary, MAX_REPLICAS, NodeEvent, NodeId, NodeKind, ScaleBody, StrategyBody, WorkerHeartbeat,
-    WorkerSummary, paths,
+    ApiErrorBody, Assignment, CommandAck, ContractError, DeploymentSpec, DeploymentStatus, HeartbeatResponse,
+    HiveCommand, HiveHeartbeat, HiveSummary, MAX_REPLICAS, NodeEvent, NodeId, NodeKind, ScaleBody, StrategyBody,
+    WorkerHeartbeat, WorkerSummary, paths,
 };
 use contract::{
-    ClusterStats, DrainRequest, DrainStatus, EligibilityBody, ShutdownAnswer, ShutdownRequest, ShutdownState,
+    ClusterStats, DrainRequest, DrainStatus, EligibilityBody, ShutdownAnswer, ShutdownRequest, ShutdownState, Snapshot,
 };
 use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
-use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
-use prometheus_client::metrics::histogram::Histogram;
+use lifecycle::http::{ApiError, JsonBody, PathParam, QueryParams, method_not_allowed_fallback, not_found_fallback};
 use tower_http::services::ServeDir;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::metrics::{HeartbeatLabels, KindLabels, StreamLabels};
 use crate::orchestrator::DeployError;
 use crate::{Queen, snapshot, summary};
 
+/// The queen's routes with their OpenAPI description: each route is registered from its
+/// handler's `#[utoipa::path]`, so the document cannot list a route the router lacks.
+fn api() -> OpenApiRouter<Arc<Queen>> {
+    OpenApiRouter::new()
+        .routes(routes!(hive_heartbeat))
+        .routes(routes!(worker_heartbeat))
+        .routes(routes!(snapshot::stream))
+        .routes(routes!(latest_snapshot))
+        .routes(routes!(list_hives))
+        .routes(routes!(get_hive, remove_hive))
+        .routes(routes!(set_eligibility))
+        .routes(routes!(get_drain, start_drain, cancel_drain))
+        .routes(routes!(stats))
+        .routes(routes!(hive_events))
+        .routes(routes!(list_workers))
+        .routes(routes!(get_worker))
+        .routes(routes!(worker_events))
+        .routes(routes!(commands))
+        .routes(routes!(ack))
+        .routes(routes!(list_deployments, create_deployment))
+        .routes(routes!(get_deployment, scale_deployment, delete_deployment))
+        .routes(routes!(assignments))
+        .routes(routes!(get_strategy, put_strategy))
+        .routes(routes!(crate::jobs::route))
+        .routes(routes!(get_shutdown, post_shutdown))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Apiary queen", description = "Heartbeats, the live cluster snapshot, deployments, drains and cluster shutdown."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiInfo;
+
+/// Every call may carry `Authorization: Bearer <token>`; which token a call needs is in
+/// the README (cluster, admin or read).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3 document of the queen's whole HTTP API (what `/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let (_, queen_paths) = api().split_for_parts();
+    let (_, health_paths) = lifecycle::health::Health::builder().build().api_router().split_for_parts();
+    let mut doc = ApiInfo::openapi();
+    doc.merge(queen_paths);
+    doc.merge(health_paths);
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
 pub fn router(queen: Arc<Queen>) -> Router {
-    let health = queen.health.router();
-    Router::new()
-        .route(
-            paths::HIVE_HEARTBEAT,
-            post(heartbeat::<HiveHeartbeat>)
-                .route_layer(from_fn_with_state(ingest_histogram(&queen, NodeKind::Hive), timed)),
-        )
-        .route(
-            paths::WORKER_HEARTBEAT,
-            post(heartbeat::<WorkerHeartbeat>)
-                .route_layer(from_fn_with_state(ingest_histogram(&queen, NodeKind::Worker), timed)),
-        )
-        .route(paths::HEARTBEAT_STREAM, get(snapshot::stream))
-        .route(paths::SNAPSHOT, get(latest_snapshot))
-        .route(paths::HIVES, get(list::<HiveHeartbeat>))
-        .route("/v1/hives/{id}", get(one::<HiveHeartbeat>).delete(remove_hive))
-        .route("/v1/hives/{id}/eligibility", axum::routing::put(set_eligibility))
-        .route("/v1/hives/{id}/drain", get(get_drain).post(start_drain).delete(cancel_drain))
-        .route(paths::CLUSTER_STATS, get(stats))
-        .route("/v1/hives/{id}/events", get(events::<HiveHeartbeat>))
-        .route(paths::WORKERS, get(list::<WorkerHeartbeat>))
-        .route("/v1/workers/{id}", get(one::<WorkerHeartbeat>))
-        .route("/v1/workers/{id}/events", get(events::<WorkerHeartbeat>))
-        .route("/v1/hives/{id}/commands", get(commands))
-        .route("/v1/hives/{id}/acks", post(ack))
-        .route(paths::DEPLOYMENTS, get(list_deployments).post(create_deployment))
-        .route("/v1/deployments/{name}", get(get_deployment).patch(scale_deployment).delete(delete_deployment))
-        .route(paths::ASSIGNMENTS, get(assignments))
-        .route(paths::STRATEGY, get(get_strategy).put(put_strategy))
-        .route(paths::JOBS, post(crate::jobs::route))
-        .route(paths::CLUSTER_SHUTDOWN, get(get_shutdown).post(post_shutdown))
-        .route("/v1/{*rest}", any(not_found_fallback))
-        .method_not_allowed_fallback(method_not_allowed_fallback)
-        .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
-        .with_state(Arc::clone(&queen))
-        .merge(health)
-        .merge(dashboard(queen.config().ui_dir.as_deref()))
-        .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
+    let (api, _) = api().split_for_parts();
+    let document = Arc::new(openapi().to_json().unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}")));
+    api.route(
+        paths::OPENAPI,
+        get(move || {
+            let document = Arc::clone(&document);
+            async move { ([(header::CONTENT_TYPE, "application/json")], document.to_string()) }
+        }),
+    )
+    .route("/v1/{*rest}", any(not_found_fallback))
+    .method_not_allowed_fallback(method_not_allowed_fallback)
+    .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
+    .with_state(Arc::clone(&queen))
+    .merge(queen.health.router())
+    .merge(dashboard(queen.config().ui_dir.as_deref()))
+    .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
 }
 
 /// The dashboard's files at `/`, or a page that says how to build them.
@@ -131,29 +171,41 @@ impl NodePayload for WorkerHeartbeat {
     }
 }
 
-/// Times a heartbeat from its arrival (before the body is read) to its answer.
-async fn timed(
-    State(histogram): State<Histogram>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    histogram.observe(started.elapsed().as_secs_f64());
-    resp
-}
-
-fn ingest_histogram(queen: &Queen, kind: NodeKind) -> Histogram {
-    queen.metrics.ingest_seconds.get_or_create(&KindLabels { kind: kind.as_str() }).clone()
-}
-
 fn count(queen: &Queen, kind: NodeKind, outcome: &'static str) {
     queen.metrics.heartbeats.get_or_create(&HeartbeatLabels { kind: kind.as_str(), outcome }).inc();
 }
 
-/// `POST /v1/{hive,worker}-heartbeat`. A rejected heartbeat changes nothing.
-async fn heartbeat<T: NodePayload>(
-    State(queen): State<Arc<Queen>>,
+/// A hive's heartbeat: its readings, capacity, labels and the workers it supervises.
+#[utoipa::path(post, path = "/v1/hive-heartbeat", tag = "heartbeats", request_body = HiveHeartbeat, responses(
+    (status = 200, body = HeartbeatResponse, description = "taken in (or stale: `accepted` false, nothing changed)"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+async fn hive_heartbeat(State(queen): State<Arc<Queen>>, req: Request) -> Result<Json<HeartbeatResponse>, ApiError> {
+    timed_heartbeat::<HiveHeartbeat>(queen, req).await
+}
+
+/// A worker's heartbeat: its status and jobs in flight.
+#[utoipa::path(post, path = "/v1/worker-heartbeat", tag = "heartbeats", request_body = WorkerHeartbeat, responses(
+    (status = 200, body = HeartbeatResponse, description = "taken in (or stale: `accepted` false, nothing changed)"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+async fn worker_heartbeat(State(queen): State<Arc<Queen>>, req: Request) -> Result<Json<HeartbeatResponse>, ApiError> {
+    timed_heartbeat::<WorkerHeartbeat>(queen, req).await
+}
+
+/// Times a heartbeat from the end of its head (before the body is read) to its answer.
+async fn timed_heartbeat<T: NodePayload>(queen: Arc<Queen>, req: Request) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let started = std::time::Instant::now();
+    let body = JsonBody::<T>::from_request(req, &()).await;
+    let answer = heartbeat::<T>(&queen, body);
+    let histogram = queen.metrics.ingest_seconds.get_or_create(&KindLabels { kind: T::KIND.as_str() });
+    histogram.observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// A rejected heartbeat changes nothing.
+fn heartbeat<T: NodePayload>(
+    queen: &Queen,
     body: Result<JsonBody<T>, ApiError>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let payload = match body
@@ -161,18 +213,18 @@ async fn heartbeat<T: NodePayload>(
     {
         Ok(p) => p,
         Err(e) => {
-            count(&queen, T::KIND, "rejected");
+            count(queen, T::KIND, "rejected");
             return Err(e);
         }
     };
     if let Err(not_until) = queen.heartbeat_limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
-        count(&queen, T::KIND, "rate_limited");
+        count(queen, T::KIND, "rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));
     }
-    let outcome = T::registry(&queen).upsert(payload);
+    let outcome = T::registry(queen).upsert(payload);
     let accepted = outcome != UpsertOutcome::Stale;
-    count(&queen, T::KIND, if accepted { "accepted" } else { "stale" });
+    count(queen, T::KIND, if accepted { "accepted" } else { "stale" });
     Ok(Json(HeartbeatResponse { next_interval_ms: queen.next_interval().as_millis() as u64, accepted }))
 }
 
@@ -184,31 +236,73 @@ fn unknown<T: NodePayload>(id: &NodeId) -> ApiError {
     ApiError::not_found(format!("no {} named {id}", T::KIND.as_str()))
 }
 
-async fn list<T: NodePayload>(State(queen): State<Arc<Queen>>) -> Json<Vec<T::Summary>> {
-    let views = T::registry(&queen).list_all();
-    Json(views.iter().map(|v| T::summary(&queen, summary::as_ref(v))).collect())
+/// Every hive the queen knows, with its liveness.
+#[utoipa::path(get, path = "/v1/hives", tag = "nodes", responses((status = 200, body = Vec<HiveSummary>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn list_hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveSummary>> {
+    list::<HiveHeartbeat>(&queen)
 }
 
-async fn one<T: NodePayload>(
-    State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
-) -> Result<Json<T::Summary>, ApiError> {
-    let id = parse_id(&raw)?;
-    let view = T::registry(&queen).get(&id).ok_or_else(|| unknown::<T>(&id))?;
-    Ok(Json(T::summary(&queen, summary::as_ref(&view))))
+/// Every worker the queen knows, with its liveness.
+#[utoipa::path(get, path = "/v1/workers", tag = "nodes", responses((status = 200, body = Vec<WorkerSummary>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn list_workers(State(queen): State<Arc<Queen>>) -> Json<Vec<WorkerSummary>> {
+    list::<WorkerHeartbeat>(&queen)
 }
 
-/// `GET /v1/{hives,workers}/{id}/events`: why this node is in the state it is in.
-async fn events<T: NodePayload>(
+/// One hive.
+#[utoipa::path(get, path = "/v1/hives/{id}", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = HiveSummary), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn get_hive(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<HiveSummary>, ApiError> {
+    one::<HiveHeartbeat>(&queen, &raw)
+}
+
+/// One worker.
+#[utoipa::path(get, path = "/v1/workers/{id}", tag = "nodes", params(("id" = NodeId, Path, description = "worker id")), responses((status = 200, body = WorkerSummary), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn get_worker(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<WorkerSummary>, ApiError> {
+    one::<WorkerHeartbeat>(&queen, &raw)
+}
+
+/// A hive's liveness history with reasons: why it is in the state it is in.
+#[utoipa::path(get, path = "/v1/hives/{id}/events", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = Vec<NodeEvent>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn hive_events(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
 ) -> Result<Json<Vec<NodeEvent>>, ApiError> {
-    let id = parse_id(&raw)?;
-    let history = T::registry(&queen).history(&id).ok_or_else(|| unknown::<T>(&id))?;
+    events::<HiveHeartbeat>(&queen, &raw)
+}
+
+/// A worker's liveness history with reasons.
+#[utoipa::path(get, path = "/v1/workers/{id}/events", tag = "nodes", params(("id" = NodeId, Path, description = "worker id")), responses((status = 200, body = Vec<NodeEvent>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn worker_events(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<Vec<NodeEvent>>, ApiError> {
+    events::<WorkerHeartbeat>(&queen, &raw)
+}
+
+fn list<T: NodePayload>(queen: &Queen) -> Json<Vec<T::Summary>> {
+    let views = T::registry(queen).list_all();
+    Json(views.iter().map(|v| T::summary(queen, summary::as_ref(v))).collect())
+}
+
+fn one<T: NodePayload>(queen: &Queen, raw: &str) -> Result<Json<T::Summary>, ApiError> {
+    let id = parse_id(raw)?;
+    let view = T::registry(queen).get(&id).ok_or_else(|| unknown::<T>(&id))?;
+    Ok(Json(T::summary(queen, summary::as_ref(&view))))
+}
+
+fn events<T: NodePayload>(queen: &Queen, raw: &str) -> Result<Json<Vec<NodeEvent>>, ApiError> {
+    let id = parse_id(raw)?;
+    let history = T::registry(queen).history(&id).ok_or_else(|| unknown::<T>(&id))?;
     Ok(Json(history.iter().map(|e| summary::node_event(T::KIND, e)).collect()))
 }
 
-/// `GET /v1/snapshot`: the latest published snapshot, the same bytes the stream sent.
+/// The latest published snapshot, the same bytes the stream sent.
+#[utoipa::path(get, path = "/v1/snapshot", tag = "snapshot", responses((status = 200, body = Snapshot), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn latest_snapshot(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     let frame = queen.latest_frame();
     ([(header::CONTENT_TYPE, "application/json")], frame.json.to_string())
@@ -228,9 +322,16 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("store_unavailable", e.to_string(), std::time::Duration::from_secs(1))
 }
 
-/// `GET /v1/hives/{id}/commands`: the control channel. The hive's current desired set at
-/// once, then every change; the hive ACKs each over HTTP.
-async fn commands(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<impl IntoResponse, ApiError> {
+/// The control channel (SSE, `event: command`, each a `HiveCommand`): the hive's current
+/// desired set at once, then every change; the hive ACKs each over HTTP.
+#[utoipa::path(get, path = "/v1/hives/{id}/commands", tag = "control", params(("id" = NodeId, Path, description = "hive id")), responses(
+    (status = 200, content_type = "text/event-stream", body = String, description = "an endless stream of HiveCommand events"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+async fn commands(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&raw)?;
     tracing::info!(hive = %id, "control channel open");
     let rx = queen.orchestrator.subscribe(&id);
@@ -242,9 +343,13 @@ async fn commands(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> R
     }))
 }
 
+/// A hive confirms it carried out a command.
+#[utoipa::path(post, path = "/v1/hives/{id}/acks", tag = "control", params(("id" = NodeId, Path, description = "hive id")), request_body = CommandAck, responses(
+    (status = 204, description = "recorded"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
 async fn ack(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
     JsonBody(ack): JsonBody<CommandAck>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
@@ -252,6 +357,8 @@ async fn ack(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every deployment with where its replicas run.
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<DeploymentStatus>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
     Json(queen.orchestrator.list(&queen.workers))
 }
@@ -264,13 +371,19 @@ fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiErro
         .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))
 }
 
+/// One deployment.
+#[utoipa::path(get, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses((status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn get_deployment(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
 ) -> Result<Json<DeploymentStatus>, ApiError> {
     found(&queen, &parse_id(&raw)?)
 }
 
+/// Declares a deployment; its replicas are placed at once.
+#[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = DeploymentSpec, responses(
+    (status = 201, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
 async fn create_deployment(
     State(queen): State<Arc<Queen>>,
     JsonBody(spec): JsonBody<DeploymentSpec>,
@@ -283,9 +396,13 @@ async fn create_deployment(
     Ok((StatusCode::CREATED, found(&queen, &name)?))
 }
 
+/// Changes a deployment's replica count.
+#[utoipa::path(patch, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), request_body = ScaleBody, responses(
+    (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
 async fn scale_deployment(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
     JsonBody(body): JsonBody<ScaleBody>,
 ) -> Result<Json<DeploymentStatus>, ApiError> {
     refuse_when_gated(&queen)?;
@@ -298,13 +415,22 @@ async fn scale_deployment(
     found(&queen, &name)
 }
 
-async fn delete_deployment(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+/// Stops every replica of a deployment gracefully and forgets it.
+#[utoipa::path(delete, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses(
+    (status = 204, description = "gone"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+async fn delete_deployment(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
     refuse_when_gated(&queen)?;
     queen.orchestrator.delete(&parse_id(&raw)?)?;
     queen.reconcile();
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Which replica runs on which hive, since when, how often it moved.
+#[utoipa::path(get, path = "/v1/assignments", tag = "deployments", responses((status = 200, body = Vec<Assignment>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Assignment>> {
     let mut list = queen.orchestrator.assignments();
     // Restarts are the hive's to count; join them in from its last report.
@@ -316,10 +442,16 @@ async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Assignment>> {
     Json(list)
 }
 
+/// The placement strategy in use.
+#[utoipa::path(get, path = "/v1/placement/strategy", tag = "deployments", responses((status = 200, body = StrategyBody), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn get_strategy(State(queen): State<Arc<Queen>>) -> Json<StrategyBody> {
     Json(StrategyBody { strategy: queen.orchestrator.strategy() })
 }
 
+/// Changes the placement strategy (for placements from now on).
+#[utoipa::path(put, path = "/v1/placement/strategy", tag = "deployments", request_body = StrategyBody, responses(
+    (status = 200, body = StrategyBody), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
 async fn put_strategy(
     State(queen): State<Arc<Queen>>,
     JsonBody(body): JsonBody<StrategyBody>,
@@ -333,8 +465,13 @@ fn refuse_when_gated(queen: &Queen) -> Result<(), ApiError> {
     if queen.orchestrator.gated() { Err(crate::jobs::shutting_down()) } else { Ok(()) }
 }
 
-/// `POST /v1/cluster/shutdown`: a dry run answers the plan; otherwise the sequence starts
-/// (202) and runs in the background; `GET` follows it.
+/// Shuts the whole cluster down in phases. A dry run answers the plan; otherwise the
+/// sequence starts (202) and runs in the background; `GET` follows it.
+#[utoipa::path(post, path = "/v1/cluster/shutdown", tag = "cluster", request_body = ShutdownRequest, responses(
+    (status = 200, body = ShutdownAnswer, description = "the plan of a dry run"),
+    (status = 202, body = ShutdownAnswer, description = "started"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
 async fn post_shutdown(
     State(queen): State<Arc<Queen>>,
     JsonBody(req): JsonBody<ShutdownRequest>,
@@ -344,13 +481,19 @@ async fn post_shutdown(
     Ok((if dry { StatusCode::OK } else { StatusCode::ACCEPTED }, Json(answer)))
 }
 
+/// The cluster shutdown, running or ended.
+#[utoipa::path(get, path = "/v1/cluster/shutdown", tag = "cluster", responses((status = 200, body = ShutdownState), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn get_shutdown(State(queen): State<Arc<Queen>>) -> Result<Json<ShutdownState>, ApiError> {
     queen.shutdown().map(Json).ok_or_else(|| ApiError::not_found("no cluster shutdown has been started"))
 }
 
+/// Whether new replicas may be placed on a hive; what runs there keeps running.
+#[utoipa::path(put, path = "/v1/hives/{id}/eligibility", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), request_body = EligibilityBody, responses(
+    (status = 200, body = EligibilityBody), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
 async fn set_eligibility(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
     JsonBody(body): JsonBody<EligibilityBody>,
 ) -> Result<Json<EligibilityBody>, ApiError> {
     let id = parse_id(&raw)?;
@@ -364,9 +507,13 @@ async fn set_eligibility(
     Ok(Json(body))
 }
 
+/// Moves a hive's replicas elsewhere, new ones first, and makes it ineligible.
+#[utoipa::path(post, path = "/v1/hives/{id}/drain", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), request_body = DrainRequest, responses(
+    (status = 202, body = DrainStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
 async fn start_drain(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
+    PathParam(raw): PathParam<String>,
     JsonBody(req): JsonBody<DrainRequest>,
 ) -> Result<(StatusCode, Json<DrainStatus>), ApiError> {
     refuse_when_gated(&queen)?;
@@ -383,12 +530,22 @@ async fn start_drain(
     Ok((StatusCode::ACCEPTED, Json(status)))
 }
 
-async fn get_drain(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<Json<DrainStatus>, ApiError> {
+/// A hive's drain, running or ended.
+#[utoipa::path(get, path = "/v1/hives/{id}/drain", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = DrainStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn get_drain(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DrainStatus>, ApiError> {
     let id = parse_id(&raw)?;
     queen.orchestrator.drain(&id).map(Json).ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))
 }
 
-async fn cancel_drain(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) -> Result<Json<DrainStatus>, ApiError> {
+/// Stops a drain; what moved stays where it is.
+#[utoipa::path(delete, path = "/v1/hives/{id}/drain", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = DrainStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+async fn cancel_drain(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DrainStatus>, ApiError> {
     let id = parse_id(&raw)?;
     let status =
         queen.orchestrator.cancel_drain(&id).ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))?;
@@ -396,17 +553,22 @@ async fn cancel_drain(State(queen): State<Arc<Queen>>, Path(raw): Path<String>) 
     Ok(Json(status))
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RemoveQuery {
+    /// Forget the hive even while it is online.
     #[serde(default)]
     force: bool,
 }
 
-/// `DELETE /v1/hives/{id}`: forgets a hive that is gone; its events stay in the log.
+/// Forgets a hive that is gone; its events stay in the log.
+#[utoipa::path(delete, path = "/v1/hives/{id}", tag = "nodes", params(("id" = NodeId, Path, description = "hive id"), RemoveQuery), responses(
+    (status = 204, description = "forgotten"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
 async fn remove_hive(
     State(queen): State<Arc<Queen>>,
-    Path(raw): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<RemoveQuery>,
+    PathParam(raw): PathParam<String>,
+    QueryParams(q): QueryParams<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
     let view = queen.hives.get(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
@@ -423,6 +585,8 @@ async fn remove_hive(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Nodes by liveness and eligibility, workers by status, capacity, utilisation, jobs.
+#[utoipa::path(get, path = "/v1/cluster/stats", tag = "cluster", responses((status = 200, body = ClusterStats), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn stats(State(queen): State<Arc<Queen>>) -> Json<ClusterStats> {
     Json(queen.stats())
 }

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::Response;
 use contract::{JobRequest, NodeId};
-use lifecycle::http::{ApiError, JsonBody};
+use lifecycle::http::{ApiError, JsonBody, QueryParams};
 use serde::Deserialize;
 
 use crate::Queen;
@@ -22,7 +22,8 @@ use crate::metrics::JobLabels;
 /// Workers tried for one job before the queen gives up with 503.
 const ATTEMPTS: usize = 3;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct JobQuery {
     /// Only workers of this deployment.
     deployment: Option<String>,
@@ -78,9 +79,17 @@ impl Queen {
     }
 }
 
+/// Runs a job on the available worker with the least in flight; the worker's answer is
+/// passed back as it is.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(JobQuery), request_body = JobRequest, responses(
+    (status = 200, body = contract::JobResponse, description = "the worker's answer"),
+    (status = "4XX", body = contract::ApiErrorBody, description = "refused; nothing ran"),
+    (status = 502, body = contract::ApiErrorBody, description = "the worker failed while running it"),
+    (status = 503, body = contract::ApiErrorBody, description = "no worker available, or the cluster is shutting down"),
+))]
 pub async fn route(
     State(queen): State<Arc<Queen>>,
-    Query(query): Query<JobQuery>,
+    QueryParams(query): QueryParams<JobQuery>,
     body: Result<JsonBody<JobRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(job) = body?;

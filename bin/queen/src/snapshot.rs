@@ -182,11 +182,17 @@ fn event(frame: &Frame) -> (Event, usize) {
     (Event::default().event("heartbeat").id(frame.seq.to_string()).data(&*frame.json), frame.json.len())
 }
 
-/// `GET /v1/heartbeats/stream`: the latest snapshot at once, then every new one.
+/// The live stream (SSE, `event: heartbeat`, `id:` the snapshot's seq, each a `Snapshot`):
+/// the latest snapshot at once, then every new one.
 ///
 /// A slow client never holds anything up: the watch channel keeps only the newest frame,
 /// so a client that falls behind skips straight to it. The stream ends when the queen
 /// stops.
+#[utoipa::path(get, path = "/v1/heartbeats/stream", tag = "snapshot", responses(
+    (status = 200, content_type = "text/event-stream", body = String, description = "an endless stream of Snapshot events"),
+    (status = "4XX", body = contract::ApiErrorBody, description = "refused"),
+    (status = 503, body = contract::ApiErrorBody, description = "too many stream clients"),
+))]
 pub(crate) async fn stream(
     State(queen): State<Arc<Queen>>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, lifecycle::http::ApiError> {

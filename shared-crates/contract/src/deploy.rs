@@ -9,6 +9,7 @@ use crate::{ContractError, NodeId};
 
 /// How the queen picks a hive for a replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PlacementStrategy {
     /// Hives in turn, by id.
@@ -55,12 +56,14 @@ impl std::str::FromStr for PlacementStrategy {
 
 /// `PUT /v1/placement/strategy`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StrategyBody {
     pub strategy: PlacementStrategy,
 }
 
 /// What an operator asks to run: `POST /v1/deployments`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentSpec {
     /// Also the prefix of its workers' names (`<name>-<slot>`), so it follows id syntax.
@@ -114,6 +117,7 @@ impl DeploymentSpec {
 
 /// `PATCH /v1/deployments/{name}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScaleBody {
     pub replicas: u32,
@@ -121,6 +125,7 @@ pub struct ScaleBody {
 
 /// Where a replica stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AssignmentState {
     /// On a hive; the worker heartbeats (or will, once started).
@@ -133,6 +138,7 @@ pub enum AssignmentState {
 
 /// One replica slot of a deployment and the hive it runs on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     pub deployment: NodeId,
     pub slot: u32,
@@ -164,6 +170,7 @@ impl Assignment {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Retiring {
     pub hive: NodeId,
     pub worker: NodeId,
@@ -171,6 +178,7 @@ pub struct Retiring {
 
 /// `PUT /v1/hives/{id}/eligibility`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EligibilityBody {
     pub eligible: bool,
@@ -178,6 +186,7 @@ pub struct EligibilityBody {
 
 /// `POST /v1/hives/{id}/drain`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DrainRequest {
     /// Whatever has not moved by then is stopped anyway [default: 5 min].
@@ -187,6 +196,7 @@ pub struct DrainRequest {
 
 /// A drain of one hive, as it stands.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DrainStatus {
     pub hive: NodeId,
     #[serde(with = "time::serde::rfc3339")]
@@ -219,6 +229,7 @@ impl DrainStatus {
 
 /// A deployment with where its replicas are.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentStatus {
     pub spec: DeploymentSpec,
     #[serde(with = "time::serde::rfc3339")]
@@ -231,6 +242,7 @@ pub struct DeploymentStatus {
 /// What a hive should run: the whole desired set, so a command is idempotent and a
 /// replay after a reconnect is harmless.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerLaunch {
     pub name: NodeId,
     pub deployment: NodeId,
@@ -241,6 +253,7 @@ pub struct WorkerLaunch {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum CommandKind {
     /// Run exactly these workers — and, while the cluster shuts down, do this phase.
@@ -253,6 +266,7 @@ pub enum CommandKind {
 
 /// One message on `GET /v1/hives/{id}/commands` (SSE `event: command`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HiveCommand {
     /// Increases with every command the queen issues; an ACK names it.
     pub id: u64,
@@ -262,6 +276,7 @@ pub struct HiveCommand {
 
 /// `POST /v1/hives/{id}/acks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CommandAck {
     pub command_id: u64,
     pub ok: bool,
@@ -271,6 +286,7 @@ pub struct CommandAck {
 
 /// A supervised worker process as its hive reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ProcessState {
     Running,
@@ -282,6 +298,7 @@ pub enum ProcessState {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SupervisedWorker {
     pub name: NodeId,
     pub deployment: NodeId,
@@ -295,6 +312,7 @@ pub struct SupervisedWorker {
 
 /// `GET /v1/cluster/stats`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClusterStats {
     /// Hives by liveness (online, suspect, offline, stopped).
     pub hives_by_liveness: BTreeMap<String, usize>,

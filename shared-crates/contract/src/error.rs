@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Body of every non-2xx response: a stable machine-readable `code` and a human message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ApiErrorBody {
     /// Stable, snake_case; clients branch on this, never on `message`.
     pub code: String,

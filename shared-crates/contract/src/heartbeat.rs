@@ -9,6 +9,7 @@ use crate::{ContractError, Epoch, NodeId, Seq};
 
 /// What a hive says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum HiveStatus {
     Ready,
@@ -19,6 +20,7 @@ pub enum HiveStatus {
 
 /// What a worker says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerStatus {
     Starting,
@@ -32,6 +34,7 @@ pub enum WorkerStatus {
 
 /// Load average over 1, 5 and 15 minutes, as the OS reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LoadAverage {
     pub one: f64,
     pub five: f64,
@@ -40,6 +43,7 @@ pub struct LoadAverage {
 
 /// Real readings from the hive's machine.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Resources {
     /// Whole-machine CPU usage, 0–100.
     pub cpu_percent: f32,
@@ -52,12 +56,14 @@ pub struct Resources {
 
 /// How many workers the hive may run and runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Capacity {
     pub max_workers: u32,
     pub running_workers: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HiveHeartbeat {
     pub id: NodeId,
     pub epoch: Epoch,
@@ -82,6 +88,7 @@ pub struct HiveHeartbeat {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerHeartbeat {
     pub id: NodeId,
     pub hive_id: NodeId,
@@ -101,6 +108,7 @@ pub struct WorkerHeartbeat {
 
 /// The queen's answer to a heartbeat.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HeartbeatResponse {
     /// Interval the sender should use for its next heartbeat; the queen may stretch it as
     /// the cluster grows to bound its own load.

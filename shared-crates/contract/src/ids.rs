@@ -17,6 +17,24 @@ pub const MAX_ID_LEN: usize = 64;
 #[serde(try_from = "String", into = "String")]
 pub struct NodeId(String);
 
+/// Written by hand so the document carries the id rule as a pattern, which the derive
+/// cannot express for a newtype.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for NodeId {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some(r"^[A-Za-z0-9._-]{1,64}$"))
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_LEN))
+            .description(Some("Name of a hive, worker or deployment: 1..=64 characters of [A-Za-z0-9._-]."))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for NodeId {}
+
 impl NodeId {
     pub fn new(s: impl Into<String>) -> Result<Self, ContractError> {
         let s = s.into();
@@ -90,6 +108,7 @@ impl AsRef<str> for NodeId {
 
 /// Incarnation of a process: a new value on every start, larger than the last one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Epoch(pub u64);
 
@@ -113,6 +132,7 @@ impl fmt::Display for Epoch {
 
 /// Position of a heartbeat within one epoch; strictly increasing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
 pub struct Seq(pub u64);
 

@@ -10,6 +10,7 @@ pub const MAX_SHA256_ROUNDS: u32 = 5_000_000;
 /// A unit of work, tagged by `kind`: `{"kind":"sleep","ms":200}` or
 /// `{"kind":"sha256","input":"abc","rounds":1000}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum JobRequest {
     Sleep { ms: u64 },
@@ -17,6 +18,7 @@ pub enum JobRequest {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobResponse {
     pub worker_id: String,
     pub kind: String,

@@ -52,6 +52,7 @@ pub mod paths {
     pub const HEALTHZ: &str = "/healthz";
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
+    pub const OPENAPI: &str = "/v1/openapi.json";
 }
 
 /// Largest request body any Apiary endpoint accepts; a heartbeat is well under 4 KiB.

@@ -9,6 +9,7 @@ use crate::NodeId;
 
 /// The phases, in the order they run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// Queen refuses deployments and jobs; hives start no workers and report draining.
@@ -39,6 +40,7 @@ impl Phase {
 
 /// `POST /v1/cluster/shutdown`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownRequest {
     /// Print the plan; change nothing.
@@ -57,6 +59,7 @@ pub struct ShutdownRequest {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum AckStatus {
     Waiting,
@@ -69,6 +72,7 @@ pub enum AckStatus {
 
 /// One hive's part in one phase.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HiveProgress {
     pub status: AckStatus,
     /// Workers the hive still runs, from its heartbeats.
@@ -78,6 +82,7 @@ pub struct HiveProgress {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum PhaseStatus {
     Pending,
@@ -90,6 +95,7 @@ pub enum PhaseStatus {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseReport {
     pub phase: Phase,
     pub status: PhaseStatus,
@@ -102,6 +108,7 @@ pub struct PhaseReport {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ShutdownStatus {
     Running,
@@ -111,6 +118,7 @@ pub enum ShutdownStatus {
 
 /// A cluster shutdown as it stands; durable, and part of every snapshot while it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShutdownState {
     pub status: ShutdownStatus,
     pub force: bool,
@@ -133,6 +141,7 @@ impl ShutdownState {
 
 /// What a dry run prints.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ShutdownPlan {
     pub phases: Vec<Phase>,
     /// Hive → its workers, as the queen sees them now.
@@ -143,6 +152,7 @@ pub struct ShutdownPlan {
 
 /// The answer to `POST /v1/cluster/shutdown`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ShutdownAnswer {
     Plan(ShutdownPlan),
@@ -151,6 +161,7 @@ pub enum ShutdownAnswer {
 
 /// What a hive is told to do for a phase, inside its desired state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PhaseOrder {
     pub phase: Phase,
     /// DRAIN: SIGKILL whatever still runs this long after SIGTERM.

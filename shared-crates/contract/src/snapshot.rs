@@ -10,6 +10,7 @@ use crate::{Capacity, Epoch, HiveStatus, NodeId, Resources, WorkerStatus};
 /// The queen's view of whether a node is alive, derived from the time since its last
 /// heartbeat (not from what the node says about itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Liveness {
     Online,
@@ -21,6 +22,7 @@ pub enum Liveness {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum NodeKind {
     Hive,
@@ -31,6 +33,7 @@ pub enum NodeKind {
 
 /// A change of a node's liveness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     Joined,
@@ -66,6 +69,7 @@ pub enum EventKind {
 
 /// One entry of the event log; `reason` answers "why".
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeEvent {
     /// Monotonic per registry and queen run; lets a client skip events it already has.
     pub seq: u64,
@@ -79,6 +83,7 @@ pub struct NodeEvent {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HiveSummary {
     pub id: NodeId,
     pub liveness: Liveness,
@@ -111,6 +116,7 @@ fn yes() -> bool {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WorkerSummary {
     pub id: NodeId,
     pub hive_id: NodeId,
@@ -135,6 +141,7 @@ pub struct WorkerSummary {
 /// they never change meaning. "Online" counts nodes that are online or suspect (presumed
 /// alive); "available" counts nodes that are online, ready and not flapping.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     #[serde(with = "time::serde::rfc3339")]
     pub timestamp: OffsetDateTime,
@@ -170,6 +177,7 @@ pub struct Snapshot {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeploymentSummary {
     pub name: NodeId,
     pub replicas: u32,

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
-use contract::{CheckReport, ReadinessReport, ReadinessStatus, paths};
+use contract::{CheckReport, ReadinessReport, ReadinessStatus};
 use prometheus_client::registry::Registry;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 type CheckFn = Box<dyn Fn() -> Result<String, String> + Send + Sync>;
 
@@ -73,33 +75,43 @@ impl Health {
 
     /// The three endpoints, ready to merge into a process's router.
     pub fn router(self: &Arc<Self>) -> Router {
-        let ready = Arc::clone(self);
-        let metrics = Arc::clone(self);
-        Router::new()
-            .route(paths::HEALTHZ, get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
-            .route(
-                paths::READYZ,
-                get(move || {
-                    let report = ready.readiness();
-                    let code = if report.status == ReadinessStatus::Ready {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    async move { (code, axum::Json(report)) }
-                }),
-            )
-            .route(
-                paths::METRICS,
-                get(move || {
-                    let body = metrics.metrics_text();
-                    async move {
-                        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
-                            .into_response()
-                    }
-                }),
-            )
+        self.api_router().split_for_parts().0
     }
+
+    /// The three endpoints with their OpenAPI description, for a process that publishes one.
+    pub fn api_router(self: &Arc<Self>) -> OpenApiRouter {
+        OpenApiRouter::new()
+            .routes(routes!(healthz))
+            .routes(routes!(readyz))
+            .routes(routes!(metrics))
+            .with_state(Arc::clone(self))
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()), responses((status = 200, description = "the process is alive")))]
+async fn healthz() -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness: every check passes and the process is not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health", security(()), responses(
+    (status = 200, description = "ready", body = ReadinessReport),
+    (status = 503, description = "degraded or draining", body = ReadinessReport),
+))]
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let report = health.readiness();
+    let code = if report.status == ReadinessStatus::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (code, axum::Json(report))
+}
+
+/// Prometheus metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses(
+    (status = 200, description = "metrics", content_type = "application/openmetrics-text", body = String),
+))]
+async fn metrics(State(health): State<Arc<Health>>) -> axum::response::Response {
+    let body = health.metrics_text();
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
 pub struct HealthBuilder {

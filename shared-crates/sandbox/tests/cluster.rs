@@ -303,6 +303,14 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
         assert_eq!(resp.status().as_u16(), status, "{path}");
         assert_eq!(resp.json::<ApiErrorBody>().await?.code, code, "{path}");
     }
+    let doc: Value = http.get(format!("{base}/v1/openapi.json")).send().await?.json().await?;
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")), "{doc}");
+    for path in
+        ["/v1/hive-heartbeat", "/v1/heartbeats/stream", "/v1/deployments/{name}", "/v1/cluster/shutdown", "/readyz"]
+    {
+        assert!(doc["paths"][path].is_object(), "the API description lacks {path}");
+    }
+    assert!(doc["components"]["schemas"]["Snapshot"].is_object());
     let page = http.get(format!("{base}/")).send().await?;
     assert_eq!(page.status(), StatusCode::OK);
     let page = page.text().await?;
