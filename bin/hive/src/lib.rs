@@ -105,7 +105,10 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         config,
     });
 
-    let mut health = Health::builder().check("queen_contact", heartbeater.contact_check());
+    let report = supervisor.report();
+    let mut health = Health::builder()
+        .check("queen_contact", heartbeater.contact_check())
+        .check("supervisor", move || supervisor::health(&report.lock().unwrap_or_else(|p| p.into_inner())));
     heartbeater.register_metrics(health.metrics());
     let health = health.build();
 

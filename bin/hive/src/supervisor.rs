@@ -50,6 +50,21 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
+/// The supervisor's readiness: degraded while a worker has failed for good (it crashed
+/// past its restart limit), since the hive is then not running what it was asked to.
+pub fn health(report: &[SupervisedWorker]) -> Result<String, String> {
+    let failed: Vec<String> = report
+        .iter()
+        .filter(|w| w.state == ProcessState::Failed)
+        .map(|w| format!("{} ({})", w.name, w.last_exit))
+        .collect();
+    if !failed.is_empty() {
+        return Err(format!("failed for good: {}", failed.join(", ")));
+    }
+    let running = report.iter().filter(|w| w.state == ProcessState::Running).count();
+    Ok(format!("{running} of {} workers running", report.len()))
+}
+
 /// What the hive tells its children about where they are.
 #[derive(Clone)]
 pub struct ChildEnv {
@@ -316,5 +331,31 @@ impl Supervisor {
         }
         self.procs.clear();
         tracing::info!("all workers stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(name: &str, state: ProcessState) -> SupervisedWorker {
+        SupervisedWorker {
+            name: NodeId::sanitized(name),
+            deployment: NodeId::sanitized("web"),
+            state,
+            pid: None,
+            restarts: 5,
+            last_exit: "exit status 1".into(),
+        }
+    }
+
+    #[test]
+    fn a_worker_failed_for_good_degrades_the_hive() {
+        assert_eq!(health(&[]), Ok("0 of 0 workers running".into()));
+        let running = [worker("web-0", ProcessState::Running), worker("web-1", ProcessState::Restarting)];
+        assert_eq!(health(&running), Ok("1 of 2 workers running".into()));
+        let failed = [worker("web-0", ProcessState::Running), worker("web-1", ProcessState::Failed)];
+        let err = health(&failed).expect_err("degraded");
+        assert!(err.contains("web-1 (exit status 1)"), "{err}");
     }
 }

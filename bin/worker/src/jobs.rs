@@ -38,6 +38,14 @@ pub fn sha256_rounds(input: &str, rounds: u32) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The executor's readiness: the hashing a `sha256` job runs gives the known digest of
+/// "abc" (a broken build or a miscompiled dependency would be caught here, not by users).
+pub fn self_test() -> Result<String, String> {
+    const ABC: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    let got = sha256_rounds("abc", 1);
+    if got == ABC { Ok("sha256 self-test passed".into()) } else { Err(format!("sha256(\"abc\") gave {got}")) }
+}
+
 /// Runs a checked job to completion; CPU work goes to the blocking pool so it never
 /// stalls the heartbeat or other requests.
 pub async fn execute(job: JobRequest) -> Result<(String, Duration), String> {

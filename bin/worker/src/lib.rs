@@ -154,7 +154,8 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
         config.ca.as_deref(),
     )?;
     let heartbeater = Arc::new(Heartbeater::new(client, config.heartbeat_interval));
-    let mut health = Health::builder().check("queen_contact", heartbeater.contact_check());
+    let mut health =
+        Health::builder().check("queen_contact", heartbeater.contact_check()).check("job_executor", jobs::self_test);
     heartbeater.register_metrics(health.metrics());
     let jobs_family = Family::<JobLabels, Counter>::default();
     health.metrics().register("apiary_jobs", "Jobs by kind and outcome", jobs_family.clone());

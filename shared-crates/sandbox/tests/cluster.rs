@@ -318,7 +318,16 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
     assert_eq!(http.get(format!("{base}/healthz")).send().await?.status(), StatusCode::OK);
     assert_eq!(http.get(format!("{base}/readyz")).send().await?.status(), StatusCode::OK);
     let hive_url = sb.hive_url(&NodeId::new("hive-0")?).expect("hive url");
-    assert_eq!(http.get(format!("{hive_url}/readyz")).send().await?.status(), StatusCode::OK, "hive ready");
+    let hive_ready: contract::ReadinessReport = http.get(format!("{hive_url}/readyz")).send().await?.json().await?;
+    let worker_url = sb.worker_url(&NodeId::new("worker-0-0")?).expect("worker url");
+    let worker_ready: contract::ReadinessReport = http.get(format!("{worker_url}/readyz")).send().await?.json().await?;
+    for (report, checks) in
+        [(&hive_ready, ["queen_contact", "supervisor"]), (&worker_ready, ["queen_contact", "job_executor"])]
+    {
+        assert_eq!(report.status, contract::ReadinessStatus::Ready, "{report:?}");
+        let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, checks);
+    }
 
     let mut stream = SnapshotStream::connect(&base).await?;
     // Node gauges are set when a snapshot is built; wait for one that has everyone.
