@@ -50,6 +50,16 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
+impl Supervisor {
+    /// The token a child gets: a hive holding a node token makes one for each worker (so
+    /// the worker can act only as itself, of this hive); the shared cluster token is passed
+    /// on as it is.
+    fn child_token(&self, worker: &NodeId) -> Option<String> {
+        let token = self.env.token.as_ref()?.expose();
+        Some(queen_client::node_token::worker_token(token, worker).unwrap_or_else(|| token.to_string()))
+    }
+}
+
 /// The supervisor's readiness: degraded while a worker has failed for good (it crashed
 /// past its restart limit), since the hive is then not running what it was asked to.
 pub fn health(report: &[SupervisedWorker]) -> Result<String, String> {
@@ -168,7 +178,7 @@ impl Supervisor {
             .env("APIARY_HIVE", self.env.hive.as_str())
             .env("APIARY_NAME", launch.name.as_str())
             .env("APIARY_KIND", launch.deployment.as_str())
-            .envs(self.env.token.iter().map(|t| ("APIARY_TOKEN", t.expose())))
+            .envs(self.child_token(&launch.name).iter().map(|t| ("APIARY_TOKEN", t.as_str())))
             .envs(self.env.ca.iter().map(|ca| ("APIARY_CA", ca.as_os_str())))
             .stdin(Stdio::null())
             .process_group(0)

@@ -24,6 +24,7 @@ use tower_http::services::ServeDir;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::NodeIdentity;
 use crate::metrics::{HeartbeatLabels, KindLabels, StreamLabels};
 use crate::orchestrator::DeployError;
 use crate::{Queen, snapshot, summary};
@@ -139,6 +140,8 @@ pub trait NodePayload: HeartbeatPayload<Id = NodeId> + serde::de::DeserializeOwn
     fn validate(&self) -> Result<(), ContractError>;
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self>;
     fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> Self::Summary;
+    /// Whether a node token with this identity may send this heartbeat.
+    fn claimed_by(&self, identity: &NodeIdentity) -> bool;
 }
 
 impl NodePayload for HiveHeartbeat {
@@ -149,6 +152,9 @@ impl NodePayload for HiveHeartbeat {
     }
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
         &queen.hives
+    }
+    fn claimed_by(&self, identity: &NodeIdentity) -> bool {
+        matches!(identity, NodeIdentity::Hive(h) if *h == self.id)
     }
     fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> HiveSummary {
         let mut h = summary::hive(node);
@@ -165,6 +171,9 @@ impl NodePayload for WorkerHeartbeat {
     }
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
         &queen.workers
+    }
+    fn claimed_by(&self, identity: &NodeIdentity) -> bool {
+        matches!(identity, NodeIdentity::Worker { hive, worker } if *worker == self.id && *hive == self.hive_id)
     }
     fn summary(_: &Queen, node: NodeRef<'_, Self>) -> WorkerSummary {
         summary::worker(node)
@@ -196,8 +205,9 @@ async fn worker_heartbeat(State(queen): State<Arc<Queen>>, req: Request) -> Resu
 /// Times a heartbeat from the end of its head (before the body is read) to its answer.
 async fn timed_heartbeat<T: NodePayload>(queen: Arc<Queen>, req: Request) -> Result<Json<HeartbeatResponse>, ApiError> {
     let started = std::time::Instant::now();
+    let identity = req.extensions().get::<NodeIdentity>().cloned();
     let body = JsonBody::<T>::from_request(req, &()).await;
-    let answer = heartbeat::<T>(&queen, body);
+    let answer = heartbeat::<T>(&queen, body, identity.as_ref());
     let histogram = queen.metrics.ingest_seconds.get_or_create(&KindLabels { kind: T::KIND.as_str() });
     histogram.observe(started.elapsed().as_secs_f64());
     answer
@@ -207,6 +217,7 @@ async fn timed_heartbeat<T: NodePayload>(queen: Arc<Queen>, req: Request) -> Res
 fn heartbeat<T: NodePayload>(
     queen: &Queen,
     body: Result<JsonBody<T>, ApiError>,
+    identity: Option<&NodeIdentity>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let payload = match body
         .and_then(|JsonBody(p)| p.validate().map(|()| p).map_err(|e| ApiError::unprocessable(e.to_string())))
@@ -217,6 +228,10 @@ fn heartbeat<T: NodePayload>(
             return Err(e);
         }
     };
+    if let Some(identity) = identity.filter(|i| !payload.claimed_by(i)) {
+        count(queen, T::KIND, "token_mismatch");
+        return Err(crate::auth::token_mismatch(identity));
+    }
     if let Err(not_until) = queen.heartbeat_limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
         count(queen, T::KIND, "rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));

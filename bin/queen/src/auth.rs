@@ -14,6 +14,8 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use lifecycle::http::ApiError;
+use queen_client::node_token;
+pub use queen_client::node_token::NodeIdentity;
 use subtle::ConstantTimeEq;
 
 use crate::Queen;
@@ -70,27 +72,28 @@ fn matches(secret: &Secret, presented: &str) -> bool {
 }
 
 impl Tokens {
-    /// `Ok` to go on; otherwise the error to answer with.
-    pub fn check(&self, scope: Scope, token: Option<&str>) -> Result<(), ApiError> {
+    /// `Ok` to go on, with the node the token names if it is a node token; otherwise the
+    /// error to answer with.
+    pub fn check(&self, scope: Scope, token: Option<&str>) -> Result<Option<NodeIdentity>, ApiError> {
         let allowed: Vec<&Secret> = match scope {
-            Scope::Open => return Ok(()),
+            Scope::Open => return Ok(None),
             Scope::Read => match &self.read {
                 // Reads are open unless a read token is set; then any token may read.
-                None => return Ok(()),
+                None => return Ok(None),
                 Some(r) => [Some(r), self.cluster.as_ref(), self.admin.as_ref()].into_iter().flatten().collect(),
             },
             Scope::Cluster => match &self.cluster {
-                None => return Ok(()),
+                None => return Ok(None),
                 Some(c) => [Some(c), self.admin.as_ref()].into_iter().flatten().collect(),
             },
             Scope::ClusterOrAdmin => {
                 if self.cluster.is_none() && self.admin.is_none() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 [self.cluster.as_ref(), self.admin.as_ref()].into_iter().flatten().collect()
             }
             Scope::Admin => match &self.admin {
-                None => return Ok(()),
+                None => return Ok(None),
                 Some(a) => vec![a],
             },
         };
@@ -98,22 +101,67 @@ impl Tokens {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
         };
         if allowed.iter().any(|s| matches(s, token)) {
-            return Ok(());
+            return Ok(None);
         }
-        let known = [&self.cluster, &self.admin, &self.read].into_iter().flatten().any(|s| matches(s, token));
-        if known {
-            Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))
-        } else {
-            Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+        // A node token stands in for the cluster token wherever that one would do.
+        let node = self.cluster.as_ref().and_then(|c| node_token::verify(c.expose(), token));
+        let cluster_would_do = self.cluster.as_ref().is_some_and(|c| allowed.contains(&c));
+        match node {
+            Some(identity) if cluster_would_do => Ok(Some(identity)),
+            Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a node token may not make this call")),
+            None => {
+                let known = [&self.cluster, &self.admin, &self.read].into_iter().flatten().any(|s| matches(s, token));
+                if known {
+                    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))
+                } else {
+                    Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
+                }
+            }
         }
     }
 }
 
-/// The middleware in front of every route.
-pub async fn require(State(queen): State<Arc<Queen>>, req: Request, next: Next) -> Response {
+/// What a node token may touch beyond its body's claims: a hive only its own paths under
+/// `/v1/hives/{id}`; a worker only its heartbeat, jobs and reads.
+fn binds(identity: &NodeIdentity, method: &Method, path: &str) -> Result<(), ApiError> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let allowed = match (identity, method.as_str(), segments.as_slice()) {
+        (NodeIdentity::Hive(own), _, ["v1", "hives", id, ..]) => *id == own.as_str(),
+        // A hive's control channel, ACKs and drain are that hive's alone.
+        (NodeIdentity::Worker { .. }, _, ["v1", "hives", _, "commands" | "acks" | "drain"]) => false,
+        (NodeIdentity::Hive(_), "POST", ["v1", "hive-heartbeat" | "jobs"]) => true,
+        (NodeIdentity::Worker { .. }, "POST", ["v1", "worker-heartbeat" | "jobs"]) => true,
+        (_, "GET" | "HEAD", _) => true,
+        _ => false,
+    };
+    if allowed { Ok(()) } else { Err(token_mismatch(identity)) }
+}
+
+pub fn token_mismatch(identity: &NodeIdentity) -> ApiError {
+    let who = match identity {
+        NodeIdentity::Hive(h) => format!("hive {h}"),
+        NodeIdentity::Worker { hive, worker } => format!("worker {worker} of hive {hive}"),
+    };
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "token_mismatch",
+        format!("this token is {who}'s and may not act for another node"),
+    )
+}
+
+/// The middleware in front of every route. A node token's identity rides along in the
+/// request's extensions, for the heartbeat handlers to hold the body's claims to it.
+pub async fn require(State(queen): State<Arc<Queen>>, mut req: Request, next: Next) -> Response {
     let scope = scope(req.method(), req.uri().path());
     match queen.config().tokens.check(scope, presented(&req).as_deref()) {
-        Ok(()) => next.run(req).await,
+        Ok(None) => next.run(req).await,
+        Ok(Some(identity)) => match binds(&identity, req.method(), req.uri().path()) {
+            Ok(()) => {
+                req.extensions_mut().insert(identity);
+                next.run(req).await
+            }
+            Err(e) => e.into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }
@@ -144,6 +192,12 @@ mod tests {
     fn wrong_kind_is_403_and_none_or_unknown_is_401() {
         let t = tokens();
         let status = |scope, token| t.check(scope, token).err().map(|e| e.status.as_u16());
+        let hive = node_token::hive_token("c", &contract::NodeId::sanitized("h1"));
+        assert_eq!(status(Scope::Cluster, Some(&hive)), None, "a node token does what the cluster token does");
+        assert_eq!(status(Scope::Read, Some(&hive)), None);
+        assert_eq!(status(Scope::Admin, Some(&hive)), Some(403));
+        let foreign = node_token::hive_token("x", &contract::NodeId::sanitized("h1"));
+        assert_eq!(status(Scope::Cluster, Some(&foreign)), Some(401), "made from another cluster's token");
         assert_eq!(status(Scope::Admin, None), Some(401));
         assert_eq!(status(Scope::Admin, Some("nope")), Some(401));
         assert_eq!(status(Scope::Admin, Some("c")), Some(403));

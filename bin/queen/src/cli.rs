@@ -22,6 +22,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the queen.
     Serve(ServeArgs),
+    /// Print the node token of a hive: it lets that hive (and the workers it starts) act as
+    /// themselves only. Made from the cluster token, which stays with the queen.
+    Token {
+        /// The hive's id.
+        hive: String,
+        /// The cluster token the queen runs with.
+        #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
+        cluster_token: lifecycle::Secret,
+    },
     /// Print the cluster summary.
     Status(Remote),
     /// List hives and workers with their liveness.
@@ -289,6 +298,10 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
     use anyhow::Context;
     match command {
         Command::Serve(_) => anyhow::bail!("serve is not a remote command"),
+        Command::Token { hive, cluster_token } => {
+            let hive = NodeId::new(hive)?;
+            println!("{}", queen_client::node_token::hive_token(cluster_token.expose(), &hive));
+        }
         Command::Status(remote) => {
             let snapshot = remote.client()?.snapshot().await.with_context(|| format!("asking {}", remote.queen))?;
             print!("{}", render_status(&snapshot));

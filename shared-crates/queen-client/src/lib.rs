@@ -3,6 +3,7 @@
 //! exponential backoff while the queen is unreachable).
 
 mod heartbeat;
+pub mod node_token;
 
 pub use heartbeat::{Beat, Heartbeater, jittered, retry_policy};
 

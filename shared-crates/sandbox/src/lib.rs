@@ -175,6 +175,8 @@ pub struct SandboxBuilder {
     tokens: (Option<String>, Option<String>, Option<String>),
     max_stream_clients: Option<usize>,
     tls: bool,
+    /// Hives get node tokens made from the cluster token instead of the token itself.
+    node_tokens: bool,
 }
 
 impl Default for SandboxBuilder {
@@ -194,6 +196,7 @@ impl Default for SandboxBuilder {
             tokens: (None, None, None),
             max_stream_clients: None,
             tls: false,
+            node_tokens: false,
         }
     }
 }
@@ -229,6 +232,12 @@ impl SandboxBuilder {
     /// its client the admin token.
     pub fn tokens(mut self, cluster: &str, admin: &str, read: &str) -> Self {
         self.tokens = (Some(cluster.into()), Some(admin.into()), Some(read.into()));
+        self
+    }
+    /// Hives and workers present node tokens (made from the cluster token) rather than
+    /// the cluster token itself. Needs [`SandboxBuilder::tokens`].
+    pub fn node_tokens(mut self) -> Self {
+        self.node_tokens = true;
         self
     }
     pub fn max_stream_clients(mut self, n: usize) -> Self {
@@ -372,10 +381,26 @@ impl Sandbox {
         Ok(())
     }
 
+    /// The token hive `hive` presents: the cluster token, or its node token.
+    pub fn hive_token(&self, hive: &NodeId) -> Option<String> {
+        let cluster = self.config.tokens.0.as_ref()?;
+        Some(if self.config.node_tokens {
+            queen_client::node_token::hive_token(cluster, hive)
+        } else {
+            cluster.clone()
+        })
+    }
+
+    /// The token worker `worker` of hive `hive` presents.
+    pub fn worker_token(&self, hive: &NodeId, worker: &NodeId) -> Option<String> {
+        let hive_token = self.hive_token(hive)?;
+        Some(queen_client::node_token::worker_token(&hive_token, worker).unwrap_or(hive_token))
+    }
+
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
         let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
         config.max_workers = self.config.max_workers;
-        config.token = self.config.tokens.0.as_ref().map(lifecycle::Secret::new);
+        config.token = self.hive_token(&id).map(lifecycle::Secret::new);
         config.ca = self.ca().map(Into::into);
         config.worker_stop_timeout = Duration::from_secs(5);
         config.drain_on_shutdown = self.config.drain_on_shutdown;
@@ -394,7 +419,7 @@ impl Sandbox {
         let mut config =
             worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
         config.drain_timeout = Duration::from_secs(10);
-        config.token = self.config.tokens.0.as_ref().map(lifecycle::Secret::new);
+        config.token = self.worker_token(hive, &id).map(lifecycle::Secret::new);
         config.ca = self.ca().map(Into::into);
         self.workers
             .push(Node::spawn(id, SocketAddr::from(([127, 0, 0, 1], 0)), move |l, stop| worker::run(config, l, stop))?);

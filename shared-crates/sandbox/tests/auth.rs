@@ -139,3 +139,85 @@ async fn every_call_needs_the_right_kind_of_token() -> anyhow::Result<()> {
     .await?;
     sb.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_tokens_let_a_node_act_only_as_itself() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(1)
+        .heartbeat_interval(Duration::from_millis(300))
+        .tokens("cluster-secret", "admin-secret", "read-secret")
+        .node_tokens()
+        .start()
+        .await?;
+    // start() waited for both hives and both workers: node tokens are enough to join.
+    let (h0, h1) = (contract::NodeId::new("hive-0")?, contract::NodeId::new("hive-1")?);
+    let hive0 = sb.hive_token(&h0).expect("token");
+    let worker00 = sb.worker_token(&h0, &contract::NodeId::new("worker-0-0")?).expect("token");
+    assert!(hive0.starts_with("hive:hive-0:") && worker00.starts_with("worker:hive-0:worker-0-0:"));
+
+    // A worker process started by hive-0 gets a token made by hive-0 for it, and joins.
+    let bin = tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("worker");
+    let spec = json!({"name": "bound", "command": bin.to_string_lossy(), "args": ["--heartbeat-interval", "300ms"],
+                      "replicas": 1, "labels_required": {}});
+    let _: contract::DeploymentStatus = sb.client().post_json("/v1/deployments", &spec).await?;
+    wait_until("the deployed worker heartbeating with its own token", Duration::from_secs(30), || async {
+        let workers = sb.client().workers().await.ok()?;
+        workers.iter().any(|w| w.liveness.is_up() && w.id.as_str().starts_with("bound-")).then_some(())
+    })
+    .await?;
+
+    let base = sb.queen_url();
+    let http = queen_client::http();
+    let mut as_other_hive = sandbox::samples::hive_beat("hive-1");
+    as_other_hive["epoch"] = json!(u64::MAX / 2);
+    let mut as_other_worker = sandbox::samples::worker_beat("worker-1-0");
+    as_other_worker["hive_id"] = json!("hive-0");
+    let mut claims_other_hive = sandbox::samples::worker_beat("worker-0-0");
+    claims_other_hive["hive_id"] = json!("hive-1");
+    let cases = [
+        ("hive-0 heartbeating as hive-1", "POST", "/v1/hive-heartbeat".to_string(), &hive0, Some(as_other_hive), 403),
+        ("a worker as another worker", "POST", "/v1/worker-heartbeat".into(), &worker00, Some(as_other_worker), 403),
+        (
+            "a worker claiming another hive",
+            "POST",
+            "/v1/worker-heartbeat".into(),
+            &worker00,
+            Some(claims_other_hive),
+            403,
+        ),
+        ("hive-0 on hive-1's control channel", "GET", format!("/v1/hives/{h1}/commands"), &hive0, None, 403),
+        (
+            "hive-0 ACKing for hive-1",
+            "POST",
+            format!("/v1/hives/{h1}/acks"),
+            &hive0,
+            Some(json!({"command_id": 1, "ok": true})),
+            403,
+        ),
+        ("a worker on a hive's channel", "GET", format!("/v1/hives/{h0}/commands"), &worker00, None, 403),
+        ("a hive token on an admin call", "POST", "/v1/deployments".into(), &hive0, Some(spec.clone()), 403),
+        (
+            "a hive heartbeat as a worker",
+            "POST",
+            "/v1/worker-heartbeat".into(),
+            &hive0,
+            Some(sandbox::samples::worker_beat("x")),
+            403,
+        ),
+    ];
+    for (what, method, path, token, body, status) in cases {
+        let mut req =
+            http.request(reqwest::Method::from_bytes(method.as_bytes())?, format!("{base}{path}")).bearer_auth(token);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await?;
+        assert_eq!(resp.status().as_u16(), status, "{what}");
+        let err: ApiErrorBody = resp.json().await?;
+        assert!(err.code == "token_mismatch" || err.code == "forbidden", "{what}: {err:?}");
+    }
+    // hive-1 is still its own: no heartbeat of hive-0's reached it.
+    assert!(sb.client().hive("hive-1").await?.epoch.0 < u64::MAX / 2);
+    sb.shutdown().await
+}
