@@ -229,3 +229,43 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() -> anyhow::Res
     c.close().await?;
     sb.shutdown().await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_read_token_the_dashboard_reads_through_its_page_token() -> anyhow::Result<()> {
+    let dist = dashboard_dir()?;
+    let sb = Sandbox::builder()
+        .hives(1)
+        .workers_per_hive(1)
+        .snapshot_interval(Duration::from_millis(300))
+        .tokens("cluster-secret", "admin-secret", "read-secret")
+        .ui_dir(dist)
+        .start()
+        .await?;
+    let (_driver, c, _profile) = browser().await?;
+
+    // Without a token the page loads (its files are open) but the stream is refused.
+    c.goto(&format!("{}/", sb.queen_url())).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(rows(&c, "hives").await?.is_empty(), "no data without a token");
+    assert_ne!(attr(&c, "#connection", "e.dataset.state").await?, json!("live"));
+
+    // With the read token in the page's address, it is live.
+    c.goto(&format!("{}/?access_token=read-secret", sb.queen_url())).await?;
+    wait_page(&c, "the hive on the page", |c| {
+        Box::pin(async move {
+            let h = rows(c, "hives").await.ok()?;
+            let live = attr(c, "#connection", "e.dataset.state").await.ok()? == json!("live");
+            (live && h.len() == 1 && h[0].1 == "online").then_some(())
+        })
+    })
+    .await?;
+    // The read token reads, and only reads.
+    let refused = queen_client::http()
+        .post(format!("{}/v1/deployments", sb.queen_url()))
+        .bearer_auth("read-secret")
+        .json(&json!({"name": "x", "command": "true", "replicas": 0}))
+        .send()
+        .await?;
+    assert_eq!(refused.status().as_u16(), 403);
+    sb.shutdown().await
+}
