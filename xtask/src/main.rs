@@ -6,8 +6,10 @@
 //! - `cargo xtask test [--ci]`: the whole test suite (with `--ci`, also fmt, clippy, a
 //!   longer property-test run and schemathesis against the OpenAPI document).
 //! - `cargo xtask schemathesis [--seconds N]`: the queen held to its OpenAPI document.
+//! - `cargo xtask bench`: the queen under simulated load; writes `BENCHMARKS.md`.
 //!   The project has no doctests; nextest runs everything else.
 
+mod bench;
 mod dev;
 mod schemathesis;
 #[cfg(test)]
@@ -39,6 +41,8 @@ enum Task {
         #[arg(long)]
         ci: bool,
     },
+    /// Measure the queen under load (release build) and write BENCHMARKS.md.
+    Bench(bench::BenchArgs),
     /// Run schemathesis against a real queen for a bounded time.
     Schemathesis {
         #[arg(long, default_value_t = 90)]
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Task::Dev(args) => dev::run(args),
         Task::Web => web::build().map(|_| ()),
         Task::Test { ci } => test(ci),
+        Task::Bench(args) => bench::run_bench(args),
         Task::Schemathesis { seconds } => schemathesis::check(&build_binaries()?, seconds),
     }
 }
@@ -96,6 +101,29 @@ pub fn build_binaries() -> anyhow::Result<PathBuf> {
 
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+}
+
+/// Waits until something listens on a loopback port.
+pub fn wait_for(port: u16) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    bail!("nothing started listening on {port}")
+}
+
+/// A child process stopped (SIGTERM, then waited for) however the task using it ends.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = self.0.wait();
+    }
 }
 
 fn has_nextest() -> bool {

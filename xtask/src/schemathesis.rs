@@ -14,12 +14,11 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
-use crate::{run, target_dir};
+use crate::{Stopped, run, target_dir, wait_for};
 
 /// Pinned so a new release cannot turn CI red on its own.
 const SCHEMATHESIS: &str = "schemathesis==4.32.5";
@@ -67,26 +66,4 @@ fn install() -> anyhow::Result<PathBuf> {
     }
     run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", SCHEMATHESIS]))?;
     Ok(tool)
-}
-
-fn wait_for(port: u16) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("the queen did not start listening on {port}")
-}
-
-/// Stops the queen (SIGTERM, then waits) however the check ends.
-struct Stopped(Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let _ = self.0.wait();
-    }
 }

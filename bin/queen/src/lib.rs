@@ -57,6 +57,8 @@ pub struct Queen {
     health: Arc<Health>,
     /// The latest serialized snapshot; every SSE client reads it, nobody re-serializes.
     snapshots: watch::Sender<Arc<Frame>>,
+    /// The snapshot last published, kept to compute the next frame's delta.
+    last_snapshot: std::sync::Mutex<Option<contract::Snapshot>>,
     /// Fires when the queen stops (a signal, or the end of a cluster shutdown, which
     /// cancels it itself); open SSE streams end on it so shutdown never waits on a browser
     /// tab.
@@ -117,6 +119,7 @@ impl Queen {
             metrics,
             health,
             snapshots,
+            last_snapshot: std::sync::Mutex::new(None),
             stop,
             shutdown: std::sync::Mutex::new(shutdown),
             tasks,

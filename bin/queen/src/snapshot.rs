@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
-use contract::{NodeKind, Snapshot};
+use contract::{NodeKind, Snapshot, StreamDetail};
 use futures_util::Stream;
+use lifecycle::http::{ApiError, QueryParams};
 use prometheus_client::metrics::counter::Counter;
 use time::OffsetDateTime;
 use tokio::sync::watch;
@@ -16,17 +17,23 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{ClientGuard, NodeLabels, StreamLabels};
 use crate::{Queen, summary};
 
-/// A published snapshot: its id and its JSON, shared by every subscriber.
+/// A published snapshot in each form a client may ask for, each serialized once and
+/// shared by every subscriber.
 pub struct Frame {
     pub seq: u64,
+    /// The whole snapshot (`?detail=full`, the default).
     pub json: Arc<str>,
+    /// Without the per-node lists (`?detail=summary`).
+    pub summary: Arc<str>,
+    /// The changes since the previous frame, and that frame's seq (`?delta=true`).
+    pub delta: Option<(u64, Arc<str>)>,
     /// When it was built; `/readyz` fails if the ticker stops producing frames.
     pub built_at: Instant,
 }
 
 impl Frame {
     pub(crate) fn empty() -> Self {
-        Self { seq: 0, json: Arc::from("{}"), built_at: Instant::now() }
+        Self { seq: 0, json: Arc::from("{}"), summary: Arc::from("{}"), delta: None, built_at: Instant::now() }
     }
 }
 
@@ -36,22 +43,42 @@ const CLIENT_RETRY: Duration = Duration::from_secs(1);
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 impl Queen {
-    /// Builds the snapshot from both registries, serializes it, and publishes it.
+    /// Builds the snapshot from both registries, serializes it (whole, summary and delta
+    /// from the last one), and publishes it.
     pub(crate) fn publish_snapshot(&self) {
         let started = Instant::now();
         self.sweep();
         let seq = self.snapshots.borrow().seq + 1;
-        let snapshot = self.build_snapshot(seq);
-        let json: Arc<str> = match serde_json::to_string(&snapshot) {
-            Ok(s) => Arc::from(s),
+        let mut snapshot = self.build_snapshot(seq);
+        // Ages follow from the timestamp exactly, so a delta need not carry them.
+        for h in &mut snapshot.hives {
+            h.last_seen_ago_ms = contract::ago_ms(snapshot.timestamp, h.last_seen);
+        }
+        for w in &mut snapshot.workers {
+            w.last_seen_ago_ms = contract::ago_ms(snapshot.timestamp, w.last_seen);
+        }
+        let mut last = self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let delta = last.as_ref().map(|prev| (prev.seq, prev.delta_to(&snapshot)));
+        let serialized = serde_json::to_string(&snapshot).and_then(|json| {
+            let summary = serde_json::to_string(&snapshot.summary())?;
+            let delta = match &delta {
+                Some((base, d)) => Some((*base, Arc::<str>::from(serde_json::to_string(d)?))),
+                None => None,
+            };
+            Ok((Arc::<str>::from(json), Arc::<str>::from(summary), delta))
+        });
+        let (json, summary, delta) = match serialized {
+            Ok(forms) => forms,
             Err(e) => {
                 tracing::error!(error = %e, "snapshot did not serialize; keeping the previous one");
                 return;
             }
         };
+        *last = Some(snapshot);
+        drop(last);
         self.metrics.snapshot_bytes.set(json.len() as i64);
         self.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
-        self.snapshots.send_replace(Arc::new(Frame { seq, json, built_at: Instant::now() }));
+        self.snapshots.send_replace(Arc::new(Frame { seq, json, summary, delta, built_at: Instant::now() }));
     }
 
     fn build_snapshot(&self, seq: u64) -> Snapshot {
@@ -178,8 +205,22 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
     }
 }
 
-fn event(frame: &Frame) -> (Event, usize) {
-    (Event::default().event("heartbeat").id(frame.seq.to_string()).data(&*frame.json), frame.json.len())
+fn event(name: &'static str, seq: u64, data: &str) -> (Event, usize) {
+    (Event::default().event(name).id(seq.to_string()).data(data), data.len())
+}
+
+/// `GET /v1/heartbeats/stream` options.
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct StreamQuery {
+    /// `full` (default): every node in every frame; `summary`: counts, events,
+    /// deployments, drains and shutdown only.
+    #[serde(default)]
+    detail: StreamDetail,
+    /// After a first full snapshot, `event: delta` frames (`SnapshotDelta`) with only what
+    /// changed; a full `event: heartbeat` again whenever frames were skipped.
+    #[serde(default)]
+    delta: bool,
 }
 
 /// The live stream (SSE, `event: heartbeat`, `id:` the snapshot's seq, each a `Snapshot`):
@@ -188,17 +229,21 @@ fn event(frame: &Frame) -> (Event, usize) {
 /// A slow client never holds anything up: the watch channel keeps only the newest frame,
 /// so a client that falls behind skips straight to it. The stream ends when the queen
 /// stops.
-#[utoipa::path(get, path = "/v1/heartbeats/stream", tag = "snapshot", responses(
-    (status = 200, content_type = "text/event-stream", body = String, description = "an endless stream of Snapshot events"),
+#[utoipa::path(get, path = "/v1/heartbeats/stream", tag = "snapshot", params(StreamQuery), responses(
+    (status = 200, content_type = "text/event-stream", body = String, description = "an endless stream of Snapshot (and, with delta, SnapshotDelta) events"),
     (status = "4XX", body = contract::ApiErrorBody, description = "refused"),
     (status = 503, body = contract::ApiErrorBody, description = "too many stream clients"),
 ))]
 pub(crate) async fn stream(
     State(queen): State<Arc<Queen>>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, lifecycle::http::ApiError> {
+    QueryParams(query): QueryParams<StreamQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    if query.delta && query.detail == StreamDetail::Summary {
+        return Err(ApiError::bad_request("invalid_query", "delta applies to the full snapshot; drop detail=summary"));
+    }
     let max = queen.config.borrow().max_stream_clients;
     if queen.metrics.sse_clients.get() >= max as i64 {
-        return Err(lifecycle::http::ApiError::unavailable(
+        return Err(ApiError::unavailable(
             "too_many_streams",
             format!("the stream already has {max} clients"),
             Duration::from_secs(5),
@@ -206,7 +251,21 @@ pub(crate) async fn stream(
     }
     let guard = ClientGuard::new(&queen.metrics.sse_clients);
     let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "snapshots" }).clone();
-    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, sent, event))
+    // The seq this client holds, in delta mode: a delta goes out only if it follows it.
+    let mut held: Option<u64> = None;
+    let (detail, delta) = (query.detail, query.delta);
+    let to_event = move |f: &Frame| match (detail, delta, &f.delta) {
+        (StreamDetail::Summary, ..) => event("heartbeat", f.seq, &f.summary),
+        (StreamDetail::Full, true, Some((base, d))) if held == Some(*base) => {
+            held = Some(f.seq);
+            event("delta", f.seq, d)
+        }
+        (StreamDetail::Full, ..) => {
+            held = Some(f.seq);
+            event("heartbeat", f.seq, &f.json)
+        }
+    };
+    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, sent, to_event))
 }
 
 /// An SSE stream of a watch channel: its current value at once (with the reconnect
@@ -217,7 +276,7 @@ pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
     stop: CancellationToken,
     guard: G,
     sent: Counter,
-    to_event: fn(&T) -> (Event, usize),
+    mut to_event: impl FnMut(&T) -> (Event, usize) + Send + 'static,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let stream = async_stream::stream! {
         let _guard = guard;

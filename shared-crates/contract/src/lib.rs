@@ -33,7 +33,10 @@ pub use shutdown::{
     AckStatus, HiveProgress, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer, ShutdownPlan,
     ShutdownRequest, ShutdownState, ShutdownStatus,
 };
-pub use snapshot::{DeploymentSummary, EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, WorkerSummary};
+pub use snapshot::{
+    DeltaGap, DeploymentSummary, EventKind, HiveSummary, Liveness, NodeEvent, NodeKind, Snapshot, SnapshotDelta,
+    StreamDetail, WorkerSummary, ago_ms,
+};
 
 /// Where each endpoint lives, so clients and server cannot drift apart.
 pub mod paths {

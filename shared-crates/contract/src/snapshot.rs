@@ -184,3 +184,202 @@ pub struct DeploymentSummary {
     pub placed: u32,
     pub running: u32,
 }
+
+/// How much of the snapshot a stream client wants (`?detail=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum StreamDetail {
+    /// Counts, events, deployments, drains and shutdown: no per-node lists.
+    Summary,
+    /// Everything (the default, and what the seed contract promised).
+    #[default]
+    Full,
+}
+
+/// What `event: delta` carries on `/v1/heartbeats/stream?delta=true`: the changes from
+/// the snapshot numbered `base_seq` to the one numbered `seq`.
+///
+/// A client applies it with [`Snapshot::apply`]; a delta whose `base_seq` is not the seq
+/// the client holds means frames were missed, and the client must resync (reconnect: the
+/// first frame of a stream is always a full snapshot).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SnapshotDelta {
+    pub seq: u64,
+    pub base_seq: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub timestamp: OffsetDateTime,
+    pub workers_online: usize,
+    pub workers_available: usize,
+    pub hives_online: usize,
+    pub hives_available: usize,
+    pub jobs_in_flight: u64,
+    /// Hives new or changed (other than in `last_seen_ago_ms`, which follows from the
+    /// timestamp), whole.
+    pub hives_changed: Vec<HiveSummary>,
+    pub hives_removed: Vec<NodeId>,
+    pub workers_changed: Vec<WorkerSummary>,
+    pub workers_removed: Vec<NodeId>,
+    /// The event log, when it changed.
+    pub events: Option<Vec<NodeEvent>>,
+    pub deployments: Vec<DeploymentSummary>,
+    pub placement_brake: bool,
+    pub shutdown: Option<crate::ShutdownState>,
+    pub drains: Vec<crate::DrainStatus>,
+}
+
+/// A delta that does not follow the snapshot it was applied to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("delta from {base_seq} does not follow snapshot {held}: resync")]
+pub struct DeltaGap {
+    pub held: u64,
+    pub base_seq: u64,
+}
+
+/// Milliseconds from `last_seen` to `at`; what `last_seen_ago_ms` holds in a snapshot.
+pub fn ago_ms(at: OffsetDateTime, last_seen: OffsetDateTime) -> u64 {
+    (at - last_seen).whole_milliseconds().max(0) as u64
+}
+
+/// Merges `changed` into `current` (both sorted by id, as snapshots keep them) and drops
+/// `removed`.
+fn merge_by_id<T: Clone>(current: &mut Vec<T>, changed: &[T], removed: &[NodeId], id: fn(&T) -> &NodeId) {
+    let mut merged = Vec::with_capacity(current.len() + changed.len());
+    let old = std::mem::take(current);
+    let (mut a, mut b) = (old.into_iter().peekable(), changed.iter().peekable());
+    loop {
+        let next = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if id(x) < id(y) => a.next(),
+            (Some(x), Some(y)) if id(x) == id(y) => {
+                a.next();
+                b.next().cloned()
+            }
+            (_, Some(_)) => b.next().cloned(),
+            (Some(_), None) => a.next(),
+            (None, None) => break,
+        };
+        if let Some(item) = next.filter(|i| !removed.contains(id(i))) {
+            merged.push(item);
+        }
+    }
+    *current = merged;
+}
+
+impl Snapshot {
+    /// Brings this snapshot to the one `delta` leads to; exactly that snapshot, as the
+    /// queen would have sent it whole.
+    pub fn apply(&mut self, delta: &SnapshotDelta) -> Result<(), DeltaGap> {
+        if delta.base_seq != self.seq {
+            return Err(DeltaGap { held: self.seq, base_seq: delta.base_seq });
+        }
+        merge_by_id(&mut self.hives, &delta.hives_changed, &delta.hives_removed, |h| &h.id);
+        merge_by_id(&mut self.workers, &delta.workers_changed, &delta.workers_removed, |w| &w.id);
+        for h in &mut self.hives {
+            h.last_seen_ago_ms = ago_ms(delta.timestamp, h.last_seen);
+        }
+        for w in &mut self.workers {
+            w.last_seen_ago_ms = ago_ms(delta.timestamp, w.last_seen);
+        }
+        self.hive_ids = self.hives.iter().filter(|h| h.liveness.is_up()).map(|h| h.id.clone()).collect();
+        self.worker_ids = self.workers.iter().filter(|w| w.liveness.is_up()).map(|w| w.id.clone()).collect();
+        self.hives_total = self.hives.len();
+        self.workers_total = self.workers.len();
+        self.seq = delta.seq;
+        self.timestamp = delta.timestamp;
+        self.workers_online = delta.workers_online;
+        self.workers_available = delta.workers_available;
+        self.hives_online = delta.hives_online;
+        self.hives_available = delta.hives_available;
+        self.jobs_in_flight = delta.jobs_in_flight;
+        if let Some(events) = &delta.events {
+            self.events = events.clone();
+        }
+        self.deployments = delta.deployments.clone();
+        self.placement_brake = delta.placement_brake;
+        self.shutdown = delta.shutdown.clone();
+        self.drains = delta.drains.clone();
+        Ok(())
+    }
+
+    /// The changes from `self` to `next`; `next.apply`-ing the result to `self` gives `next`.
+    pub fn delta_to(&self, next: &Snapshot) -> SnapshotDelta {
+        fn diff<T: PartialEq + Clone>(
+            old: &[T],
+            new: &[T],
+            id: fn(&T) -> &NodeId,
+            same: fn(&T, &T) -> bool,
+        ) -> (Vec<T>, Vec<NodeId>) {
+            let (mut changed, mut removed) = (Vec::new(), Vec::new());
+            let (mut i, mut j) = (0, 0);
+            while i < old.len() || j < new.len() {
+                match (old.get(i), new.get(j)) {
+                    (Some(o), Some(n)) if id(o) == id(n) => {
+                        if !same(o, n) {
+                            changed.push(n.clone());
+                        }
+                        i += 1;
+                        j += 1;
+                    }
+                    (Some(o), Some(n)) if id(o) < id(n) => {
+                        removed.push(id(o).clone());
+                        i += 1;
+                    }
+                    (Some(o), None) => {
+                        removed.push(id(o).clone());
+                        i += 1;
+                    }
+                    (_, Some(n)) => {
+                        changed.push(n.clone());
+                        j += 1;
+                    }
+                    (None, None) => break,
+                }
+            }
+            (changed, removed)
+        }
+        let (hives_changed, hives_removed) = diff(
+            &self.hives,
+            &next.hives,
+            |h| &h.id,
+            |a, b| HiveSummary { last_seen_ago_ms: b.last_seen_ago_ms, ..a.clone() } == *b,
+        );
+        let (workers_changed, workers_removed) = diff(
+            &self.workers,
+            &next.workers,
+            |w| &w.id,
+            |a, b| WorkerSummary { last_seen_ago_ms: b.last_seen_ago_ms, ..a.clone() } == *b,
+        );
+        SnapshotDelta {
+            seq: next.seq,
+            base_seq: self.seq,
+            timestamp: next.timestamp,
+            workers_online: next.workers_online,
+            workers_available: next.workers_available,
+            hives_online: next.hives_online,
+            hives_available: next.hives_available,
+            jobs_in_flight: next.jobs_in_flight,
+            hives_changed,
+            hives_removed,
+            workers_changed,
+            workers_removed,
+            events: (self.events != next.events).then(|| next.events.clone()),
+            deployments: next.deployments.clone(),
+            placement_brake: next.placement_brake,
+            shutdown: next.shutdown.clone(),
+            drains: next.drains.clone(),
+        }
+    }
+
+    /// The snapshot without its per-node lists: counts, events, deployments, drains and
+    /// shutdown (`?detail=summary`).
+    pub fn summary(&self) -> Snapshot {
+        Snapshot {
+            hives: Vec::new(),
+            workers: Vec::new(),
+            hive_ids: Vec::new(),
+            worker_ids: Vec::new(),
+            ..self.clone()
+        }
+    }
+}
