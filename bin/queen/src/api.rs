@@ -320,7 +320,7 @@ fn events<T: NodePayload>(queen: &Queen, raw: &str) -> Result<Json<Vec<NodeEvent
 #[utoipa::path(get, path = "/v1/snapshot", tag = "snapshot", responses((status = 200, body = Snapshot), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 async fn latest_snapshot(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
     let frame = queen.latest_frame();
-    ([(header::CONTENT_TYPE, "application/json")], frame.json.to_string())
+    ([(header::CONTENT_TYPE, "application/json")], frame.json())
 }
 
 impl From<DeployError> for ApiError {

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
+use axum::http::header;
 use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use contract::{NodeKind, Snapshot, StreamDetail};
 use futures_util::Stream;
 use lifecycle::http::{ApiError, QueryParams};
@@ -17,23 +20,42 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{ClientGuard, NodeLabels, StreamLabels};
 use crate::{Queen, summary};
 
-/// A published snapshot in each form a client may ask for, each serialized once and
-/// shared by every subscriber.
+/// A published snapshot in each form a client may ask for, each framed as an SSE event
+/// once and shared by every subscriber as reference-counted bytes: no client costs a copy.
 pub struct Frame {
     pub seq: u64,
-    /// The whole snapshot (`?detail=full`, the default).
-    pub json: Arc<str>,
-    /// Without the per-node lists (`?detail=summary`).
-    pub summary: Arc<str>,
-    /// The changes since the previous frame, and that frame's seq (`?delta=true`).
-    pub delta: Option<(u64, Arc<str>)>,
+    /// `event: heartbeat` with the whole snapshot (`?detail=full`, the default).
+    full: Bytes,
+    /// Where the JSON sits inside `full`, for `/v1/snapshot`.
+    json: std::ops::Range<usize>,
+    /// `event: heartbeat` without the per-node lists (`?detail=summary`).
+    summary: Bytes,
+    /// `event: delta` with the changes since the previous frame, and that frame's seq.
+    delta: Option<(u64, Bytes)>,
     /// When it was built; `/readyz` fails if the ticker stops producing frames.
     pub built_at: Instant,
 }
 
+/// One SSE event: `event:`, `id:`, and the JSON on one `data:` line (serde_json's compact
+/// output has no newlines).
+fn sse_event(name: &str, seq: u64, json: &str) -> (Bytes, std::ops::Range<usize>) {
+    let head = format!("event: {name}\nid: {seq}\ndata: ");
+    let mut out = String::with_capacity(head.len() + json.len() + 2);
+    out.push_str(&head);
+    out.push_str(json);
+    out.push_str("\n\n");
+    (Bytes::from(out), head.len()..head.len() + json.len())
+}
+
 impl Frame {
     pub(crate) fn empty() -> Self {
-        Self { seq: 0, json: Arc::from("{}"), summary: Arc::from("{}"), delta: None, built_at: Instant::now() }
+        let (full, json) = sse_event("heartbeat", 0, "{}");
+        Self { seq: 0, summary: full.clone(), full, json, delta: None, built_at: Instant::now() }
+    }
+
+    /// The whole snapshot as JSON (a view into the SSE frame, not a copy).
+    pub fn json(&self) -> Bytes {
+        self.full.slice(self.json.clone())
     }
 }
 
@@ -62,12 +84,12 @@ impl Queen {
         let serialized = serde_json::to_string(&snapshot).and_then(|json| {
             let summary = serde_json::to_string(&snapshot.summary())?;
             let delta = match &delta {
-                Some((base, d)) => Some((*base, Arc::<str>::from(serde_json::to_string(d)?))),
+                Some((base, d)) => Some((*base, sse_event("delta", seq, &serde_json::to_string(d)?).0)),
                 None => None,
             };
-            Ok((Arc::<str>::from(json), Arc::<str>::from(summary), delta))
+            Ok((sse_event("heartbeat", seq, &json), sse_event("heartbeat", seq, &summary).0, delta))
         });
-        let (json, summary, delta) = match serialized {
+        let ((full, json), summary, delta) = match serialized {
             Ok(forms) => forms,
             Err(e) => {
                 tracing::error!(error = %e, "snapshot did not serialize; keeping the previous one");
@@ -78,7 +100,7 @@ impl Queen {
         drop(last);
         self.metrics.snapshot_bytes.set(json.len() as i64);
         self.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
-        self.snapshots.send_replace(Arc::new(Frame { seq, json, summary, delta, built_at: Instant::now() }));
+        self.snapshots.send_replace(Arc::new(Frame { seq, full, json, summary, delta, built_at: Instant::now() }));
     }
 
     fn build_snapshot(&self, seq: u64) -> Snapshot {
@@ -198,15 +220,16 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
                 tick.tick().await;
             }
             _ = tick.tick() => {
-                queen.publish_snapshot();
+                // Building a large snapshot takes hundreds of milliseconds of CPU; on a
+                // runtime worker it would stall the heartbeats queued behind it.
+                let building = Arc::clone(&queen);
+                if tokio::task::spawn_blocking(move || building.publish_snapshot()).await.is_err() {
+                    tracing::error!("building a snapshot panicked; the next tick tries again");
+                }
                 queen.sample_jobs();
             }
         }
     }
-}
-
-fn event(name: &'static str, seq: u64, data: &str) -> (Event, usize) {
-    (Event::default().event(name).id(seq.to_string()).data(data), data.len())
 }
 
 /// `GET /v1/heartbeats/stream` options.
@@ -237,7 +260,7 @@ pub(crate) struct StreamQuery {
 pub(crate) async fn stream(
     State(queen): State<Arc<Queen>>,
     QueryParams(query): QueryParams<StreamQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     if query.delta && query.detail == StreamDetail::Summary {
         return Err(ApiError::bad_request("invalid_query", "delta applies to the full snapshot; drop detail=summary"));
     }
@@ -254,18 +277,49 @@ pub(crate) async fn stream(
     // The seq this client holds, in delta mode: a delta goes out only if it follows it.
     let mut held: Option<u64> = None;
     let (detail, delta) = (query.detail, query.delta);
-    let to_event = move |f: &Frame| match (detail, delta, &f.delta) {
-        (StreamDetail::Summary, ..) => event("heartbeat", f.seq, &f.summary),
+    let pick = move |f: &Frame| match (detail, delta, &f.delta) {
+        (StreamDetail::Summary, ..) => f.summary.clone(),
         (StreamDetail::Full, true, Some((base, d))) if held == Some(*base) => {
             held = Some(f.seq);
-            event("delta", f.seq, d)
+            d.clone()
         }
         (StreamDetail::Full, ..) => {
             held = Some(f.seq);
-            event("heartbeat", f.seq, &f.json)
+            f.full.clone()
         }
     };
-    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, sent, to_event))
+    let mut rx = queen.snapshots.subscribe();
+    let stop = queen.stop.clone();
+    let body = async_stream::stream! {
+        let _guard = guard;
+        let mut pick = pick;
+        yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {}\n\n", CLIENT_RETRY.as_millis())));
+        let first = pick(&rx.borrow_and_update());
+        sent.inc_by(first.len() as u64);
+        yield Ok(first);
+        let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
+        loop {
+            tokio::select! {
+                // A frame published just before the stop still goes out before the end.
+                biased;
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let frame = pick(&rx.borrow_and_update());
+                    sent.inc_by(frame.len() as u64);
+                    yield Ok(frame);
+                }
+                _ = stop.cancelled() => break,
+                _ = keep_alive.tick() => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+            }
+        }
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// An SSE stream of a watch channel: its current value at once (with the reconnect

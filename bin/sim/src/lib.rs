@@ -6,6 +6,7 @@
 //! - [`flood`]: closed-loop saturation: C connections sending heartbeats back to back.
 //! - [`streams`]: K SSE clients on the snapshot stream, measuring how long after its tick
 //!   each snapshot arrives.
+//! - [`registry_memory`]: bytes per entry of the queen's registry, filled in-process.
 //! - [`baseline`]: an HTTP server whose handler reads the body and answers 204, served by
 //!   the same listener code as the queen: what "as fast as HTTP allows here" looks like.
 //!
@@ -146,4 +147,34 @@ pub async fn baseline(
     stop.cancelled().await;
     server.stop().await?;
     Ok(())
+}
+
+/// What one registry entry costs in resident memory.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryReport {
+    pub entries: usize,
+    pub rss_growth_bytes: u64,
+    pub bytes_per_entry: f64,
+}
+
+/// Fills the queen's own registry type with `entries` worker heartbeats (as the queen
+/// would decode them) and measures how much resident memory that took.
+pub fn registry_memory(entries: usize) -> anyhow::Result<MemoryReport> {
+    use heartbeat_registry::{HeartbeatRegistry, Thresholds};
+    let thresholds = Thresholds::for_interval(Duration::from_secs(10), None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let before = rss_self()?;
+    let registry = HeartbeatRegistry::<contract::WorkerHeartbeat>::new(thresholds);
+    for i in 0..entries {
+        let text = body::worker(&format!("sim-worker-{i}"), &format!("sim-hive-{}", i / 10), 1, 1);
+        registry.upsert(serde_json::from_str(&text)?);
+    }
+    let growth = rss_self()?.saturating_sub(before);
+    anyhow::ensure!(registry.len() == entries, "the registry holds {} entries, not {entries}", registry.len());
+    Ok(MemoryReport { entries, rss_growth_bytes: growth, bytes_per_entry: growth as f64 / entries as f64 })
+}
+
+fn rss_self() -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next());
+    Ok(kb.ok_or_else(|| anyhow::anyhow!("no VmRSS"))?.parse::<u64>()? * 1024)
 }

@@ -64,6 +64,11 @@ enum Mode {
         #[arg(long)]
         detail: Option<String>,
     },
+    /// Bytes per entry of the queen's registry, filled in this process.
+    RegistryMemory {
+        #[arg(long, default_value_t = 100_000)]
+        entries: usize,
+    },
     /// The baseline: an HTTP server that reads each body and answers 204.
     Baseline {
         #[arg(long, default_value = "127.0.0.1:8600")]
@@ -97,6 +102,7 @@ async fn main() -> anyhow::Result<()> {
             let config = sim::StreamsConfig { queen, token, clients, duration: d(duration), detail };
             serde_json::to_string(&sim::streams(config).await?)?
         }
+        Mode::RegistryMemory { entries } => serde_json::to_string(&sim::registry_memory(entries)?)?,
         Mode::Baseline { listen } => {
             let stop = tokio_util::sync::CancellationToken::new();
             lifecycle::shutdown::spawn_signal_handler(stop.clone())?;
