@@ -20,7 +20,8 @@ pub fn App() -> impl IntoView {
     let connection = RwSignal::new(Connection::Connecting);
     let query = RwSignal::new(String::new());
     let selected = RwSignal::new(Selection::None);
-    use_snapshot_stream(&crate::hooks::api_url(contract::paths::HEARTBEAT_STREAM), dashboard, connection);
+    let stream = format!("{}?delta=true", contract::paths::HEARTBEAT_STREAM);
+    use_snapshot_stream(&crate::hooks::api_url(&stream), dashboard, connection);
     let now = use_clock(Duration::from_secs(1));
 
     Effect::new(move |_| document().set_title(&dashboard.with(Dashboard::title)));

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use contract::Snapshot;
+use contract::{Snapshot, SnapshotDelta};
 use leptos::prelude::*;
 use send_wrapper::SendWrapper;
 use wasm_bindgen::JsCast;
@@ -29,8 +29,8 @@ pub fn now_ms() -> f64 {
     js_sys::Date::now()
 }
 
-/// Opens an `EventSource` on `url` and folds every `event: heartbeat` into `dashboard`;
-/// `connection` follows the stream's state. The browser reconnects by itself (the queen
+/// Opens an `EventSource` on `url` (asking for deltas) and folds every `event: heartbeat`
+/// and `event: delta` into `dashboard`; `connection` follows the stream's state. The browser reconnects by itself (the queen
 /// sends `retry:`); the source is closed when the owning component is cleaned up.
 pub fn use_snapshot_stream(url: &str, dashboard: RwSignal<Dashboard>, connection: RwSignal<Connection>) {
     let source = match EventSource::new(url) {
@@ -51,6 +51,26 @@ pub fn use_snapshot_stream(url: &str, dashboard: RwSignal<Dashboard>, connection
             Err(e) => leptos::logging::error!("snapshot did not decode: {e}"),
         }
     });
+    let on_delta = Closure::<dyn FnMut(MessageEvent)>::new(move |ev: MessageEvent| {
+        let Some(data) = ev.data().as_string() else { return };
+        match serde_json::from_str::<SnapshotDelta>(&data) {
+            Ok(delta) => {
+                let applied = dashboard.try_update(|d| d.apply_delta(&delta, now_ms()));
+                match applied {
+                    Some(Ok(())) => connection.set(Connection::Live),
+                    // The queen sends a whole snapshot whenever a client skipped frames, so
+                    // this does not happen on one connection; if it does, start over.
+                    _ => {
+                        leptos::logging::error!("delta {} does not follow; reloading", delta.seq);
+                        if let Some(w) = web_sys::window() {
+                            let _ = w.location().reload();
+                        }
+                    }
+                }
+            }
+            Err(e) => leptos::logging::error!("delta did not decode: {e}"),
+        }
+    });
     let on_open = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| {
         if connection.get_untracked() == Connection::Reconnecting {
             // Stays "reconnecting" until a snapshot proves the stream is really back.
@@ -59,10 +79,11 @@ pub fn use_snapshot_stream(url: &str, dashboard: RwSignal<Dashboard>, connection
     });
     let on_error = Closure::<dyn FnMut(web_sys::Event)>::new(move |_| connection.set(Connection::Reconnecting));
     let _ = source.add_event_listener_with_callback("heartbeat", on_snapshot.as_ref().unchecked_ref());
+    let _ = source.add_event_listener_with_callback("delta", on_delta.as_ref().unchecked_ref());
     source.set_onopen(Some(on_open.as_ref().unchecked_ref()));
     source.set_onerror(Some(on_error.as_ref().unchecked_ref()));
 
-    let held = SendWrapper::new((source, on_snapshot, on_open, on_error));
+    let held = SendWrapper::new((source, on_snapshot, on_delta, on_open, on_error));
     on_cleanup(move || {
         let (source, ..) = held.take();
         source.close();

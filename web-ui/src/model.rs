@@ -4,7 +4,10 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use contract::{HiveStatus, HiveSummary, Liveness, NodeEvent, NodeId, NodeKind, Snapshot, WorkerStatus, WorkerSummary};
+use contract::{
+    DeltaGap, HiveStatus, HiveSummary, Liveness, NodeEvent, NodeId, NodeKind, Snapshot, SnapshotDelta, WorkerStatus,
+    WorkerSummary,
+};
 
 /// Snapshots remembered for sparklines (5 minutes at the default 5 s tick).
 pub const HISTORY: usize = 60;
@@ -51,6 +54,16 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T, max: usize) {
 }
 
 impl Dashboard {
+    /// Applies a `?delta=true` frame to the latest snapshot, then folds the result in like
+    /// a whole one. A delta that does not follow the snapshot held means frames were lost:
+    /// the caller must resync.
+    pub fn apply_delta(&mut self, delta: &SnapshotDelta, now_ms: f64) -> Result<(), DeltaGap> {
+        let mut next = self.latest.clone().ok_or(DeltaGap { held: 0, base_seq: delta.base_seq })?;
+        next.apply(delta)?;
+        self.apply(next, now_ms);
+        Ok(())
+    }
+
     pub fn apply(&mut self, snapshot: Snapshot, now_ms: f64) {
         if self.latest.is_some() {
             let gap = now_ms - self.received_at_ms;
@@ -356,6 +369,32 @@ mod tests {
             shutdown: None,
             drains: vec![],
         }
+    }
+
+    /// Ages as the queen sets them: from the snapshot's own timestamp.
+    fn aged(mut s: Snapshot, at_s: i64) -> Snapshot {
+        s.timestamp = OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(at_s);
+        for h in &mut s.hives {
+            h.last_seen_ago_ms = contract::ago_ms(s.timestamp, h.last_seen);
+        }
+        s
+    }
+
+    #[test]
+    fn deltas_bring_the_dashboard_to_the_next_snapshot() {
+        let a =
+            aged(snapshot(1, vec![hive("h1", Liveness::Online, 10.0), hive("h2", Liveness::Online, 20.0)], vec![]), 5);
+        let b =
+            aged(snapshot(2, vec![hive("h1", Liveness::Online, 50.0), hive("h3", Liveness::Online, 1.0)], vec![]), 10);
+        let mut d = Dashboard::default();
+        d.apply(a.clone(), 0.0);
+        d.apply_delta(&a.delta_to(&b), 5000.0).expect("follows");
+        assert_eq!(d.latest.as_ref(), Some(&b), "the delta rebuilds the next snapshot exactly");
+        assert_eq!(d.trends.get(&id("h1")).map(|t| t.cpu.len()), Some(2), "and folds in like a whole one");
+        let mut stray = a.delta_to(&b);
+        stray.base_seq = 7;
+        assert_eq!(d.apply_delta(&stray, 6000.0), Err(DeltaGap { held: 2, base_seq: 7 }));
+        assert_eq!(d.latest.as_ref().map(|s| s.seq), Some(2), "a gap changes nothing");
     }
 
     #[test]
