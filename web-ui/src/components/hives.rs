@@ -4,6 +4,7 @@
 use contract::NodeKind;
 use leptos::prelude::*;
 
+use super::widgets::{MAX_ROWS, more_rows};
 use super::widgets::{bar, sort_header, spark};
 use crate::app::Selection;
 use crate::model::{Dashboard, HiveColumn, ago, hive_state, human_bytes, visible_hives};
@@ -22,8 +23,12 @@ pub fn HiveTable(
         dashboard.with(|d| {
             let Some(s) = &d.latest else { return Vec::new() };
             let since = d.since_last_ms(now.get());
-            visible_hives(s, &q, column, desc)
+            {
+            let all = visible_hives(s, &q, column, desc);
+            let hidden = all.len().saturating_sub(MAX_ROWS);
+            let mut rows: Vec<AnyView> = all
                 .into_iter()
+                .take(MAX_ROWS)
                 .map(|h| {
                     let (label, class) = hive_state(&h);
                     let trend = d.trends.get(&h.id).cloned().unwrap_or_default();
@@ -47,8 +52,14 @@ pub fn HiveTable(
                             <td class="num seen">{ago(h.last_seen_ago_ms as f64 + since)}</td>
                         </tr>
                     }
+                    .into_any()
                 })
-                .collect::<Vec<_>>()
+                .collect();
+            if hidden > 0 {
+                rows.push(more_rows(hidden, 9));
+            }
+            rows
+            }
         })
     };
     view! {

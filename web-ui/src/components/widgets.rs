@@ -62,3 +62,17 @@ pub fn sort_header<C: Copy + PartialEq + Send + Sync + 'static>(
 pub fn clock(t: OffsetDateTime) -> String {
     t.format(&format_description!("[hour]:[minute]:[second]")).unwrap_or_default()
 }
+
+/// Rows a table renders at most: past a few hundred, a browser spends its time laying out
+/// rows nobody scrolls to. The filter narrows what is shown.
+pub const MAX_ROWS: usize = 500;
+
+/// The last row of a table cut at [`MAX_ROWS`].
+pub fn more_rows(hidden: usize, columns: usize) -> AnyView {
+    view! {
+        <tr class="more">
+            <td colspan=columns.to_string()>{format!("and {hidden} more: type in the filter to narrow the list")}</td>
+        </tr>
+    }
+    .into_any()
+}

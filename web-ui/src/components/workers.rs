@@ -4,6 +4,7 @@ use contract::{NodeId, NodeKind};
 use leptos::prelude::*;
 
 use super::widgets::sort_header;
+use super::widgets::{MAX_ROWS, more_rows};
 use crate::app::Selection;
 use crate::model::{Dashboard, WorkerColumn, ago, visible_workers, worker_state};
 
@@ -32,24 +33,34 @@ pub fn WorkerTable(
         dashboard.with(|d| {
             let Some(s) = &d.latest else { return Vec::new() };
             let since = d.since_last_ms(now.get());
-            visible_workers(s, &q, hive.as_ref(), column, desc)
-                .into_iter()
-                .map(|w| {
-                    let (label, class) = worker_state(&w);
-                    let id = w.id.clone();
-                    let select = move |_| selected.set(Some((NodeKind::Worker, id.clone())));
-                    view! {
-                        <tr class="worker" data-id=w.id.to_string() data-state=label>
-                            <td class="name"><button class="link" on:click=select>{w.id.to_string()}</button></td>
-                            <td>{w.hive_id.to_string()}</td>
-                            <td><span class=format!("state {class}")>{label}</span></td>
-                            <td class="num">{format!("{}/{}", w.in_flight, w.max_concurrent)}</td>
-                            <td>{w.kind.clone()}</td>
-                            <td class="num seen">{ago(w.last_seen_ago_ms as f64 + since)}</td>
-                        </tr>
-                    }
-                })
-                .collect::<Vec<_>>()
+            {
+                let all = visible_workers(s, &q, hive.as_ref(), column, desc);
+                let hidden = all.len().saturating_sub(MAX_ROWS);
+                let mut rows: Vec<AnyView> = all
+                    .into_iter()
+                    .take(MAX_ROWS)
+                    .map(|w| {
+                        let (label, class) = worker_state(&w);
+                        let id = w.id.clone();
+                        let select = move |_| selected.set(Some((NodeKind::Worker, id.clone())));
+                        view! {
+                            <tr class="worker" data-id=w.id.to_string() data-state=label>
+                                <td class="name"><button class="link" on:click=select>{w.id.to_string()}</button></td>
+                                <td>{w.hive_id.to_string()}</td>
+                                <td><span class=format!("state {class}")>{label}</span></td>
+                                <td class="num">{format!("{}/{}", w.in_flight, w.max_concurrent)}</td>
+                                <td>{w.kind.clone()}</td>
+                                <td class="num seen">{ago(w.last_seen_ago_ms as f64 + since)}</td>
+                            </tr>
+                        }
+                        .into_any()
+                    })
+                    .collect();
+                if hidden > 0 {
+                    rows.push(more_rows(hidden, 6));
+                }
+                rows
+            }
         })
     };
     view! {
