@@ -8,7 +8,6 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::response::sse::Event;
 use axum::routing::{any, get};
 use contract::{
     ApiErrorBody, Assignment, CommandAck, ContractError, DeploymentSpec, DeploymentStatus, HeartbeatResponse,
@@ -352,9 +351,7 @@ async fn commands(
     let rx = queen.orchestrator.subscribe(&id);
     let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "commands" }).clone();
     Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), sent, |cmd: &HiveCommand| {
-        let data = serde_json::to_string(cmd).unwrap_or_default();
-        let len = data.len();
-        (Event::default().event("command").id(cmd.id.to_string()).data(data), len)
+        snapshot::sse_event("command", cmd.id, &serde_json::to_string(cmd).unwrap_or_default()).0
     }))
 }
 

@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use contract::{NodeKind, Snapshot, StreamDetail};
-use futures_util::Stream;
 use lifecycle::http::{ApiError, QueryParams};
 use prometheus_client::metrics::counter::Counter;
 use time::OffsetDateTime;
@@ -38,7 +36,7 @@ pub struct Frame {
 
 /// One SSE event: `event:`, `id:`, and the JSON on one `data:` line (serde_json's compact
 /// output has no newlines).
-fn sse_event(name: &str, seq: u64, json: &str) -> (Bytes, std::ops::Range<usize>) {
+pub(crate) fn sse_event(name: &str, seq: u64, json: &str) -> (Bytes, std::ops::Range<usize>) {
     let head = format!("event: {name}\nid: {seq}\ndata: ");
     let mut out = String::with_capacity(head.len() + json.len() + 2);
     out.push_str(&head);
@@ -288,11 +286,22 @@ pub(crate) async fn stream(
             f.full.clone()
         }
     };
-    let mut rx = queen.snapshots.subscribe();
-    let stop = queen.stop.clone();
+    Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, sent, pick))
+}
+
+/// An SSE response following a watch channel: the reconnect delay, the current value at
+/// once, then each new value, until `stop` fires; a comment line when idle so proxies keep
+/// the connection. `pick` turns a value into its ready-made SSE bytes (shared, not copied);
+/// `guard` lives as long as the stream; `sent` counts the bytes.
+pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
+    mut rx: watch::Receiver<Arc<T>>,
+    stop: CancellationToken,
+    guard: G,
+    sent: Counter,
+    mut pick: impl FnMut(&T) -> Bytes + Send + 'static,
+) -> Response {
     let body = async_stream::stream! {
         let _guard = guard;
-        let mut pick = pick;
         yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {}\n\n", CLIENT_RETRY.as_millis())));
         let first = pick(&rx.borrow_and_update());
         sent.inc_by(first.len() as u64);
@@ -300,7 +309,8 @@ pub(crate) async fn stream(
         let mut keep_alive = tokio::time::interval_at(tokio::time::Instant::now() + KEEP_ALIVE, KEEP_ALIVE);
         loop {
             tokio::select! {
-                // A frame published just before the stop still goes out before the end.
+                // A value published just before the stop (the end of a cluster shutdown)
+                // still goes out before the stream ends.
                 biased;
                 changed = rx.changed() => {
                     if changed.is_err() {
@@ -315,46 +325,9 @@ pub(crate) async fn stream(
             }
         }
     };
-    Ok((
+    (
         [(header::CONTENT_TYPE, "text/event-stream"), (header::CACHE_CONTROL, "no-cache")],
         axum::body::Body::from_stream(body),
     )
-        .into_response())
-}
-
-/// An SSE stream of a watch channel: its current value at once (with the reconnect
-/// delay), then each new value, until `stop` fires. `guard` lives as long as the stream;
-/// `sent` counts the data bytes of every frame (`to_event` returns the frame and that size).
-pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
-    mut rx: watch::Receiver<Arc<T>>,
-    stop: CancellationToken,
-    guard: G,
-    sent: Counter,
-    mut to_event: impl FnMut(&T) -> (Event, usize) + Send + 'static,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    let stream = async_stream::stream! {
-        let _guard = guard;
-        let first = Arc::clone(&rx.borrow_and_update());
-        let (event, len) = to_event(&first);
-        sent.inc_by(len as u64);
-        yield Ok(event.retry(CLIENT_RETRY));
-        loop {
-            tokio::select! {
-                // A value published just before the stop (the end of a cluster shutdown)
-                // still goes out before the stream ends.
-                biased;
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        break;
-                    }
-                    let value = Arc::clone(&rx.borrow_and_update());
-                    let (event, len) = to_event(&value);
-                    sent.inc_by(len as u64);
-                    yield Ok(event);
-                }
-                _ = stop.cancelled() => break,
-            }
-        }
-    };
-    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
 }
