@@ -252,6 +252,56 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
 
     drop(q);
 
+    // 4. In-process micro-benchmarks (criterion), each next to its baseline.
+    for (package, bench) in [("contract", "snapshot"), ("heartbeat-registry", "upsert")] {
+        run(cargo().args([
+            "bench",
+            "-p",
+            package,
+            "--bench",
+            bench,
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+        ]))?;
+    }
+    let ms = |path: &str| criterion_ms(path);
+    let ids = ms("snapshot_110k_nodes/baseline_serialize_ids_only")?;
+    let whole = ms("snapshot_110k_nodes/serialize_whole")?;
+    row(
+        "criterion: serialize a 110 000-node snapshot whole (in isolation)",
+        format!("{whole:.1} ms ({:.1}x the {ids:.1} ms of serializing the node ids alone)", whole / ids),
+        "<= 50 ms",
+    );
+    row(
+        "criterion: delta to the next snapshot (half the nodes beat): diff / serialize / apply",
+        format!(
+            "{:.1} / {:.1} / {:.1} ms",
+            ms("snapshot_110k_nodes/delta_to")?,
+            ms("snapshot_110k_nodes/delta_serialize")?,
+            ms("snapshot_110k_nodes/apply_delta")?
+        ),
+        "-",
+    );
+    row(
+        "criterion: summary snapshot serialize",
+        format!("{:.4} ms", ms("snapshot_110k_nodes/summary_serialize")?),
+        "<= 5 ms",
+    );
+    let (registry, dashmap) =
+        (ms("upsert_1_thread/registry/100000")?, ms("upsert_1_thread/dashmap_insert_baseline/100000")?);
+    row(
+        "criterion: 100 000 registry upserts, one thread",
+        format!(
+            "{registry:.1} ms ({:.0} k/s; bare DashMap insert {dashmap:.1} ms, ratio {:.2})",
+            100_000.0 / registry,
+            dashmap / registry
+        ),
+        "-",
+    );
+
     let took = started.elapsed();
     let mut table = String::from("| measurement | result | target |\n|---|---|---|\n");
     for (what, value, target) in &rows {
@@ -268,6 +318,14 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("wrote {}", path.display());
     }
     Ok(())
+}
+
+/// The mean of a criterion benchmark, in milliseconds.
+fn criterion_ms(id: &str) -> anyhow::Result<f64> {
+    let path = target_dir().join("criterion").join(id).join("new/estimates.json");
+    let estimates: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| path.display().to_string())?)?;
+    Ok(f(&estimates, "/mean/point_estimate") / 1e6)
 }
 
 fn machine() -> String {
