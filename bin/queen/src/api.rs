@@ -41,6 +41,7 @@ fn api() -> OpenApiRouter<Arc<Queen>> {
         .routes(routes!(set_eligibility))
         .routes(routes!(get_drain, start_drain, cancel_drain))
         .routes(routes!(stats))
+        .routes(routes!(leader))
         .routes(routes!(hive_events))
         .routes(routes!(list_workers))
         .routes(routes!(get_worker))
@@ -595,6 +596,13 @@ async fn remove_hive(
     tracing::warn!(hive = %id, "hive removed");
     queen.reconcile();
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Which queen acts for the cluster (places work, sequences shutdowns) and whether it is
+/// the one answering.
+#[utoipa::path(get, path = "/v1/cluster/leader", tag = "cluster", responses((status = 200, body = contract::LeaderInfo), (status = "4XX", body = ApiErrorBody, description = "refused")))]
+async fn leader(State(queen): State<Arc<Queen>>) -> Json<contract::LeaderInfo> {
+    Json(queen.leader())
 }
 
 /// Nodes by liveness and eligibility, workers by status, capacity, utilisation, jobs.

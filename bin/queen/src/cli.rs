@@ -241,6 +241,15 @@ impl Remote {
     }
 }
 
+pub fn render_leader(l: &contract::LeaderInfo) -> String {
+    match &l.leader {
+        Some(q) => {
+            format!("leader:  {} at {} (term {}){}", q.id, q.url, l.term, if l.is_self { ", this queen" } else { "" })
+        }
+        None => "leader:  none yet (an election is under way)".into(),
+    }
+}
+
 pub fn render_status(s: &Snapshot) -> String {
     format!(
         "snapshot {} at {}\nhives:   {} online, {} available, {} known\nworkers: {} online, {} available, {} known\njobs in flight: {}\n",
@@ -303,8 +312,11 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             println!("{}", queen_client::node_token::hive_token(cluster_token.expose(), &hive));
         }
         Command::Status(remote) => {
-            let snapshot = remote.client()?.snapshot().await.with_context(|| format!("asking {}", remote.queen))?;
+            let client = remote.client()?;
+            let snapshot = client.snapshot().await.with_context(|| format!("asking {}", remote.queen))?;
             print!("{}", render_status(&snapshot));
+            let leader = client.leader().await?;
+            println!("{}", render_leader(&leader));
         }
         Command::Nodes(remote) => {
             let client = remote.client()?;

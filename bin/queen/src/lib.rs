@@ -67,6 +67,8 @@ pub struct Queen {
     shutdown: std::sync::Mutex<Option<contract::ShutdownState>>,
     /// Every task the queen spawns, awaited on the way out.
     tasks: TaskTracker,
+    /// This queen as others refer to it.
+    me: contract::QueenRef,
     /// Per-sender heartbeat rate limit, keyed by kind and id; replaced when a reload
     /// changes the rate.
     heartbeat_limiter: std::sync::RwLock<Arc<governor::DefaultKeyedRateLimiter<String>>>,
@@ -75,7 +77,12 @@ pub struct Queen {
 }
 
 impl Queen {
-    fn new(config: QueenConfig, stop: CancellationToken, tasks: TaskTracker) -> anyhow::Result<Arc<Self>> {
+    fn new(
+        config: QueenConfig,
+        me: contract::QueenRef,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+    ) -> anyhow::Result<Arc<Self>> {
         let event_seq = Arc::new(AtomicU64::new(1));
         let hives = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
         let workers = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
@@ -123,6 +130,7 @@ impl Queen {
             stop,
             shutdown: std::sync::Mutex::new(shutdown),
             tasks,
+            me,
             job_samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
             heartbeat_limiter,
         });
@@ -221,8 +229,13 @@ impl Queen {
             jobs_routed_total,
             jobs_routed_per_second,
             strategy: self.orchestrator.strategy(),
-            leader: format!("this queen ({})", self.config.borrow().listen),
+            leader: format!("{} ({})", self.me.id, self.me.url),
         }
+    }
+
+    /// Which queen acts for the cluster. One queen needs no election: it is the leader.
+    pub fn leader(&self) -> contract::LeaderInfo {
+        contract::LeaderInfo { leader: Some(self.me.clone()), is_self: true, term: 0 }
     }
 
     /// Re-places work now; after an API change, so operators need not wait for a sweep.
@@ -270,7 +283,13 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     // cluster shutdown.
     let stop = stop.child_token();
     let tasks = TaskTracker::new();
-    let queen = Queen::new(config, stop.clone(), tasks.clone())?;
+    let addr = listener.local_addr()?;
+    let scheme = if config.tls.is_some() { "https" } else { "http" };
+    let me = contract::QueenRef {
+        id: format!("{}:{}", lifecycle::hostname(), addr.port()),
+        url: format!("{scheme}://{addr}"),
+    };
+    let queen = Queen::new(config, me, stop.clone(), tasks.clone())?;
     shutdown::resume(&queen);
 
     tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
@@ -284,9 +303,7 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     }
     reload::spawn(&queen, &tasks, stop.child_token())?;
 
-    let addr = listener.local_addr()?;
     let config = queen.config();
-    let scheme = if config.tls.is_some() { "https" } else { "http" };
     tracing::info!(%addr, stream = %format!("{scheme}://{addr}{}", contract::paths::HEARTBEAT_STREAM), "queen listening");
     let app = api::router(Arc::clone(&queen));
     let options = lifecycle::ServeOptions { tls: config.tls.clone(), ..Default::default() };

@@ -333,3 +333,23 @@ pub struct ClusterStats {
     /// Who places work: with one queen, always this one.
     pub leader: String,
 }
+
+/// A queen, as another queen or a node refers to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct QueenRef {
+    pub id: String,
+    pub url: String,
+}
+
+/// `GET /v1/cluster/leader`: which queen acts for the cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaderInfo {
+    /// `None` while an election is under way.
+    pub leader: Option<QueenRef>,
+    /// Whether the queen that answered is the leader.
+    pub is_self: bool,
+    /// The fencing term of the leadership (0 for a single queen, which needs no election).
+    pub term: u64,
+}

@@ -19,8 +19,8 @@ mod snapshot;
 
 pub use deploy::{
     Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DrainRequest,
-    DrainStatus, EligibilityBody, HiveCommand, MAX_REPLICAS, PlacementStrategy, ProcessState, Retiring, ScaleBody,
-    StrategyBody, SupervisedWorker, WorkerLaunch,
+    DrainStatus, EligibilityBody, HiveCommand, LeaderInfo, MAX_REPLICAS, PlacementStrategy, ProcessState, QueenRef,
+    Retiring, ScaleBody, StrategyBody, SupervisedWorker, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};
@@ -56,6 +56,7 @@ pub mod paths {
     pub const READYZ: &str = "/readyz";
     pub const METRICS: &str = "/metrics";
     pub const OPENAPI: &str = "/v1/openapi.json";
+    pub const CLUSTER_LEADER: &str = "/v1/cluster/leader";
 }
 
 /// Largest request body any Apiary endpoint accepts; a heartbeat is well under 4 KiB.

@@ -140,6 +140,11 @@ impl Heartbeater {
                 }
                 Err(e) => {
                     failures += 1;
+                    // A queen that does not answer at all: try the next one in the list
+                    // (the retry below goes there). An answer with an error status stays.
+                    if matches!(e, crate::ClientError::Transport(_)) {
+                        self.client.fail_over();
+                    }
                     // One line when the trouble starts, then a reminder now and then.
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(error = %e, failures, "heartbeat failed; retrying with backoff");

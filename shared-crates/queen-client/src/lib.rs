@@ -7,6 +7,8 @@ pub mod node_token;
 
 pub use heartbeat::{Beat, Heartbeater, jittered, retry_policy};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use contract::{
@@ -45,8 +47,16 @@ pub struct QueenClient {
     /// For long-lived streams: no total timeout, but a read timeout well past the queen's
     /// keep-alive comments, so a dead connection is noticed.
     streams: reqwest::Client,
-    base: String,
+    queens: Arc<Queens>,
     token: Option<String>,
+}
+
+/// The queens a node may talk to, and which one it talks to now; shared by every clone of
+/// a client, so the heartbeat loop's failover moves the control channel along with it.
+#[derive(Debug)]
+struct Queens {
+    urls: Vec<String>,
+    current: AtomicUsize,
 }
 
 /// A `reqwest` client builder whose TLS uses ring. Every HTTP client in Apiary starts
@@ -72,18 +82,27 @@ impl QueenClient {
     }
 
     /// Like [`QueenClient::new`], trusting only the PEM certificate(s) in the file `ca`
-    /// for an `https` queen (a private CA or a self-signed certificate).
+    /// for an `https` queen (a private CA or a self-signed certificate). `base` may list
+    /// several queens, comma-separated; the client uses one at a time and
+    /// [`QueenClient::fail_over`] moves to the next.
     pub fn with_ca(
         base: &str,
         token: Option<String>,
         timeout: Duration,
         ca: Option<&std::path::Path>,
     ) -> Result<Self, ClientError> {
-        let trimmed = base.trim_end_matches('/');
-        let url = reqwest::Url::parse(trimmed)
-            .map_err(|e| ClientError::InvalidUrl { url: base.into(), reason: e.to_string() })?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(ClientError::InvalidUrl { url: base.into(), reason: "scheme must be http or https".into() });
+        let mut urls = Vec::new();
+        for one in base.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let trimmed = one.trim_end_matches('/');
+            let url = reqwest::Url::parse(trimmed)
+                .map_err(|e| ClientError::InvalidUrl { url: one.into(), reason: e.to_string() })?;
+            if !matches!(url.scheme(), "http" | "https") {
+                return Err(ClientError::InvalidUrl { url: one.into(), reason: "scheme must be http or https".into() });
+            }
+            urls.push(trimmed.to_string());
+        }
+        if urls.is_empty() {
+            return Err(ClientError::InvalidUrl { url: base.into(), reason: "no queen URL given".into() });
         }
         let roots = match ca {
             Some(path) => {
@@ -110,15 +129,28 @@ impl QueenClient {
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .read_timeout(STREAM_READ_TIMEOUT)
             .build()?;
-        Ok(Self { http, streams, base: trimmed.to_string(), token })
+        Ok(Self { http, streams, queens: Arc::new(Queens { urls, current: AtomicUsize::new(0) }), token })
     }
 
-    pub fn base_url(&self) -> &str {
-        &self.base
+    /// The queen this client talks to now.
+    pub fn base_url(&self) -> String {
+        let i = self.queens.current.load(Ordering::Relaxed) % self.queens.urls.len();
+        self.queens.urls[i].clone()
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
+        format!("{}{path}", self.base_url())
+    }
+
+    /// Moves to the next queen in the list (after the current one stopped answering);
+    /// `false` when there is only one.
+    pub fn fail_over(&self) -> bool {
+        if self.queens.urls.len() < 2 {
+            return false;
+        }
+        let next = (self.queens.current.fetch_add(1, Ordering::Relaxed) + 1) % self.queens.urls.len();
+        tracing::warn!(queen = %self.queens.urls[next], "failing over to the next queen");
+        true
     }
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -267,13 +299,28 @@ impl QueenClient {
         self.post_no_content(&format!("{}/{hive}/acks", paths::HIVES), ack).await
     }
 
+    /// A read; one that gets no answer at all is tried on the next queen in the list, so
+    /// a command line given every queen works while any one of them does.
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
-        let resp = self.authorize(self.http.get(self.url(path))).send().await?;
-        Self::decode(resp).await
+        let mut tries = self.queens.urls.len();
+        loop {
+            match self.authorize(self.http.get(self.url(path))).send().await {
+                Ok(resp) => return Self::decode(resp).await,
+                Err(e) if tries > 1 && self.fail_over() => {
+                    tracing::debug!(error = %e, "queen unreachable; trying the next");
+                    tries -= 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, ClientError> {
         self.get_json(paths::SNAPSHOT).await
+    }
+
+    pub async fn leader(&self) -> Result<contract::LeaderInfo, ClientError> {
+        self.get_json(paths::CLUSTER_LEADER).await
     }
 
     pub async fn hives(&self) -> Result<Vec<HiveSummary>, ClientError> {
@@ -298,5 +345,28 @@ impl QueenClient {
 
     pub async fn worker_events(&self, id: &str) -> Result<Vec<NodeEvent>, ClientError> {
         self.get_json(&format!("{}/{id}/events", paths::WORKERS)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_queens_is_used_in_turn() {
+        let client = QueenClient::new("http://a:1/, http://b:2", None, Duration::from_secs(1)).expect("valid");
+        let clone = client.clone();
+        assert_eq!(client.url("/x"), "http://a:1/x");
+        assert!(client.fail_over());
+        assert_eq!(clone.url("/x"), "http://b:2/x", "every clone follows the failover");
+        assert!(client.fail_over());
+        assert_eq!(client.base_url(), "http://a:1", "and round again");
+        let single = QueenClient::new("http://a:1", None, Duration::from_secs(1)).expect("valid");
+        assert!(!single.fail_over());
+        assert!(matches!(
+            QueenClient::new("http://a:1,ftp://b", None, Duration::from_secs(1)),
+            Err(ClientError::InvalidUrl { .. })
+        ));
+        assert!(matches!(QueenClient::new(" , ", None, Duration::from_secs(1)), Err(ClientError::InvalidUrl { .. })));
     }
 }

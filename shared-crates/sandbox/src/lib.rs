@@ -177,6 +177,8 @@ pub struct SandboxBuilder {
     tls: bool,
     /// Hives get node tokens made from the cluster token instead of the token itself.
     node_tokens: bool,
+    /// Hives and workers are given a dead queen first in their list of queens.
+    dead_queen_first: bool,
 }
 
 impl Default for SandboxBuilder {
@@ -197,6 +199,7 @@ impl Default for SandboxBuilder {
             max_stream_clients: None,
             tls: false,
             node_tokens: false,
+            dead_queen_first: false,
         }
     }
 }
@@ -238,6 +241,11 @@ impl SandboxBuilder {
     /// the cluster token itself. Needs [`SandboxBuilder::tokens`].
     pub fn node_tokens(mut self) -> Self {
         self.node_tokens = true;
+        self
+    }
+    /// Hives and workers get `--queen <dead>,<queen>`: they must fail over to join.
+    pub fn dead_queen_first(mut self) -> Self {
+        self.dead_queen_first = true;
         self
     }
     pub fn max_stream_clients(mut self, n: usize) -> Self {
@@ -397,8 +405,14 @@ impl Sandbox {
         Some(queen_client::node_token::worker_token(&hive_token, worker).unwrap_or(hive_token))
     }
 
+    /// What hives and workers are told the queen is.
+    fn queens_for_nodes(&self) -> String {
+        // Port 9 (discard) has nothing listening on loopback: connections are refused.
+        if self.config.dead_queen_first { format!("http://127.0.0.1:9,{}", self.queen_url()) } else { self.queen_url() }
+    }
+
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
-        let mut config = hive::HiveConfig::new(&self.queen_url(), id.clone(), self.config.heartbeat_interval);
+        let mut config = hive::HiveConfig::new(&self.queens_for_nodes(), id.clone(), self.config.heartbeat_interval);
         config.max_workers = self.config.max_workers;
         config.token = self.hive_token(&id).map(lifecycle::Secret::new);
         config.ca = self.ca().map(Into::into);
@@ -416,8 +430,12 @@ impl Sandbox {
     }
 
     pub fn add_worker(&mut self, hive: &NodeId, id: NodeId) -> anyhow::Result<()> {
-        let mut config =
-            worker::WorkerConfig::new(&self.queen_url(), hive.clone(), id.clone(), self.config.heartbeat_interval);
+        let mut config = worker::WorkerConfig::new(
+            &self.queens_for_nodes(),
+            hive.clone(),
+            id.clone(),
+            self.config.heartbeat_interval,
+        );
         config.drain_timeout = Duration::from_secs(10);
         config.token = self.worker_token(hive, &id).map(lifecycle::Secret::new);
         config.ca = self.ca().map(Into::into);

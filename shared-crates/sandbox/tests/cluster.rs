@@ -311,6 +311,9 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
         assert!(doc["paths"][path].is_object(), "the API description lacks {path}");
     }
     assert!(doc["components"]["schemas"]["Snapshot"].is_object());
+    let leader = sb.client().leader().await?;
+    assert!(leader.is_self && leader.term == 0, "one queen leads itself: {leader:?}");
+    assert_eq!(leader.leader.map(|q| q.url), Some(base.clone()));
     let page = http.get(format!("{base}/")).send().await?;
     assert_eq!(page.status(), StatusCode::OK);
     let page = page.text().await?;
@@ -405,5 +408,23 @@ async fn a_flood_of_heartbeats_is_rate_limited_and_streams_are_capped() -> anyho
     assert_eq!(third.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(third.headers().contains_key("retry-after"));
     assert_eq!(third.json::<ApiErrorBody>().await?.code, "too_many_streams");
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_given_several_queens_fail_over_to_one_that_answers() -> anyhow::Result<()> {
+    // start() waits until every hive and worker is online: each first tried a queen that
+    // refuses connections and moved on to the next in its list.
+    let sb = Sandbox::builder().hives(2).workers_per_hive(1).dead_queen_first().start().await?;
+    let hives = sb.client().hives().await?;
+    assert!(hives.iter().all(|h| h.liveness == Liveness::Online), "{hives:?}");
+    // The control channel follows the failover too: a deployment lands on a hive.
+    let spec = json!({"name": "failover", "command": "/bin/sleep", "args": ["30"], "replicas": 1});
+    let _: contract::DeploymentStatus = sb.client().post_json("/v1/deployments", &spec).await?;
+    wait_until("the hive running the replica", Duration::from_secs(20), || async {
+        let hives = sb.client().hives().await.ok()?;
+        hives.iter().any(|h| !h.workers.is_empty()).then_some(())
+    })
+    .await?;
     sb.shutdown().await
 }
