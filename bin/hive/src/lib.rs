@@ -78,12 +78,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     // Cancelled by the caller (a signal) or by the hive itself (the INFRA phase).
     let own = stop.child_token();
     let addr = listener.local_addr()?;
-    let client = QueenClient::with_ca(
-        &config.queen,
-        config.token.as_ref().map(|t| t.expose().to_string()),
-        Duration::from_secs(5),
-        config.ca.as_deref(),
-    )?;
+    let client = QueenClient::for_node(&config.queen, config.token.as_ref().map(|t| t.expose()), config.ca.as_deref())?;
     let heartbeater = Arc::new(Heartbeater::new(client.clone(), config.heartbeat_interval));
     let supervisor = supervisor::Supervisor::new(
         supervisor::ChildEnv {

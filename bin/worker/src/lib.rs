@@ -147,12 +147,7 @@ async fn run_job(
 /// Runs a worker until `stop` fires, then drains and returns.
 pub async fn run(config: WorkerConfig, listener: TcpListener, stop: CancellationToken) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
-    let client = QueenClient::with_ca(
-        &config.queen,
-        config.token.as_ref().map(|t| t.expose().to_string()),
-        Duration::from_secs(5),
-        config.ca.as_deref(),
-    )?;
+    let client = QueenClient::for_node(&config.queen, config.token.as_ref().map(|t| t.expose()), config.ca.as_deref())?;
     let heartbeater = Arc::new(Heartbeater::new(client, config.heartbeat_interval));
     let mut health =
         Health::builder().check("queen_contact", heartbeater.contact_check()).check("job_executor", jobs::self_test);

@@ -81,6 +81,12 @@ impl QueenClient {
         Self::with_ca(base, token, timeout, None)
     }
 
+    /// The client a hive or worker uses: its queen(s), its token, its CA, and a 5 s timeout
+    /// per call (heartbeats are small; a queen slower than that is treated as away).
+    pub fn for_node(queens: &str, token: Option<&str>, ca: Option<&std::path::Path>) -> Result<Self, ClientError> {
+        Self::with_ca(queens, token.map(str::to_string), Duration::from_secs(5), ca)
+    }
+
     /// Like [`QueenClient::new`], trusting only the PEM certificate(s) in the file `ca`
     /// for an `https` queen (a private CA or a self-signed certificate). `base` may list
     /// several queens, comma-separated; the client uses one at a time and
