@@ -95,7 +95,9 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             &dir,
             "hive",
             hive.clone(),
-            &["--queen", &url, "--name", &hive, "--max-workers", &max_workers],
+            // The whole dev cluster stops at once on Ctrl-C: a hive asking to have its work
+            // moved onto hives that are stopping too would only wait out its drain.
+            &["--queen", &url, "--name", &hive, "--max-workers", &max_workers, "--drain-on-shutdown", "0s"],
         )?);
     }
     // Deploy once every hive has joined, so the replicas spread over all of them.
