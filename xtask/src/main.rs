@@ -33,7 +33,7 @@ struct Cli {
 enum Task {
     /// Build and run a local cluster (queen + hives + workers) until Ctrl-C.
     Dev(dev::DevArgs),
-    /// Build the dashboard (wasm) into `web-ui/` next to the binaries.
+    /// Build the dashboard (wasm) into `dashboard/` next to the binaries.
     Web,
     /// Run the whole test suite: unit, integration, end-to-end and style checks.
     Test {

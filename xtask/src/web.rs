@@ -1,5 +1,5 @@
 //! `cargo xtask web`: builds the Leptos dashboard to wasm and lays it out where the queen
-//! looks for it (`web-ui/` next to the queen binary).
+//! looks for it (`dashboard/` next to the queen binary).
 //!
 //! The rustup toolchain here has no wasm32 standard library and cannot download one;
 //! Debian's Rust ships the library source, so the build uses Debian's compiler with
@@ -20,7 +20,7 @@ const APT_PACKAGES: [&str; 4] = ["rustc-web", "cargo-web", "rust-web-src", "lld"
 /// Where the dashboard goes: `<target>/debug/web-ui`, beside the binaries `cargo build`
 /// makes, which is where the queen looks by default.
 pub fn dist_dir() -> PathBuf {
-    crate::target_dir().join("debug").join("web-ui")
+    crate::target_dir().join("debug").join("dashboard")
 }
 
 fn have(program: &str) -> bool {

@@ -24,7 +24,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::auth::NodeIdentity;
-use crate::metrics::{HeartbeatLabels, KindLabels, StreamLabels};
+use crate::metrics::{HeartbeatLabels, StreamLabels};
 use crate::orchestrator::DeployError;
 use crate::{Queen, snapshot, summary};
 
@@ -126,7 +126,7 @@ async fn no_dashboard() -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         "<!doctype html><title>Apiary</title><h1>Apiary</h1>\
                  <p>This queen has no dashboard to serve: build it with <code>cargo xtask web</code> \
-                 (it lands in <code>web-ui/</code> next to the queen binary) or point <code>--ui-dir</code> at it.</p>\
+                 (it lands in <code>dashboard/</code> next to the queen binary) or point <code>--ui-dir</code> at it.</p>\
                  <p>The API is under <a href=\"/v1/snapshot\">/v1</a>; the live stream is \
                  <a href=\"/v1/heartbeats/stream\">/v1/heartbeats/stream</a>.</p>",
     )
@@ -208,8 +208,7 @@ async fn timed_heartbeat<T: NodePayload>(queen: Arc<Queen>, req: Request) -> Res
     let identity = req.extensions().get::<NodeIdentity>().cloned();
     let body = JsonBody::<T>::from_request(req, &()).await;
     let answer = heartbeat::<T>(&queen, body, identity.as_ref());
-    let histogram = queen.metrics.ingest_seconds.get_or_create(&KindLabels { kind: T::KIND.as_str() });
-    histogram.observe(started.elapsed().as_secs_f64());
+    queen.metrics.ingest(T::KIND).observe(started.elapsed().as_secs_f64());
     answer
 }
 

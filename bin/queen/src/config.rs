@@ -54,7 +54,7 @@ pub struct ServeArgs {
     /// Token for the dashboard, the stream and the read API [default: none, open].
     #[arg(long, env = "APIARY_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<crate::auth::Secret>,
-    /// Directory with the built dashboard (`cargo xtask web`) [default: `web-ui` next to
+    /// Directory with the built dashboard (`cargo xtask web`) [default: `dashboard` next to
     /// the queen binary].
     #[arg(long, env = "APIARY_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
@@ -312,10 +312,10 @@ impl QueenConfig {
     }
 }
 
-/// `web-ui` next to the running binary, where `cargo xtask web` puts the dashboard, if
+/// `dashboard` next to the running binary, where `cargo xtask web` puts the dashboard, if
 /// it is there.
 fn default_ui_dir() -> Option<PathBuf> {
-    let dir = std::env::current_exe().ok()?.parent()?.join("web-ui");
+    let dir = std::env::current_exe().ok()?.parent()?.join("dashboard");
     dir.join("index.html").is_file().then_some(dir)
 }
 

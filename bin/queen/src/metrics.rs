@@ -1,5 +1,6 @@
 //! The queen's Prometheus metrics: what an operator graphs and alerts on.
 
+use contract::NodeKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -68,6 +69,9 @@ pub struct Metrics {
     pub jobs: Family<JobLabels, Counter>,
     pub heartbeats: Family<HeartbeatLabels, Counter>,
     pub ingest_seconds: Family<KindLabels, Histogram>,
+    /// The hive and worker series of `ingest_seconds`, looked up once rather than on every
+    /// heartbeat.
+    ingest_by_kind: [Histogram; 2],
     pub sse_bytes: Family<StreamLabels, Counter>,
     pub config_reloads: Family<OutcomeLabels, Counter>,
     pub nodes: Family<NodeLabels, Gauge>,
@@ -80,13 +84,18 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric; `decisions` is the orchestrator's own counter family.
     pub fn register(registry: &mut Registry, decisions: Family<DecisionLabels, Counter>) -> Self {
+        let ingest_seconds: Family<KindLabels, Histogram> =
+            // 50 µs to about 3 s: an ingest is normally well under a millisecond.
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00005, 3.0, 11)));
+        let ingest_by_kind = [NodeKind::Hive, NodeKind::Worker]
+            .map(|kind| ingest_seconds.get_or_create(&KindLabels { kind: kind.as_str() }).clone());
         let m = Self {
             phase_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.01, 2.0, 14))),
             ack_failures: Family::default(),
             jobs: Family::default(),
             heartbeats: Family::default(),
-            // 50 µs to about 3 s: an ingest is normally well under a millisecond.
-            ingest_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.00005, 3.0, 11))),
+            ingest_seconds,
+            ingest_by_kind,
             sse_bytes: Family::default(),
             config_reloads: Family::default(),
             nodes: Family::default(),
@@ -133,6 +142,11 @@ impl Metrics {
         );
         registry.register("apiary_snapshot_bytes", "Size of the last serialized snapshot", m.snapshot_bytes.clone());
         m
+    }
+
+    /// The ingest-latency histogram of hives or of workers.
+    pub fn ingest(&self, kind: NodeKind) -> &Histogram {
+        &self.ingest_by_kind[usize::from(kind == NodeKind::Worker)]
     }
 }
 

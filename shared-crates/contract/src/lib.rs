@@ -7,6 +7,7 @@
 
 mod deploy;
 mod error;
+pub mod examples;
 mod health;
 mod heartbeat;
 mod ids;
@@ -52,9 +53,6 @@ pub mod paths {
     pub const STRATEGY: &str = "/v1/placement/strategy";
     pub const CLUSTER_SHUTDOWN: &str = "/v1/cluster/shutdown";
     pub const CLUSTER_STATS: &str = "/v1/cluster/stats";
-    pub const HEALTHZ: &str = "/healthz";
-    pub const READYZ: &str = "/readyz";
-    pub const METRICS: &str = "/metrics";
     pub const OPENAPI: &str = "/v1/openapi.json";
     pub const CLUSTER_LEADER: &str = "/v1/cluster/leader";
 }

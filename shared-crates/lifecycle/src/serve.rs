@@ -115,7 +115,10 @@ async fn limit_headers(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    let size = req.uri().to_string().len()
+    // Counted without allocating: this runs on every request, heartbeats included.
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    let size = req.method().as_str().len()
+        + target
         + req.headers().iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>();
     if size > limit {
         return crate::http::ApiError::new(

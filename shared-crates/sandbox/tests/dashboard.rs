@@ -18,10 +18,10 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// `<target>/debug/web-ui`, where `cargo xtask web` puts the dashboard.
+/// `<target>/debug/dashboard`, where `cargo xtask web` puts the dashboard.
 fn dashboard_dir() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
-    let dir = exe.parent().and_then(|d| d.parent()).context("no profile dir")?.join("web-ui");
+    let dir = exe.parent().and_then(|d| d.parent()).context("no profile dir")?.join("dashboard");
     if !dir.join("pkg/web-ui_bg.wasm").is_file() {
         bail!("no built dashboard in {}: run `cargo xtask web` (or `cargo xtask test`)", dir.display());
     }
