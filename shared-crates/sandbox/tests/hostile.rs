@@ -381,6 +381,25 @@ async fn hostile_requests_get_json_errors_and_change_nothing() -> anyhow::Result
         ),
         probe("remove an online hive", "DELETE", "/v1/hives/hive-0", Admin, Value::Null, 409, "hive_online"),
         probe("remove with a traversal id", "DELETE", "/v1/hives/..%2Fetc", Admin, Value::Null, 400, "invalid_id"),
+        // Serde's structs also take an array of their fields; every body must be an object.
+        raw(
+            "drain with an array for a body",
+            "POST",
+            "/v1/hives/hive-0/drain",
+            Admin,
+            "[]".into(),
+            422,
+            "invalid_body",
+        ),
+        raw(
+            "shutdown with an array for a body",
+            "POST",
+            "/v1/cluster/shutdown",
+            Admin,
+            "[]".into(),
+            422,
+            "invalid_body",
+        ),
         // Cluster shutdown, ACKs, jobs.
         probe(
             "shutdown: timeout as text",
