@@ -29,6 +29,13 @@ pub struct DevArgs {
     /// How often the queen streams a snapshot.
     #[arg(long, default_value = "5s")]
     snapshot_interval: String,
+    /// Queens: more than one runs them as replicas on a local etcd this task starts
+    /// (Debian's etcd-server, installed if missing), on the ports after --listen's.
+    #[arg(long, default_value_t = 1)]
+    queens: usize,
+    /// Leadership lease of replicas: a killed leader is replaced about this long after.
+    #[arg(long, default_value = "3s")]
+    lease_ttl: String,
 }
 
 struct Proc {
@@ -57,7 +64,12 @@ fn spawn(dir: &Path, bin: &'static str, name: String, args: &[&str]) -> anyhow::
 pub fn run(args: DevArgs) -> anyhow::Result<()> {
     let dir = crate::build_binaries()?;
     crate::web::build()?;
-    let url = format!("http://{}", args.listen);
+    let first: std::net::SocketAddr = args.listen.parse().context("--listen must be IP:PORT")?;
+    let listens: Vec<String> = (0..args.queens.max(1))
+        .map(|i| std::net::SocketAddr::new(first.ip(), first.port() + i as u16).to_string())
+        .collect();
+    let urls: Vec<String> = listens.iter().map(|l| format!("http://{l}")).collect();
+    let url = urls.join(",");
     let (tx, rx) = mpsc::channel();
     ctrlc::set_handler(move || {
         let _ = tx.send(());
@@ -67,28 +79,44 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     // A fresh store each run: the dev cluster is defined by the flags, not by last time.
     let data_dir = crate::target_dir().join("dev-data");
     let _ = std::fs::remove_dir_all(&data_dir);
-    let data_dir = data_dir.to_string_lossy().into_owned();
+    let etcd = if args.queens > 1 {
+        crate::web::ensure_apt(&["etcd-server"])?;
+        let etcd = etcd_process::Etcd::start_in_dir(data_dir.join("etcd"))?;
+        eprintln!("xtask dev: etcd at {} (log {})", etcd.endpoint(), etcd.log_path().display());
+        Some(etcd)
+    } else {
+        None
+    };
     let replicas = args.hives * args.workers_per_hive;
     // Room for every replica on any one hive, so work can move when a hive dies.
     let max_workers = replicas.max(1).to_string();
-    let mut procs = vec![spawn(
-        &dir,
-        "queen",
-        "queen".into(),
-        &[
-            "serve",
-            "--listen",
-            &args.listen,
-            "--heartbeat-interval",
-            &args.heartbeat_interval,
-            "--snapshot-interval",
-            &args.snapshot_interval,
-            "--data-dir",
-            &data_dir,
-            "--strategy",
-            "least_workers",
-        ],
-    )?];
+    let mut procs = Vec::new();
+    for (i, listen) in listens.iter().enumerate() {
+        let queen_dir = data_dir.join(format!("queen-{i}")).to_string_lossy().into_owned();
+        let mut queen_args = vec![
+            "serve".to_string(),
+            "--listen".into(),
+            listen.clone(),
+            "--heartbeat-interval".into(),
+            args.heartbeat_interval.clone(),
+            "--snapshot-interval".into(),
+            args.snapshot_interval.clone(),
+            "--data-dir".into(),
+            queen_dir,
+            "--strategy".into(),
+            "least_workers".into(),
+        ];
+        if let Some(etcd) = &etcd {
+            queen_args.extend([
+                "--store".into(),
+                format!("etcd://{}", etcd.endpoint()),
+                "--lease-ttl".into(),
+                args.lease_ttl.clone(),
+            ]);
+        }
+        let queen_args: Vec<&str> = queen_args.iter().map(String::as_str).collect();
+        procs.push(spawn(&dir, "queen", format!("queen-{i}"), &queen_args)?);
+    }
     for h in 1..=args.hives {
         let hive = format!("hive-{h}");
         procs.push(spawn(
@@ -102,7 +130,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     // Deploy once every hive has joined, so the replicas spread over all of them.
     let joined_by = Instant::now() + Duration::from_secs(20);
-    while online_counts(&args.listen).is_none_or(|(hives, _)| hives < args.hives) && Instant::now() < joined_by {
+    while online_counts(&listens[0]).is_none_or(|(hives, _)| hives < args.hives) && Instant::now() < joined_by {
         std::thread::sleep(Duration::from_millis(200));
     }
     // The workers come from a deployment, placed by the queen and started by the hives.
@@ -122,12 +150,25 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    eprintln!("\nApiary dev cluster: 1 queen, {} hives, {} workers", args.hives, args.hives * args.workers_per_hive);
-    eprintln!("  dashboard: {url}/");
-    eprintln!("  stream:  curl -N {url}/v1/heartbeats/stream");
-    eprintln!("  status:  cargo run -q -p queen -- status --queen {url}");
-    eprintln!("  nodes:   cargo run -q -p queen -- nodes --queen {url}");
-    eprintln!("  work:    cargo run -q -p queen -- deployments --queen {url}");
+    let one = &urls[0];
+    eprintln!(
+        "\nApiary dev cluster: {} queen(s), {} hives, {} workers",
+        urls.len(),
+        args.hives,
+        args.hives * args.workers_per_hive
+    );
+    for u in &urls {
+        eprintln!("  dashboard: {u}/");
+    }
+    eprintln!("  stream:  curl -N {one}/v1/heartbeats/stream");
+    eprintln!("  status:  target/debug/queen status --queen {url}");
+    eprintln!("  nodes:   target/debug/queen nodes --queen {url}");
+    eprintln!("  work:    target/debug/queen deployments --queen {url}");
+    if urls.len() > 1 {
+        eprintln!("  leader:  target/debug/queen leader show --queen {url}");
+        eprintln!("  hand over: target/debug/queen leader transfer --queen {url}");
+        eprintln!("  kill it:   kill -9 <pid of the leader's `queen serve`>; another leads within the lease");
+    }
     eprintln!("Ctrl-C stops everything.\n");
 
     let expected = (args.hives, args.hives * args.workers_per_hive);
@@ -150,7 +191,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
             return Ok(());
         }
         if !announced
-            && let Some((hives, workers)) = online_counts(&args.listen)
+            && let Some((hives, workers)) = online_counts(&listens[0])
             && (hives, workers) == expected
         {
             announced = true;
@@ -161,6 +202,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
     stop_all(&mut procs);
+    drop(etcd);
     Ok(())
 }
 

@@ -89,9 +89,15 @@ fn describe(cmd: &Command) -> String {
 
 pub const BINARIES: [&str; 3] = ["queen", "hive", "worker"];
 
+/// Cargo features every build and test run of xtask turns on: the queen's etcd backend
+/// (replicas), and the sandbox's tests of it.
+const FEATURES: &str = "queen/etcd,sandbox/etcd";
+
+/// Builds the binaries, with the queen's etcd backend (whose build needs `protoc`).
 pub fn build_binaries() -> anyhow::Result<PathBuf> {
+    web::ensure_apt(&["protobuf-compiler"])?;
     let mut cmd = cargo();
-    cmd.arg("build");
+    cmd.args(["build", "--features", "queen/etcd"]);
     for b in BINARIES {
         cmd.args(["-p", b]);
     }
@@ -133,7 +139,10 @@ fn has_nextest() -> bool {
 fn test(ci: bool) -> anyhow::Result<()> {
     if ci {
         run(cargo().args(["fmt", "--all", "--check"]))?;
-        run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+        web::ensure_apt(&["protobuf-compiler"])?;
+        run(cargo().args(["clippy", "--workspace", "--all-targets", "--features", FEATURES, "--", "-D", "warnings"]))?;
+        // The queen without etcd (what a plain `cargo build` makes) must stay clean too.
+        run(cargo().args(["clippy", "-p", "queen", "--all-targets", "--", "-D", "warnings"]))?;
     }
     // The end-to-end and browser tests start these as processes and serve this
     // dashboard; building them here keeps those tests from building inside the run.
@@ -141,9 +150,10 @@ fn test(ci: bool) -> anyhow::Result<()> {
     web::build()?;
     // The browser tests drive Debian's Chromium over WebDriver; `queen top` is tested in
     // a tmux pseudo-terminal.
-    web::ensure_apt(&["chromium", "chromium-driver", "tmux"])?;
+    // The replica tests start Debian's etcd on loopback ports of their own.
+    web::ensure_apt(&["chromium", "chromium-driver", "tmux", "etcd-server"])?;
     if has_nextest() {
-        run(cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]))?;
+        run(cargo().args(["nextest", "run", "--workspace", "--features", FEATURES, "--no-fail-fast"]))?;
         if ci {
             // The bounded fuzz pass: the decoding and ordering properties with 20 000
             // cases each instead of 256 (about ten seconds).
@@ -162,6 +172,6 @@ fn test(ci: bool) -> anyhow::Result<()> {
         Ok(())
     } else {
         eprintln!("cargo-nextest not found; using cargo test (install it with `cargo install cargo-nextest`)");
-        run(cargo().args(["test", "--workspace"]))
+        run(cargo().args(["test", "--workspace", "--features", FEATURES]))
     }
 }

@@ -42,6 +42,7 @@ fn api() -> OpenApiRouter<Arc<Queen>> {
         .routes(routes!(get_drain, start_drain, cancel_drain))
         .routes(routes!(stats))
         .routes(routes!(leader))
+        .routes(routes!(transfer_leader))
         .routes(routes!(hive_events))
         .routes(routes!(list_workers))
         .routes(routes!(get_worker))
@@ -107,6 +108,7 @@ pub fn router(queen: Arc<Queen>) -> Router {
     .with_state(Arc::clone(&queen))
     .merge(queen.health.router())
     .merge(dashboard(queen.config().ui_dir.as_deref()))
+    .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), leader_only))
     .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
 }
 
@@ -602,6 +604,73 @@ async fn remove_hive(
 #[utoipa::path(get, path = "/v1/cluster/leader", tag = "cluster", responses((status = 200, body = contract::LeaderInfo), (status = "4XX", body = ApiErrorBody, description = "refused")))]
 async fn leader(State(queen): State<Arc<Queen>>) -> Json<contract::LeaderInfo> {
     Json(queen.leader())
+}
+
+/// Hands leadership to another queen: the leader names it in etcd and resigns; the next
+/// in line steps back unless it is the one named. `to` absent: the healthiest follower.
+#[utoipa::path(post, path = "/v1/cluster/leader/transfer", tag = "cluster", request_body = contract::LeaderTransfer, responses((status = 202, body = contract::TransferAnswer, description = "the leader resigned in favour of `to`"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "no follower can take over now")))]
+async fn transfer_leader(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(req): JsonBody<contract::LeaderTransfer>,
+) -> Result<(StatusCode, Json<contract::TransferAnswer>), ApiError> {
+    let answer = queen.transfer_leadership(req.to).await?;
+    Ok((StatusCode::ACCEPTED, Json(answer)))
+}
+
+/// Whether a request must be answered by the leader. A follower serves what it holds:
+/// the stream and snapshot (relayed from the leader), the stored placement and shutdown
+/// state, who leads, the API description, health and the dashboard. Writes, heartbeats,
+/// the control channel, jobs, and reads of live node state go to the leader.
+pub fn needs_leader(method: &axum::http::Method, path: &str) -> bool {
+    if !path.starts_with("/v1/") {
+        return false;
+    }
+    if method != axum::http::Method::GET && method != axum::http::Method::HEAD {
+        return true;
+    }
+    let served_here = [
+        paths::HEARTBEAT_STREAM,
+        paths::SNAPSHOT,
+        paths::ASSIGNMENTS,
+        paths::STRATEGY,
+        paths::CLUSTER_SHUTDOWN,
+        paths::CLUSTER_LEADER,
+        paths::OPENAPI,
+    ];
+    !served_here.contains(&path.trim_end_matches('/'))
+}
+
+/// On a follower, sends what needs the leader there: `307` with the leader's URL for the
+/// same path (clients repeat the request there, body included), or `503` while no queen
+/// leads. Redirect rather than proxy: the follower stays out of the leader's traffic and
+/// failure path, and a node that learns the leader talks to it directly from then on.
+async fn leader_only(
+    State(queen): State<Arc<Queen>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if queen.is_leader() || !needs_leader(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let info = queen.leader();
+    let Some(leader) = info.leader.filter(|_| !info.is_self) else {
+        return ApiError::unavailable(
+            "no_leader",
+            "no queen leads right now (an election is under way); retry shortly",
+            std::time::Duration::from_secs(1),
+        )
+        .into_response();
+    };
+    let target = format!("{}{}", leader.url, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let body = ApiErrorBody {
+        code: "not_leader".into(),
+        message: format!("this queen follows; {} leads at {}", leader.id, leader.url),
+    };
+    let mut resp = (StatusCode::TEMPORARY_REDIRECT, Json(body)).into_response();
+    if let Ok(location) = header::HeaderValue::from_str(&target) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    resp
 }
 
 /// Nodes by liveness and eligibility, workers by status, capacity, utilisation, jobs.

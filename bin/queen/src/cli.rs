@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the queen.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print the node token of a hive: it lets that hive (and the workers it starts) act as
     /// themselves only. Made from the cluster token, which stays with the queen.
     Token {
@@ -63,6 +63,11 @@ pub enum Command {
     Assignments(Remote),
     /// The cluster live in the terminal: hives, events, drains, shutdown.
     Top(Remote),
+    /// Which queen leads; hand leadership to another (replicas on etcd).
+    Leader {
+        #[command(subcommand)]
+        command: LeaderCommand,
+    },
     /// Cluster-wide operations.
     Cluster {
         #[command(subcommand)]
@@ -111,6 +116,22 @@ pub enum NodeCommand {
         hive: String,
         #[arg(long)]
         force: bool,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LeaderCommand {
+    /// Print the leader and its term.
+    Show(Remote),
+    /// Hand leadership to another queen (before maintenance on the leader's machine) and
+    /// wait until it leads.
+    Transfer {
+        /// The queen to lead next, by id (`queen leader show` on it prints it); default:
+        /// the healthiest follower.
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         remote: Remote,
     },
@@ -242,11 +263,15 @@ impl Remote {
 }
 
 pub fn render_leader(l: &contract::LeaderInfo) -> String {
-    match &l.leader {
+    let leader = match &l.leader {
         Some(q) => {
             format!("leader:  {} at {} (term {}){}", q.id, q.url, l.term, if l.is_self { ", this queen" } else { "" })
         }
         None => "leader:  none yet (an election is under way)".into(),
+    };
+    match &l.answered_by {
+        Some(me) if !l.is_self => format!("{leader}\nasked:   {} at {}, a follower", me.id, me.url),
+        _ => leader,
     }
 }
 
@@ -317,6 +342,34 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             print!("{}", render_status(&snapshot));
             let leader = client.leader().await?;
             println!("{}", render_leader(&leader));
+        }
+        Command::Leader { command: LeaderCommand::Show(remote) } => {
+            let leader = remote.client()?.leader().await.with_context(|| format!("asking {}", remote.queen))?;
+            print_as(remote.output, &leader, |l| format!("{}\n", render_leader(l)))?;
+        }
+        Command::Leader { command: LeaderCommand::Transfer { to, remote } } => {
+            let client = remote.client()?;
+            let started = std::time::Instant::now();
+            let answer: contract::TransferAnswer = client
+                .post_json(contract::paths::CLUSTER_LEADER_TRANSFER, &contract::LeaderTransfer { to })
+                .await
+                .with_context(|| format!("asking {}", remote.queen))?;
+            println!("{} resigned in favour of {} ({})", answer.from.id, answer.to.id, answer.to.url);
+            // Ask the new leader itself: it knows first-hand when it leads.
+            let target = Remote { queen: answer.to.url.clone(), ..remote }.client()?;
+            let deadline = started + std::time::Duration::from_secs(15);
+            loop {
+                if let Ok(l) = target.leader().await
+                    && l.is_self
+                {
+                    println!("{} leads (term {}) after {} ms", answer.to.id, l.term, started.elapsed().as_millis());
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    anyhow::bail!("{} did not take over within 15 s", answer.to.id);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
         }
         Command::Nodes(remote) => {
             let client = remote.client()?;

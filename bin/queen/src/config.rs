@@ -71,6 +71,20 @@ pub struct ServeArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "APIARY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Where durable state lives: `embedded` (a file under --data-dir) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` for queen replicas [default: embedded].
+    #[arg(long, env = "APIARY_STORE")]
+    pub store: Option<String>,
+    /// Key prefix of this cluster in etcd [default: /apiary].
+    #[arg(long, env = "APIARY_STORE_PREFIX")]
+    pub store_prefix: Option<String>,
+    /// Lease of a queen's leadership in etcd: a crashed leader is replaced about this long
+    /// after it stopped [default: 3s].
+    #[arg(long, env = "APIARY_LEASE_TTL")]
+    pub lease_ttl: Option<HumanDuration>,
+    /// URL other queens, hives and workers reach this queen at [default: from --listen].
+    #[arg(long, env = "APIARY_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
 }
 
 /// The config file; unknown keys are errors, so a typo is not silently ignored.
@@ -93,6 +107,56 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     heartbeat_rate_limit: Option<u32>,
     log_level: Option<String>,
+    store: Option<String>,
+    store_prefix: Option<String>,
+    lease_ttl: Option<HumanDuration>,
+    advertise_url: Option<String>,
+}
+
+/// Queen replicas on etcd: where it is, this cluster's keys, and the leadership lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// `host:port` of each etcd member.
+    pub endpoints: Vec<String>,
+    /// Every key of this cluster starts with it; no trailing slash.
+    pub prefix: String,
+    pub lease_ttl: Duration,
+}
+
+impl EtcdSettings {
+    /// `etcd://h:p,h:p` (or `http://...` members); `Ok(None)` for `embedded`.
+    pub fn parse(store: &str, prefix: Option<&str>, lease_ttl: Option<Duration>) -> Result<Option<Self>, String> {
+        let store = store.trim();
+        if store == "embedded" {
+            return Ok(None);
+        }
+        let Some(list) = store.strip_prefix("etcd://") else {
+            return Err(format!("store {store:?}: expected `embedded` or `etcd://HOST:PORT[,HOST:PORT...]`"));
+        };
+        let mut endpoints = Vec::new();
+        for member in list.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            let hostport = member.strip_prefix("http://").unwrap_or(member).trim_end_matches('/');
+            match hostport.rsplit_once(':') {
+                Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+                    endpoints.push(format!("http://{hostport}"))
+                }
+                _ => return Err(format!("store: etcd member {member:?} is not HOST:PORT")),
+            }
+        }
+        if endpoints.is_empty() {
+            return Err("store: etcd:// names no member".into());
+        }
+        let prefix = prefix.unwrap_or("/apiary").trim_end_matches('/').to_string();
+        if !prefix.starts_with('/') || prefix.len() < 2 {
+            return Err(format!("store_prefix {prefix:?}: must start with / and name something"));
+        }
+        let lease_ttl = lease_ttl.unwrap_or(Duration::from_secs(3));
+        // etcd leases are whole seconds.
+        if lease_ttl < Duration::from_secs(1) || lease_ttl.subsec_nanos() != 0 {
+            return Err(format!("lease_ttl {lease_ttl:?}: must be whole seconds, at least 1s"));
+        }
+        Ok(Some(Self { endpoints, prefix, lease_ttl }))
+    }
 }
 
 /// A validated queen configuration.
@@ -122,6 +186,10 @@ pub struct QueenConfig {
     pub heartbeat_rate_limit: Option<u32>,
     /// Log filter directives; `None` leaves the process's filter as it is.
     pub log_level: Option<String>,
+    /// Replicas on etcd; `None` runs one queen on the embedded store.
+    pub etcd: Option<EtcdSettings>,
+    /// How others reach this queen; `None` derives it from the bound address.
+    pub advertise_url: Option<String>,
     /// The flags this configuration was loaded from (with the config file they name), so
     /// a reload merges the same way; `None` for configurations built in code.
     pub source: Option<ServeArgs>,
@@ -176,6 +244,17 @@ impl QueenConfig {
                 None
             }
         };
+        let store = args.store.clone().or(file.store).unwrap_or_else(|| "embedded".into());
+        let lease_ttl = args.lease_ttl.or(file.lease_ttl).map(Into::into);
+        let prefix = args.store_prefix.clone().or(file.store_prefix);
+        let etcd =
+            EtcdSettings::parse(&store, prefix.as_deref(), lease_ttl).map_err(|e| problems.push(e)).ok().flatten();
+        let advertise_url = args.advertise_url.clone().or(file.advertise_url);
+        if let Some(url) = &advertise_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            problems.push(format!("advertise_url {url:?}: must be an http:// or https:// URL"));
+        }
         let tls = match &tls_files {
             Some((cert, key)) => lifecycle::serve::load_tls(cert, key).map_err(|e| problems.push(e.0)).ok(),
             None => None,
@@ -202,6 +281,8 @@ impl QueenConfig {
         config.tls_files = tls_files;
         config.heartbeat_rate_limit = heartbeat_rate_limit;
         config.log_level = log_level;
+        config.etcd = etcd;
+        config.advertise_url = advertise_url.map(|u| u.trim_end_matches('/').to_string());
         config.source = Some(args.clone());
         Ok(config)
     }
@@ -243,7 +324,7 @@ impl QueenConfig {
             heartbeat_rate_limit,
             log_level
         );
-        fixed!(listen, ui_dir, data_dir, orphan_grace, tokens, tls_files);
+        fixed!(listen, ui_dir, data_dir, orphan_grace, tokens, tls_files, etcd, advertise_url);
         Ok((next, reload))
     }
 
@@ -288,6 +369,8 @@ impl QueenConfig {
                 tls_files: None,
                 heartbeat_rate_limit: None,
                 log_level: None,
+                etcd: None,
+                advertise_url: None,
                 source: None,
             }),
             _ => Err(ConfigError { problems }),

@@ -1,8 +1,11 @@
 //! `POST /v1/jobs` at the queen: pick an available worker by in-flight load and forward.
 //!
-//! A job is retried on another worker only when the first one certainly did not run it
-//! (connection refused, or the worker answered 429/503 before starting); anything else
-//! is reported, never retried, so a job is answered at most once.
+//! A job is tried on another worker when the first one certainly did not run it
+//! (connection refused, or the worker answered 429/503 before starting), and when the
+//! worker died running it (the connection broke before an answer) if the job is one that
+//! may run twice: every kind there is now is a pure computation, so a job whose worker
+//! was killed completes elsewhere instead of being lost. A worker that is merely slow
+//! (the deadline passed) is not raced: that job is reported as failed.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -113,14 +116,23 @@ pub async fn route(
             .timeout(deadline(&job))
             .send()
             .await;
+        let died = |e: &reqwest::Error| !e.is_timeout() && job.rerunnable();
         match sent {
             Ok(resp) if matches!(resp.status().as_u16(), 429 | 503) => continue,
             Ok(resp) => {
                 let status = resp.status();
-                let bytes = resp.bytes().await.map_err(|e| {
-                    queen.count_job("worker_failed");
-                    ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}"))
-                })?;
+                let bytes = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) if died(&e) => {
+                        tracing::warn!(%worker, error = %e, "worker died answering a job; running it elsewhere");
+                        queen.count_job("rerun");
+                        continue;
+                    }
+                    Err(e) => {
+                        queen.count_job("worker_failed");
+                        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")));
+                    }
+                };
                 queen.count_job(if status.is_success() { "done" } else { "rejected" });
                 let response = Response::builder()
                     .status(status.as_u16())
@@ -130,9 +142,13 @@ pub async fn route(
                 return response.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", e.to_string()));
             }
             Err(e) if e.is_connect() => continue,
+            Err(e) if died(&e) => {
+                tracing::warn!(%worker, error = %e, "worker died running a job; running it elsewhere");
+                queen.count_job("rerun");
+            }
             Err(e) => {
                 queen.count_job("worker_failed");
-                // It may have run: do not send it anywhere else.
+                // Still running, perhaps: do not run it a second time at once.
                 return Err(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")));
             }
         }

@@ -16,6 +16,8 @@ pub(crate) mod metrics;
 pub mod orchestrator;
 mod placement;
 mod reload;
+#[cfg(feature = "etcd")]
+pub mod replica;
 mod shutdown;
 mod snapshot;
 pub mod store;
@@ -29,6 +31,7 @@ use std::time::Duration;
 use contract::{HiveHeartbeat, NodeKind, WorkerHeartbeat};
 use heartbeat_registry::{HeartbeatRegistry, LivenessEvent};
 use lifecycle::health::Health;
+use lifecycle::http::ApiError;
 use tokio::net::TcpListener;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -74,6 +77,10 @@ pub struct Queen {
     heartbeat_limiter: std::sync::RwLock<Arc<governor::DefaultKeyedRateLimiter<String>>>,
     /// (when, jobs routed so far) at recent snapshot ticks, for a routing rate.
     job_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
+    /// The etcd side when this queen is one of several replicas; `None` alone.
+    /// Set once, at start, when this queen is one of several replicas.
+    #[cfg(feature = "etcd")]
+    replica: std::sync::OnceLock<Arc<replica::Replica>>,
 }
 
 impl Queen {
@@ -82,17 +89,23 @@ impl Queen {
         me: contract::QueenRef,
         stop: CancellationToken,
         tasks: TaskTracker,
+        store: Option<Box<dyn Store>>,
     ) -> anyhow::Result<Arc<Self>> {
         let event_seq = Arc::new(AtomicU64::new(1));
         let hives = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
         let workers = HeartbeatRegistry::with_event_seq(config.thresholds.clone(), Arc::clone(&event_seq));
-        let store: Box<dyn Store> = match &config.data_dir {
-            Some(dir) => Box::new(RedbStore::open(dir)?),
-            None => Box::new(MemoryStore::default()),
+        // A shared store is written by its leader only; the strategy is applied once elected.
+        let shared = store.is_some();
+        let store: Box<dyn Store> = match (store, &config.data_dir) {
+            (Some(store), _) => store,
+            (None, Some(dir)) => Box::new(RedbStore::open(dir)?),
+            (None, None) => Box::new(MemoryStore::default()),
         };
         let orchestrator =
             Arc::new(Orchestrator::open(store, config.thresholds.offline_after + config.orphan_grace, event_seq)?);
-        if let Some(strategy) = config.strategy {
+        if let Some(strategy) = config.strategy
+            && !shared
+        {
             orchestrator.set_strategy(strategy)?;
         }
         let shutdown = orchestrator.load_shutdown()?;
@@ -133,6 +146,8 @@ impl Queen {
             me,
             job_samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
             heartbeat_limiter,
+            #[cfg(feature = "etcd")]
+            replica: std::sync::OnceLock::new(),
         });
         queen.publish_snapshot();
         Ok(queen)
@@ -235,11 +250,54 @@ impl Queen {
 
     /// Which queen acts for the cluster. One queen needs no election: it is the leader.
     pub fn leader(&self) -> contract::LeaderInfo {
-        contract::LeaderInfo { leader: Some(self.me.clone()), is_self: true, term: 0 }
+        #[cfg(feature = "etcd")]
+        if let Some(r) = self.replica.get() {
+            let role = r.role();
+            return contract::LeaderInfo {
+                leader: role.leader,
+                is_self: r.is_leader(),
+                term: role.term.max(0) as u64,
+                answered_by: Some(self.me.clone()),
+            };
+        }
+        contract::LeaderInfo {
+            leader: Some(self.me.clone()),
+            is_self: true,
+            term: 0,
+            answered_by: Some(self.me.clone()),
+        }
+    }
+
+    /// Hands leadership to `to` (or the healthiest follower) and resigns.
+    pub async fn transfer_leadership(&self, to: Option<String>) -> Result<contract::TransferAnswer, ApiError> {
+        #[cfg(feature = "etcd")]
+        if let Some(r) = self.replica.get() {
+            return replica::transfer(self, r, to).await;
+        }
+        let _ = to;
+        Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "no_replicas",
+            "this queen runs alone (no --store etcd://): there is no other queen to lead",
+        ))
+    }
+
+    /// Whether this queen acts for the cluster (places work, routes jobs, takes
+    /// heartbeats, sequences shutdowns): always when alone, when elected among replicas.
+    pub fn is_leader(&self) -> bool {
+        #[cfg(feature = "etcd")]
+        if let Some(r) = self.replica.get() {
+            return r.is_leader();
+        }
+        true
     }
 
     /// Re-places work now; after an API change, so operators need not wait for a sweep.
+    /// Only the leader places; a follower's view of placement comes from the store.
     pub fn reconcile(&self) {
+        if !self.is_leader() {
+            return;
+        }
         if let Err(e) = self.orchestrator.reconcile(&self.hives, &self.workers) {
             tracing::error!(error = %e, "reconcile could not write the store; will retry");
         }
@@ -287,10 +345,19 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     let scheme = if config.tls.is_some() { "https" } else { "http" };
     let me = contract::QueenRef {
         id: format!("{}:{}", lifecycle::hostname(), addr.port()),
-        url: format!("{scheme}://{addr}"),
+        url: config.advertise_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
     };
-    let queen = Queen::new(config, me, stop.clone(), tasks.clone())?;
-    shutdown::resume(&queen);
+    let queen = match config.etcd.clone() {
+        None => Queen::new(config, me, stop.clone(), tasks.clone(), None)?,
+        #[cfg(feature = "etcd")]
+        Some(settings) => replica::start(config, settings, me, &stop, &tasks).await?,
+        #[cfg(not(feature = "etcd"))]
+        Some(_) => anyhow::bail!("this queen was built without etcd support: build it with `--features queen/etcd`"),
+    };
+    // Replicas resume a shutdown when they are elected.
+    if queen.is_leader() {
+        shutdown::resume(&queen);
+    }
 
     tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(sweep_loop(Arc::clone(&queen), stop.child_token()));

@@ -78,7 +78,7 @@ pub struct Orchestrator {
     pub acks: tokio::sync::Notify,
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
-    started: std::time::Instant,
+    started: Mutex<std::time::Instant>,
     /// Placement decisions by kind, for `/metrics`.
     pub decisions: Family<DecisionLabels, Counter>,
 }
@@ -152,7 +152,7 @@ impl Orchestrator {
             gate: AtomicBool::new(false),
             phase_orders: Mutex::new(BTreeMap::new()),
             acks: tokio::sync::Notify::new(),
-            started: std::time::Instant::now(),
+            started: Mutex::new(std::time::Instant::now()),
             decisions: Family::default(),
         })
     }
@@ -244,6 +244,26 @@ impl Orchestrator {
 
     pub fn load_shutdown(&self) -> Result<Option<contract::ShutdownState>, StoreError> {
         Ok(self.store.load()?.shutdown)
+    }
+
+    /// Replaces the durable part of the state with what the store holds now (a replica
+    /// following another queen's writes, or one that has just been elected), and returns
+    /// the stored shutdown. Drains in progress are not durable and are forgotten.
+    pub fn reload(&self) -> Result<Option<contract::ShutdownState>, StoreError> {
+        let Persisted { deployments, assignments, strategy, shutdown, ineligible } = self.store.load()?;
+        let mut st = self.lock();
+        st.deployments = deployments;
+        st.assignments = assignments;
+        st.placer = Placer::new(strategy.unwrap_or(st.placer.strategy));
+        st.ineligible = ineligible;
+        st.drains.clear();
+        Ok(shutdown)
+    }
+
+    /// Counts the grace for hives not heard from yet again from now (a queen just elected
+    /// leader has heard from nobody).
+    pub fn restart_grace(&self) {
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
     }
 
     pub fn ping(&self) -> Result<(), StoreError> {
@@ -605,10 +625,11 @@ impl Orchestrator {
         });
 
         // Replicas whose hive is gone.
+        let started = *self.started.lock().unwrap_or_else(|p| p.into_inner());
         for a in assignments.values_mut().filter(|a| a.state == AssignmentState::Placed) {
             let Some(hive) = a.hive.clone() else { continue };
             let reason = match views.get(&hive) {
-                None if self.started.elapsed() >= self.orphan_grace => Some(format!("hive {hive} is unknown")),
+                None if started.elapsed() >= self.orphan_grace => Some(format!("hive {hive} is unknown")),
                 None => None,
                 Some(v) if v.liveness == registry::Liveness::Stopped => Some(format!("hive {hive} stopped")),
                 Some(v) if v.liveness == registry::Liveness::Offline && v.silent_for >= self.orphan_grace && !brake => {

@@ -140,6 +140,12 @@ pub fn resume(queen: &Arc<Queen>) {
 
 async fn sequence(queen: Arc<Queen>) {
     for phase in Phase::ALL {
+        // A queen that stopped leading stops sequencing; the new leader resumes from the
+        // stored state.
+        if !queen.is_leader() {
+            tracing::warn!("no longer the leader; the cluster shutdown continues on the new one");
+            return;
+        }
         let status = queen.shutdown().and_then(|s| s.phases.iter().find(|p| p.phase == phase).map(|p| p.status));
         match status {
             Some(PhaseStatus::Done | PhaseStatus::Forced) => {
@@ -266,6 +272,9 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         }
         if waiting == 0 || Instant::now() >= deadline {
             break;
+        }
+        if !queen.is_leader() {
+            return false;
         }
         // The poll keeps workers-left fresh from heartbeats; an ACK ends the wait at once.
         tokio::select! {

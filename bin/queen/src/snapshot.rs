@@ -69,7 +69,21 @@ impl Queen {
         let started = Instant::now();
         self.sweep();
         let seq = self.snapshots.borrow().seq + 1;
-        let mut snapshot = self.build_snapshot(seq);
+        let snapshot = self.build_snapshot(seq);
+        self.publish(snapshot, started);
+    }
+
+    /// Publishes a snapshot another queen built (a follower relaying its leader's), under
+    /// this queen's own sequence so its clients' deltas chain.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn publish_relayed(&self, mut snapshot: Snapshot) {
+        snapshot.seq = self.snapshots.borrow().seq + 1;
+        self.publish(snapshot, Instant::now());
+    }
+
+    /// Serializes `snapshot` in every form a client may ask for and hands it to them.
+    fn publish(&self, mut snapshot: Snapshot, started: Instant) {
+        let seq = snapshot.seq;
         // Ages follow from the timestamp exactly, so a delta need not carry them.
         for h in &mut snapshot.hives {
             h.last_seen_ago_ms = contract::ago_ms(snapshot.timestamp, h.last_seen);
@@ -218,6 +232,10 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
                 tick.tick().await;
             }
             _ = tick.tick() => {
+                // A follower's frames are its leader's, relayed as they come.
+                if !queen.is_leader() {
+                    continue;
+                }
                 // Building a large snapshot takes hundreds of milliseconds of CPU; on a
                 // runtime worker it would stall the heartbeats queued behind it.
                 let building = Arc::clone(&queen);

@@ -1,5 +1,5 @@
 //! The queen's durable state — deployments, assignments, the placement strategy — behind
-//! a small trait, so that another backend (etcd, for replicas) can come later.
+//! a small trait: the embedded file here, or etcd for replicas (`replica`).
 //!
 //! The default backend is redb: an embedded, pure-Rust key-value store with ACID write
 //! transactions and copy-on-write commits, so a crash mid-write leaves the last committed
@@ -65,6 +65,9 @@ pub enum StoreError {
     Backend(String),
     #[error("store holds a record that does not decode: {0}")]
     Corrupt(String),
+    /// A replica that does not lead (any more) may not write.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
@@ -77,6 +80,20 @@ pub trait Store: Send + Sync {
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Whether the store answers; a readiness check.
     fn ping(&self) -> Result<(), StoreError>;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        (**self).load()
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        (**self).ping()
+    }
 }
 
 const DEPLOYMENTS: TableDefinition<&str, &str> = TableDefinition::new("deployments");

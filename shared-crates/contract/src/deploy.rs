@@ -352,4 +352,26 @@ pub struct LeaderInfo {
     pub is_self: bool,
     /// The fencing term of the leadership (0 for a single queen, which needs no election).
     pub term: u64,
+    /// The queen that answered (its id is what `queen leader transfer --to` takes).
+    #[serde(default)]
+    pub answered_by: Option<QueenRef>,
+}
+
+/// `POST /v1/cluster/leader/transfer`: hand leadership to another queen (planned
+/// maintenance of the leader's machine).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LeaderTransfer {
+    /// The queen to lead next, by id; `None` picks the healthiest follower.
+    #[serde(default)]
+    pub to: Option<String>,
+}
+
+/// The answer to a transfer: the leader has resigned in favour of `to`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TransferAnswer {
+    pub from: QueenRef,
+    pub to: QueenRef,
 }

@@ -17,6 +17,17 @@ pub enum JobRequest {
     Sha256 { input: String, rounds: u32 },
 }
 
+impl JobRequest {
+    /// Whether running it twice does no harm, so the queen may run it again when its
+    /// worker died mid-way. Each kind must say; a kind with effects outside the worker
+    /// must answer false.
+    pub fn rerunnable(&self) -> bool {
+        match self {
+            JobRequest::Sleep { .. } | JobRequest::Sha256 { .. } => true,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct JobResponse {

@@ -20,8 +20,8 @@ mod snapshot;
 
 pub use deploy::{
     Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DrainRequest,
-    DrainStatus, EligibilityBody, HiveCommand, LeaderInfo, MAX_REPLICAS, PlacementStrategy, ProcessState, QueenRef,
-    Retiring, ScaleBody, StrategyBody, SupervisedWorker, WorkerLaunch,
+    DrainStatus, EligibilityBody, HiveCommand, LeaderInfo, LeaderTransfer, MAX_REPLICAS, PlacementStrategy,
+    ProcessState, QueenRef, Retiring, ScaleBody, StrategyBody, SupervisedWorker, TransferAnswer, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};
@@ -55,6 +55,7 @@ pub mod paths {
     pub const CLUSTER_STATS: &str = "/v1/cluster/stats";
     pub const OPENAPI: &str = "/v1/openapi.json";
     pub const CLUSTER_LEADER: &str = "/v1/cluster/leader";
+    pub const CLUSTER_LEADER_TRANSFER: &str = "/v1/cluster/leader/transfer";
 }
 
 /// Largest request body any Apiary endpoint accepts; a heartbeat is well under 4 KiB.

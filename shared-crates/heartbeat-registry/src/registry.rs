@@ -82,6 +82,9 @@ pub struct HeartbeatRegistry<T: HeartbeatPayload> {
     entries: DashMap<T::Id, Entry<T>>,
     thresholds: RwLock<Thresholds>,
     created: Instant,
+    /// Nobody is declared offline until `startup_grace` after this: the registry's
+    /// creation, or the moment its owner started to be the one heartbeats go to.
+    grace_from: RwLock<Instant>,
     /// The wall clock at `created`: wall times are derived from monotonic ones, which
     /// costs one clock read per heartbeat instead of two.
     created_wall: SystemTime,
@@ -102,6 +105,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
             entries: DashMap::new(),
             thresholds: RwLock::new(thresholds.clone()),
             created: Instant::now(),
+            grace_from: RwLock::new(Instant::now()),
             created_wall: SystemTime::now(),
             events: EventLog::new(RECENT_EVENTS, next_seq),
             history_len: thresholds.history_len.max(1),
@@ -115,6 +119,18 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     /// Applies new thresholds (e.g. from a reloaded config); takes effect at the next sweep.
     pub fn set_thresholds(&self, thresholds: Thresholds) {
         *self.thresholds.write().unwrap_or_else(|p| p.into_inner()) = thresholds;
+    }
+
+    /// Starts the startup grace again from now: for an owner that has just become the one
+    /// nodes report to (a queen elected leader), which has not heard from everyone yet.
+    pub fn restart_grace(&self) {
+        *self.grace_from.write().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+    }
+
+    /// Forgets every node, without events: the owner no longer keeps this state (a queen
+    /// that stopped leading), so nobody is gone, the record is just no longer ours.
+    pub fn clear(&self) {
+        self.entries.clear();
     }
 
     /// Records a heartbeat unless it is older than the one held.
@@ -237,7 +253,8 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     pub fn sweep(&self) -> usize {
         let now = Instant::now();
         let t = self.thresholds();
-        let may_declare_offline = now.saturating_duration_since(self.created) >= t.startup_grace;
+        let grace_from = *self.grace_from.read().unwrap_or_else(|p| p.into_inner());
+        let may_declare_offline = now.saturating_duration_since(grace_from) >= t.startup_grace;
         let mut changed = 0;
         for mut item in self.entries.iter_mut() {
             let id = item.key().clone();

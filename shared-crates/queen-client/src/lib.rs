@@ -55,9 +55,45 @@ pub struct QueenClient {
 /// a client, so the heartbeat loop's failover moves the control channel along with it.
 #[derive(Debug)]
 struct Queens {
-    urls: Vec<String>,
+    /// Given at start, plus any leader a follower pointed to.
+    urls: std::sync::RwLock<Vec<String>>,
     current: AtomicUsize,
 }
+
+impl Queens {
+    fn urls(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+        self.urls.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn len(&self) -> usize {
+        self.urls().len()
+    }
+
+    /// Talks to `base` from now on (the leader a follower redirected to).
+    fn point_at(&self, base: &str) {
+        let mut urls = self.urls.write().unwrap_or_else(|p| p.into_inner());
+        let i = match urls.iter().position(|u| u == base) {
+            Some(i) => i,
+            None => {
+                urls.push(base.to_string());
+                urls.len() - 1
+            }
+        };
+        self.current.store(i, Ordering::Relaxed);
+    }
+}
+
+/// `scheme://host:port` of a redirect's target.
+fn base_of(location: &str) -> Option<String> {
+    let url = reqwest::Url::parse(location).ok()?;
+    let host = url.host_str()?;
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    Some(format!("{}://{host}{port}", url.scheme()))
+}
+
+/// Redirects followed for one call: a follower to the leader, perhaps once more during
+/// an election.
+const MAX_REDIRECTS: usize = 3;
 
 /// A `reqwest` client builder whose TLS uses ring. Every HTTP client in Apiary starts
 /// here: reqwest is built without a crypto provider of its own (aws-lc-rs needs a long C
@@ -126,22 +162,32 @@ impl QueenClient {
             Some(certs) => b.tls_certs_only(certs.iter().cloned()),
             None => b,
         };
+        // Redirects are followed here, not by reqwest: reqwest drops the Authorization
+        // header on a redirect to another port, and the client should remember the leader.
         let http = with_roots(http_builder())
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         let streams = with_roots(http_builder())
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .read_timeout(STREAM_READ_TIMEOUT)
             .build()?;
-        Ok(Self { http, streams, queens: Arc::new(Queens { urls, current: AtomicUsize::new(0) }), token })
+        Ok(Self {
+            http,
+            streams,
+            queens: Arc::new(Queens { urls: std::sync::RwLock::new(urls), current: AtomicUsize::new(0) }),
+            token,
+        })
     }
 
     /// The queen this client talks to now.
     pub fn base_url(&self) -> String {
-        let i = self.queens.current.load(Ordering::Relaxed) % self.queens.urls.len();
-        self.queens.urls[i].clone()
+        let urls = self.queens.urls();
+        let i = self.queens.current.load(Ordering::Relaxed) % urls.len();
+        urls[i].clone()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -151,12 +197,59 @@ impl QueenClient {
     /// Moves to the next queen in the list (after the current one stopped answering);
     /// `false` when there is only one.
     pub fn fail_over(&self) -> bool {
-        if self.queens.urls.len() < 2 {
+        let urls = self.queens.urls();
+        if urls.len() < 2 {
             return false;
         }
-        let next = (self.queens.current.fetch_add(1, Ordering::Relaxed) + 1) % self.queens.urls.len();
-        tracing::warn!(queen = %self.queens.urls[next], "failing over to the next queen");
+        let next = (self.queens.current.fetch_add(1, Ordering::Relaxed) + 1) % urls.len();
+        tracing::warn!(queen = %urls[next], "failing over to the next queen");
         true
+    }
+
+    /// Sends one call: to the leader if a follower answers with a redirect (and from then
+    /// on), and — for reads — to the next queen if this one does not answer at all.
+    async fn send(
+        &self,
+        client: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let read = method == reqwest::Method::GET;
+        let (mut redirects, mut tries) = (0, self.queens.len());
+        loop {
+            let mut req = client.request(method.clone(), self.url(path));
+            if let Some(body) = &body {
+                req = req.header(reqwest::header::CONTENT_TYPE, "application/json").body(body.clone());
+            }
+            if path == paths::HEARTBEAT_STREAM || path.ends_with("/commands") {
+                req = req.header(reqwest::header::ACCEPT, "text/event-stream");
+            }
+            match self.authorize(req).send().await {
+                Ok(resp) if resp.status() == reqwest::StatusCode::TEMPORARY_REDIRECT && redirects < MAX_REDIRECTS => {
+                    let leader =
+                        resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(base_of);
+                    let Some(leader) = leader else { return Ok(resp) };
+                    tracing::info!(%leader, "redirected to the leading queen");
+                    self.queens.point_at(&leader);
+                    redirects += 1;
+                }
+                Ok(resp) => return Ok(resp),
+                Err(e) if read && tries > 1 && self.fail_over() => {
+                    tracing::debug!(error = %e, "queen unreachable; trying the next");
+                    tries -= 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn json_body<B: Serialize + ?Sized>(body: &B) -> Result<Vec<u8>, ClientError> {
+        serde_json::to_vec(body).map_err(|e| ClientError::Api {
+            status: 0,
+            code: "unencodable".into(),
+            message: e.to_string(),
+        })
     }
 
     fn authorize(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
@@ -184,7 +277,7 @@ impl QueenClient {
         path: &str,
         body: &B,
     ) -> Result<R, ClientError> {
-        let resp = self.authorize(self.http.post(self.url(path)).json(body)).send().await?;
+        let resp = self.send(&self.http, reqwest::Method::POST, path, Some(Self::json_body(body)?)).await?;
         Self::decode(resp).await
     }
 
@@ -195,7 +288,7 @@ impl QueenClient {
         path: &str,
         body: &B,
     ) -> Result<R, ClientError> {
-        let resp = self.authorize(self.http.request(method, self.url(path)).json(body)).send().await?;
+        let resp = self.send(&self.http, method, path, Some(Self::json_body(body)?)).await?;
         Self::decode(resp).await
     }
 
@@ -218,7 +311,7 @@ impl QueenClient {
 
     /// A DELETE whose success has no body.
     pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
-        let resp = self.authorize(self.http.delete(self.url(path))).send().await?;
+        let resp = self.send(&self.http, reqwest::Method::DELETE, path, None).await?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -249,7 +342,7 @@ impl QueenClient {
 
     /// A POST whose success has no body (204).
     pub async fn post_no_content<B: Serialize + ?Sized>(&self, path: &str, body: &B) -> Result<(), ClientError> {
-        let resp = self.authorize(self.http.post(self.url(path)).json(body)).send().await?;
+        let resp = self.send(&self.http, reqwest::Method::POST, path, Some(Self::json_body(body)?)).await?;
         if resp.status().is_success() {
             return Ok(());
         }
@@ -263,8 +356,7 @@ impl QueenClient {
         path: &str,
         event: &'static str,
     ) -> Result<impl futures_util::Stream<Item = Result<T, ClientError>> + use<T>, ClientError> {
-        let resp =
-            self.authorize(self.streams.get(self.url(path)).header("accept", "text/event-stream")).send().await?;
+        let resp = self.send(&self.streams, reqwest::Method::GET, path, None).await?;
         if !resp.status().is_success() {
             return Err(Self::decode::<serde_json::Value>(resp).await.err().unwrap_or(ClientError::Api {
                 status: 0,
@@ -308,17 +400,7 @@ impl QueenClient {
     /// A read; one that gets no answer at all is tried on the next queen in the list, so
     /// a command line given every queen works while any one of them does.
     pub async fn get_json<R: DeserializeOwned>(&self, path: &str) -> Result<R, ClientError> {
-        let mut tries = self.queens.urls.len();
-        loop {
-            match self.authorize(self.http.get(self.url(path))).send().await {
-                Ok(resp) => return Self::decode(resp).await,
-                Err(e) if tries > 1 && self.fail_over() => {
-                    tracing::debug!(error = %e, "queen unreachable; trying the next");
-                    tries -= 1;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Self::decode(self.send(&self.http, reqwest::Method::GET, path, None).await?).await
     }
 
     pub async fn snapshot(&self) -> Result<Snapshot, ClientError> {

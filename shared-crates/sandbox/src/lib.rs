@@ -9,6 +9,7 @@
 pub mod samples;
 mod sse;
 
+pub use etcd_process::Etcd;
 pub use sse::SnapshotStream;
 
 use std::future::Future;
@@ -27,11 +28,14 @@ use tokio_util::sync::CancellationToken;
 /// running test binary lives under.
 pub fn built_binaries() -> anyhow::Result<std::path::PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", "queen", "-p", "hive", "-p", "worker"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .context("running cargo build")?;
+    let mut build = std::process::Command::new(cargo);
+    build.args(["build", "--quiet", "-p", "queen", "-p", "hive", "-p", "worker"]);
+    // The same features as this test run, or the build would replace the binaries (and
+    // the queen library) with another variant.
+    if cfg!(feature = "etcd") {
+        build.args(["--features", "queen/etcd"]);
+    }
+    let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().context("running cargo build")?;
     if !status.success() {
         bail!("cargo build of the binaries failed");
     }
@@ -86,6 +90,8 @@ struct Node {
     stop: CancellationToken,
     /// Cancelled to kill: `run` is abandoned mid-flight and its runtime dropped.
     kill: CancellationToken,
+    /// The node's runtime, to freeze it.
+    runtime: tokio::runtime::Handle,
     thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -110,7 +116,9 @@ impl Node {
                             return Ok(());
                         }
                     };
-                    let _ = tx.send(listener.local_addr().map_err(Into::into));
+                    let _ = tx.send(
+                        listener.local_addr().map(|a| (a, tokio::runtime::Handle::current())).map_err(Into::into),
+                    );
                     tokio::select! {
                         r = run(listener, stop) => r,
                         _ = kill.cancelled() => Ok(()),
@@ -121,8 +129,14 @@ impl Node {
                 result
             }
         })?;
-        let addr = rx.recv().context("node thread died before binding")??;
-        Ok(Self { id, addr, stop, kill, thread: Some(thread) })
+        let (addr, runtime) = rx.recv().context("node thread died before binding")??;
+        Ok(Self { id, addr, stop, kill, runtime, thread: Some(thread) })
+    }
+
+    /// Like SIGSTOP for `d`, then SIGCONT: the node's only runtime thread is blocked, so
+    /// none of its tasks runs, its timers fall behind and its sockets go unanswered.
+    fn freeze(&self, d: Duration) {
+        self.runtime.spawn(async move { std::thread::sleep(d) });
     }
 
     async fn join(&mut self) -> anyhow::Result<()> {
@@ -179,6 +193,8 @@ pub struct SandboxBuilder {
     node_tokens: bool,
     /// Hives and workers are given a dead queen first in their list of queens.
     dead_queen_first: bool,
+    /// Run this many queens as replicas on the etcd at this endpoint, with this lease.
+    replicas: Option<(usize, String, Duration)>,
 }
 
 impl Default for SandboxBuilder {
@@ -200,6 +216,7 @@ impl Default for SandboxBuilder {
             tls: false,
             node_tokens: false,
             dead_queen_first: false,
+            replicas: None,
         }
     }
 }
@@ -267,6 +284,12 @@ impl SandboxBuilder {
         self.tls = true;
         self
     }
+    /// Run `n` queens as replicas on `etcd` (each with the lease `ttl`) instead of one
+    /// on the embedded store; nodes and the client are given all of them.
+    pub fn replicas(mut self, n: usize, etcd: &Etcd, ttl: Duration) -> Self {
+        self.replicas = Some((n.max(1), etcd.endpoint(), ttl));
+        self
+    }
     /// Serve the built dashboard from `dir`.
     pub fn ui_dir(mut self, dir: std::path::PathBuf) -> Self {
         self.ui_dir = Some(dir);
@@ -277,8 +300,22 @@ impl SandboxBuilder {
     /// all online.
     pub async fn start(self) -> anyhow::Result<Sandbox> {
         let tls = if self.tls { Some(TlsFiles::generate()?) } else { None };
-        let mut sandbox = Sandbox { config: self.clone(), queen: None, hives: Vec::new(), workers: Vec::new(), tls };
+        let mut sandbox = Sandbox {
+            config: self.clone(),
+            queen: None,
+            peers: Vec::new(),
+            hives: Vec::new(),
+            workers: Vec::new(),
+            tls,
+        };
         sandbox.start_queen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        for _ in 1..self.replicas.as_ref().map_or(1, |r| r.0) {
+            let node = sandbox.spawn_queen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            sandbox.peers.push(node);
+        }
+        if self.replicas.is_some() {
+            sandbox.leader_url(Duration::from_secs(20)).await?;
+        }
         for h in 0..self.hives {
             let hive_id = NodeId::new(format!("hive-{h}"))?;
             sandbox.add_hive(hive_id.clone())?;
@@ -296,6 +333,8 @@ impl SandboxBuilder {
 pub struct Sandbox {
     config: SandboxBuilder,
     queen: Option<Node>,
+    /// The other queens, when they run as replicas.
+    peers: Vec<Node>,
     hives: Vec<Node>,
     workers: Vec<Node>,
     tls: Option<TlsFiles>,
@@ -343,7 +382,8 @@ impl Sandbox {
     }
 
     pub fn client(&self) -> QueenClient {
-        match QueenClient::with_ca(&self.queen_url(), self.config.tokens.1.clone(), Duration::from_secs(5), self.ca()) {
+        let queens = self.queen_list();
+        match QueenClient::with_ca(&queens, self.config.tokens.1.clone(), Duration::from_secs(5), self.ca()) {
             Ok(c) => c,
             Err(e) => panic!("sandbox queen url is always valid: {e}"),
         }
@@ -366,6 +406,11 @@ impl Sandbox {
     }
 
     fn start_queen(&mut self, bind: SocketAddr) -> anyhow::Result<()> {
+        self.queen = Some(self.spawn_queen(bind)?);
+        Ok(())
+    }
+
+    fn spawn_queen(&self, bind: SocketAddr) -> anyhow::Result<Node> {
         let mut config =
             queen::QueenConfig::with_intervals(self.config.heartbeat_interval, self.config.snapshot_interval)?;
         config.ui_dir = self.config.ui_dir.clone();
@@ -385,7 +430,69 @@ impl Sandbox {
         if let Some(tls) = &self.tls {
             config.tls = Some(lifecycle::serve::load_tls(&tls.cert, &tls.key)?);
         }
-        self.queen = Some(Node::spawn(NodeId::new("queen")?, bind, move |l, stop| queen::run(config, l, stop))?);
+        if let Some((_, endpoint, ttl)) = &self.config.replicas {
+            config.etcd = queen::config::EtcdSettings::parse(&format!("etcd://{endpoint}"), None, Some(*ttl))
+                .map_err(|e| anyhow!(e))?;
+        }
+        Node::spawn(NodeId::new("queen")?, bind, move |l, stop| queen::run(config, l, stop))
+    }
+
+    /// Every queen's URL, comma-separated, as nodes take it; with no queen running, the
+    /// address the first had (so a node started now waits for it to return).
+    fn queen_list(&self) -> String {
+        let urls = self.queen_urls();
+        if urls.is_empty() { self.queen_url() } else { urls.join(",") }
+    }
+
+    /// Every queen's URL: the first, then its replicas.
+    pub fn queen_urls(&self) -> Vec<String> {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        self.queen.iter().chain(&self.peers).map(|q| format!("{scheme}://{}", q.addr)).collect()
+    }
+
+    /// The URL of the queen that says it leads, once one does.
+    pub async fn leader_url(&self, timeout: Duration) -> anyhow::Result<String> {
+        let urls = self.queen_urls();
+        wait_until("a queen to lead", timeout, || async {
+            for url in &urls {
+                let Ok(client) = QueenClient::with_ca(url, None, Duration::from_secs(1), self.ca()) else { continue };
+                if client.leader().await.is_ok_and(|l| l.is_self) {
+                    return Some(url.clone());
+                }
+            }
+            None
+        })
+        .await
+    }
+
+    fn take_queen_at(&mut self, url: &str) -> anyhow::Result<Node> {
+        let matches = |n: &Node| url.ends_with(&n.addr.to_string());
+        if self.queen.as_ref().is_some_and(matches) {
+            return self.queen.take().ok_or_else(|| anyhow!("no queen"));
+        }
+        let i = self.peers.iter().position(matches).ok_or_else(|| anyhow!("no running queen at {url}"))?;
+        Ok(self.peers.remove(i))
+    }
+
+    /// Like `kill -9` of the queen at `url`.
+    pub async fn kill_queen_at(&mut self, url: &str) -> anyhow::Result<()> {
+        self.take_queen_at(url)?.kill().await
+    }
+
+    /// SIGTERM to the queen at `url`; waits until it has exited.
+    pub async fn stop_queen_at(&mut self, url: &str) -> anyhow::Result<()> {
+        self.take_queen_at(url)?.stop().await
+    }
+
+    /// Like SIGSTOP of the queen at `url`, and SIGCONT `d` later; returns at once.
+    pub fn freeze_queen_at(&self, url: &str, d: Duration) -> anyhow::Result<()> {
+        let node = self
+            .queen
+            .iter()
+            .chain(&self.peers)
+            .find(|n| url.ends_with(&n.addr.to_string()))
+            .ok_or_else(|| anyhow!("no running queen at {url}"))?;
+        node.freeze(d);
         Ok(())
     }
 
@@ -408,7 +515,8 @@ impl Sandbox {
     /// What hives and workers are told the queen is.
     fn queens_for_nodes(&self) -> String {
         // Port 9 (discard) has nothing listening on loopback: connections are refused.
-        if self.config.dead_queen_first { format!("http://127.0.0.1:9,{}", self.queen_url()) } else { self.queen_url() }
+        let queens = self.queen_list();
+        if self.config.dead_queen_first { format!("http://127.0.0.1:9,{queens}") } else { queens }
     }
 
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
@@ -478,6 +586,11 @@ impl Sandbox {
         self.queen.as_ref().is_none_or(Node::finished)
     }
 
+    /// Whether every queen's `run` has returned on its own.
+    pub fn queens_exited(&self) -> bool {
+        self.queen.iter().chain(&self.peers).all(Node::finished)
+    }
+
     /// Hives whose `run` has returned on their own.
     pub fn exited_hives(&self) -> Vec<NodeId> {
         self.hives.iter().filter(|h| h.finished()).map(|h| h.id.clone()).collect()
@@ -537,6 +650,9 @@ impl Sandbox {
             h.stop().await?;
         }
         if let Some(mut q) = self.queen.take() {
+            q.stop().await?;
+        }
+        for mut q in std::mem::take(&mut self.peers) {
             q.stop().await?;
         }
         Ok(())

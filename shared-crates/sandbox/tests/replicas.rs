@@ -1,0 +1,277 @@
+//! Queens as replicas on a real etcd: failover without false deaths or moved replicas, a
+//! follower's stream through a failover, fast handover on a graceful stop and on request,
+//! fencing of a frozen leader, and a cluster shutdown that survives a leader change.
+#![cfg(feature = "etcd")]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use contract::{
+    Assignment, EventKind, NodeEvent, PlacementStrategy, QueenRef, ShutdownAnswer, ShutdownStatus, Snapshot,
+    TransferAnswer,
+};
+use queen::config::EtcdSettings;
+use queen::replica::Replica;
+use queen::store::{Batch, Store, StoreError};
+use queen_client::{ClientError, QueenClient};
+use sandbox::{Etcd, Sandbox, SnapshotStream, wait_until};
+use serde_json::{Value, json};
+
+const TTL: Duration = Duration::from_secs(2);
+const WAIT: Duration = Duration::from_secs(40);
+
+async fn worker_bin() -> anyhow::Result<String> {
+    Ok(tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("worker").to_string_lossy().into_owned())
+}
+
+fn client(url: &str) -> anyhow::Result<QueenClient> {
+    Ok(QueenClient::new(url, None, Duration::from_secs(5))?)
+}
+
+/// Slot → hive of every placed replica.
+async fn placement(client: &QueenClient) -> anyhow::Result<BTreeMap<String, String>> {
+    let assignments: Vec<Assignment> = client.get_json("/v1/assignments").await?;
+    Ok(assignments
+        .into_iter()
+        .filter_map(|a| a.hive.map(|h| (format!("{}-{}", a.deployment, a.slot), h.to_string())))
+        .collect())
+}
+
+/// Every snapshot the stream of `url` delivers, kept with when it arrived.
+fn record(url: String) -> Arc<Mutex<Vec<(Instant, Snapshot)>>> {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = Arc::clone(&seen);
+    tokio::spawn(async move {
+        let Ok(mut stream) = SnapshotStream::connect(&url).await else { return };
+        while let Ok(Some((_, s))) = stream.next(Duration::from_secs(10)).await {
+            out.lock().unwrap_or_else(|p| p.into_inner()).push((Instant::now(), s));
+        }
+    });
+    seen
+}
+
+fn other_than(urls: &[String], leader: &str) -> anyhow::Result<String> {
+    urls.iter().find(|u| *u != leader).cloned().ok_or_else(|| anyhow::anyhow!("no follower"))
+}
+
+fn false_deaths(events: &[NodeEvent]) -> Vec<&NodeEvent> {
+    events.iter().filter(|e| matches!(e.kind, EventKind::Offline | EventKind::Orphaned)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_without_a_false_death_or_a_moved_replica() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let mut sb = Sandbox::builder()
+        .replicas(3, &etcd, TTL)
+        .hives(2)
+        .workers_per_hive(1)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(200))
+        // Short, so a replica wrongly taken for orphaned would be moved within the test.
+        .orphan_grace(Duration::from_millis(300))
+        .start()
+        .await?;
+    let client = sb.client();
+    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
+    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
+    sb.wait_for_counts(2, 4, WAIT).await?;
+    let before = placement(&client).await?;
+    anyhow::ensure!(before.len() == 2, "both replicas placed: {before:?}");
+
+    let leader = sb.leader_url(WAIT).await?;
+    let follower = other_than(&sb.queen_urls(), &leader)?;
+    let dashboard = record(follower.clone());
+    wait_until("the follower's stream to relay the leader's snapshots", WAIT, || async {
+        dashboard.lock().unwrap_or_else(|p| p.into_inner()).iter().any(|(_, s)| s.hives_online == 2).then_some(())
+    })
+    .await?;
+
+    let killed = Instant::now();
+    sb.kill_queen_at(&leader).await?;
+    let new_leader = sb.leader_url(WAIT).await?;
+    let failover = killed.elapsed();
+    anyhow::ensure!(new_leader != leader);
+    anyhow::ensure!(failover < TTL + Duration::from_secs(2), "failover took {failover:?} with a {TTL:?} lease");
+
+    // Long enough for a wrong verdict to show: the offline threshold (3 intervals) and the
+    // orphan grace past it, twice.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = client.snapshot().await?;
+    anyhow::ensure!(after.hives_online == 2 && after.workers_online == 4, "everyone still up: {after:?}");
+    let deaths = false_deaths(&after.events);
+    anyhow::ensure!(deaths.is_empty(), "false deaths after the failover: {deaths:?}");
+    anyhow::ensure!(placement(&client).await? == before, "no replica moved");
+    let restarts: Vec<_> = after.events.iter().filter(|e| e.kind == EventKind::Placed).collect();
+    anyhow::ensure!(restarts.is_empty(), "nothing placed anew: {restarts:?}");
+
+    // The dashboard on the follower stayed live: it got the new leader's snapshots.
+    let seen = dashboard.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let live_after = seen.iter().filter(|(at, s)| *at > killed + failover && s.hives_online == 2).count();
+    anyhow::ensure!(live_after >= 5, "the follower's stream went on after the failover ({live_after} frames)");
+    let gap = seen.windows(2).map(|w| w[1].0 - w[0].0).max().unwrap_or_default();
+    println!("failover {failover:?}; follower stream: {} frames, longest gap {gap:?}", seen.len());
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_in_milliseconds_on_a_graceful_stop_and_on_request() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let mut sb = Sandbox::builder().replicas(3, &etcd, TTL).hives(1).workers_per_hive(0).start().await?;
+    let urls = sb.queen_urls();
+    let leader = sb.leader_url(WAIT).await?;
+    let ids: Vec<QueenRef> = futures_util::future::try_join_all(urls.iter().map(|u| async move {
+        let me = client(u)?.leader().await?;
+        Ok::<_, anyhow::Error>(me)
+    }))
+    .await?
+    .into_iter()
+    .filter_map(|l| l.leader)
+    .collect();
+    anyhow::ensure!(ids.iter().all(|l| l.url == leader), "every queen names the same leader: {ids:?}");
+
+    // On request, to a named follower, asked through another follower (redirected).
+    let target_url = other_than(&urls, &leader)?;
+    let named = client(&target_url)?.leader().await?.answered_by.map(|q| q.id).unwrap_or_default();
+    let asked_at = urls.iter().find(|u| **u != leader && **u != target_url).cloned().unwrap_or(leader.clone());
+    let started = Instant::now();
+    let answer: TransferAnswer =
+        client(&asked_at)?.post_json("/v1/cluster/leader/transfer", &json!({"to": named})).await?;
+    anyhow::ensure!(answer.to.id == named && answer.to.url == target_url, "{answer:?}");
+    wait_until("the named queen to lead", WAIT, || async {
+        client(&target_url).ok()?.leader().await.ok().filter(|l| l.is_self).map(|_| ())
+    })
+    .await?;
+    let transfer = started.elapsed();
+    anyhow::ensure!(transfer < Duration::from_secs(1), "a transfer took {transfer:?}");
+
+    // Refused: an unknown queen, and the leader itself.
+    let refused =
+        client(&target_url)?.post_json::<_, Value>("/v1/cluster/leader/transfer", &json!({"to": "nope:1"})).await;
+    anyhow::ensure!(matches!(refused, Err(ClientError::Api { status: 404, .. })), "{refused:?}");
+
+    // A graceful stop of the leader resigns: the next leads long before the lease lapses.
+    let started = Instant::now();
+    sb.stop_queen_at(&target_url).await?;
+    let next = sb.leader_url(WAIT).await?;
+    let handover = started.elapsed();
+    anyhow::ensure!(next != target_url);
+    anyhow::ensure!(handover < Duration::from_secs(1), "graceful handover took {handover:?}");
+    println!("transfer {transfer:?}, graceful handover {handover:?}");
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_loses_its_lease_and_cannot_write() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let ttl = Duration::from_secs(1);
+    let sb = Sandbox::builder().replicas(2, &etcd, ttl).hives(1).workers_per_hive(1).start().await?;
+    let leader = sb.leader_url(WAIT).await?;
+    let other = other_than(&sb.queen_urls(), &leader)?;
+    client(&leader)?.set_strategy(PlacementStrategy::LeastWorkers).await?;
+
+    // SIGSTOP for three leases' worth, then SIGCONT.
+    let frozen = Duration::from_secs(3);
+    let froze_at = Instant::now();
+    sb.freeze_queen_at(&leader, frozen)?;
+    wait_until("the other queen to take over", WAIT, || async {
+        client(&other).ok()?.leader().await.ok().filter(|l| l.is_self).map(|_| ())
+    })
+    .await?;
+    let took_over = froze_at.elapsed();
+    anyhow::ensure!(took_over < frozen, "took over while the leader was still frozen ({took_over:?})");
+    client(&other)?.set_strategy(PlacementStrategy::Random).await?;
+
+    // Thawed: it must not act as leader for a moment, nor undo the new leader's write.
+    tokio::time::sleep(frozen.saturating_sub(froze_at.elapsed()) + Duration::from_millis(500)).await;
+    let thawed: Value = client(&leader)?.get_json("/v1/cluster/leader").await?;
+    anyhow::ensure!(thawed["is_self"] == false, "the thawed queen still claims to lead: {thawed}");
+    for url in [&leader, &other] {
+        let strategy = client(url)?.strategy().await?;
+        anyhow::ensure!(strategy == PlacementStrategy::Random, "{url} says {strategy:?}");
+    }
+    sb.shutdown().await
+}
+
+/// The fence itself, without the timing: a leader whose lease was revoked behind its
+/// back (as when it was paused past its lease) still believes it leads, and etcd refuses
+/// its write because another queen's term has begun.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_refuses_a_deposed_leaders_write() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let settings = EtcdSettings::parse(&format!("etcd://{}", etcd.endpoint()), Some("/fence-test"), Some(TTL))
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
+    let queen = |id: &str| QueenRef { id: id.into(), url: format!("http://{id}") };
+    let a = Replica::connect(settings.clone(), queen("a:1")).await?;
+    let b = Replica::connect(settings, queen("b:2")).await?;
+
+    let lease_a = a.grant_lease().await?;
+    let key_a = a.campaign(lease_a).await?.ok_or_else(|| anyhow::anyhow!("a not elected"))?;
+    a.take_lead(&key_a);
+    let write = |strategy| Batch { strategy: Some(strategy), ..Default::default() };
+    let a2 = Arc::clone(&a);
+    tokio::task::spawn_blocking(move || a2.apply(&write(PlacementStrategy::Weighted))).await??;
+
+    a.revoke(lease_a).await?;
+    let lease_b = b.grant_lease().await?;
+    let key_b = b.campaign(lease_b).await?.ok_or_else(|| anyhow::anyhow!("b not elected"))?;
+    b.take_lead(&key_b);
+    anyhow::ensure!(key_b.rev() > key_a.rev(), "a new term");
+    anyhow::ensure!(a.is_leader(), "a has not noticed: the case the fence is for");
+
+    let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
+    let refused = tokio::task::spawn_blocking(move || a2.apply(&write(PlacementStrategy::Random))).await?;
+    anyhow::ensure!(matches!(refused, Err(StoreError::NotLeader(_))), "a's write went through: {refused:?}");
+    tokio::task::spawn_blocking(move || b2.apply(&write(PlacementStrategy::RoundRobin))).await??;
+    let stored = tokio::task::spawn_blocking(move || a.load()).await??;
+    anyhow::ensure!(stored.strategy == Some(PlacementStrategy::RoundRobin), "{:?}", stored.strategy);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shutdown_survives_a_leader_change() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let mut sb = Sandbox::builder()
+        .replicas(3, &etcd, TTL)
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(100))
+        // STORAGE takes a while: the leader dies in the middle of it.
+        .storage_hooks(&["sleep 3"])
+        .start()
+        .await?;
+    let client = sb.client();
+    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
+    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
+    sb.wait_for_counts(2, 2, WAIT).await?;
+
+    let leader = sb.leader_url(WAIT).await?;
+    let body = json!({"drain_deadline_ms": 5000, "phase_timeout_ms": 20000});
+    let started = client.post_json::<_, ShutdownAnswer>("/v1/cluster/shutdown", &body).await?;
+    anyhow::ensure!(matches!(started, ShutdownAnswer::Started(_)), "{started:?}");
+    wait_until("the STORAGE phase", WAIT, || async {
+        let s = client.get_json::<Value>("/v1/cluster/shutdown").await.ok()?;
+        let storage = s["phases"].as_array()?.iter().find(|p| p["phase"] == "storage")?.clone();
+        (storage["status"] == "running").then_some(())
+    })
+    .await?;
+    sb.kill_queen_at(&leader).await?;
+
+    // The new leader resumes from the stored state; every hive exits, then every queen.
+    wait_until("every hive to exit", WAIT, || async { (sb.exited_hives().len() == 2).then_some(()) }).await?;
+    let queens_gone = wait_until("every queen to exit", WAIT, || async { sb.queens_exited().then_some(()) }).await;
+    let stored = {
+        let settings = EtcdSettings::parse(&format!("etcd://{}", etcd.endpoint()), None, Some(TTL))
+            .map_err(anyhow::Error::msg)?
+            .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
+        let reader =
+            Replica::connect(settings, QueenRef { id: "reader:0".into(), url: "http://reader".into() }).await?;
+        tokio::task::spawn_blocking(move || reader.load()).await??
+    };
+    let shutdown = stored.shutdown.ok_or_else(|| anyhow::anyhow!("no shutdown state stored"))?;
+    queens_gone?;
+    anyhow::ensure!(shutdown.status == ShutdownStatus::Completed, "{shutdown:?}");
+    Ok(())
+}
