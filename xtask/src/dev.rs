@@ -157,8 +157,8 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
         args.hives,
         args.hives * args.workers_per_hive
     );
-    for u in &urls {
-        eprintln!("  dashboard: {u}/");
+    for (u, p) in urls.iter().zip(procs.iter().filter(|p| p.bin == "queen")) {
+        eprintln!("  dashboard: {u}/   ({}, pid {})", p.name, p.child.id());
     }
     eprintln!("  stream:  curl -N {one}/v1/heartbeats/stream");
     eprintln!("  status:  target/debug/queen status --queen {url}");
@@ -167,7 +167,7 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     if urls.len() > 1 {
         eprintln!("  leader:  target/debug/queen leader show --queen {url}");
         eprintln!("  hand over: target/debug/queen leader transfer --queen {url}");
-        eprintln!("  kill it:   kill -9 <pid of the leader's `queen serve`>; another leads within the lease");
+        eprintln!("  kill it:   kill -9 <the leader's pid, above>; another leads within the lease");
     }
     eprintln!("Ctrl-C stops everything.\n");
 

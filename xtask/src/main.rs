@@ -4,12 +4,15 @@
 //!   with the dashboard.
 //! - `cargo xtask web`: build the dashboard.
 //! - `cargo xtask test [--ci]`: the whole test suite (with `--ci`, also fmt, clippy, a
-//!   longer property-test run and schemathesis against the OpenAPI document).
+//!   longer property-test run, schemathesis against the OpenAPI document, and one round of
+//!   the chaos suite).
 //! - `cargo xtask schemathesis [--seconds N]`: the queen held to its OpenAPI document.
 //! - `cargo xtask bench`: the queen under simulated load; writes `BENCHMARKS.md`.
+//! - `cargo xtask chaos [--rounds N]`: three queens on etcd under injected faults.
 //!   The project has no doctests; nextest runs everything else.
 
 mod bench;
+mod chaos;
 mod dev;
 mod schemathesis;
 #[cfg(test)]
@@ -43,6 +46,9 @@ enum Task {
     },
     /// Measure the queen under load (release build) and write BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Three queens on etcd, hives, workers and jobs under injected faults; prints what
+    /// each fault cost and fails on any loss.
+    Chaos(chaos::ChaosArgs),
     /// Run schemathesis against a real queen for a bounded time.
     Schemathesis {
         #[arg(long, default_value_t = 90)]
@@ -56,6 +62,7 @@ fn main() -> anyhow::Result<()> {
         Task::Web => web::build().map(|_| ()),
         Task::Test { ci } => test(ci),
         Task::Bench(args) => bench::run_bench(args),
+        Task::Chaos(args) => chaos::run(args),
         Task::Schemathesis { seconds } => schemathesis::check(&build_binaries()?, seconds),
     }
 }
@@ -168,6 +175,8 @@ fn test(ci: bool) -> anyhow::Result<()> {
                 "binary(decode) | test(ordering)",
             ]))?;
             schemathesis::check(&bin_dir, 90)?;
+            // The bounded chaos run: every fault once (about a minute and a half).
+            chaos::run(chaos::ChaosArgs::bounded())?;
         }
         Ok(())
     } else {

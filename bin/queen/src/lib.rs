@@ -397,6 +397,11 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
             Ok(()) = config.changed() => tick = interval(config.borrow_and_update().sweep_interval()),
             _ = tick.tick() => {
+                // A follower's registries are not the cluster's record: a queen frozen past
+                // its lease and thawed must not find everyone silent and declare them dead.
+                if !queen.is_leader() {
+                    continue;
+                }
                 queen.sweep();
                 queen.hives.cleanup_stale();
                 queen.workers.cleanup_stale();

@@ -107,6 +107,9 @@ pub struct Replica {
     role: watch::Sender<Role>,
     /// Asks the leader to give up leadership now (a transfer).
     resign: Notify,
+    /// Leases this queen gave up while etcd could not be told: revoked once it answers
+    /// again, so their candidacies do not hold the next election up for a TTL.
+    abandoned: Mutex<Vec<i64>>,
     runtime: EtcdRuntime,
 }
 
@@ -145,6 +148,7 @@ impl Replica {
             lead: Mutex::new(Leadership::default()),
             role: watch::channel(Role::default()).0,
             resign: Notify::new(),
+            abandoned: Mutex::new(Vec::new()),
             runtime: EtcdRuntime(Some(runtime)),
         });
         replica.ping().map_err(|e| anyhow::anyhow!("etcd at {}: {e}", replica.settings.endpoints.join(",")))?;
@@ -334,7 +338,7 @@ pub(crate) async fn elect(queen: Arc<Queen>, replica: Arc<Replica>, stop: Cancel
                     _ = stop.cancelled() => return,
                     _ = tokio::time::sleep(backoff) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
             }
         }
     }
@@ -346,6 +350,11 @@ async fn one_lease(
     stop: &CancellationToken,
 ) -> Result<(), etcd_client::Error> {
     let lease = replica.grant_lease().await?;
+    let abandoned = std::mem::take(&mut *replica.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
+    for old in abandoned {
+        // "Lease not found" is fine: it ran out meanwhile.
+        let _ = replica.revoke(old).await;
+    }
     let lost = CancellationToken::new();
     let renewals = tokio::spawn(keep_alive(
         Arc::clone(replica),
@@ -358,10 +367,12 @@ async fn one_lease(
     let result = lead_while_leased(queen, replica, stop, &lost, lease).await;
     replica.step_down();
     queen.on_deposed();
-    if stop.is_cancelled() || result.is_err() {
-        // Revoking removes this queen's candidacy and membership at once, so the next
-        // leader is chosen now rather than when the lease would have run out.
-        let _ = tokio::time::timeout(Duration::from_secs(1), replica.revoke(lease)).await;
+    // Revoking removes this queen's candidacy and membership at once, so the next leader
+    // is chosen now rather than when the lease runs out. Also after a lost lease: etcd may
+    // have been away and kept it (a restarted etcd renews every lease it had), and the
+    // old candidacy would hold the election up for a whole TTL.
+    if !matches!(tokio::time::timeout(Duration::from_secs(1), replica.revoke(lease)).await, Ok(Ok(()))) {
+        replica.abandoned.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
     }
     result
 }
