@@ -79,6 +79,10 @@ pub struct Metrics {
     pub sse_clients: Gauge,
     pub snapshot_build_seconds: Histogram,
     pub snapshot_bytes: Gauge,
+    /// 1 while this queen leads (always, alone), 0 while it follows.
+    pub leader: Gauge,
+    /// Times this queen became the leader.
+    pub elected: Counter,
 }
 
 impl Metrics {
@@ -103,6 +107,8 @@ impl Metrics {
             sse_clients: Gauge::default(),
             snapshot_build_seconds: Histogram::new(exponential_buckets(0.0001, 4.0, 10)),
             snapshot_bytes: Gauge::default(),
+            leader: Gauge::default(),
+            elected: Counter::default(),
         };
         registry.register(
             "apiary_heartbeats_received",
@@ -141,6 +147,12 @@ impl Metrics {
             m.snapshot_build_seconds.clone(),
         );
         registry.register("apiary_snapshot_bytes", "Size of the last serialized snapshot", m.snapshot_bytes.clone());
+        registry.register(
+            "apiary_leader",
+            "1 while this queen leads the cluster, 0 while it follows",
+            m.leader.clone(),
+        );
+        registry.register("apiary_elected", "Times this queen was elected leader", m.elected.clone());
         m
     }
 

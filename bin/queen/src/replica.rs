@@ -718,6 +718,19 @@ impl Queen {
     /// judging anyone (a fresh startup grace: the registries are empty, heartbeats are on
     /// their way), and pick up a cluster shutdown the previous leader left running.
     fn on_elected(self: &Arc<Self>) {
+        self.metrics.leader.set(1);
+        self.metrics.elected.inc();
+        // Events go on from the last one this queen relayed, so a dashboard that keeps
+        // events by seq takes the new leader's as new.
+        let relayed = self
+            .last_snapshot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(|s| s.events.iter().map(|e| e.seq).max());
+        if let Some(seq) = relayed {
+            self.event_seq.fetch_max(seq + 1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.hives.restart_grace();
         self.workers.restart_grace();
         self.orchestrator.restart_grace();
@@ -740,9 +753,13 @@ impl Queen {
     /// No longer leading: what this queen heard from nodes is not the cluster's record any
     /// more (they report to the new leader), so it is dropped rather than aged into
     /// false deaths.
-    fn on_deposed(&self) {
+    fn on_deposed(self: &Arc<Self>) {
+        self.metrics.leader.set(0);
         self.hives.clear();
         self.workers.clear();
+        // What it holds in memory may include writes the fence refused: take the store's.
+        let queen = Arc::clone(self);
+        tokio::task::spawn_blocking(move || queen.follow_stored_state());
     }
 
     /// A follower takes the stored state as the leader last wrote it. When the cluster

@@ -269,3 +269,43 @@ async fn with_a_read_token_the_dashboard_reads_through_its_page_token() -> anyho
     assert_eq!(refused.status().as_u16(), 403);
     sb.shutdown().await
 }
+
+/// The dashboard opened on a follower stays live when the leader is killed: the follower
+/// relays the next leader's stream, and a hive that joins after the failover shows up.
+#[cfg(feature = "etcd")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followers_dashboard_stays_live_through_a_failover() -> anyhow::Result<()> {
+    let dist = dashboard_dir()?;
+    let etcd = sandbox::Etcd::start()?;
+    let mut sb = Sandbox::builder()
+        .replicas(3, &etcd, Duration::from_secs(2))
+        .hives(2)
+        .workers_per_hive(1)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .ui_dir(dist)
+        .start()
+        .await?;
+    let leader = sb.leader_url(WAIT).await?;
+    let follower = sb.queen_urls().into_iter().find(|u| *u != leader).context("no follower")?;
+    let (_driver, c, _profile) = browser().await?;
+    c.goto(&format!("{follower}/")).await?;
+    wait_page(&c, "2 hives on the follower's page", |c| {
+        Box::pin(async move { (rows(c, "hives").await.ok()?.len() == 2).then_some(()) })
+    })
+    .await?;
+
+    sb.kill_queen_at(&leader).await?;
+    sb.leader_url(WAIT).await?;
+    sb.add_hive(NodeId::new("hive-late")?)?;
+    let shown = wait_page(&c, "the hive that joined after the failover", |c| {
+        Box::pin(async move {
+            let h = rows(c, "hives").await.ok()?;
+            (h.len() == 3 && h.iter().all(|(_, s)| s == "online")).then_some(h)
+        })
+    })
+    .await?;
+    assert!(shown.iter().any(|(id, _)| id == "hive-late"), "{shown:?}");
+    assert_eq!(attr(&c, "#connection", "e.dataset.state").await?, json!("live"));
+    sb.shutdown().await
+}

@@ -83,6 +83,10 @@ async fn a_cluster_shuts_down_in_order_without_losing_a_job() -> anyhow::Result<
         .start()
         .await?;
     let client = sb.client();
+    // Two replicas per hive, whatever the machine's load readings say at the moment: this
+    // test counts what each hive's DRAIN stops (least_loaded follows CPU readings, which on
+    // a busy machine differ by more than a replica's weight and gave 3/2/1).
+    client.set_strategy(contract::PlacementStrategy::LeastWorkers).await?;
     deploy(&client, "web", &worker_bin().await?, &["--heartbeat-interval", "300ms"], 6).await?;
     let pids: Vec<u32> = wait_until("6 workers up, reported by their hives", WAIT, || async {
         let pids: Vec<u32> =
