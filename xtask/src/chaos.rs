@@ -433,7 +433,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     };
     let host = if netns.is_some() { HOST_IP } else { "127.0.0.1" };
     let etcd = etcd_process::Etcd::start_in_dir(logs.join("etcd"))?;
-    let ports: Vec<u16> = (0..QUEENS).map(|_| free_port()).collect::<anyhow::Result<_>>()?;
+    let ports: Vec<u16> = (0..QUEENS).map(|_| etcd_process::free_port()).collect::<anyhow::Result<_>>()?;
     let urls: Vec<String> = ports.iter().map(|p| format!("http://{host}:{p}")).collect();
     let queen_bin = dir.join("queen").to_string_lossy().into_owned();
     let ttl = format!("{}s", args.lease_ttl_secs);
@@ -501,10 +501,6 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         q.stop();
     }
     result
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {

@@ -662,11 +662,8 @@ async fn leader_only(
         .into_response();
     };
     let target = format!("{}{}", leader.url, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    let body = ApiErrorBody {
-        code: "not_leader".into(),
-        message: format!("this queen follows; {} leads at {}", leader.id, leader.url),
-    };
-    let mut resp = (StatusCode::TEMPORARY_REDIRECT, Json(body)).into_response();
+    let message = format!("this queen follows; {} leads at {}", leader.id, leader.url);
+    let mut resp = ApiError::new(StatusCode::TEMPORARY_REDIRECT, "not_leader", message).into_response();
     if let Ok(location) = header::HeaderValue::from_str(&target) {
         resp.headers_mut().insert(header::LOCATION, location);
     }

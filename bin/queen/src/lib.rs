@@ -78,10 +78,6 @@ pub struct Queen {
     /// (when, jobs routed so far) at recent snapshot ticks, for a routing rate.
     job_samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, u64)>>,
     /// The etcd side when this queen is one of several replicas; `None` alone.
-    /// Numbers every liveness and placement event; shared by both registries and the
-    /// orchestrator.
-    #[cfg_attr(not(feature = "etcd"), allow(dead_code))]
-    event_seq: Arc<AtomicU64>,
     /// Set once, at start, when this queen is one of several replicas.
     #[cfg(feature = "etcd")]
     replica: std::sync::OnceLock<Arc<replica::Replica>>,
@@ -105,11 +101,8 @@ impl Queen {
             (None, Some(dir)) => Box::new(RedbStore::open(dir)?),
             (None, None) => Box::new(MemoryStore::default()),
         };
-        let orchestrator = Arc::new(Orchestrator::open(
-            store,
-            config.thresholds.offline_after + config.orphan_grace,
-            Arc::clone(&event_seq),
-        )?);
+        let orchestrator =
+            Arc::new(Orchestrator::open(store, config.thresholds.offline_after + config.orphan_grace, event_seq)?);
         if let Some(strategy) = config.strategy
             && !shared
         {
@@ -155,7 +148,6 @@ impl Queen {
             me,
             job_samples: std::sync::Mutex::new(std::collections::VecDeque::new()),
             heartbeat_limiter,
-            event_seq,
             #[cfg(feature = "etcd")]
             replica: std::sync::OnceLock::new(),
         });

@@ -260,6 +260,12 @@ impl Orchestrator {
         Ok(shutdown)
     }
 
+    /// Numbers the next event (the registries' too: they share the counter) after `seq` at
+    /// the least.
+    pub fn number_events_after(&self, seq: u64) {
+        self.event_seq.fetch_max(seq + 1, Ordering::Relaxed);
+    }
+
     /// Counts the grace for hives not heard from yet again from now (a queen just elected
     /// leader has heard from nobody).
     pub fn restart_grace(&self) {

@@ -364,9 +364,8 @@ async fn one_lease(
         lost.clone(),
     ));
     let _abort = AbortOnDrop(renewals);
+    // Every way out of leadership in there steps down first; what is left here is the lease.
     let result = lead_while_leased(queen, replica, stop, &lost, lease).await;
-    replica.step_down();
-    queen.on_deposed();
     // Revoking removes this queen's candidacy and membership at once, so the next leader
     // is chosen now rather than when the lease runs out. Also after a lost lease: etcd may
     // have been away and kept it (a restarted etcd renews every lease it had), and the
@@ -729,7 +728,7 @@ impl Queen {
             .as_ref()
             .and_then(|s| s.events.iter().map(|e| e.seq).max());
         if let Some(seq) = relayed {
-            self.event_seq.fetch_max(seq + 1, std::sync::atomic::Ordering::Relaxed);
+            self.orchestrator.number_events_after(seq);
         }
         self.hives.restart_grace();
         self.workers.restart_grace();

@@ -23,7 +23,8 @@ pub struct Etcd {
     temporary: bool,
 }
 
-fn free_port() -> anyhow::Result<u16> {
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
