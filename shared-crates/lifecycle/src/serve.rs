@@ -31,8 +31,10 @@ pub struct ServeOptions {
     pub tls: Option<TlsConfig>,
     /// Most bytes of request line plus headers; past it the connection gets 431 and closes.
     pub max_header_bytes: usize,
-    /// Time a client has to send a complete request head once it starts one (and to
-    /// start one after connecting).
+    /// Time a client has to send a complete request head once it starts one, to start
+    /// one after connecting, and to start the next on a kept-alive connection (hyper runs
+    /// one timer for all three). Clients must drop idle connections sooner: see
+    /// `queen_client::POOL_IDLE`.
     pub header_timeout: Duration,
     /// Time a client has to finish the TLS handshake.
     pub handshake_timeout: Duration,

@@ -95,16 +95,26 @@ fn base_of(location: &str) -> Option<String> {
 /// an election.
 const MAX_REDIRECTS: usize = 3;
 
-/// A `reqwest` client builder whose TLS uses ring. Every HTTP client in Apiary starts
-/// here: reqwest is built without a crypto provider of its own (aws-lc-rs needs a long C
-/// build), so one has to be installed before any client is built.
+/// How long a client keeps an idle connection for reuse. Apiary's servers close a
+/// kept-alive connection that has not started its next request within their header
+/// timeout (10 s: hyper's header-read timer runs while the connection waits), and a request
+/// sent on a connection just as the server closes it fails with "connection closed before
+/// message completed", which is not safe to retry for a POST. Dropping idle connections
+/// well before the server does leaves no such moment; a client's idle clock starts after
+/// the server's (once the response has arrived), so its connections are always younger.
+pub const POOL_IDLE: Duration = Duration::from_secs(8);
+
+/// A `reqwest` client builder whose TLS uses ring and whose pool never keeps a connection
+/// past [`POOL_IDLE`]. Every HTTP client in Apiary starts here: reqwest is built without
+/// a crypto provider of its own (aws-lc-rs needs a long C build), so one has to be
+/// installed before any client is built.
 pub fn http_builder() -> reqwest::ClientBuilder {
     static PROVIDER: std::sync::Once = std::sync::Once::new();
     PROVIDER.call_once(|| {
         // Err only means another provider was installed first; that one serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
     });
-    reqwest::Client::builder()
+    reqwest::Client::builder().pool_idle_timeout(POOL_IDLE)
 }
 
 /// A plain client with no timeouts of its own (tests and one-off calls).
@@ -168,7 +178,6 @@ impl QueenClient {
             .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
-            .pool_idle_timeout(Duration::from_secs(60))
             .build()?;
         let streams = with_roots(http_builder())
             .redirect(reqwest::redirect::Policy::none())

@@ -629,3 +629,36 @@ async fn slow_header(addr: std::net::SocketAddr) -> anyhow::Result<Duration> {
     }
     Ok(started.elapsed())
 }
+
+/// The queen closes a kept-alive connection that sits idle (hyper's header-read timer runs
+/// between requests), and Apiary's clients drop idle connections before that: a client
+/// that reused one as the queen closed it would lose the request ("connection closed
+/// before message completed"), which once failed a deploy in CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_drop_idle_connections_before_the_queen_does() -> anyhow::Result<()> {
+    let sb = Sandbox::builder().hives(0).start().await?;
+    let mut tcp = tokio::net::TcpStream::connect(sb.queen_addr()).await?;
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await??;
+        anyhow::ensure!(n > 0, "the queen closed the connection before answering");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    // Idle from here: read until the queen closes (the body's bytes may still arrive).
+    let idle_from = Instant::now();
+    let closed_after = loop {
+        match tokio::time::timeout(Duration::from_secs(60), tcp.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break idle_from.elapsed(),
+            Ok(Ok(_)) => {}
+            Err(_) => anyhow::bail!("an idle connection was kept for a minute"),
+        }
+    };
+    assert!(
+        queen_client::POOL_IDLE + Duration::from_secs(1) < closed_after,
+        "the queen closes idle connections after {closed_after:?}; clients keep them for {:?}",
+        queen_client::POOL_IDLE
+    );
+    sb.shutdown().await
+}
