@@ -7,10 +7,11 @@
 //! every loss count is zero.
 //!
 //! Jobs: each is submitted until it is answered, through any queen (a follower's redirect
-//! is followed, a queen that does not answer is skipped, `no_leader` waits); a job with no
-//! answer after [`JOB_DEADLINE`] is lost. The job kinds are pure, so a job resubmitted after
-//! an unanswered attempt (or rerun by the queen after its worker died) may have run twice
-//! with no effect; those are counted as "resubmitted", not hidden.
+//! is followed, a queen that does not answer is skipped, `no_leader` waits), always under
+//! the same idempotency key; a job with no answer after [`JOB_DEADLINE`] is lost. The
+//! workers log every keyed run (at debug, for the hives' log files), so a job that ran
+//! more than once is counted as duplicated, from what the workers did rather than from
+//! what the client saw.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ const QUEENS: usize = 3;
 const REPLICAS: usize = 4;
 const HEARTBEAT: &str = "500ms";
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
+/// The log filter under which workers log each keyed job they run.
+const WORKER_RUNS: &str = "warn,worker=debug";
 const CONVERGE: Duration = Duration::from_secs(60);
 const NETNS: &str = "apiary-chaos";
 const HOST_IP: &str = "10.231.0.1";
@@ -55,12 +58,18 @@ struct Proc {
     name: String,
     program: Vec<String>,
     log: PathBuf,
+    /// `RUST_LOG` for the process and whatever it starts.
+    filter: &'static str,
     child: Option<Child>,
 }
 
 impl Proc {
     fn start(name: &str, program: Vec<String>, logs: &Path) -> anyhow::Result<Self> {
-        let mut p = Self { name: name.into(), program, log: logs.join(format!("{name}.log")), child: None };
+        Self::start_logging(name, program, logs, "warn")
+    }
+
+    fn start_logging(name: &str, program: Vec<String>, logs: &Path, filter: &'static str) -> anyhow::Result<Self> {
+        let mut p = Self { name: name.into(), program, log: logs.join(format!("{name}.log")), filter, child: None };
         p.restart()?;
         Ok(p)
     }
@@ -69,7 +78,7 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(&self.program[0]);
         cmd.args(&self.program[1..]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        cmd.env("RUST_LOG", "warn").env("RUST_BACKTRACE", "0");
+        cmd.env("RUST_LOG", self.filter).env("RUST_BACKTRACE", "0");
         self.child = Some(cmd.spawn().with_context(|| format!("starting {}", self.name))?);
         Ok(())
     }
@@ -176,10 +185,19 @@ impl Http {
     }
 
     fn call(&self, method: &str, url: &str, body: Option<&Value>) -> anyhow::Result<Answer> {
+        self.call_keyed(method, url, body, None)
+    }
+
+    /// A call with an idempotency key.
+    fn call_keyed(&self, method: &str, url: &str, body: Option<&Value>, key: Option<&str>) -> anyhow::Result<Answer> {
+        let mut post = self.agent.post(url);
+        if let Some(k) = key {
+            post = post.header("idempotency-key", k);
+        }
         let mut resp = match (method, body) {
             ("GET", _) => self.agent.get(url).call()?,
-            (_, Some(b)) => self.agent.post(url).content_type("application/json").send(b.to_string())?,
-            (_, None) => self.agent.post(url).send_empty()?,
+            (_, Some(b)) => post.content_type("application/json").send(b.to_string())?,
+            (_, None) => post.send_empty()?,
         };
         let status = resp.status().as_u16();
         let location = resp.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
@@ -232,11 +250,16 @@ struct JobCounts {
     refused_attempts: AtomicU64,
 }
 
-/// Submits sleep jobs one after another until `stop`, each until it is answered.
-fn job_load(http: Http, queens: Vec<String>, counts: Arc<JobCounts>, stop: Arc<AtomicBool>) {
+/// Submits sleep jobs one after another until `stop`, each until it is answered, each
+/// under its own key (`chaos-<load>-<n>`).
+fn job_load(load: usize, http: Http, queens: Vec<String>, counts: Arc<JobCounts>, stop: Arc<AtomicBool>) {
     let job = json!({"kind": "sleep", "ms": 30});
     let mut current = 0usize;
-    while !stop.load(Ordering::Relaxed) {
+    for n in 0.. {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let key = format!("chaos-{load}-{n}");
         counts.submitted.fetch_add(1, Ordering::Relaxed);
         let started = Instant::now();
         let mut unanswered = false;
@@ -249,7 +272,7 @@ fn job_load(http: Http, queens: Vec<String>, counts: Arc<JobCounts>, stop: Arc<A
             if unanswered {
                 counts.resubmitted.fetch_add(1, Ordering::Relaxed);
             }
-            match http.call("POST", &url, Some(&job)) {
+            match http.call_keyed("POST", &url, Some(&job), Some(&key)) {
                 Ok(a) if a.status == 200 => {
                     counts.completed.fetch_add(1, Ordering::Relaxed);
                     break;
@@ -310,6 +333,7 @@ struct Cluster {
     etcd: etcd_process::Etcd,
     netns: Option<Netns>,
     worker_bin: PathBuf,
+    logs: PathBuf,
 }
 
 /// Who leads according to each queen that answers: (queen index, leader id, term).
@@ -472,9 +496,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             .chain(["--label".into(), format!("zone={zone}")])
             .collect()
     };
+    // The deployment's workers run on these two, and log every keyed job they run here.
     let mut hives = vec![
-        Proc::start("hive-core-1", hive("core-1", "core"), &logs)?,
-        Proc::start("hive-core-2", hive("core-2", "core"), &logs)?,
+        Proc::start_logging("hive-core-1", hive("core-1", "core"), &logs, WORKER_RUNS)?,
+        Proc::start_logging("hive-core-2", hive("core-2", "core"), &logs, WORKER_RUNS)?,
     ];
     if netns.is_some() {
         let program =
@@ -491,6 +516,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         etcd,
         netns,
         worker_bin,
+        logs,
     };
 
     let result = chaos(&mut cluster, &args);
@@ -524,10 +550,10 @@ fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
     let counts = Arc::new(JobCounts::default());
     let events = Arc::new(Mutex::new(Events::default()));
     let mut threads = Vec::new();
-    for _ in 0..2 {
+    for load in 0..2 {
         let (http, queens, counts, stop) =
             (cluster.http.clone(), cluster.urls.clone(), Arc::clone(&counts), Arc::clone(&stop));
-        threads.push(std::thread::spawn(move || job_load(http, queens, counts, stop)));
+        threads.push(std::thread::spawn(move || job_load(load, http, queens, counts, stop)));
     }
     {
         let (http, queens, events, stop) =
@@ -563,16 +589,28 @@ fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    let report = render(&rows, &counts);
+    let runs = keyed_runs(&cluster.logs)?;
+    let duplicated: u64 = runs.values().map(|&n| n.saturating_sub(1)).sum();
+    let report = render(&rows, &counts, runs.len(), duplicated);
     println!("{report}");
     let _ = std::fs::write(crate::target_dir().join("chaos").join("report.md"), &report);
     if let Some(e) = failure {
         return Err(e);
     }
+    // Every answered job ran somewhere: fewer runs than answers means the run log is not
+    // being read, and the duplicate count above would be a zero that proves nothing.
+    if (runs.len() as u64) < counts.completed.load(Ordering::Relaxed) {
+        bail!(
+            "the workers logged {} keyed runs for {} answered jobs",
+            runs.len(),
+            counts.completed.load(Ordering::Relaxed)
+        );
+    }
     let losses = counts.lost.load(Ordering::Relaxed)
+        + duplicated
         + rows.iter().map(|r| r.false_offline.len() as u64 + r.moved as u64).sum::<u64>();
     if losses > 0 || rows.iter().any(|r| r.converged.is_err()) {
-        bail!("chaos found losses (table above)");
+        bail!("chaos found losses or duplicates (table above)");
     }
     Ok(())
 }
@@ -725,7 +763,46 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
     Ok(Row { fault: fault.name().into(), failover, converged, false_offline, moved, note })
 }
 
-fn render(rows: &[Row], jobs: &JobCounts) -> String {
+/// How often each job key was run, from the workers' "keyed job ran" lines in the core
+/// hives' logs (workers write to their hive's output).
+fn keyed_runs(logs: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
+    let mut runs = BTreeMap::new();
+    for entry in std::fs::read_dir(logs)? {
+        let path = entry?.path();
+        let is_hive = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("hive-core"));
+        if !is_hive {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)?;
+        for line in text.lines().map(strip_ansi).filter(|l| l.contains("keyed job ran")) {
+            let Some(rest) = line.split("key=").nth(1) else { continue };
+            let key = rest.split_whitespace().next().unwrap_or_default().trim_matches('"');
+            *runs.entry(key.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(runs)
+}
+
+/// A log line without its terminal colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... final letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn render(rows: &[Row], jobs: &JobCounts, ran: usize, duplicated: u64) -> String {
     let mut out = String::from(
         "| fault | leader failover | converged after | false offline | replicas moved | note |\n|---|---|---|---|---|---|\n",
     );
@@ -747,7 +824,7 @@ fn render(rows: &[Row], jobs: &JobCounts) -> String {
     }
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
     out.push_str(&format!(
-        "\njobs: {} submitted, {} completed, {} lost, {} resubmitted after no answer (pure jobs: may have run twice, harmlessly), {} attempts refused before running\n",
+        "\njobs: {} submitted, {} completed, {} lost; {ran} ran on the workers, {duplicated} of them more than once; {} resubmitted after no answer (same key), {} attempts refused before running\n",
         n(&jobs.submitted),
         n(&jobs.completed),
         n(&jobs.lost),

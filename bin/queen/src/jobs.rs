@@ -6,6 +6,13 @@
 //! may run twice: every kind there is now is a pure computation, so a job whose worker
 //! was killed completes elsewhere instead of being lost. A worker that is merely slow
 //! (the deadline passed) is not raced: that job is reported as failed.
+//!
+//! A job sent with an `Idempotency-Key` runs once across retries: its route (which worker
+//! took it) is stored before it is forwarded, a retry through this or the next leader goes
+//! to that worker, and the worker answers it from the first run. It goes elsewhere only
+//! when that worker is certainly gone (its port refuses connections, or the queen holds
+//! it offline); a worker that is only unreachable gets the retry refused (503) rather
+//! than a second run somewhere else.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,7 +20,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use contract::{JobRequest, NodeId};
 use lifecycle::http::{ApiError, JsonBody, QueryParams};
@@ -21,6 +28,7 @@ use serde::Deserialize;
 
 use crate::Queen;
 use crate::metrics::JobLabels;
+use crate::store::JobRoute;
 
 /// Workers tried for one job before the queen gives up with 503.
 const ATTEMPTS: usize = 3;
@@ -37,6 +45,33 @@ fn deadline(job: &JobRequest) -> Duration {
     match job {
         JobRequest::Sleep { ms } => Duration::from_millis(*ms) + Duration::from_secs(30),
         JobRequest::Sha256 { .. } => Duration::from_secs(60),
+    }
+}
+
+/// One lock per idempotency key being routed.
+pub type KeyLocks = dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>;
+
+/// Held while a keyed job is routed and answered: a second copy sent at the same time
+/// waits, then finds the first one's route and gets its answer, instead of both picking a
+/// worker before either had recorded one.
+struct KeyLock<'a> {
+    locks: &'a KeyLocks,
+    key: String,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl<'a> KeyLock<'a> {
+    async fn take(locks: &'a KeyLocks, key: &str) -> Self {
+        let lock = Arc::clone(locks.entry(key.to_string()).or_default().value());
+        Self { locks, key: key.to_string(), _held: lock.lock_owned().await }
+    }
+}
+
+impl Drop for KeyLock<'_> {
+    fn drop(&mut self) {
+        // Ours and the map's are the last two references: nobody waits, the entry can go.
+        // (Checked under the map's shard lock, which `take` also holds while cloning.)
+        self.locks.remove_if(&self.key, |_, lock| Arc::strong_count(lock) <= 2);
     }
 }
 
@@ -80,22 +115,86 @@ impl Queen {
     fn count_job(&self, outcome: &'static str) {
         self.metrics.jobs.get_or_create(&JobLabels { outcome }).inc();
     }
+
+    /// Whether the queen holds this worker offline (or has forgotten it) while it has heard
+    /// from the cluster long enough to know: a new leader in its startup grace knows nobody
+    /// yet, and that is no evidence of death.
+    fn certainly_gone(&self, worker: &NodeId) -> bool {
+        !self.orchestrator.in_grace() && self.workers.get(worker).is_none_or(|w| !w.liveness.is_up())
+    }
+}
+
+/// The worker's port refused the connection: nothing listens there, the job cannot be
+/// running in that process.
+fn refused(e: &reqwest::Error) -> bool {
+    e.is_connect() && !e.is_timeout()
+}
+
+fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("store_unavailable", format!("the job was not started: {e}"), Duration::from_secs(1))
+}
+
+/// The worker a keyed job was sent to before, if any.
+async fn recorded(queen: &Arc<Queen>, key: &str) -> Result<Option<JobRoute>, ApiError> {
+    let (orchestrator, key) = (Arc::clone(&queen.orchestrator), key.to_string());
+    tokio::task::spawn_blocking(move || orchestrator.store().job_route(&key))
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)
+}
+
+/// Stores where a keyed job goes, before it goes: a retry after this leader is gone must
+/// find it.
+async fn record(queen: &Arc<Queen>, key: &str, worker: &NodeId, address: &str) -> Result<(), ApiError> {
+    let route = JobRoute { worker: worker.clone(), address: address.to_string(), at: time::OffsetDateTime::now_utc() };
+    let (orchestrator, key) = (Arc::clone(&queen.orchestrator), key.to_string());
+    tokio::task::spawn_blocking(move || orchestrator.store().put_job_route(&key, &route))
+        .await
+        .map_err(store_error)?
+        .map_err(store_error)
+}
+
+/// Forgets keyed jobs' routes once their keys are no longer honoured; on the leader only.
+pub async fn forget_old_routes(queen: Arc<Queen>, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = crate::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !queen.is_leader() {
+            continue;
+        }
+        let before = time::OffsetDateTime::now_utc() - contract::IDEMPOTENCY_WINDOW;
+        let orchestrator = Arc::clone(&queen.orchestrator);
+        match tokio::task::spawn_blocking(move || orchestrator.store().forget_job_routes(before)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(forgotten = n, "old job routes forgotten"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "old job routes not forgotten; will retry"),
+            Err(e) => tracing::warn!(error = %e, "forgetting old job routes failed"),
+        }
+    }
 }
 
 /// Runs a job on the available worker with the least in flight; the worker's answer is
 /// passed back as it is.
-#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(JobQuery), request_body = JobRequest, responses(
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(JobQuery,
+    ("idempotency-key" = Option<String>, Header,
+     description = "Names the job across retries (1-128 of A-Z a-z 0-9 - _ . :): a retry gets the first run's answer"),
+), request_body = JobRequest, responses(
     (status = 200, body = contract::JobResponse, description = "the worker's answer"),
     (status = "4XX", body = contract::ApiErrorBody, description = "refused; nothing ran"),
     (status = 502, body = contract::ApiErrorBody, description = "the worker failed while running it"),
-    (status = 503, body = contract::ApiErrorBody, description = "no worker available, or the cluster is shutting down"),
+    (status = 503, body = contract::ApiErrorBody, description = "nothing ran: no worker available, the cluster is shutting down, or the worker a keyed job went to does not answer"),
 ))]
 pub async fn route(
     State(queen): State<Arc<Queen>>,
     QueryParams(query): QueryParams<JobQuery>,
+    headers: HeaderMap,
     body: Result<JsonBody<JobRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let JsonBody(job) = body?;
+    let key = lifecycle::http::idempotency_key(&headers)?;
     if queen.orchestrator.gated() {
         queen.count_job("refused_shutdown");
         return Err(shutting_down());
@@ -105,17 +204,51 @@ pub async fn route(
         None => None,
     };
     let mut tried = BTreeSet::new();
+    let _one_at_a_time = match &key {
+        Some(k) => Some(KeyLock::take(&queen.job_keys, k).await),
+        None => None,
+    };
+    // A retry of a keyed job goes first to the worker that took it.
+    let mut retry_to = match &key {
+        Some(k) => recorded(&queen, k).await?,
+        None => None,
+    };
     for _ in 0..ATTEMPTS {
-        let Some((worker, address)) = queen.pick_worker(deployment.as_ref(), &tried) else { break };
+        let again = retry_to.take();
+        let (worker, address) = match &again {
+            Some(route) => (route.worker.clone(), route.address.clone()),
+            None => {
+                let Some((worker, address)) = queen.pick_worker(deployment.as_ref(), &tried) else { break };
+                if let Some(k) = &key {
+                    record(&queen, k, &worker, &address).await?;
+                }
+                (worker, address)
+            }
+        };
         tried.insert(worker.clone());
         let _counted = InFlight::new(&queen, worker.clone());
-        let sent = queen
-            .http
-            .post(format!("{address}{}", contract::paths::JOBS))
-            .json(&job)
-            .timeout(deadline(&job))
-            .send()
-            .await;
+        let mut request = queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(&job);
+        if let Some(k) = &key {
+            request = request.header(contract::IDEMPOTENCY_KEY, k);
+        }
+        let sent = request.timeout(deadline(&job)).send().await;
+        if let (Some(_), Err(e)) = (&again, &sent)
+            && job.rerunnable()
+        {
+            if !refused(e) && !queen.certainly_gone(&worker) {
+                // It may be running the job still, cut off from us: a run elsewhere could
+                // be a second one.
+                queen.count_job("worker_unreachable");
+                return Err(ApiError::unavailable(
+                    "worker_unreachable",
+                    format!("{worker}, which took this job, does not answer now; try again"),
+                    Duration::from_secs(2),
+                ));
+            }
+            tracing::warn!(%worker, error = %e, "the worker that took a keyed job is gone; running it elsewhere");
+            queen.count_job("rerun");
+            continue;
+        }
         let died = |e: &reqwest::Error| !e.is_timeout() && job.rerunnable();
         match sent {
             Ok(resp) if matches!(resp.status().as_u16(), 429 | 503) => continue,

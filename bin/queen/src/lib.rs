@@ -51,6 +51,8 @@ pub struct Queen {
     /// Counts jobs the queen has forwarded and not yet seen answered, per worker, so that
     /// concurrent routing spreads load before heartbeats catch up.
     jobs_in_flight: dashmap::DashMap<contract::NodeId, u32>,
+    /// Keyed jobs being routed now, each behind its own lock (see `jobs::KeyLock`).
+    job_keys: jobs::KeyLocks,
     /// Forwards jobs to workers; one pooled client for all of them.
     http: reqwest::Client,
     /// The running configuration; replaced whole by a reload, watched by the loops whose
@@ -136,6 +138,7 @@ impl Queen {
             workers,
             orchestrator,
             jobs_in_flight: dashmap::DashMap::new(),
+            job_keys: Default::default(),
             http,
             config,
             metrics,
@@ -363,6 +366,7 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
 
     tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(sweep_loop(Arc::clone(&queen), stop.child_token()));
+    tasks.spawn(jobs::forget_old_routes(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Hive, queen.hives.subscribe(), stop.child_token()));
     tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Worker, queen.workers.subscribe(), stop.child_token()));
     if let Some(filter) = &queen.config().log_level

@@ -30,7 +30,7 @@ pub struct EventLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
-    /// done | rejected | worker_failed | no_worker
+    /// done | rejected | rerun | worker_failed | worker_unreachable | no_worker | refused_shutdown
     pub outcome: &'static str,
 }
 

@@ -276,6 +276,16 @@ impl Orchestrator {
         self.store.ping()
     }
 
+    /// Whether this queen started (or was elected) too recently to know every node.
+    pub fn in_grace(&self) -> bool {
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < self.orphan_grace
+    }
+
+    /// For the records the orchestrator does not manage itself (keyed jobs' routes).
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
     pub fn brake_engaged(&self) -> bool {
         self.brake.load(Ordering::Relaxed)
     }

@@ -25,12 +25,13 @@ use etcd_client::{
 };
 use futures_util::StreamExt;
 use lifecycle::http::ApiError;
+use time::OffsetDateTime;
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::Queen;
 use crate::config::EtcdSettings;
-use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError};
+use crate::store::{Batch, DeploymentRecord, JobRoute, Persisted, Store, StoreError};
 
 /// Every call to etcd but the campaign (which waits for as long as another queen leads).
 const CALL_TIMEOUT: Duration = Duration::from_secs(3);
@@ -78,6 +79,9 @@ impl Drop for EtcdRuntime {
 
 struct Keys {
     state: String,
+    /// Job routes live beside the state, not in it: followers reload on every change
+    /// under `state/`, and a route is written per keyed job.
+    jobs: String,
     election: String,
     members: String,
     transfer: String,
@@ -87,6 +91,7 @@ impl Keys {
     fn new(prefix: &str) -> Self {
         Self {
             state: format!("{prefix}/state/"),
+            jobs: format!("{prefix}/jobs/"),
             election: format!("{prefix}/election"),
             members: format!("{prefix}/queens/"),
             transfer: format!("{prefix}/transfer"),
@@ -260,15 +265,8 @@ impl Store for Replica {
         Ok(out)
     }
 
-    /// Fenced: applied only while this queen's leader key is still the one it won. A batch
-    /// larger than one etcd transaction allows is applied in several, each fenced; the
-    /// writes are the desired state, so a leader that dies between two leaves a state the
-    /// next reconcile completes.
+    /// Fenced (see [`Replica::fenced`]).
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let (key, term) = self.fence()?;
         let mut ops = Vec::new();
         for d in &batch.put_deployments {
             ops.push(TxnOp::put(self.state_key("deployments", d.spec.name.as_str()), encode(d)?, None));
@@ -291,6 +289,55 @@ impl Store for Replica {
         if let Some(set) = &batch.ineligible {
             ops.push(TxnOp::put(self.state_key("meta", "ineligible"), encode(set)?, None));
         }
+        self.fenced(ops)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        let key = self.keys.election.clone();
+        self.call(
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await.map(|_| ()).map_err(backend) },
+        )
+    }
+
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+        let mut c = self.client.clone();
+        let full = format!("{}{key}", self.keys.jobs);
+        let kvs = self.call(async move { Ok(c.get(full, None).await.map_err(backend)?.take_kvs()) })?;
+        kvs.first().map(|kv| decode(&format!("job {key}"), kv.value())).transpose()
+    }
+
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+        self.fenced(vec![TxnOp::put(format!("{}{key}", self.keys.jobs), encode(route)?, None)])
+    }
+
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.keys.jobs.clone();
+        let kvs = self.call(async move {
+            Ok(c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(backend)?.take_kvs())
+        })?;
+        // A record that does not decode is dropped too: it could only stop a retry.
+        let ops: Vec<TxnOp> = kvs
+            .iter()
+            .filter(|kv| serde_json::from_slice::<JobRoute>(kv.value()).map_or(true, |r| r.at < before))
+            .map(|kv| TxnOp::delete(kv.key().to_vec(), None))
+            .collect();
+        let removed = ops.len();
+        self.fenced(ops)?;
+        Ok(removed)
+    }
+}
+
+impl Replica {
+    /// Applied only while this queen's leader key is still the one it won. More writes
+    /// than one etcd transaction allows go in several, each fenced; they are the desired
+    /// state, so a leader that dies between two leaves a state the next reconcile completes.
+    fn fenced(&self, mut ops: Vec<TxnOp>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (key, term) = self.fence()?;
         let mut chunks = Vec::new();
         while !ops.is_empty() {
             let rest = ops.split_off(ops.len().min(OPS_PER_TXN));
@@ -307,14 +354,6 @@ impl Store for Replica {
             }
             Ok(())
         })
-    }
-
-    fn ping(&self) -> Result<(), StoreError> {
-        let mut c = self.client.clone();
-        let key = self.keys.election.clone();
-        self.call(
-            async move { c.get(key, Some(GetOptions::new().with_count_only())).await.map(|_| ()).map_err(backend) },
-        )
     }
 }
 

@@ -34,6 +34,16 @@ pub struct Persisted {
     pub ineligible: std::collections::BTreeSet<NodeId>,
 }
 
+/// Where a job sent with an idempotency key went, so its retries (through this leader or
+/// the next) go to the same worker, which answers them from its first run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRoute {
+    pub worker: NodeId,
+    pub address: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
 /// Changes applied together or not at all.
 #[derive(Clone, Debug, Default)]
 pub struct Batch {
@@ -80,6 +90,11 @@ pub trait Store: Send + Sync {
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Whether the store answers; a readiness check.
     fn ping(&self) -> Result<(), StoreError>;
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError>;
+    /// Durable before returning, like [`Store::apply`].
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError>;
+    /// Removes the routes recorded before `before`; says how many.
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError>;
 }
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
@@ -94,11 +109,24 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn ping(&self) -> Result<(), StoreError> {
         (**self).ping()
     }
+
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+        (**self).job_route(key)
+    }
+
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+        (**self).put_job_route(key, route)
+    }
+
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+        (**self).forget_job_routes(before)
+    }
 }
 
 const DEPLOYMENTS: TableDefinition<&str, &str> = TableDefinition::new("deployments");
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const JOB_ROUTES: TableDefinition<&str, &str> = TableDefinition::new("job_routes");
 
 pub struct RedbStore {
     db: Database,
@@ -111,7 +139,7 @@ impl RedbStore {
         let db = Database::create(dir.join("queen.redb")).map_err(backend)?;
         // Create the tables up front so reads never meet a missing table.
         let txn = db.begin_write().map_err(backend)?;
-        for table in [DEPLOYMENTS, ASSIGNMENTS, META] {
+        for table in [DEPLOYMENTS, ASSIGNMENTS, META, JOB_ROUTES] {
             txn.open_table(table).map_err(backend)?;
         }
         txn.commit().map_err(backend)?;
@@ -198,11 +226,43 @@ impl Store for RedbStore {
     fn ping(&self) -> Result<(), StoreError> {
         self.db.begin_read().map(|_| ()).map_err(backend)
     }
+
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(JOB_ROUTES).map_err(backend)?;
+        match table.get(key).map_err(backend)? {
+            Some(v) => {
+                Ok(Some(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("job {key}: {e}")))?))
+            }
+            None => Ok(None),
+        }
+    }
+
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        txn.open_table(JOB_ROUTES).map_err(backend)?.insert(key, encode(route)?.as_str()).map_err(backend)?;
+        txn.commit().map_err(backend)
+    }
+
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let mut table = txn.open_table(JOB_ROUTES).map_err(backend)?;
+        // A record that does not decode is dropped too: it could only stop a retry.
+        let old = |v: &str| serde_json::from_str::<JobRoute>(v).map_or(true, |r| r.at < before);
+        let mut removed = 0;
+        for row in table.extract_if(|_, v| old(v)).map_err(backend)? {
+            row.map_err(backend)?;
+            removed += 1;
+        }
+        drop(table);
+        txn.commit().map_err(backend)?;
+        Ok(removed)
+    }
 }
 
 /// Keeps nothing across restarts; for tests that do not care.
 #[derive(Default)]
-pub struct MemoryStore(Mutex<Persisted>);
+pub struct MemoryStore(Mutex<Persisted>, Mutex<BTreeMap<String, JobRoute>>);
 
 impl Store for MemoryStore {
     fn load(&self) -> Result<Persisted, StoreError> {
@@ -237,6 +297,22 @@ impl Store for MemoryStore {
 
     fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+        Ok(self.1.lock().unwrap_or_else(|p| p.into_inner()).get(key).cloned())
+    }
+
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+        self.1.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string(), route.clone());
+        Ok(())
+    }
+
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut routes = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let was = routes.len();
+        routes.retain(|_, r| r.at >= before);
+        Ok(was - routes.len())
     }
 }
 
@@ -304,6 +380,37 @@ mod tests {
         assert_eq!(loaded.assignments.keys().map(NodeId::as_str).collect::<Vec<_>>(), ["web-0"]);
         assert_eq!(loaded.strategy, Some(PlacementStrategy::Weighted));
         assert_eq!(loaded.assignments[&NodeId::new("web-0").expect("valid")], assignment("web-0"));
+        Ok(())
+    }
+
+    fn route(worker: &str, at: OffsetDateTime) -> JobRoute {
+        JobRoute { worker: NodeId::new(worker).expect("valid"), address: format!("http://{worker}"), at }
+    }
+
+    /// Put, overwrite, read back, and forget only what is older than the cut.
+    fn job_routes_behave(store: &dyn Store) -> Result<(), StoreError> {
+        let now = OffsetDateTime::now_utc().replace_nanosecond(0).expect("valid");
+        let old = now - time::Duration::minutes(20);
+        assert_eq!(store.job_route("k1")?, None);
+        store.put_job_route("k1", &route("w1", now))?;
+        store.put_job_route("k1", &route("w2", now))?;
+        store.put_job_route("k2", &route("w1", old))?;
+        assert_eq!(store.job_route("k1")?, Some(route("w2", now)), "the last route wins");
+        assert_eq!(store.forget_job_routes(now - time::Duration::minutes(10))?, 1);
+        assert_eq!(store.job_route("k2")?, None);
+        assert_eq!(store.job_route("k1")?, Some(route("w2", now)));
+        Ok(())
+    }
+
+    #[test]
+    fn job_routes_are_kept_and_forgotten() -> Result<(), StoreError> {
+        job_routes_behave(&MemoryStore::default())?;
+        let dir = temp_dir("routes");
+        job_routes_behave(&RedbStore::open(&dir)?)?;
+        // Durable: a route outlives the queen that stored it.
+        let reopened = RedbStore::open(&dir)?.job_route("k1");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(reopened?.is_some());
         Ok(())
     }
 }

@@ -9,13 +9,14 @@
 
 pub mod config;
 pub mod jobs;
+pub mod remembered;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
 use contract::{Epoch, JobRequest, JobResponse, Seq, WorkerHeartbeat, WorkerStatus, paths};
@@ -25,6 +26,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use queen_client::{Heartbeater, QueenClient};
+use remembered::{Claim, Remembered};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -38,7 +40,7 @@ const FINAL_BEAT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     kind: &'static str,
-    /// done | refused_busy | refused_draining | invalid
+    /// done | failed | replayed | refused_busy | refused_draining | invalid
     outcome: &'static str,
 }
 
@@ -51,6 +53,8 @@ struct Worker {
     /// Woken whenever a job ends, so a drain waits without polling.
     job_ended: Notify,
     jobs: Family<JobLabels, Counter>,
+    /// Keyed jobs, so a retry replays the first run instead of running again.
+    remembered: Remembered,
 }
 
 impl Worker {
@@ -113,6 +117,7 @@ impl Drop for Slot {
 
 async fn run_job(
     State(worker): State<Arc<Worker>>,
+    headers: HeaderMap,
     body: Result<JsonBody<JobRequest>, ApiError>,
 ) -> Result<Json<JobResponse>, ApiError> {
     let JsonBody(job) = body.inspect_err(|_| worker.count("unknown", "invalid"))?;
@@ -121,27 +126,57 @@ async fn run_job(
         worker.count(kind, "invalid");
         return Err(ApiError::unprocessable(reason));
     }
+    let key = lifecycle::http::idempotency_key(&headers).inspect_err(|_| worker.count(kind, "invalid"))?;
+    let failed = |e: String| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e);
+    let mut outcome_to = None;
+    if let Some(key) = &key {
+        match worker.remembered.claim(key, &job, Instant::now()) {
+            Claim::Run(tx) => outcome_to = Some(tx),
+            Claim::Replay(rx) => {
+                worker.count(kind, "replayed");
+                return remembered::outcome(rx).await.map(Json).map_err(failed);
+            }
+            Claim::Conflict => {
+                worker.count(kind, "invalid");
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    "this idempotency key was used for a different job",
+                ));
+            }
+        }
+    }
     let slot = worker.admit().inspect_err(|e| {
+        if let Some(key) = &key {
+            worker.remembered.forget(key);
+        }
         worker.count(kind, if e.status == StatusCode::TOO_MANY_REQUESTS { "refused_busy" } else { "refused_draining" })
     })?;
     // Run detached from the request so a client that hangs up cannot abort half a job;
-    // the slot travels with the work and is freed when it is done.
+    // the slot travels with the work and is freed when it is done, and a keyed job's
+    // outcome is kept for its retries even when nobody waits for this answer.
+    let worker_id = worker.config.name.to_string();
+    let runner = Arc::clone(&worker);
     let work = tokio::spawn(async move {
-        let result = jobs::execute(job).await;
+        let result = jobs::execute(job).await.map(|(output, took)| JobResponse {
+            worker_id,
+            kind: kind.into(),
+            output,
+            duration_ms: took.as_millis() as u64,
+        });
         drop(slot);
+        // Counted here, not when answered: a run whose caller went away still ran.
+        runner.count(kind, if result.is_ok() { "done" } else { "failed" });
+        if let Some(key) = &key {
+            tracing::debug!(key, ok = result.is_ok(), "keyed job ran");
+        }
+        if let Some(tx) = outcome_to {
+            tx.send_replace(Some(result.clone()));
+        }
         result
     });
-    let (output, took) = work
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e.to_string()))?
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "job_failed", e))?;
-    worker.count(kind, "done");
-    Ok(Json(JobResponse {
-        worker_id: worker.config.name.to_string(),
-        kind: kind.into(),
-        output,
-        duration_ms: took.as_millis() as u64,
-    }))
+    let answer = work.await.map_err(|e| failed(e.to_string()))?.map_err(failed)?;
+    Ok(Json(answer))
 }
 
 /// Runs a worker until `stop` fires, then drains and returns.
@@ -161,6 +196,7 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
         in_flight: AtomicU32::new(0),
         job_ended: Notify::new(),
         jobs: jobs_family,
+        remembered: Remembered::default(),
         config,
     });
 

@@ -29,7 +29,10 @@ pub use heartbeat::{
     Capacity, HeartbeatResponse, HiveHeartbeat, HiveStatus, LoadAverage, Resources, WorkerHeartbeat, WorkerStatus,
 };
 pub use ids::{Epoch, MAX_ID_LEN, NodeId, Seq};
-pub use jobs::{JobRequest, JobResponse, MAX_SHA256_ROUNDS, MAX_SLEEP_MS};
+pub use jobs::{
+    IDEMPOTENCY_KEY, IDEMPOTENCY_WINDOW, JobRequest, JobResponse, MAX_IDEMPOTENCY_KEY_LEN, MAX_SHA256_ROUNDS,
+    MAX_SLEEP_MS, check_idempotency_key,
+};
 pub use shutdown::{
     AckStatus, HiveProgress, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer, ShutdownPlan,
     ShutdownRequest, ShutdownState, ShutdownStatus,

@@ -159,6 +159,15 @@ pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
 }
 
+/// The request's idempotency key, if it has a valid one.
+pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(contract::IDEMPOTENCY_KEY) else { return Ok(None) };
+    let invalid = |why: String| ApiError::bad_request("invalid_idempotency_key", why);
+    let key = value.to_str().map_err(|_| invalid("an idempotency key is plain ASCII".into()))?;
+    contract::check_idempotency_key(key).map_err(invalid)?;
+    Ok(Some(key.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::ObjectOnly;

@@ -64,6 +64,20 @@ impl Drop for TempDir {
     }
 }
 
+/// The sum over `worker_urls` of each worker's own count of jobs of `kind` that ended
+/// with `outcome` (`apiary_jobs_total`): what the workers ran, not what callers saw.
+pub async fn worker_job_count(worker_urls: &[String], kind: &str, outcome: &str) -> anyhow::Result<u64> {
+    let line = format!("apiary_jobs_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} ");
+    let mut total = 0;
+    for url in worker_urls {
+        let metrics = queen_client::http().get(format!("{url}/metrics")).send().await?.text().await?;
+        if let Some(n) = metrics.lines().find_map(|l| l.strip_prefix(line.as_str())) {
+            total += n.trim().parse::<u64>()?;
+        }
+    }
+    Ok(total)
+}
+
 /// Polls `check` until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
 where
@@ -565,6 +579,11 @@ impl Sandbox {
     /// Like SIGTERM: the hive runs its shutdown path and returns.
     pub async fn stop_hive(&mut self, id: &NodeId) -> anyhow::Result<()> {
         Self::take(&mut self.hives, id)?.stop().await
+    }
+
+    /// Like `kill -9`: no goodbye, its port closes.
+    pub async fn kill_worker(&mut self, id: &NodeId) -> anyhow::Result<()> {
+        Self::take(&mut self.workers, id)?.kill().await
     }
 
     pub async fn stop_worker(&mut self, id: &NodeId) -> anyhow::Result<()> {

@@ -242,15 +242,8 @@ async fn a_queen_restart_keeps_deployments_and_assignments_and_routes_every_job_
     assert_eq!(answered + refused, 500);
     assert!(answered >= 490, "4 workers × 4 slots take 16 at a time: {answered} answered");
     // Every answered job ran exactly once: the workers' own counters add up.
-    let mut done_on_workers = 0u64;
-    for w in client.workers().await? {
-        let metrics = http.get(format!("{}/metrics", w.address)).send().await?.text().await?;
-        done_on_workers += metrics
-            .lines()
-            .find(|l| l.starts_with("apiary_jobs_total{kind=\"sha256\",outcome=\"done\"}"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0);
-    }
+    let worker_urls: Vec<String> = client.workers().await?.into_iter().map(|w| w.address).collect();
+    let done_on_workers = sandbox::worker_job_count(&worker_urls, "sha256", "done").await?;
     assert_eq!(done_on_workers, u64::from(answered + direct_answered), "no job ran twice, none got lost");
     sb.shutdown().await
 }
@@ -291,4 +284,75 @@ async fn run_jobs(
         }
     }
     Ok((answered, refused, started.elapsed()))
+}
+
+/// A job sent with an idempotency key runs once: retries, one after another or at the
+/// same time, get the first run's answer from the worker that ran it; the key cannot be
+/// reused for another job, and a malformed key is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_job_runs_once_however_often_it_is_sent() -> anyhow::Result<()> {
+    let sb =
+        Sandbox::builder().hives(1).workers_per_hive(3).heartbeat_interval(Duration::from_millis(300)).start().await?;
+    let url = format!("{}/v1/jobs", sb.queen_url());
+    let worker_urls: Vec<String> = sb.worker_ids().iter().filter_map(|id| sb.worker_url(id)).collect();
+    let send = |key: &'static str, job: serde_json::Value| {
+        let url = url.clone();
+        async move {
+            let resp = queen_client::http().post(url).header(contract::IDEMPOTENCY_KEY, key).json(&job).send().await?;
+            let worker = resp.headers().get("x-apiary-worker").and_then(|v| v.to_str().ok()).map(str::to_string);
+            anyhow::Ok((resp.status().as_u16(), worker, resp.json::<serde_json::Value>().await?))
+        }
+    };
+    let job = json!({"kind": "sleep", "ms": 400});
+    // Three at once (the later two wait for the first run), then one after it ended.
+    let (a, b, c) = tokio::join!(send("once-1", job.clone()), send("once-1", job.clone()), send("once-1", job.clone()));
+    let d = send("once-1", job.clone()).await?;
+    let answers = [a?, b?, c?, d];
+    for (status, worker, body) in &answers {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(worker, &answers[0].1, "every retry went to the worker that ran it");
+        assert_eq!(body, &answers[0].2, "every retry got the first run's answer");
+    }
+    assert_eq!(sandbox::worker_job_count(&worker_urls, "sleep", "done").await?, 1, "it ran once");
+    assert_eq!(sandbox::worker_job_count(&worker_urls, "sleep", "replayed").await?, 3);
+
+    let (status, _, body) = send("once-1", json!({"kind": "sleep", "ms": 5})).await?;
+    assert_eq!((status, body["code"].as_str()), (422, Some("idempotency_key_reused")), "{body}");
+    for bad in ["a/b", "", "spaced key"] {
+        let resp = queen_client::http().post(&url).header(contract::IDEMPOTENCY_KEY, bad).json(&job).send().await?;
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = resp.json().await?;
+        assert_eq!((status, body["code"].as_str()), (400, Some("invalid_idempotency_key")), "key {bad:?}: {body}");
+    }
+    // Another key is another job.
+    let (status, _, _) = send("once-2", job.clone()).await?;
+    assert_eq!(status, 200);
+    assert_eq!(sandbox::worker_job_count(&worker_urls, "sleep", "done").await?, 2);
+    sb.shutdown().await
+}
+
+/// A keyed job whose worker died after the caller gave up waiting: the retry finds the
+/// recorded worker's port closed and runs the job on another worker instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_job_whose_worker_is_gone_runs_elsewhere_on_retry() -> anyhow::Result<()> {
+    let mut sb =
+        Sandbox::builder().hives(1).workers_per_hive(2).heartbeat_interval(Duration::from_millis(300)).start().await?;
+    let url = format!("{}/v1/jobs", sb.queen_url());
+    let job = json!({"kind": "sleep", "ms": 3000});
+    let post = |timeout: Duration| {
+        queen_client::http().post(&url).header(contract::IDEMPOTENCY_KEY, "gone-1").timeout(timeout).json(&job)
+    };
+    assert!(post(Duration::from_millis(500)).send().await.is_err(), "the caller gave up");
+    let client = sb.client();
+    let running = wait_until("the job running on a worker", WAIT, || async {
+        client.workers().await.ok()?.into_iter().find(|w| w.in_flight > 0).map(|w| w.id)
+    })
+    .await?;
+    sb.kill_worker(&running).await?;
+
+    let resp = post(Duration::from_secs(20)).send().await?;
+    let ran_on = resp.headers().get("x-apiary-worker").and_then(|v| v.to_str().ok()).map(str::to_string);
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.text().await?);
+    assert!(ran_on.is_some_and(|w| w != running.as_str()), "it ran again on the other worker");
+    sb.shutdown().await
 }

@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use contract::{
-    Assignment, EventKind, NodeEvent, PlacementStrategy, QueenRef, ShutdownAnswer, ShutdownStatus, Snapshot,
-    TransferAnswer,
+    Assignment, EventKind, JobResponse, NodeEvent, PlacementStrategy, QueenRef, ShutdownAnswer, ShutdownStatus,
+    Snapshot, TransferAnswer,
 };
 use queen::config::EtcdSettings;
 use queen::replica::Replica;
-use queen::store::{Batch, Store, StoreError};
+use queen::store::{Batch, JobRoute, Store, StoreError};
 use queen_client::{ClientError, QueenClient};
 use sandbox::{Etcd, Sandbox, SnapshotStream, wait_until};
 use serde_json::{Value, json};
@@ -224,8 +224,30 @@ async fn etcd_refuses_a_deposed_leaders_write() -> anyhow::Result<()> {
     let refused = tokio::task::spawn_blocking(move || a2.apply(&write(PlacementStrategy::Random))).await?;
     anyhow::ensure!(matches!(refused, Err(StoreError::NotLeader(_))), "a's write went through: {refused:?}");
     tokio::task::spawn_blocking(move || b2.apply(&write(PlacementStrategy::RoundRobin))).await??;
-    let stored = tokio::task::spawn_blocking(move || a.load()).await??;
+    let a2 = Arc::clone(&a);
+    let stored = tokio::task::spawn_blocking(move || a2.load()).await??;
     anyhow::ensure!(stored.strategy == Some(PlacementStrategy::RoundRobin), "{:?}", stored.strategy);
+
+    // Job routes are fenced the same way, and outlive nothing but their window.
+    let route = |worker: &str, at| JobRoute {
+        worker: contract::NodeId::new(worker).expect("valid"),
+        address: format!("http://{worker}"),
+        at,
+    };
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0)?;
+    let (a2, b2) = (Arc::clone(&a), Arc::clone(&b));
+    let (old, new) = (route("w1", now - time::Duration::minutes(20)), route("w2", now));
+    let routes = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let refused = a2.put_job_route("k", &route("w9", now));
+        b2.put_job_route("old", &old)?;
+        b2.put_job_route("k", &new)?;
+        let forgotten = b2.forget_job_routes(now - time::Duration::minutes(10))?;
+        Ok((refused, forgotten, a2.job_route("k")?, a2.job_route("old")?))
+    })
+    .await??;
+    anyhow::ensure!(matches!(routes.0, Err(StoreError::NotLeader(_))), "a's route went in: {:?}", routes.0);
+    anyhow::ensure!(routes.1 == 1 && routes.3.is_none(), "the old route forgotten: {routes:?}");
+    anyhow::ensure!(routes.2.as_ref().map(|r| r.worker.as_str()) == Some("w2"), "{routes:?}");
     Ok(())
 }
 
@@ -274,4 +296,71 @@ async fn a_cluster_shutdown_survives_a_leader_change() -> anyhow::Result<()> {
     queens_gone?;
     anyhow::ensure!(shutdown.status == ShutdownStatus::Completed, "{shutdown:?}");
     Ok(())
+}
+
+/// A keyed job whose answer was lost with a killed leader is sent again through the other
+/// queens: the next leader finds where it went (the route is in etcd), and the worker
+/// that ran it answers from that run. It ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_job_runs_once_across_a_leader_failover() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let mut sb = Sandbox::builder()
+        .replicas(3, &etcd, TTL)
+        .hives(1)
+        .workers_per_hive(3)
+        .heartbeat_interval(Duration::from_millis(300))
+        .start()
+        .await?;
+    let worker_urls: Vec<String> = sb.worker_ids().iter().filter_map(|id| sb.worker_url(id)).collect();
+    let leader = sb.leader_url(WAIT).await?;
+    let job = json!({"kind": "sleep", "ms": 2000});
+    let send = |url: String| {
+        let job = job.clone();
+        async move {
+            queen_client::http()
+                .post(format!("{url}/v1/jobs"))
+                .header(contract::IDEMPOTENCY_KEY, "failover-1")
+                .timeout(Duration::from_secs(10))
+                .json(&job)
+                .send()
+                .await
+        }
+    };
+    let first = tokio::spawn(send(leader.clone()));
+    wait_until("the job running on a worker", WAIT, || async {
+        let running = sb.client().workers().await.ok()?.iter().map(|w| w.in_flight).sum::<u32>();
+        (running > 0).then_some(())
+    })
+    .await?;
+    sb.kill_queen_at(&leader).await?;
+    assert!(first.await?.is_err(), "the answer was lost with the leader");
+
+    // Sent again through the queens still up, as a client would: a follower's redirect is
+    // followed, an election waited out.
+    let queens = sb.queen_urls();
+    let answer: JobResponse = wait_until("the retry answered", WAIT, || async {
+        for url in &queens {
+            let mut target = url.clone();
+            for _ in 0..3 {
+                let resp = send(target.clone()).await.ok()?;
+                match resp.status().as_u16() {
+                    200 => return resp.json().await.ok(),
+                    307 => target = sandbox_base(resp.headers().get("location")?.to_str().ok()?)?,
+                    _ => break,
+                }
+            }
+        }
+        None
+    })
+    .await?;
+    assert_eq!(answer.kind, "sleep");
+    assert_eq!(sandbox::worker_job_count(&worker_urls, "sleep", "done").await?, 1, "it ran once");
+    assert!(sandbox::worker_job_count(&worker_urls, "sleep", "replayed").await? >= 1, "the retry was a replay");
+    sb.shutdown().await
+}
+
+/// `scheme://host:port` of a redirect's target.
+fn sandbox_base(location: &str) -> Option<String> {
+    let url = reqwest::Url::parse(location).ok()?;
+    Some(format!("{}://{}:{}", url.scheme(), url.host_str()?, url.port()?))
 }
