@@ -338,7 +338,8 @@ async fn a_keyed_job_whose_worker_is_gone_runs_elsewhere_on_retry() -> anyhow::R
     let mut sb =
         Sandbox::builder().hives(1).workers_per_hive(2).heartbeat_interval(Duration::from_millis(300)).start().await?;
     let url = format!("{}/v1/jobs", sb.queen_url());
-    let job = json!({"kind": "sleep", "ms": 3000});
+    // Long enough that its worker is killed while it runs, however slow the machine.
+    let job = json!({"kind": "sleep", "ms": 8000});
     let post = |timeout: Duration| {
         queen_client::http().post(&url).header(contract::IDEMPOTENCY_KEY, "gone-1").timeout(timeout).json(&job)
     };

@@ -313,14 +313,15 @@ async fn a_keyed_job_runs_once_across_a_leader_failover() -> anyhow::Result<()> 
         .await?;
     let worker_urls: Vec<String> = sb.worker_ids().iter().filter_map(|id| sb.worker_url(id)).collect();
     let leader = sb.leader_url(WAIT).await?;
-    let job = json!({"kind": "sleep", "ms": 2000});
+    // Long enough that the leader is killed while it runs, however slow the machine.
+    let job = json!({"kind": "sleep", "ms": 5000});
     let send = |url: String| {
         let job = job.clone();
         async move {
             queen_client::http()
                 .post(format!("{url}/v1/jobs"))
                 .header(contract::IDEMPOTENCY_KEY, "failover-1")
-                .timeout(Duration::from_secs(10))
+                .timeout(Duration::from_secs(20))
                 .json(&job)
                 .send()
                 .await
