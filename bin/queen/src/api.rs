@@ -561,8 +561,11 @@ async fn cancel_drain(
     PathParam(raw): PathParam<String>,
 ) -> Result<Json<DrainStatus>, ApiError> {
     let id = parse_id(&raw)?;
-    let status =
-        queen.orchestrator.cancel_drain(&id).ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))?;
+    let status = queen
+        .orchestrator
+        .cancel_drain(&id)
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))?;
     tracing::warn!(hive = %id, "drain cancelled");
     Ok(Json(status))
 }

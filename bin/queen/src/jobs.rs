@@ -179,8 +179,8 @@ pub async fn forget_old_routes(queen: Arc<Queen>, stop: tokio_util::sync::Cancel
 /// Runs a job on the available worker with the least in flight; the worker's answer is
 /// passed back as it is.
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", params(JobQuery,
-    ("idempotency-key" = Option<String>, Header,
-     description = "Names the job across retries (1-128 of A-Z a-z 0-9 - _ . :): a retry gets the first run's answer"),
+    ("idempotency-key" = Option<String>, Header, min_length = 1, max_length = 128, pattern = r"^[A-Za-z0-9._:-]+$",
+     description = "Names the job across retries: a retry gets the first run's answer"),
 ), request_body = JobRequest, responses(
     (status = 200, body = contract::JobResponse, description = "the worker's answer"),
     (status = "4XX", body = contract::ApiErrorBody, description = "refused; nothing ran"),

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 
 use crate::metrics::DecisionLabels;
 use crate::placement::{Candidate, Placer};
-use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError};
+use crate::store::{Batch, DeploymentRecord, DrainRecord, Persisted, Store, StoreError};
 
 /// Events about replicas kept for the snapshot.
 const EVENTS_KEPT: usize = 512;
@@ -48,7 +48,8 @@ struct State {
     placer: Placer,
     /// Hives that get no new replicas; durable.
     ineligible: BTreeSet<NodeId>,
-    drains: BTreeMap<NodeId, Drain>,
+    /// Stored, so a drain goes on under the next leader.
+    drains: BTreeMap<NodeId, DrainRecord>,
 }
 
 /// One hive's command channel: the latest command, and what it asked for.
@@ -119,28 +120,16 @@ const MOVING_AT_ONCE: usize = 2;
 /// How long a drain may take unless told otherwise.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);
 
-/// One hive's drain.
-#[derive(Clone, Debug)]
-struct Drain {
-    started_at: OffsetDateTime,
-    deadline: std::time::Instant,
-    deadline_wall: OffsetDateTime,
-    moved: BTreeSet<NodeId>,
-    cancelled: bool,
-    done: bool,
-    notes: Vec<String>,
-}
-
 impl Orchestrator {
     pub fn open(store: Box<dyn Store>, orphan_grace: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
-        let Persisted { deployments, assignments, strategy, shutdown: _, ineligible } = store.load()?;
+        let Persisted { deployments, assignments, strategy, shutdown: _, ineligible, drains } = store.load()?;
         Ok(Self {
             state: Mutex::new(State {
                 deployments,
                 assignments,
                 placer: Placer::new(strategy.unwrap_or_default()),
                 ineligible,
-                drains: BTreeMap::new(),
+                drains,
             }),
             store,
             channels: Mutex::new(BTreeMap::new()),
@@ -248,15 +237,15 @@ impl Orchestrator {
 
     /// Replaces the durable part of the state with what the store holds now (a replica
     /// following another queen's writes, or one that has just been elected), and returns
-    /// the stored shutdown. Drains in progress are not durable and are forgotten.
+    /// the stored shutdown. A drain in progress goes on from where the store has it.
     pub fn reload(&self) -> Result<Option<contract::ShutdownState>, StoreError> {
-        let Persisted { deployments, assignments, strategy, shutdown, ineligible } = self.store.load()?;
+        let Persisted { deployments, assignments, strategy, shutdown, ineligible, drains } = self.store.load()?;
         let mut st = self.lock();
         st.deployments = deployments;
         st.assignments = assignments;
         st.placer = Placer::new(strategy.unwrap_or(st.placer.strategy));
         st.ineligible = ineligible;
-        st.drains.clear();
+        st.drains = drains;
         Ok(shutdown)
     }
 
@@ -367,32 +356,37 @@ impl Orchestrator {
         let running = st.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
         if !running {
             let now = OffsetDateTime::now_utc();
-            st.drains.insert(
+            let mut drains = st.drains.clone();
+            drains.insert(
                 hive.clone(),
-                Drain {
+                DrainRecord {
                     started_at: now,
-                    deadline: std::time::Instant::now() + deadline,
-                    deadline_wall: now + deadline,
+                    deadline: now + deadline,
                     moved: BTreeSet::new(),
                     cancelled: false,
                     done: false,
                     notes: Vec::new(),
                 },
             );
+            self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
+            st.drains = drains;
         }
         Ok(Self::drain_status(&st, hive).unwrap_or_else(|| empty_drain(hive)))
     }
 
-    /// Stops a drain where it stands; the hive stays ineligible.
-    pub fn cancel_drain(&self, hive: &NodeId) -> Option<DrainStatus> {
+    /// Stops a drain where it stands; the hive stays ineligible. `None`: no drain of it.
+    pub fn cancel_drain(&self, hive: &NodeId) -> Result<Option<DrainStatus>, StoreError> {
         let mut st = self.lock();
-        let d = st.drains.get_mut(hive)?;
+        let mut drains = st.drains.clone();
+        let Some(d) = drains.get_mut(hive) else { return Ok(None) };
         if !d.done {
             d.cancelled = true;
             d.done = true;
+            self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
+            st.drains = drains;
         }
         // Replacements already running stay; their old instances are retired normally.
-        Self::drain_status(&st, hive)
+        Ok(Self::drain_status(&st, hive))
     }
 
     pub fn drain(&self, hive: &NodeId) -> Option<DrainStatus> {
@@ -424,7 +418,7 @@ impl Orchestrator {
         Some(DrainStatus {
             hive: hive.clone(),
             started_at: d.started_at,
-            deadline: d.deadline_wall,
+            deadline: d.deadline,
             moved: d.moved.len() as u32,
             left,
             moving,
@@ -444,17 +438,18 @@ impl Orchestrator {
         assignments: &mut BTreeMap<NodeId, Assignment>,
         placer: &mut Placer,
         candidates: &mut [Candidate],
-        drains: &mut BTreeMap<NodeId, Drain>,
+        drains: &mut BTreeMap<NodeId, DrainRecord>,
         views: &BTreeMap<NodeId, HiveView>,
         batch: &mut Batch,
     ) {
         let now = OffsetDateTime::now_utc();
+        let before = drains.clone();
         // Retire old instances whose replacement is up, or whose hive is gone anyway.
         for a in assignments.values_mut() {
             let Some(r) = a.retiring.clone() else { continue };
             let replacement_up = workers.get(&a.worker).is_some_and(|w| w.available);
             let old_hive_gone = views.get(&r.hive).is_none_or(|v| !v.liveness.is_up());
-            let deadline_passed = drains.get(&r.hive).is_some_and(|d| std::time::Instant::now() >= d.deadline);
+            let deadline_passed = drains.get(&r.hive).is_some_and(|d| now >= d.deadline);
             if replacement_up || old_hive_gone || deadline_passed {
                 self.event(
                     workers,
@@ -470,7 +465,7 @@ impl Orchestrator {
             }
         }
         for (hive, drain) in drains.iter_mut().filter(|(_, d)| !d.done) {
-            let past_deadline = std::time::Instant::now() >= drain.deadline;
+            let past_deadline = now >= drain.deadline;
             let mut moving =
                 assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count();
             for a in assignments.values_mut().filter(|a| a.hive.as_ref() == Some(hive) && a.retiring.is_none()) {
@@ -534,6 +529,9 @@ impl Orchestrator {
                     format!("drain done: {} replicas moved", drain.moved.len()),
                 );
             }
+        }
+        if *drains != before {
+            batch.drains = Some(drains.clone());
         }
     }
 

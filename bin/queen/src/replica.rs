@@ -259,6 +259,7 @@ impl Store for Replica {
                 Some(("meta", "strategy")) => out.strategy = Some(decode(&key, value)?),
                 Some(("meta", "shutdown")) => out.shutdown = Some(decode(&key, value)?),
                 Some(("meta", "ineligible")) => out.ineligible = decode(&key, value)?,
+                Some(("meta", "drains")) => out.drains = decode(&key, value)?,
                 _ => tracing::warn!(%key, "unknown key under the state prefix; ignored"),
             }
         }
@@ -288,6 +289,9 @@ impl Store for Replica {
         }
         if let Some(set) = &batch.ineligible {
             ops.push(TxnOp::put(self.state_key("meta", "ineligible"), encode(set)?, None));
+        }
+        if let Some(drains) = &batch.drains {
+            ops.push(TxnOp::put(self.state_key("meta", "drains"), encode(drains)?, None));
         }
         self.fenced(ops)
     }

@@ -23,6 +23,20 @@ pub struct DeploymentRecord {
     pub created_at: OffsetDateTime,
 }
 
+/// One hive's drain as stored, so the next leader carries it on (or shows how it ended).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Wall-clock: the only clock two queens share.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+    pub moved: std::collections::BTreeSet<NodeId>,
+    pub cancelled: bool,
+    pub done: bool,
+    pub notes: Vec<String>,
+}
+
 /// Everything the queen keeps across restarts.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Persisted {
@@ -32,6 +46,7 @@ pub struct Persisted {
     pub strategy: Option<PlacementStrategy>,
     pub shutdown: Option<contract::ShutdownState>,
     pub ineligible: std::collections::BTreeSet<NodeId>,
+    pub drains: BTreeMap<NodeId, DrainRecord>,
 }
 
 /// Where a job sent with an idempotency key went, so its retries (through this leader or
@@ -55,6 +70,8 @@ pub struct Batch {
     pub shutdown: Option<contract::ShutdownState>,
     /// The whole set of ineligible hives, when it changed.
     pub ineligible: Option<std::collections::BTreeSet<NodeId>>,
+    /// Every drain, when one changed.
+    pub drains: Option<BTreeMap<NodeId, DrainRecord>>,
 }
 
 impl Batch {
@@ -66,6 +83,7 @@ impl Batch {
             && self.strategy.is_none()
             && self.shutdown.is_none()
             && self.ineligible.is_none()
+            && self.drains.is_none()
     }
 }
 
@@ -186,7 +204,11 @@ impl Store for RedbStore {
             Some(v) => serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("ineligible: {e}")))?,
             None => Default::default(),
         };
-        Ok(Persisted { deployments, assignments, strategy, shutdown, ineligible })
+        let drains = match meta.get("drains").map_err(backend)? {
+            Some(v) => serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("drains: {e}")))?,
+            None => Default::default(),
+        };
+        Ok(Persisted { deployments, assignments, strategy, shutdown, ineligible, drains })
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
@@ -218,6 +240,9 @@ impl Store for RedbStore {
             }
             if let Some(set) = &batch.ineligible {
                 meta.insert("ineligible", encode(set)?.as_str()).map_err(backend)?;
+            }
+            if let Some(drains) = &batch.drains {
+                meta.insert("drains", encode(drains)?.as_str()).map_err(backend)?;
             }
         }
         txn.commit().map_err(backend)
@@ -291,6 +316,9 @@ impl Store for MemoryStore {
         }
         if let Some(set) = &batch.ineligible {
             p.ineligible = set.clone();
+        }
+        if let Some(drains) = &batch.drains {
+            p.drains = drains.clone();
         }
         Ok(())
     }
@@ -366,6 +394,7 @@ mod tests {
                 put_deployments: vec![record("web"), record("batch")],
                 put_assignments: vec![assignment("web-0"), assignment("web-1")],
                 strategy: Some(PlacementStrategy::Weighted),
+                drains: Some(BTreeMap::from([(NodeId::new("hive-1").expect("valid"), drain())])),
                 ..Default::default()
             })?;
             store.apply(&Batch {
@@ -380,7 +409,20 @@ mod tests {
         assert_eq!(loaded.assignments.keys().map(NodeId::as_str).collect::<Vec<_>>(), ["web-0"]);
         assert_eq!(loaded.strategy, Some(PlacementStrategy::Weighted));
         assert_eq!(loaded.assignments[&NodeId::new("web-0").expect("valid")], assignment("web-0"));
+        assert_eq!(loaded.drains.get(&NodeId::new("hive-1").expect("valid")), Some(&drain()));
         Ok(())
+    }
+
+    fn drain() -> DrainRecord {
+        let at = OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("valid");
+        DrainRecord {
+            started_at: at,
+            deadline: at + time::Duration::minutes(5),
+            moved: [NodeId::new("web-0-g1").expect("valid")].into(),
+            cancelled: false,
+            done: false,
+            notes: vec!["cannot move web-1: no other hive with room".into()],
+        }
     }
 
     fn route(worker: &str, at: OffsetDateTime) -> JobRoute {

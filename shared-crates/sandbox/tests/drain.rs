@@ -152,6 +152,8 @@ async fn a_drain_moves_work_first_under_load_and_the_hive_stays_ineligible() -> 
     sb.restart_queen(addr)?;
     let h = wait_until("hive-0 seen by the new queen", WAIT, || async { hive(&client, "hive-0").await.ok() }).await?;
     assert!(!h.eligible, "ineligible survives a queen restart");
+    let after = client.drain_status(&hive0).await?;
+    assert!(after.done && after.moved == done.moved, "the drain's record survives a queen restart: {after:?}");
     sb.shutdown().await
 }
 

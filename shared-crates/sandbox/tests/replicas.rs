@@ -365,3 +365,40 @@ fn sandbox_base(location: &str) -> Option<String> {
     let url = reqwest::Url::parse(location).ok()?;
     Some(format!("{}://{}:{}", url.scheme(), url.host_str()?, url.port()?))
 }
+
+/// A hive's drain is stored: the leader is killed as the drain starts, and the next one
+/// carries it to the end (every replica off the hive) and can say how it went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_survives_a_leader_change() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let mut sb = Sandbox::builder()
+        .replicas(3, &etcd, TTL)
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(200))
+        .start()
+        .await?;
+    let client = sb.client();
+    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
+    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
+    sb.wait_for_counts(2, 2, WAIT).await?;
+    let before = placement(&client).await?;
+    let drained = before.values().next().cloned().ok_or_else(|| anyhow::anyhow!("nothing placed: {before:?}"))?;
+
+    let leader = sb.leader_url(WAIT).await?;
+    let hive = contract::NodeId::new(drained.clone())?;
+    client.drain(&hive, Some(Duration::from_secs(60))).await?;
+    sb.kill_queen_at(&leader).await?;
+    sb.leader_url(WAIT).await?;
+
+    let status = wait_until("the drain finished by the next leader", WAIT, || async {
+        client.drain_status(&hive).await.ok().filter(|d| d.done)
+    })
+    .await?;
+    anyhow::ensure!(!status.cancelled, "{status:?}");
+    let after = placement(&client).await?;
+    anyhow::ensure!(after.len() == before.len(), "every replica placed: {after:?}");
+    anyhow::ensure!(after.values().all(|h| *h != drained), "nothing left on {drained}: {after:?}");
+    sb.shutdown().await
+}
