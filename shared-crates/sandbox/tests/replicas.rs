@@ -15,7 +15,7 @@ use queen::config::EtcdSettings;
 use queen::replica::Replica;
 use queen::store::{Batch, JobRoute, Store, StoreError};
 use queen_client::{ClientError, QueenClient};
-use sandbox::{Etcd, Sandbox, SnapshotStream, wait_until};
+use sandbox::{Etcd, Sandbox, SandboxBuilder, SnapshotStream, wait_until};
 use serde_json::{Value, json};
 
 const TTL: Duration = Duration::from_secs(2);
@@ -27,6 +27,23 @@ async fn worker_bin() -> anyhow::Result<String> {
 
 fn client(url: &str) -> anyhow::Result<QueenClient> {
     Ok(QueenClient::new(url, None, Duration::from_secs(5))?)
+}
+
+/// Two hives (each with `own_workers` workers of the sandbox's) running a deployment `web`
+/// of two replicas; the sandbox, a client, and where the replicas run.
+async fn running_web(
+    builder: SandboxBuilder,
+    own_workers: usize,
+) -> anyhow::Result<(Sandbox, QueenClient, BTreeMap<String, String>)> {
+    let sb =
+        builder.hives(2).workers_per_hive(own_workers).heartbeat_interval(Duration::from_millis(300)).start().await?;
+    let client = sb.client();
+    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
+    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
+    sb.wait_for_counts(2, 2 * own_workers + 2, WAIT).await?;
+    let before = placement(&client).await?;
+    anyhow::ensure!(before.len() == 2, "both replicas placed: {before:?}");
+    Ok((sb, client, before))
 }
 
 /// Slot → hive of every placed replica.
@@ -62,22 +79,13 @@ fn false_deaths(events: &[NodeEvent]) -> Vec<&NodeEvent> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_without_a_false_death_or_a_moved_replica() -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
-    let mut sb = Sandbox::builder()
+    // A short orphan grace, so a replica wrongly taken for orphaned would be moved within
+    // the test.
+    let builder = Sandbox::builder()
         .replicas(3, &etcd, TTL)
-        .hives(2)
-        .workers_per_hive(1)
-        .heartbeat_interval(Duration::from_millis(300))
         .snapshot_interval(Duration::from_millis(200))
-        // Short, so a replica wrongly taken for orphaned would be moved within the test.
-        .orphan_grace(Duration::from_millis(300))
-        .start()
-        .await?;
-    let client = sb.client();
-    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
-    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
-    sb.wait_for_counts(2, 4, WAIT).await?;
-    let before = placement(&client).await?;
-    anyhow::ensure!(before.len() == 2, "both replicas placed: {before:?}");
+        .orphan_grace(Duration::from_millis(300));
+    let (mut sb, client, before) = running_web(builder, 1).await?;
 
     let leader = sb.leader_url(WAIT).await?;
     let follower = other_than(&sb.queen_urls(), &leader)?;
@@ -254,20 +262,12 @@ async fn etcd_refuses_a_deposed_leaders_write() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_shutdown_survives_a_leader_change() -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
-    let mut sb = Sandbox::builder()
+    let builder = Sandbox::builder()
         .replicas(3, &etcd, TTL)
-        .hives(2)
-        .workers_per_hive(0)
-        .heartbeat_interval(Duration::from_millis(300))
         .snapshot_interval(Duration::from_millis(100))
         // STORAGE takes a while: the leader dies in the middle of it.
-        .storage_hooks(&["sleep 3"])
-        .start()
-        .await?;
-    let client = sb.client();
-    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
-    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
-    sb.wait_for_counts(2, 2, WAIT).await?;
+        .storage_hooks(&["sleep 3"]);
+    let (mut sb, client, _) = running_web(builder, 0).await?;
 
     let leader = sb.leader_url(WAIT).await?;
     let body = json!({"drain_deadline_ms": 5000, "phase_timeout_ms": 20000});
@@ -371,19 +371,7 @@ fn sandbox_base(location: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_survives_a_leader_change() -> anyhow::Result<()> {
     let etcd = Etcd::start()?;
-    let mut sb = Sandbox::builder()
-        .replicas(3, &etcd, TTL)
-        .hives(2)
-        .workers_per_hive(0)
-        .heartbeat_interval(Duration::from_millis(300))
-        .snapshot_interval(Duration::from_millis(200))
-        .start()
-        .await?;
-    let client = sb.client();
-    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
-    client.post_json::<_, Value>("/v1/deployments", &spec).await?;
-    sb.wait_for_counts(2, 2, WAIT).await?;
-    let before = placement(&client).await?;
+    let (mut sb, client, before) = running_web(Sandbox::builder().replicas(3, &etcd, TTL), 0).await?;
     let drained = before.values().next().cloned().ok_or_else(|| anyhow::anyhow!("nothing placed: {before:?}"))?;
 
     let leader = sb.leader_url(WAIT).await?;
