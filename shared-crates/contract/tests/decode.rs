@@ -114,6 +114,16 @@ const WORKER_FIELDS: &[&str] = &[
     "/unknown",
 ];
 
+/// Found by the mutation property on a CI run: serde_json's default float parsing gave
+/// 2.1109195877372926e-308 back for 2.110919587737293e-308.
+#[test]
+fn a_subnormal_reading_round_trips_exactly() -> Result<(), TestCaseError> {
+    let beat = mutate(hive_beat(), "/resources/load_average/one", Some(serde_json::json!(2.110919587737293e-308)));
+    round_trips::<HiveHeartbeat>(&serde_json::to_vec(&beat).map_err(|e| TestCaseError::fail(e.to_string()))?, |h| {
+        h.validate().is_ok()
+    })
+}
+
 fn id_rule(s: &str) -> bool {
     (1..=64).contains(&s.len()) && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
