@@ -78,7 +78,8 @@ impl Proc {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let mut cmd = Command::new(&self.program[0]);
         cmd.args(&self.program[1..]).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
-        cmd.env("RUST_LOG", self.filter).env("RUST_BACKTRACE", "0");
+        // Plain log lines (tracing honours NO_COLOR), so the run log can be read back.
+        cmd.env("RUST_LOG", self.filter).env("RUST_BACKTRACE", "0").env("NO_COLOR", "1");
         self.child = Some(cmd.spawn().with_context(|| format!("starting {}", self.name))?);
         Ok(())
     }
@@ -774,32 +775,13 @@ fn keyed_runs(logs: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
             continue;
         }
         let text = std::fs::read_to_string(&path)?;
-        for line in text.lines().map(strip_ansi).filter(|l| l.contains("keyed job ran")) {
+        for line in text.lines().filter(|l| l.contains("keyed job ran")) {
             let Some(rest) = line.split("key=").nth(1) else { continue };
             let key = rest.split_whitespace().next().unwrap_or_default().trim_matches('"');
             *runs.entry(key.to_string()).or_insert(0) += 1;
         }
     }
     Ok(runs)
-}
-
-/// A log line without its terminal colour codes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // ESC [ ... final letter
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn render(rows: &[Row], jobs: &JobCounts, ran: usize, duplicated: u64) -> String {

@@ -28,7 +28,7 @@ use serde::Deserialize;
 
 use crate::Queen;
 use crate::metrics::JobLabels;
-use crate::store::JobRoute;
+use crate::store::{JobRoute, Store, StoreError};
 
 /// Workers tried for one job before the queen gives up with 503.
 const ATTEMPTS: usize = 3;
@@ -130,28 +130,34 @@ fn refused(e: &reqwest::Error) -> bool {
     e.is_connect() && !e.is_timeout()
 }
 
-fn store_error(e: impl std::fmt::Display) -> ApiError {
+/// Runs `call` on the store off the async threads (an etcd call waits on its own runtime).
+async fn on_store<T: Send + 'static>(
+    queen: &Queen,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, String> {
+    let orchestrator = Arc::clone(&queen.orchestrator);
+    match tokio::task::spawn_blocking(move || call(orchestrator.store())).await {
+        Ok(answer) => answer.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn store_error(e: String) -> ApiError {
     ApiError::unavailable("store_unavailable", format!("the job was not started: {e}"), Duration::from_secs(1))
 }
 
 /// The worker a keyed job was sent to before, if any.
-async fn recorded(queen: &Arc<Queen>, key: &str) -> Result<Option<JobRoute>, ApiError> {
-    let (orchestrator, key) = (Arc::clone(&queen.orchestrator), key.to_string());
-    tokio::task::spawn_blocking(move || orchestrator.store().job_route(&key))
-        .await
-        .map_err(store_error)?
-        .map_err(store_error)
+async fn recorded(queen: &Queen, key: &str) -> Result<Option<JobRoute>, ApiError> {
+    let key = key.to_string();
+    on_store(queen, move |store| store.job_route(&key)).await.map_err(store_error)
 }
 
 /// Stores where a keyed job goes, before it goes: a retry after this leader is gone must
 /// find it.
-async fn record(queen: &Arc<Queen>, key: &str, worker: &NodeId, address: &str) -> Result<(), ApiError> {
+async fn record(queen: &Queen, key: &str, worker: &NodeId, address: &str) -> Result<(), ApiError> {
     let route = JobRoute { worker: worker.clone(), address: address.to_string(), at: time::OffsetDateTime::now_utc() };
-    let (orchestrator, key) = (Arc::clone(&queen.orchestrator), key.to_string());
-    tokio::task::spawn_blocking(move || orchestrator.store().put_job_route(&key, &route))
-        .await
-        .map_err(store_error)?
-        .map_err(store_error)
+    let key = key.to_string();
+    on_store(queen, move |store| store.put_job_route(&key, &route)).await.map_err(store_error)
 }
 
 /// Forgets keyed jobs' routes once their keys are no longer honoured; on the leader only.
@@ -166,12 +172,10 @@ pub async fn forget_old_routes(queen: Arc<Queen>, stop: tokio_util::sync::Cancel
             continue;
         }
         let before = time::OffsetDateTime::now_utc() - contract::IDEMPOTENCY_WINDOW;
-        let orchestrator = Arc::clone(&queen.orchestrator);
-        match tokio::task::spawn_blocking(move || orchestrator.store().forget_job_routes(before)).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::debug!(forgotten = n, "old job routes forgotten"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "old job routes not forgotten; will retry"),
-            Err(e) => tracing::warn!(error = %e, "forgetting old job routes failed"),
+        match on_store(&queen, move |store| store.forget_job_routes(before)).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(forgotten = n, "old job routes forgotten"),
+            Err(e) => tracing::warn!(error = %e, "old job routes not forgotten; will retry"),
         }
     }
 }
