@@ -36,6 +36,9 @@ fn wasm_std_source_present() -> bool {
         .is_some_and(|sysroot| Path::new(sysroot.trim()).join("lib/rustlib/src/rust/library/std").is_dir())
 }
 
+/// Installs the Debian packages among `packages` that are missing. The package lists are
+/// refreshed first: a fresh machine's lists can be months old, and an install from them
+/// brings an old version (Debian's Rust 1.85 instead of the current security update).
 pub fn ensure_apt(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
         .iter()
@@ -51,21 +54,33 @@ pub fn ensure_apt(packages: &[&str]) -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing Debian packages {missing:?}");
-    let sudo = if nix::unistd::Uid::effective().is_root() { vec![] } else { vec!["sudo"] };
+    apt_install(&missing)
+}
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let sudo = !nix::unistd::Uid::effective().is_root();
     let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let mut cmd = Command::new(sudo.first().copied().unwrap_or("apt-get"));
-        if !sudo.is_empty() {
+        let mut cmd = Command::new(if sudo { "sudo" } else { "apt-get" });
+        if sudo {
             cmd.arg("apt-get");
         }
         run(cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive"))
     };
+    apt(&["update", "-q"])?;
     let mut install = vec!["install", "-y", "-q"];
-    install.extend(&missing);
-    if apt(&install).is_err() {
-        apt(&["update", "-q"])?;
-        apt(&install)?;
-    }
-    Ok(())
+    install.extend(packages);
+    apt(&install)
+}
+
+/// The oldest Debian compiler that builds the dashboard's locked dependencies (leptos 0.8
+/// and time 0.3.4x need 1.88).
+const DEBIAN_RUSTC_AT_LEAST: u32 = 88;
+
+/// The minor version of Debian's compiler (`rustc 1.96.0 ...` gives 96).
+fn debian_rustc_minor() -> Option<u32> {
+    let out = Command::new(DEBIAN_RUSTC).arg("--version").output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    text.split_whitespace().nth(1)?.split('.').nth(1)?.parse().ok()
 }
 
 /// The `wasm-bindgen` version the lockfile pins; the CLI must be exactly this one.
@@ -98,6 +113,10 @@ pub fn build() -> anyhow::Result<PathBuf> {
     let started = Instant::now();
     if !(have(DEBIAN_RUSTC) && have(DEBIAN_CARGO) && have("wasm-ld") && wasm_std_source_present()) {
         ensure_apt(&APT_PACKAGES)?;
+    }
+    if debian_rustc_minor().is_none_or(|minor| minor < DEBIAN_RUSTC_AT_LEAST) {
+        eprintln!("xtask: Debian's Rust is older than 1.{DEBIAN_RUSTC_AT_LEAST}; upgrading it");
+        apt_install(&APT_PACKAGES)?;
     }
     ensure_wasm_bindgen(&locked_wasm_bindgen_version()?)?;
 
