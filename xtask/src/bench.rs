@@ -94,7 +94,7 @@ fn f(v: &Value, path: &str) -> f64 {
 
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
-    run(cargo().args(["build", "--release", "-p", "queen", "-p", "sim"]))?;
+    run(cargo().args(["build", "--release", "-p", "queen-cli", "-p", "sim"]))?;
     let bin = target_dir().join("release");
     let mut rows: Vec<(String, String, String)> = Vec::new();
     let mut row = |what: &str, value: String, target: &str| {

@@ -94,7 +94,9 @@ fn describe(cmd: &Command) -> String {
         .join(" ")
 }
 
-pub const BINARIES: [&str; 3] = ["queen", "hive", "worker"];
+/// The packages that build the `queen`, `hive` and `worker` binaries (`queen-cli` makes
+/// `queen`).
+pub const PACKAGES: [&str; 3] = ["queen-cli", "hive", "worker"];
 
 /// Cargo features every build and test run of xtask turns on: the queen's etcd backend
 /// (replicas), and the sandbox's tests of it.
@@ -105,8 +107,8 @@ pub fn build_binaries() -> anyhow::Result<PathBuf> {
     web::ensure_apt(&["protobuf-compiler"])?;
     let mut cmd = cargo();
     cmd.args(["build", "--features", "queen/etcd"]);
-    for b in BINARIES {
-        cmd.args(["-p", b]);
+    for p in PACKAGES {
+        cmd.args(["-p", p]);
     }
     run(&mut cmd)?;
     Ok(target_dir().join("debug"))

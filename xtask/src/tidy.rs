@@ -22,7 +22,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 
 fn all_rust_files() -> Vec<PathBuf> {
     let mut files = Vec::new();
-    for dir in ["bin", "shared-crates", "web-ui", "xtask"] {
+    for dir in ["bin", "shared-crates", "tests", "web-ui", "xtask"] {
         rust_files(&root().join(dir), &mut files);
     }
     assert!(files.len() > 20, "tidy found too few files; is the root right? {:?}", root());
@@ -119,9 +119,56 @@ fn readme_gives_the_two_commands() {
 
 #[test]
 fn main_files_stay_thin() {
-    for bin in ["queen", "hive", "worker"] {
+    for bin in crate::PACKAGES {
         let main = read(&root().join(format!("bin/{bin}/src/main.rs")));
         let lines = main.lines().filter(|l| !l.trim().is_empty()).count();
         assert!(lines <= 60, "bin/{bin}/src/main.rs has {lines} lines; logic belongs in lib.rs");
+    }
+}
+
+/// The crates one package depends on, as the lockfile names them (every feature's).
+fn locked_dependencies(lock: &toml::Table, package: &str) -> Vec<String> {
+    let packages = lock.get("package").and_then(|p| p.as_array()).cloned().unwrap_or_default();
+    let find = |name: &str| packages.iter().find(|p| p.get("name").and_then(|n| n.as_str()) == Some(name)).cloned();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![package.to_string()];
+    while let Some(name) = todo.pop() {
+        let Some(p) = find(&name) else { continue };
+        for dep in p.get("dependencies").and_then(|d| d.as_array()).into_iter().flatten() {
+            // "name" or "name version" when several versions are locked.
+            let dep = dep.as_str().unwrap_or_default().split(' ').next().unwrap_or_default().to_string();
+            if seen.insert(dep.clone()) {
+                todo.push(dep);
+            }
+        }
+    }
+    seen.into_iter().collect()
+}
+
+#[test]
+fn the_server_library_has_no_terminal_ui() {
+    let lock: toml::Table = toml::from_str(&read(&root().join("Cargo.lock"))).expect("Cargo.lock parses");
+    let deps = locked_dependencies(&lock, "queen");
+    assert!(deps.iter().any(|d| d == "axum"), "the walk found queen's dependencies: {deps:?}");
+    for ui in ["ratatui", "crossterm", "indicatif"] {
+        assert!(!deps.iter().any(|d| d == ui), "queen depends on {ui}; terminal UI belongs in queen-cli");
+    }
+    let cli = locked_dependencies(&lock, "queen-cli");
+    assert!(cli.iter().any(|d| d == "ratatui"), "queen-cli is where `top` lives");
+}
+
+#[test]
+fn no_shared_crate_depends_on_a_bin_crate() {
+    let bins: Vec<String> = members().into_iter().filter_map(|m| m.strip_prefix("bin/").map(str::to_string)).collect();
+    assert!(bins.iter().any(|b| b == "queen"), "{bins:?}");
+    for member in members().into_iter().filter(|m| m.starts_with("shared-crates/")) {
+        let manifest: toml::Table =
+            toml::from_str(&read(&root().join(&member).join("Cargo.toml"))).expect("manifest parses");
+        for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+            let Some(deps) = manifest.get(section).and_then(|d| d.as_table()) else { continue };
+            for bin in &bins {
+                assert!(!deps.contains_key(bin), "{member} depends on the bin crate {bin} ({section})");
+            }
+        }
     }
 }

@@ -9,7 +9,7 @@ use contract::{
 };
 use queen_client::{DEFAULT_QUEEN_URL, QueenClient};
 
-use crate::config::ServeArgs;
+use queen::config::ServeArgs;
 
 #[derive(Parser, Debug)]
 #[command(name = "queen", version, about = "The Apiary hub: heartbeats, live cluster snapshot, node API")]

@@ -2,8 +2,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use queen::cli::{Cli, Command};
 use queen::config::QueenConfig;
+use queen_cli::cli::{Cli, Command};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -19,6 +19,6 @@ async fn main() -> anyhow::Result<()> {
             lifecycle::shutdown::spawn_signal_handler(stop.clone())?;
             queen::run(config, listener, stop).await
         }
-        remote => queen::cli::run_remote(remote).await,
+        remote => queen_cli::cli::run_remote(remote).await,
     }
 }

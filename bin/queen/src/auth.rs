@@ -19,6 +19,8 @@ pub use queen_client::node_token::NodeIdentity;
 use subtle::ConstantTimeEq;
 
 use crate::Queen;
+pub use crate::routes::Scope;
+use crate::routes::{self, Access};
 
 pub use lifecycle::Secret;
 
@@ -27,31 +29,6 @@ pub struct Tokens {
     pub cluster: Option<Secret>,
     pub admin: Option<Secret>,
     pub read: Option<Secret>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scope {
-    Open,
-    Read,
-    Cluster,
-    /// A hive asking for its own drain, or an operator.
-    ClusterOrAdmin,
-    Admin,
-}
-
-/// The scope of a request, from its method and path alone.
-pub fn scope(method: &Method, path: &str) -> Scope {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    match (method.as_str(), segments.as_slice()) {
-        (_, ["healthz"] | ["readyz"] | ["metrics"]) => Scope::Open,
-        ("POST", ["v1", "hive-heartbeat" | "worker-heartbeat" | "jobs"]) => Scope::Cluster,
-        ("GET", ["v1", "hives", _, "commands"]) | ("POST", ["v1", "hives", _, "acks"]) => Scope::Cluster,
-        ("POST", ["v1", "hives", _, "drain"]) => Scope::ClusterOrAdmin,
-        ("GET" | "HEAD", ["v1", ..]) => Scope::Read,
-        // The dashboard's own files hold no data; it reads through /v1 with its token.
-        ("GET" | "HEAD", _) => Scope::Open,
-        _ => Scope::Admin,
-    }
 }
 
 fn presented(req: &Request) -> Option<String> {
@@ -121,18 +98,17 @@ impl Tokens {
     }
 }
 
-/// What a node token may touch beyond its body's claims: a hive only its own paths under
-/// `/v1/hives/{id}`; a worker only its heartbeat, jobs and reads.
+/// What a node token may touch beyond its body's claims, from the route table: a hive
+/// only its own paths under `/v1/hives/{id}`, a worker only its heartbeat, jobs and reads.
 fn binds(identity: &NodeIdentity, method: &Method, path: &str) -> Result<(), ApiError> {
-    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let allowed = match (identity, method.as_str(), segments.as_slice()) {
-        (NodeIdentity::Hive(own), _, ["v1", "hives", id, ..]) => *id == own.as_str(),
-        // A hive's control channel, ACKs and drain are that hive's alone.
-        (NodeIdentity::Worker { .. }, _, ["v1", "hives", _, "commands" | "acks" | "drain"]) => false,
-        (NodeIdentity::Hive(_), "POST", ["v1", "hive-heartbeat" | "jobs"]) => true,
-        (NodeIdentity::Worker { .. }, "POST", ["v1", "worker-heartbeat" | "jobs"]) => true,
-        (_, "GET" | "HEAD", _) => true,
-        _ => false,
+    let nodes = routes::nodes(method, path);
+    let allowed = match identity {
+        NodeIdentity::Hive(own) => match nodes.hive {
+            Access::Allow => true,
+            Access::OwnHive => routes::hive_in_path(path) == Some(own.as_str()),
+            Access::Deny => false,
+        },
+        NodeIdentity::Worker { .. } => nodes.worker == Access::Allow,
     };
     if allowed { Ok(()) } else { Err(token_mismatch(identity)) }
 }
@@ -152,7 +128,7 @@ pub fn token_mismatch(identity: &NodeIdentity) -> ApiError {
 /// The middleware in front of every route. A node token's identity rides along in the
 /// request's extensions, for the heartbeat handlers to hold the body's claims to it.
 pub async fn require(State(queen): State<Arc<Queen>>, mut req: Request, next: Next) -> Response {
-    let scope = scope(req.method(), req.uri().path());
+    let scope = routes::scope(req.method(), req.uri().path());
     match queen.config().tokens.check(scope, presented(&req).as_deref()) {
         Ok(None) => next.run(req).await,
         Ok(Some(identity)) => match binds(&identity, req.method(), req.uri().path()) {
@@ -172,20 +148,6 @@ mod tests {
 
     fn tokens() -> Tokens {
         Tokens { cluster: Some(Secret::new("c")), admin: Some(Secret::new("a")), read: Some(Secret::new("r")) }
-    }
-
-    #[test]
-    fn scopes_follow_the_design() {
-        assert_eq!(scope(&Method::POST, "/v1/hive-heartbeat"), Scope::Cluster);
-        assert_eq!(scope(&Method::GET, "/v1/hives/h1/commands"), Scope::Cluster);
-        assert_eq!(scope(&Method::POST, "/v1/jobs"), Scope::Cluster);
-        assert_eq!(scope(&Method::POST, "/v1/deployments"), Scope::Admin);
-        assert_eq!(scope(&Method::POST, "/v1/cluster/shutdown"), Scope::Admin);
-        assert_eq!(scope(&Method::PUT, "/v1/hives/h1/eligibility"), Scope::Admin);
-        assert_eq!(scope(&Method::POST, "/v1/hives/h1/drain"), Scope::ClusterOrAdmin);
-        assert_eq!(scope(&Method::GET, "/v1/heartbeats/stream"), Scope::Read);
-        assert_eq!(scope(&Method::GET, "/metrics"), Scope::Open);
-        assert_eq!(scope(&Method::GET, "/pkg/web-ui_bg.wasm"), Scope::Open);
     }
 
     #[test]

@@ -9,20 +9,20 @@
 
 pub mod api;
 pub mod auth;
-pub mod cli;
 pub mod config;
 mod jobs;
 pub(crate) mod metrics;
 pub mod orchestrator;
 mod placement;
+mod plan;
 mod reload;
 #[cfg(feature = "etcd")]
 pub mod replica;
+pub mod routes;
 mod shutdown;
 mod snapshot;
 pub mod store;
 mod summary;
-mod top;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

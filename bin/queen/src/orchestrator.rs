@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::metrics::DecisionLabels;
 use crate::placement::{Candidate, Placer};
+use crate::plan::{self, HiveView, Observed, Placement};
 use crate::store::{Batch, DeploymentRecord, DrainRecord, Persisted, Store, StoreError};
 
 /// Events about replicas kept for the snapshot.
@@ -43,13 +44,11 @@ pub enum DeployError {
 
 struct State {
     deployments: BTreeMap<NodeId, DeploymentRecord>,
-    /// By slot key (the generation-0 worker name).
-    assignments: BTreeMap<NodeId, Assignment>,
-    placer: Placer,
+    /// Assignments (by slot key), drains (stored, so a drain goes on under the next
+    /// leader) and the strategy's state: what a reconcile pass changes.
+    placement: Placement,
     /// Hives that get no new replicas; durable.
     ineligible: BTreeSet<NodeId>,
-    /// Stored, so a drain goes on under the next leader.
-    drains: BTreeMap<NodeId, DrainRecord>,
 }
 
 /// One hive's command channel: the latest command, and what it asked for.
@@ -79,18 +78,9 @@ pub struct Orchestrator {
     pub acks: tokio::sync::Notify,
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
-    started: Mutex<std::time::Instant>,
+    started: Mutex<tokio::time::Instant>,
     /// Placement decisions by kind, for `/metrics`.
     pub decisions: Family<DecisionLabels, Counter>,
-}
-
-/// A hive as reconcile sees it.
-struct HiveView {
-    liveness: registry::Liveness,
-    silent_for: Duration,
-    /// Worker processes the hive last reported.
-    processes: usize,
-    candidate: Option<Candidate>,
 }
 
 fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
@@ -104,19 +94,6 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
     }
 }
 
-/// The worker's id for one instance of a slot: `web-3`, then `web-3.1`, `web-3.2` for the
-/// instances drains start elsewhere. Generation 0 is also the slot's key.
-fn worker_name(deployment: &NodeId, slot: u32, generation: u32) -> NodeId {
-    // The spec's validation keeps the name short enough for the suffixes.
-    match generation {
-        0 => NodeId::sanitized(&format!("{deployment}-{slot}")),
-        g => NodeId::sanitized(&format!("{deployment}-{slot}.{g}")),
-    }
-}
-
-/// Replicas one drain moves at the same time: a drain must not take a deployment's
-/// capacity down by more than this while it waits for new instances to come up.
-const MOVING_AT_ONCE: usize = 2;
 /// How long a drain may take unless told otherwise.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -126,10 +103,8 @@ impl Orchestrator {
         Ok(Self {
             state: Mutex::new(State {
                 deployments,
-                assignments,
-                placer: Placer::new(strategy.unwrap_or_default()),
+                placement: Placement { assignments, drains, placer: Placer::new(strategy.unwrap_or_default()) },
                 ineligible,
-                drains,
             }),
             store,
             channels: Mutex::new(BTreeMap::new()),
@@ -141,7 +116,7 @@ impl Orchestrator {
             gate: AtomicBool::new(false),
             phase_orders: Mutex::new(BTreeMap::new()),
             acks: tokio::sync::Notify::new(),
-            started: Mutex::new(std::time::Instant::now()),
+            started: Mutex::new(tokio::time::Instant::now()),
             decisions: Family::default(),
         })
     }
@@ -241,11 +216,10 @@ impl Orchestrator {
     pub fn reload(&self) -> Result<Option<contract::ShutdownState>, StoreError> {
         let Persisted { deployments, assignments, strategy, shutdown, ineligible, drains } = self.store.load()?;
         let mut st = self.lock();
+        let strategy = strategy.unwrap_or(st.placement.placer.strategy);
         st.deployments = deployments;
-        st.assignments = assignments;
-        st.placer = Placer::new(strategy.unwrap_or(st.placer.strategy));
+        st.placement = Placement { assignments, drains, placer: Placer::new(strategy) };
         st.ineligible = ineligible;
-        st.drains = drains;
         Ok(shutdown)
     }
 
@@ -258,7 +232,7 @@ impl Orchestrator {
     /// Counts the grace for hives not heard from yet again from now (a queen just elected
     /// leader has heard from nobody).
     pub fn restart_grace(&self) {
-        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = std::time::Instant::now();
+        *self.started.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
     }
 
     pub fn ping(&self) -> Result<(), StoreError> {
@@ -280,13 +254,13 @@ impl Orchestrator {
     }
 
     pub fn strategy(&self) -> PlacementStrategy {
-        self.lock().placer.strategy
+        self.lock().placement.placer.strategy
     }
 
     pub fn set_strategy(&self, strategy: PlacementStrategy) -> Result<(), StoreError> {
         let mut st = self.lock();
         self.store.apply(&Batch { strategy: Some(strategy), ..Default::default() })?;
-        st.placer = Placer::new(strategy);
+        st.placement.placer = Placer::new(strategy);
         Ok(())
     }
 
@@ -353,10 +327,10 @@ impl Orchestrator {
         let deadline = deadline.min(Duration::from_secs(365 * 24 * 3600));
         self.set_eligible(hive, false)?;
         let mut st = self.lock();
-        let running = st.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
+        let running = st.placement.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
         if !running {
             let now = OffsetDateTime::now_utc();
-            let mut drains = st.drains.clone();
+            let mut drains = st.placement.drains.clone();
             drains.insert(
                 hive.clone(),
                 DrainRecord {
@@ -369,7 +343,7 @@ impl Orchestrator {
                 },
             );
             self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
-            st.drains = drains;
+            st.placement.drains = drains;
         }
         Ok(Self::drain_status(&st, hive).unwrap_or_else(|| empty_drain(hive)))
     }
@@ -377,13 +351,13 @@ impl Orchestrator {
     /// Stops a drain where it stands; the hive stays ineligible. `None`: no drain of it.
     pub fn cancel_drain(&self, hive: &NodeId) -> Result<Option<DrainStatus>, StoreError> {
         let mut st = self.lock();
-        let mut drains = st.drains.clone();
+        let mut drains = st.placement.drains.clone();
         let Some(d) = drains.get_mut(hive) else { return Ok(None) };
         if !d.done {
             d.cancelled = true;
             d.done = true;
             self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
-            st.drains = drains;
+            st.placement.drains = drains;
         }
         // Replacements already running stay; their old instances are retired normally.
         Ok(Self::drain_status(&st, hive))
@@ -395,20 +369,17 @@ impl Orchestrator {
 
     pub fn drains(&self) -> Vec<DrainStatus> {
         let st = self.lock();
-        st.drains.keys().filter_map(|h| Self::drain_status(&st, h)).collect()
+        st.placement.drains.keys().filter_map(|h| Self::drain_status(&st, h)).collect()
     }
 
     fn drain_status(st: &State, hive: &NodeId) -> Option<DrainStatus> {
-        let d = st.drains.get(hive)?;
-        let left = st
-            .assignments
-            .values()
-            .filter(|a| a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive))
-            .count() as u32;
+        let d = st.placement.drains.get(hive)?;
+        let left = st.placement.assignments.values().filter(|a| plan::holds(a, hive)).count() as u32;
         let moving =
-            st.assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count() as u32;
+            st.placement.assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count()
+                as u32;
         let mut replicas: BTreeMap<NodeId, String> = d.moved.iter().map(|w| (w.clone(), "moved".to_string())).collect();
-        for a in st.assignments.values() {
+        for a in st.placement.assignments.values() {
             if a.retiring.as_ref().is_some_and(|r| &r.hive == hive) {
                 replicas.insert(a.worker.clone(), "moving".into());
             } else if a.hive.as_ref() == Some(hive) {
@@ -429,114 +400,8 @@ impl Orchestrator {
         })
     }
 
-    /// The drain part of a reconcile pass.
-    #[allow(clippy::too_many_arguments)]
-    fn drain_step(
-        &self,
-        workers: &HeartbeatRegistry<WorkerHeartbeat>,
-        deployments: &BTreeMap<NodeId, DeploymentRecord>,
-        assignments: &mut BTreeMap<NodeId, Assignment>,
-        placer: &mut Placer,
-        candidates: &mut [Candidate],
-        drains: &mut BTreeMap<NodeId, DrainRecord>,
-        views: &BTreeMap<NodeId, HiveView>,
-        batch: &mut Batch,
-    ) {
-        let now = OffsetDateTime::now_utc();
-        let before = drains.clone();
-        // Retire old instances whose replacement is up, or whose hive is gone anyway.
-        for a in assignments.values_mut() {
-            let Some(r) = a.retiring.clone() else { continue };
-            let replacement_up = workers.get(&a.worker).is_some_and(|w| w.available);
-            let old_hive_gone = views.get(&r.hive).is_none_or(|v| !v.liveness.is_up());
-            let deadline_passed = drains.get(&r.hive).is_some_and(|d| now >= d.deadline);
-            if replacement_up || old_hive_gone || deadline_passed {
-                self.event(
-                    workers,
-                    &r.worker,
-                    EventKind::Retired,
-                    format!("retired from {}: {} took over", r.hive, a.worker),
-                );
-                if let Some(d) = drains.get_mut(&r.hive) {
-                    d.moved.insert(a.worker.clone());
-                }
-                a.retiring = None;
-                batch.put_assignments.push(a.clone());
-            }
-        }
-        for (hive, drain) in drains.iter_mut().filter(|(_, d)| !d.done) {
-            let past_deadline = now >= drain.deadline;
-            let mut moving =
-                assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count();
-            for a in assignments.values_mut().filter(|a| a.hive.as_ref() == Some(hive) && a.retiring.is_none()) {
-                if past_deadline {
-                    // Whatever could not move is stopped anyway, and said so.
-                    drain.notes.push(format!("{} stopped at the deadline without a new home", a.worker));
-                    self.event(
-                        workers,
-                        &a.worker,
-                        EventKind::Pending,
-                        format!("drain of {hive}: stopped at the deadline"),
-                    );
-                    a.hive = None;
-                    a.state = AssignmentState::Pending;
-                    a.since = now;
-                    batch.put_assignments.push(a.clone());
-                    continue;
-                }
-                if moving >= MOVING_AT_ONCE {
-                    continue;
-                }
-                let Some(d) = deployments.get(&a.deployment) else { continue };
-                match placer.pick(candidates, &d.spec.labels_required) {
-                    Some(target) => {
-                        let old = a.worker.clone();
-                        a.generation += 1;
-                        a.worker = worker_name(&a.deployment, a.slot, a.generation);
-                        a.retiring = Some(contract::Retiring { hive: hive.clone(), worker: old.clone() });
-                        a.hive = Some(target.clone());
-                        a.moves += 1;
-                        a.since = now;
-                        moving += 1;
-                        self.event(
-                            workers,
-                            &a.worker,
-                            EventKind::Placed,
-                            format!("placed on {target}, replacing {old} on draining {hive}"),
-                        );
-                        batch.put_assignments.push(a.clone());
-                    }
-                    None => {
-                        let note = format!("cannot move {}: no other hive with room and matching labels", a.worker);
-                        if !drain.notes.contains(&note) {
-                            tracing::warn!(%hive, "{note}");
-                            drain.notes.push(note);
-                        }
-                    }
-                }
-            }
-            let left = assignments
-                .values()
-                .any(|a| a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive));
-            // Done when the processes have exited, not when they were told to.
-            let exited = views.get(hive).is_none_or(|v| !v.liveness.is_up() || v.processes == 0);
-            if !left && exited {
-                drain.done = true;
-                self.cluster_event(
-                    NodeKind::Hive,
-                    hive,
-                    EventKind::PhaseDone,
-                    format!("drain done: {} replicas moved", drain.moved.len()),
-                );
-            }
-        }
-        if *drains != before {
-            batch.drains = Some(drains.clone());
-        }
-    }
-
     pub fn assignments(&self) -> Vec<Assignment> {
-        self.lock().assignments.values().cloned().collect()
+        self.lock().placement.assignments.values().cloned().collect()
     }
 
     fn running(workers: &HeartbeatRegistry<WorkerHeartbeat>, a: &Assignment) -> bool {
@@ -550,7 +415,7 @@ impl Orchestrator {
         workers: &HeartbeatRegistry<WorkerHeartbeat>,
     ) -> DeploymentStatus {
         let assignments: Vec<Assignment> =
-            st.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
+            st.placement.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
         let running = assignments.iter().filter(|a| Self::running(workers, a)).count() as u32;
         DeploymentStatus { spec: record.spec.clone(), created_at: record.created_at, assignments, running }
     }
@@ -576,7 +441,7 @@ impl Orchestrator {
                 (name, DeploymentSummary { name: name.clone(), replicas: d.spec.replicas, placed: 0, running: 0 })
             })
             .collect();
-        for a in st.assignments.values() {
+        for a in st.placement.assignments.values() {
             if let Some(s) = out.get_mut(&a.deployment) {
                 s.placed += u32::from(a.state == AssignmentState::Placed);
                 s.running += u32::from(Self::running(workers, a));
@@ -585,154 +450,65 @@ impl Orchestrator {
         out.into_values().collect()
     }
 
-    /// One reconcile pass; see the module doc.
+    /// One reconcile pass: observe, plan (`plan::plan`), then apply. The store is written
+    /// first; memory takes the plan only once that write succeeded, so a failed write
+    /// leaves both as they were and the next pass plans again. Then each hive whose
+    /// desired set changed is told.
     pub fn reconcile(
         &self,
         hives: &HeartbeatRegistry<HiveHeartbeat>,
         workers: &HeartbeatRegistry<WorkerHeartbeat>,
     ) -> Result<(), StoreError> {
         let now = OffsetDateTime::now_utc();
-        let mut views: BTreeMap<NodeId, HiveView> = BTreeMap::new();
-        hives.visit(|h| {
-            let p = h.payload;
-            let ready = h.liveness == registry::Liveness::Online && !h.flapping && p.status == HiveStatus::Ready;
-            let candidate = ready.then(|| Candidate {
-                id: p.id.clone(),
-                labels: p.labels.clone(),
-                max_workers: p.capacity.max_workers,
-                assigned: 0,
-                cpu_percent: p.resources.cpu_percent,
-                memory_percent: p.resources.memory_percent(),
-            });
-            views.insert(
-                p.id.clone(),
-                HiveView { liveness: h.liveness, silent_for: h.silent_for, processes: p.workers.len(), candidate },
-            );
-        });
-        let counted = views.values().filter(|v| v.liveness != registry::Liveness::Stopped).count();
-        let offline = views.values().filter(|v| v.liveness == registry::Liveness::Offline).count();
-        let brake = counted >= 2 && offline * 2 > counted;
-        if self.brake.swap(brake, Ordering::Relaxed) != brake {
-            if brake {
-                tracing::error!(
-                    offline,
-                    of = counted,
-                    "more than half the hives look dead at once: the queen is more likely cut off than they are; not re-placing work until this clears"
-                );
-            } else {
-                tracing::warn!("placement brake released: hives are back");
-            }
-        }
-
+        let views = observe(hives);
+        self.set_brake(&views);
         if self.gated() {
             // Frozen: a shutting-down cluster moves no work; hives get their phase orders.
             return Ok(());
         }
+        let available = RegistryWorkers(workers);
+        let observed = Observed {
+            hives: &views,
+            workers: &available,
+            grace_over: !self.in_grace(),
+            orphan_after: self.orphan_grace,
+        };
         let mut st = self.lock();
-        let mut batch = Batch::default();
-        let State { deployments, assignments, placer, ineligible, drains } = &mut *st;
-
-        // Replicas nobody wants any more.
-        assignments.retain(|w, a| {
-            let keep = deployments.get(&a.deployment).is_some_and(|d| a.slot < d.spec.replicas);
-            if !keep {
-                batch.delete_assignments.push(w.clone());
-            }
-            keep
-        });
-
-        // Replicas whose hive is gone.
-        let started = *self.started.lock().unwrap_or_else(|p| p.into_inner());
-        for a in assignments.values_mut().filter(|a| a.state == AssignmentState::Placed) {
-            let Some(hive) = a.hive.clone() else { continue };
-            let reason = match views.get(&hive) {
-                None if started.elapsed() >= self.orphan_grace => Some(format!("hive {hive} is unknown")),
-                None => None,
-                Some(v) if v.liveness == registry::Liveness::Stopped => Some(format!("hive {hive} stopped")),
-                Some(v) if v.liveness == registry::Liveness::Offline && v.silent_for >= self.orphan_grace && !brake => {
-                    Some(format!("hive {hive} offline for {} s", v.silent_for.as_secs()))
-                }
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                a.state = AssignmentState::Orphaned;
-                a.hive = None;
-                a.since = now;
-                a.moves += 1;
-                self.event(workers, &a.worker, EventKind::Orphaned, reason);
-                batch.put_assignments.push(a.clone());
-            }
-        }
-
-        // Slots that have no assignment yet.
-        for d in deployments.values() {
-            for slot in 0..d.spec.replicas {
-                let worker = worker_name(&d.spec.name, slot, 0);
-                assignments.entry(worker.clone()).or_insert_with(|| Assignment {
-                    deployment: d.spec.name.clone(),
-                    slot,
-                    worker,
-                    hive: None,
-                    state: AssignmentState::Pending,
-                    since: now,
-                    moves: 0,
-                    restarts: 0,
-                    generation: 0,
-                    retiring: None,
-                });
-            }
-        }
-
-        // Offer every unplaced replica to the strategy, counting what each hive holds.
-        let mut candidates: Vec<Candidate> =
-            views.values().filter_map(|v| v.candidate.clone()).filter(|c| !ineligible.contains(&c.id)).collect();
-        for a in assignments.values() {
-            let holders = a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive));
-            for h in holders {
-                if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
-                    c.assigned += 1;
-                }
-            }
-        }
-        self.drain_step(workers, deployments, assignments, placer, &mut candidates, drains, &views, &mut batch);
-        for a in assignments.values_mut().filter(|a| a.hive.is_none()) {
-            let Some(d) = deployments.get(&a.deployment) else { continue };
-            match placer.pick(&mut candidates, &d.spec.labels_required) {
-                Some(hive) => {
-                    self.event(
-                        workers,
-                        &a.worker,
-                        EventKind::Placed,
-                        format!("placed on {hive} ({})", placer.strategy.as_str()),
-                    );
-                    a.hive = Some(hive);
-                    a.state = AssignmentState::Placed;
-                    a.since = now;
-                    batch.put_assignments.push(a.clone());
-                }
-                // Said once, when the replica first finds no room.
-                None if a.state != AssignmentState::Pending || a.since == now => {
-                    a.state = AssignmentState::Pending;
-                    self.event(workers, &a.worker, EventKind::Pending, "no hive with room and matching labels".into());
-                    batch.put_assignments.push(a.clone());
-                }
-                None => {}
-            }
-        }
-        self.store.apply(&batch)?;
-
-        // What each hive should run now.
-        let mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>> = BTreeMap::new();
-        for a in assignments.values() {
-            let Some(d) = deployments.get(&a.deployment) else { continue };
-            if let Some(hive) = &a.hive {
-                desired.entry(hive.clone()).or_default().push(launch(&d.spec, &a.worker));
-            }
-            if let Some(r) = &a.retiring {
-                desired.entry(r.hive.clone()).or_default().push(launch(&d.spec, &r.worker));
-            }
-        }
+        let plan = plan::plan(&st.deployments, &st.ineligible, &st.placement, &observed, now);
+        self.store.apply(&plan.batch)?;
+        st.placement = plan.next;
+        let desired = desired_sets(&st);
         drop(st);
+        for d in plan.decisions {
+            match d.node {
+                NodeKind::Worker => self.event(workers, &d.id, d.kind, d.reason),
+                node => self.cluster_event(node, &d.id, d.kind, d.reason),
+            }
+        }
+        self.publish(desired);
+        Ok(())
+    }
+
+    /// The brake follows the hives' picture even while gated; its changes are loud.
+    fn set_brake(&self, views: &BTreeMap<NodeId, HiveView>) {
+        let brake = plan::brake(views);
+        if self.brake.swap(brake, Ordering::Relaxed) == brake {
+            return;
+        }
+        if brake {
+            let offline = views.values().filter(|v| v.liveness == registry::Liveness::Offline).count();
+            tracing::error!(
+                offline,
+                of = views.len(),
+                "more than half the hives look dead at once: the queen is more likely cut off than they are; not re-placing work until this clears"
+            );
+        } else {
+            tracing::warn!("placement brake released: hives are back");
+        }
+    }
+
+    /// Sends each hive whose desired set changed its new set.
+    fn publish(&self, mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>>) {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         let hives: BTreeSet<NodeId> = channels.keys().cloned().chain(desired.keys().cloned()).collect();
         for hive in hives {
@@ -749,7 +525,6 @@ impl Orchestrator {
                 }
             }
         }
-        Ok(())
     }
 
     fn command(&self, hive: &NodeId, workers: Vec<WorkerLaunch>) -> HiveCommand {
@@ -787,6 +562,52 @@ impl Orchestrator {
     }
 }
 
+/// The hives as the planner sees them, read once from the registry.
+fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> BTreeMap<NodeId, HiveView> {
+    let mut views = BTreeMap::new();
+    hives.visit(|h| {
+        let p = h.payload;
+        let ready = h.liveness == registry::Liveness::Online && !h.flapping && p.status == HiveStatus::Ready;
+        let candidate = ready.then(|| Candidate {
+            id: p.id.clone(),
+            labels: p.labels.clone(),
+            max_workers: p.capacity.max_workers,
+            assigned: 0,
+            cpu_percent: p.resources.cpu_percent,
+            memory_percent: p.resources.memory_percent(),
+        });
+        views.insert(
+            p.id.clone(),
+            HiveView { liveness: h.liveness, silent_for: h.silent_for, processes: p.workers.len(), candidate },
+        );
+    });
+    views
+}
+
+/// What each hive should run: every assignment's instance, and the one it is replacing.
+fn desired_sets(st: &State) -> BTreeMap<NodeId, Vec<WorkerLaunch>> {
+    let mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>> = BTreeMap::new();
+    for a in st.placement.assignments.values() {
+        let Some(d) = st.deployments.get(&a.deployment) else { continue };
+        if let Some(hive) = &a.hive {
+            desired.entry(hive.clone()).or_default().push(launch(&d.spec, &a.worker));
+        }
+        if let Some(r) = &a.retiring {
+            desired.entry(r.hive.clone()).or_default().push(launch(&d.spec, &r.worker));
+        }
+    }
+    desired
+}
+
+/// Workers as the planner asks after them: from the registry.
+struct RegistryWorkers<'a>(&'a HeartbeatRegistry<WorkerHeartbeat>);
+
+impl plan::Workers for RegistryWorkers<'_> {
+    fn available(&self, worker: &NodeId) -> bool {
+        self.0.get(worker).is_some_and(|w| w.available)
+    }
+}
+
 /// What `start_drain` answers if the drain it just recorded cannot be read back (it always
 /// can; this keeps the signature free of an `Option` nobody could act on).
 fn empty_drain(hive: &NodeId) -> DrainStatus {
@@ -802,5 +623,101 @@ fn empty_drain(hive: &NodeId) -> DrainStatus {
         cancelled: false,
         notes: vec![],
         replicas: BTreeMap::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// A store whose writes fail while `fail` is set.
+    #[derive(Default)]
+    struct Flaky {
+        inner: MemoryStore,
+        fail: AtomicBool,
+    }
+
+    impl Store for Flaky {
+        fn load(&self) -> Result<Persisted, StoreError> {
+            self.inner.load()
+        }
+        fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("disk full".into()));
+            }
+            self.inner.apply(batch)
+        }
+        fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn job_route(&self, key: &str) -> Result<Option<crate::store::JobRoute>, StoreError> {
+            self.inner.job_route(key)
+        }
+        fn put_job_route(&self, key: &str, route: &crate::store::JobRoute) -> Result<(), StoreError> {
+            self.inner.put_job_route(key, route)
+        }
+        fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+            self.inner.forget_job_routes(before)
+        }
+    }
+
+    fn spec(name: &str, replicas: u32) -> DeploymentSpec {
+        DeploymentSpec {
+            name: NodeId::sanitized(name),
+            command: "worker".into(),
+            args: vec![],
+            env: Default::default(),
+            replicas,
+            labels_required: Default::default(),
+            max_restarts: None,
+        }
+    }
+
+    fn registries() -> anyhow::Result<(HeartbeatRegistry<HiveHeartbeat>, HeartbeatRegistry<WorkerHeartbeat>)> {
+        let thresholds = registry::Thresholds::for_interval(Duration::from_secs(1), None)?;
+        let hives = HeartbeatRegistry::new(thresholds.clone());
+        hives.upsert(serde_json::from_str::<HiveHeartbeat>(contract::examples::HIVE_HEARTBEAT)?);
+        Ok((hives, HeartbeatRegistry::new(thresholds)))
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_write_changes_nothing_in_memory() -> anyhow::Result<()> {
+        let store = Arc::new(Flaky::default());
+        let o = Orchestrator::open(Box::new(Arc::clone(&store)), Duration::from_secs(60), Arc::new(AtomicU64::new(1)))?;
+        let (hives, workers) = registries()?;
+        let mut commands = o.subscribe(&NodeId::sanitized("hive-1"));
+        o.create(spec("web", 2))?;
+        store.fail.store(true, Ordering::SeqCst);
+        assert!(o.reconcile(&hives, &workers).is_err());
+        assert!(o.assignments().is_empty(), "memory follows the store, not ahead of it");
+        assert!(o.recent_events(10).is_empty(), "no decision is announced that did not happen");
+        assert!(!commands.has_changed()?, "no hive is told to run what is not stored");
+
+        store.fail.store(false, Ordering::SeqCst);
+        o.reconcile(&hives, &workers)?;
+        assert_eq!(o.assignments().len(), 2);
+        assert_eq!(store.load()?.assignments.len(), 2, "and now both agree");
+        assert!(commands.has_changed()?);
+        let command = Arc::clone(&commands.borrow_and_update());
+        let CommandKind::Assign { workers: told, .. } = &command.kind;
+        assert_eq!(told.len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_startup_grace_runs_on_tokio_time() -> anyhow::Result<()> {
+        let o =
+            Orchestrator::open(Box::new(MemoryStore::default()), Duration::from_secs(30), Arc::new(AtomicU64::new(1)))?;
+        assert!(o.in_grace());
+        tokio::time::advance(Duration::from_secs(29)).await;
+        assert!(o.in_grace());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(!o.in_grace());
+        o.restart_grace();
+        assert!(o.in_grace(), "a new leader has heard from nobody yet");
+        Ok(())
     }
 }

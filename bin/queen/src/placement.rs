@@ -34,7 +34,9 @@ impl Candidate {
     }
 }
 
-/// State a strategy keeps between picks.
+/// State a strategy keeps between picks. Cloned by the planner, which works on a copy and
+/// hands it back only with a plan that was applied.
+#[derive(Clone, Debug)]
 pub struct Placer {
     pub strategy: PlacementStrategy,
     /// Round robin's position, an index into candidates sorted by id.

@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 pub fn built_binaries() -> anyhow::Result<std::path::PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
-    build.args(["build", "--quiet", "-p", "queen", "-p", "hive", "-p", "worker"]);
+    build.args(["build", "--quiet", "-p", "queen-cli", "-p", "hive", "-p", "worker"]);
     // The same features as this test run, or the build would replace the binaries (and
     // the queen library) with another variant.
     if cfg!(feature = "etcd") {

@@ -6,17 +6,21 @@
 //! The state is written to the store at every step, so a queen that restarts midway
 //! resumes the phase it was in, with the same hives; and it is in every snapshot.
 
+mod phase;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use contract::{
-    AckStatus, EventKind, HiveProgress, NodeId, NodeKind, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer,
-    ShutdownPlan, ShutdownRequest, ShutdownState, ShutdownStatus,
+    EventKind, NodeId, NodeKind, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer, ShutdownPlan,
+    ShutdownRequest, ShutdownState, ShutdownStatus,
 };
+// The phase deadlines follow tokio's clock, so a paused clock drives them in tests.
 use lifecycle::http::ApiError;
 use time::OffsetDateTime;
+use tokio::time::Instant;
 
 use crate::Queen;
 
@@ -168,23 +172,13 @@ fn report(state: &mut ShutdownState, phase: Phase) -> Option<&mut PhaseReport> {
 }
 
 /// Runs one phase; false when the sequence stops here (failure, or the queen leaving).
+/// The rules are `phase`'s; this applies them, saving the state after each step.
 async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     let started = Instant::now();
-    let now = OffsetDateTime::now_utc();
     let online = queen.online_hives();
     let Some(state) = queen.update(|s| {
         if let Some(r) = report(s, phase) {
-            // Resumed: the same hives as when the phase began.
-            if r.status != PhaseStatus::Running || r.hives.is_empty() {
-                r.hives = online
-                    .iter()
-                    .map(|h| {
-                        (h.clone(), HiveProgress { status: AckStatus::Waiting, workers_left: 0, detail: String::new() })
-                    })
-                    .collect();
-            }
-            r.status = PhaseStatus::Running;
-            r.started_at.get_or_insert(now);
+            phase::begin(r, &online, OffsetDateTime::now_utc());
         }
     }) else {
         return false;
@@ -203,70 +197,32 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     }
     let ids = queen.orchestrator.order_phase(&participants, PhaseOrder { phase, deadline_ms: state.drain_deadline_ms });
     let timeout = Duration::from_millis(state.phase_timeout_ms);
-
     if phase == Phase::Infra {
-        // Nobody can ACK an exit; wait (bounded) until the hives said goodbye, then the
-        // queen leaves last.
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline
-            && participants.iter().any(|h| queen.hives.get(h).is_some_and(|v| v.liveness.is_up()))
-        {
-            tokio::time::sleep(POLL).await;
-        }
-        let done = OffsetDateTime::now_utc();
-        queen.update(|s| {
-            if let Some(r) = report(s, phase) {
-                for (hive, progress) in r.hives.iter_mut() {
-                    let gone = queen.hives.get(hive).is_none_or(|v| !v.liveness.is_up());
-                    // An exit cannot be ACKed: the goodbye heartbeat stands in for it.
-                    (progress.status, progress.detail) = if gone {
-                        (AckStatus::Acked, "exited".into())
-                    } else {
-                        (AckStatus::TimedOut, "still heartbeating".into())
-                    };
-                }
-                r.status = PhaseStatus::Done;
-                r.ended_at = Some(done);
-            }
-            s.status = ShutdownStatus::Completed;
-        });
-        queen.observe_phase(phase, started.elapsed());
-        queen.phase_event(
-            EventKind::PhaseDone,
-            format!("INFRA done: hives gone in {} ms; the queen exits", started.elapsed().as_millis()),
-        );
-        queen.publish_snapshot();
-        queen.stop.cancel();
+        run_infra(queen, &participants, started, timeout).await;
         return false;
     }
 
-    let deadline = Instant::now() + timeout;
+    let deadline = started + timeout;
     loop {
         // Registered before looking, so an ACK that lands in between still wakes us.
         let acked = queen.orchestrator.acks.notified();
         let mut waiting = 0;
-        let mut acks = Vec::new();
+        let mut answers = Vec::new();
         queen.update(|s| {
-            let Some(r) = report(s, phase) else { return };
-            for (hive, progress) in r.hives.iter_mut() {
-                progress.workers_left = queen.hives.get(hive).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
-                if progress.status != AckStatus::Waiting {
-                    continue;
-                }
-                match queen.orchestrator.last_ack(hive) {
-                    Some(ack) if ids.get(hive).is_some_and(|id| ack.command_id >= *id) => {
-                        progress.status = if ack.ok { AckStatus::Acked } else { AckStatus::Failed };
-                        progress.detail = ack.detail.clone();
-                        acks.push((hive.clone(), ack.ok, ack.detail));
-                    }
-                    _ => waiting += 1,
-                }
+            if let Some(r) = report(s, phase) {
+                let workers_left = |h: &NodeId| queen.hives.get(h).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
+                (waiting, answers) = phase::take_acks(r, &ids, |h| queen.orchestrator.last_ack(h), workers_left);
             }
         });
-        for (hive, ok, detail) in acks {
-            let (kind, word) = if ok { (EventKind::Acked, "ACK") } else { (EventKind::AckFailed, "failed") };
-            queen.orchestrator.cluster_event(NodeKind::Hive, &hive, kind, format!("{} {word}: {detail}", phase.name()));
-            if !ok {
+        for a in answers {
+            let (kind, word) = if a.ok { (EventKind::Acked, "ACK") } else { (EventKind::AckFailed, "failed") };
+            queen.orchestrator.cluster_event(
+                NodeKind::Hive,
+                &a.hive,
+                kind,
+                format!("{} {word}: {}", phase.name(), a.detail),
+            );
+            if !a.ok {
                 queen.count_ack_failure(phase);
             }
         }
@@ -283,44 +239,26 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         }
     }
 
-    let ended = OffsetDateTime::now_utc();
-    let mut failed: Vec<String> = Vec::new();
+    let mut failed = Vec::new();
     let state = queen.update(|s| {
         let force = s.force;
         let Some(r) = report(s, phase) else { return };
-        for (hive, progress) in r.hives.iter_mut() {
-            match progress.status {
-                AckStatus::Waiting => {
-                    progress.status = AckStatus::TimedOut;
-                    failed.push(format!("{hive} did not ACK within {} s", timeout.as_secs()));
-                }
-                AckStatus::Failed => failed.push(format!("{hive} failed: {}", progress.detail)),
-                _ => {}
-            }
-        }
-        r.ended_at = Some(ended);
-        r.status = match (failed.is_empty(), force) {
-            (true, _) => PhaseStatus::Done,
-            (false, true) => PhaseStatus::Forced,
-            (false, false) => PhaseStatus::Failed,
-        };
+        failed = phase::conclude(r, force, timeout, OffsetDateTime::now_utc());
         if r.status == PhaseStatus::Failed {
+            let why: Vec<&str> = failed.iter().map(|f| f.text.as_str()).collect();
             s.status = ShutdownStatus::Failed;
-            s.failure = format!("{}: {}", phase.name(), failed.join("; "));
+            s.failure = format!("{}: {}", phase.name(), why.join("; "));
         }
     });
     queen.observe_phase(phase, started.elapsed());
-    for f in failed.iter().filter(|f| f.contains("did not ACK")) {
-        let hive = f.split(' ').next().and_then(|h| NodeId::new(h).ok());
-        if let Some(hive) = hive {
-            queen.orchestrator.cluster_event(
-                NodeKind::Hive,
-                &hive,
-                EventKind::AckFailed,
-                format!("{}: {f}", phase.name()),
-            );
-            queen.count_ack_failure(phase);
-        }
+    for f in failed.iter().filter(|f| f.timed_out) {
+        queen.orchestrator.cluster_event(
+            NodeKind::Hive,
+            &f.hive,
+            EventKind::AckFailed,
+            format!("{}: {}", phase.name(), f.text),
+        );
+        queen.count_ack_failure(phase);
     }
     let status = state.as_ref().and_then(|s| s.phases.iter().find(|p| p.phase == phase).map(|p| p.status));
     let took = started.elapsed().as_millis();
@@ -331,9 +269,10 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
             true
         }
         Some(PhaseStatus::Forced) => {
+            let why: Vec<&str> = failed.iter().map(|f| f.text.as_str()).collect();
             queen.phase_event(
                 EventKind::PhaseDone,
-                format!("{} forced on after {took} ms: {}", phase.name(), failed.join("; ")),
+                format!("{} forced on after {took} ms: {}", phase.name(), why.join("; ")),
             );
             true
         }
@@ -343,5 +282,83 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
             queen.phase_event(EventKind::PhaseFailed, format!("shutdown stopped at {why}"));
             false
         }
+    }
+}
+
+/// INFRA: nobody can ACK an exit; wait (bounded) until the hives said goodbye, then the
+/// queen leaves last.
+async fn run_infra(queen: &Arc<Queen>, participants: &[NodeId], started: Instant, timeout: Duration) {
+    let up = |h: &NodeId| queen.hives.get(h).is_some_and(|v| v.liveness.is_up());
+    let deadline = started + timeout;
+    while Instant::now() < deadline && participants.iter().any(up) {
+        tokio::time::sleep(POLL).await;
+    }
+    queen.update(|s| {
+        if let Some(r) = report(s, Phase::Infra) {
+            phase::conclude_infra(r, up, OffsetDateTime::now_utc());
+        }
+        s.status = ShutdownStatus::Completed;
+    });
+    queen.observe_phase(Phase::Infra, started.elapsed());
+    queen.phase_event(
+        EventKind::PhaseDone,
+        format!("INFRA done: hives gone in {} ms; the queen exits", started.elapsed().as_millis()),
+    );
+    queen.publish_snapshot();
+    queen.stop.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A queen in-process with one hive that heartbeats once and never answers a command.
+    fn queen_with_a_silent_hive() -> anyhow::Result<Arc<Queen>> {
+        let config = crate::QueenConfig::with_intervals(Duration::from_secs(1), Duration::from_secs(1))?;
+        let me = contract::QueenRef { id: "q".into(), url: "http://127.0.0.1:1".into() };
+        let queen = Queen::new(
+            config,
+            me,
+            tokio_util::sync::CancellationToken::new(),
+            tokio_util::task::TaskTracker::new(),
+            None,
+        )?;
+        queen.hives.upsert(serde_json::from_str(contract::examples::HIVE_HEARTBEAT)?);
+        Ok(queen)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hive_that_never_acks_fails_gate_at_the_phase_timeout() -> anyhow::Result<()> {
+        let queen = queen_with_a_silent_hive()?;
+        let began = Instant::now();
+        let req = ShutdownRequest { phase_timeout_ms: Some(60_000), ..Default::default() };
+        start(&queen, req).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        // Virtual time: each sleep lets the sequencer's own polls run up to its deadline.
+        while queen.shutdown().is_some_and(|s| s.status == ShutdownStatus::Running) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(began.elapsed() < Duration::from_secs(120), "the phase never ended");
+        }
+        let state = queen.shutdown().expect("recorded");
+        assert_eq!(state.status, ShutdownStatus::Failed);
+        assert_eq!(state.failure, "GATE: hive-1 did not ACK within 60 s");
+        let waited = began.elapsed();
+        assert!(waited >= Duration::from_secs(60) && waited <= Duration::from_secs(62), "waited {waited:?}");
+        assert!(queen.orchestrator.gated(), "GATE's own part ran before the wait");
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn force_carries_a_phase_past_a_silent_hive() -> anyhow::Result<()> {
+        let queen = queen_with_a_silent_hive()?;
+        let req = ShutdownRequest { force: true, phase_timeout_ms: Some(10_000), ..Default::default() };
+        start(&queen, req).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        while queen.shutdown().is_some_and(|s| s.phases[1].status == PhaseStatus::Pending) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let state = queen.shutdown().expect("recorded");
+        assert_eq!(state.phases[0].status, PhaseStatus::Forced);
+        assert_eq!(state.phases[0].hives[&NodeId::sanitized("hive-1")].status, contract::AckStatus::TimedOut);
+        queen.stop.cancel();
+        Ok(())
     }
 }

@@ -1,0 +1,118 @@
+//! Deployments, their assignments, and the placement strategy.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use contract::{
+    ApiErrorBody, Assignment, DeploymentSpec, DeploymentStatus, MAX_REPLICAS, NodeId, ScaleBody, StrategyBody,
+};
+use lifecycle::http::{ApiError, JsonBody, PathParam};
+
+use super::{parse_id, refuse_when_gated, store_error};
+use crate::Queen;
+
+/// Every deployment with where its replicas run.
+#[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<DeploymentStatus>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
+    Json(queen.orchestrator.list(&queen.workers))
+}
+
+fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiError> {
+    queen
+        .orchestrator
+        .get(name, &queen.workers)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))
+}
+
+/// One deployment.
+#[utoipa::path(get, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses((status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn get_deployment(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    found(&queen, &parse_id(&raw)?)
+}
+
+/// Declares a deployment; its replicas are placed at once.
+#[utoipa::path(post, path = "/v1/deployments", tag = "deployments", request_body = DeploymentSpec, responses(
+    (status = 201, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn create_deployment(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(spec): JsonBody<DeploymentSpec>,
+) -> Result<(StatusCode, Json<DeploymentStatus>), ApiError> {
+    refuse_when_gated(&queen)?;
+    spec.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
+    let name = spec.name.clone();
+    queen.orchestrator.create(spec)?;
+    queen.reconcile();
+    Ok((StatusCode::CREATED, found(&queen, &name)?))
+}
+
+/// Changes a deployment's replica count.
+#[utoipa::path(patch, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), request_body = ScaleBody, responses(
+    (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn scale_deployment(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+    JsonBody(body): JsonBody<ScaleBody>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    refuse_when_gated(&queen)?;
+    let name = parse_id(&raw)?;
+    if body.replicas > MAX_REPLICAS {
+        return Err(ApiError::unprocessable(format!("replicas: at most {MAX_REPLICAS}")));
+    }
+    queen.orchestrator.scale(&name, body.replicas)?;
+    queen.reconcile();
+    found(&queen, &name)
+}
+
+/// Stops every replica of a deployment gracefully and forgets it.
+#[utoipa::path(delete, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses(
+    (status = 204, description = "gone"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn delete_deployment(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<StatusCode, ApiError> {
+    refuse_when_gated(&queen)?;
+    queen.orchestrator.delete(&parse_id(&raw)?)?;
+    queen.reconcile();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Which replica runs on which hive, since when, how often it moved.
+#[utoipa::path(get, path = "/v1/assignments", tag = "deployments", responses((status = 200, body = Vec<Assignment>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Assignment>> {
+    let mut list = queen.orchestrator.assignments();
+    // Restarts are the hive's to count; join them in from its last report.
+    for a in &mut list {
+        if let Some(h) = a.hive.as_ref().and_then(|h| queen.hives.get(h)) {
+            a.restarts = h.payload.workers.iter().find(|w| w.name == a.worker).map(|w| w.restarts).unwrap_or(0);
+        }
+    }
+    Json(list)
+}
+
+/// The placement strategy in use.
+#[utoipa::path(get, path = "/v1/placement/strategy", tag = "deployments", responses((status = 200, body = StrategyBody), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn get_strategy(State(queen): State<Arc<Queen>>) -> Json<StrategyBody> {
+    Json(StrategyBody { strategy: queen.orchestrator.strategy() })
+}
+
+/// Changes the placement strategy (for placements from now on).
+#[utoipa::path(put, path = "/v1/placement/strategy", tag = "deployments", request_body = StrategyBody, responses(
+    (status = 200, body = StrategyBody), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn put_strategy(
+    State(queen): State<Arc<Queen>>,
+    JsonBody(body): JsonBody<StrategyBody>,
+) -> Result<Json<StrategyBody>, ApiError> {
+    queen.orchestrator.set_strategy(body.strategy).map_err(store_error)?;
+    tracing::info!(strategy = body.strategy.as_str(), "placement strategy changed");
+    Ok(Json(body))
+}

@@ -1,0 +1,206 @@
+//! Heartbeats in, and the node reads: one generic handler per operation over
+//! [`NodePayload`], implemented for both kinds of heartbeat.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{FromRequest, Request, State};
+use contract::{
+    ApiErrorBody, ContractError, HeartbeatResponse, HiveHeartbeat, HiveSummary, NodeEvent, NodeId, NodeKind,
+    WorkerHeartbeat, WorkerSummary,
+};
+use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOutcome};
+use lifecycle::http::{ApiError, JsonBody, PathParam};
+
+use super::parse_id;
+use crate::auth::NodeIdentity;
+use crate::metrics::HeartbeatLabels;
+use crate::{Queen, summary};
+
+/// What the queen needs to take in one kind of heartbeat; implemented for the two kinds
+/// so that ingest, lookup and summaries are written once.
+pub trait NodePayload: HeartbeatPayload<Id = NodeId> + serde::de::DeserializeOwned {
+    const KIND: NodeKind;
+    type Summary: serde::Serialize + Send;
+    fn validate(&self) -> Result<(), ContractError>;
+    fn registry(queen: &Queen) -> &HeartbeatRegistry<Self>;
+    fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> Self::Summary;
+    /// Whether a node token with this identity may send this heartbeat.
+    fn claimed_by(&self, identity: &NodeIdentity) -> bool;
+}
+
+impl NodePayload for HiveHeartbeat {
+    const KIND: NodeKind = NodeKind::Hive;
+    type Summary = HiveSummary;
+    fn validate(&self) -> Result<(), ContractError> {
+        HiveHeartbeat::validate(self)
+    }
+    fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
+        &queen.hives
+    }
+    fn claimed_by(&self, identity: &NodeIdentity) -> bool {
+        matches!(identity, NodeIdentity::Hive(h) if *h == self.id)
+    }
+    fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> HiveSummary {
+        let mut h = summary::hive(node);
+        h.eligible = queen.orchestrator.eligible(&h.id);
+        h
+    }
+}
+
+impl NodePayload for WorkerHeartbeat {
+    const KIND: NodeKind = NodeKind::Worker;
+    type Summary = WorkerSummary;
+    fn validate(&self) -> Result<(), ContractError> {
+        WorkerHeartbeat::validate(self)
+    }
+    fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
+        &queen.workers
+    }
+    fn claimed_by(&self, identity: &NodeIdentity) -> bool {
+        matches!(identity, NodeIdentity::Worker { hive, worker } if *worker == self.id && *hive == self.hive_id)
+    }
+    fn summary(_: &Queen, node: NodeRef<'_, Self>) -> WorkerSummary {
+        summary::worker(node)
+    }
+}
+
+fn count(queen: &Queen, kind: NodeKind, outcome: &'static str) {
+    queen.metrics.heartbeats.get_or_create(&HeartbeatLabels { kind: kind.as_str(), outcome }).inc();
+}
+
+/// A hive's heartbeat: its readings, capacity, labels and the workers it supervises.
+#[utoipa::path(post, path = "/v1/hive-heartbeat", tag = "heartbeats", request_body = HiveHeartbeat, responses(
+    (status = 200, body = HeartbeatResponse, description = "taken in (or stale: `accepted` false, nothing changed)"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+pub(crate) async fn hive_heartbeat(
+    State(queen): State<Arc<Queen>>,
+    req: Request,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    timed_heartbeat::<HiveHeartbeat>(queen, req).await
+}
+
+/// A worker's heartbeat: its status and jobs in flight.
+#[utoipa::path(post, path = "/v1/worker-heartbeat", tag = "heartbeats", request_body = WorkerHeartbeat, responses(
+    (status = 200, body = HeartbeatResponse, description = "taken in (or stale: `accepted` false, nothing changed)"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+pub(crate) async fn worker_heartbeat(
+    State(queen): State<Arc<Queen>>,
+    req: Request,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    timed_heartbeat::<WorkerHeartbeat>(queen, req).await
+}
+
+/// Times a heartbeat from the end of its head (before the body is read) to its answer.
+pub(crate) async fn timed_heartbeat<T: NodePayload>(
+    queen: Arc<Queen>,
+    req: Request,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let started = std::time::Instant::now();
+    let identity = req.extensions().get::<NodeIdentity>().cloned();
+    let body = JsonBody::<T>::from_request(req, &()).await;
+    let answer = heartbeat::<T>(&queen, body, identity.as_ref());
+    queen.metrics.ingest(T::KIND).observe(started.elapsed().as_secs_f64());
+    answer
+}
+
+/// A rejected heartbeat changes nothing.
+fn heartbeat<T: NodePayload>(
+    queen: &Queen,
+    body: Result<JsonBody<T>, ApiError>,
+    identity: Option<&NodeIdentity>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    let payload = match body
+        .and_then(|JsonBody(p)| p.validate().map(|()| p).map_err(|e| ApiError::unprocessable(e.to_string())))
+    {
+        Ok(p) => p,
+        Err(e) => {
+            count(queen, T::KIND, "rejected");
+            return Err(e);
+        }
+    };
+    if let Some(identity) = identity.filter(|i| !payload.claimed_by(i)) {
+        count(queen, T::KIND, "token_mismatch");
+        return Err(crate::auth::token_mismatch(identity));
+    }
+    if let Err(not_until) = queen.heartbeat_limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
+        count(queen, T::KIND, "rate_limited");
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));
+    }
+    let outcome = T::registry(queen).upsert(payload);
+    let accepted = outcome != UpsertOutcome::Stale;
+    count(queen, T::KIND, if accepted { "accepted" } else { "stale" });
+    Ok(Json(HeartbeatResponse { next_interval_ms: queen.next_interval().as_millis() as u64, accepted }))
+}
+
+pub(super) fn unknown<T: NodePayload>(id: &NodeId) -> ApiError {
+    ApiError::not_found(format!("no {} named {id}", T::KIND.as_str()))
+}
+
+/// Every hive the queen knows, with its liveness.
+#[utoipa::path(get, path = "/v1/hives", tag = "nodes", responses((status = 200, body = Vec<HiveSummary>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn list_hives(State(queen): State<Arc<Queen>>) -> Json<Vec<HiveSummary>> {
+    list::<HiveHeartbeat>(&queen)
+}
+
+/// Every worker the queen knows, with its liveness.
+#[utoipa::path(get, path = "/v1/workers", tag = "nodes", responses((status = 200, body = Vec<WorkerSummary>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn list_workers(State(queen): State<Arc<Queen>>) -> Json<Vec<WorkerSummary>> {
+    list::<WorkerHeartbeat>(&queen)
+}
+
+/// One hive.
+#[utoipa::path(get, path = "/v1/hives/{id}", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = HiveSummary), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn get_hive(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<HiveSummary>, ApiError> {
+    one::<HiveHeartbeat>(&queen, &raw)
+}
+
+/// One worker.
+#[utoipa::path(get, path = "/v1/workers/{id}", tag = "nodes", params(("id" = NodeId, Path, description = "worker id")), responses((status = 200, body = WorkerSummary), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn get_worker(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<WorkerSummary>, ApiError> {
+    one::<WorkerHeartbeat>(&queen, &raw)
+}
+
+/// A hive's liveness history with reasons: why it is in the state it is in.
+#[utoipa::path(get, path = "/v1/hives/{id}/events", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = Vec<NodeEvent>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn hive_events(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<Vec<NodeEvent>>, ApiError> {
+    events::<HiveHeartbeat>(&queen, &raw)
+}
+
+/// A worker's liveness history with reasons.
+#[utoipa::path(get, path = "/v1/workers/{id}/events", tag = "nodes", params(("id" = NodeId, Path, description = "worker id")), responses((status = 200, body = Vec<NodeEvent>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn worker_events(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<Vec<NodeEvent>>, ApiError> {
+    events::<WorkerHeartbeat>(&queen, &raw)
+}
+
+fn list<T: NodePayload>(queen: &Queen) -> Json<Vec<T::Summary>> {
+    let views = T::registry(queen).list_all();
+    Json(views.iter().map(|v| T::summary(queen, summary::as_ref(v))).collect())
+}
+
+fn one<T: NodePayload>(queen: &Queen, raw: &str) -> Result<Json<T::Summary>, ApiError> {
+    let id = parse_id(raw)?;
+    let view = T::registry(queen).get(&id).ok_or_else(|| unknown::<T>(&id))?;
+    Ok(Json(T::summary(queen, summary::as_ref(&view))))
+}
+
+fn events<T: NodePayload>(queen: &Queen, raw: &str) -> Result<Json<Vec<NodeEvent>>, ApiError> {
+    let id = parse_id(raw)?;
+    let history = T::registry(queen).history(&id).ok_or_else(|| unknown::<T>(&id))?;
+    Ok(Json(history.iter().map(|e| summary::node_event(T::KIND, e)).collect()))
+}

@@ -1,0 +1,152 @@
+//! One hive, as the control channel and operators touch it: commands and ACKs,
+//! eligibility, drains, removal.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use contract::{
+    ApiErrorBody, CommandAck, DrainRequest, DrainStatus, EligibilityBody, HiveCommand, HiveHeartbeat, NodeId,
+};
+use lifecycle::http::{ApiError, JsonBody, PathParam, QueryParams};
+
+use super::heartbeats::unknown;
+use super::{parse_id, refuse_when_gated, store_error};
+use crate::metrics::StreamLabels;
+use crate::{Queen, snapshot};
+
+/// The control channel (SSE, `event: command`, each a `HiveCommand`): the hive's current
+/// desired set at once, then every change; the hive ACKs each over HTTP.
+#[utoipa::path(get, path = "/v1/hives/{id}/commands", tag = "control", params(("id" = NodeId, Path, description = "hive id")), responses(
+    (status = 200, content_type = "text/event-stream", body = String, description = "an endless stream of HiveCommand events"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+pub(crate) async fn commands(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = parse_id(&raw)?;
+    tracing::info!(hive = %id, "control channel open");
+    let rx = queen.orchestrator.subscribe(&id);
+    let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "commands" }).clone();
+    Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), sent, |cmd: &HiveCommand| {
+        snapshot::sse_event("command", cmd.id, &serde_json::to_string(cmd).unwrap_or_default()).0
+    }))
+}
+
+/// A hive confirms it carried out a command.
+#[utoipa::path(post, path = "/v1/hives/{id}/acks", tag = "control", params(("id" = NodeId, Path, description = "hive id")), request_body = CommandAck, responses(
+    (status = 204, description = "recorded"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+pub(crate) async fn ack(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+    JsonBody(ack): JsonBody<CommandAck>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&raw)?;
+    queen.orchestrator.ack(&id, ack);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether new replicas may be placed on a hive; what runs there keeps running.
+#[utoipa::path(put, path = "/v1/hives/{id}/eligibility", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), request_body = EligibilityBody, responses(
+    (status = 200, body = EligibilityBody), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn set_eligibility(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+    JsonBody(body): JsonBody<EligibilityBody>,
+) -> Result<Json<EligibilityBody>, ApiError> {
+    let id = parse_id(&raw)?;
+    // A typo must not leave a durable mark for a hive that never existed.
+    if queen.hives.get(&id).is_none() {
+        return Err(unknown::<HiveHeartbeat>(&id));
+    }
+    queen.orchestrator.set_eligible(&id, body.eligible).map_err(store_error)?;
+    tracing::info!(hive = %id, eligible = body.eligible, "eligibility changed");
+    queen.reconcile();
+    Ok(Json(body))
+}
+
+/// Moves a hive's replicas elsewhere, new ones first, and makes it ineligible.
+#[utoipa::path(post, path = "/v1/hives/{id}/drain", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), request_body = DrainRequest, responses(
+    (status = 202, body = DrainStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn start_drain(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+    JsonBody(req): JsonBody<DrainRequest>,
+) -> Result<(StatusCode, Json<DrainStatus>), ApiError> {
+    refuse_when_gated(&queen)?;
+    let id = parse_id(&raw)?;
+    if queen.hives.get(&id).is_none() {
+        return Err(unknown::<HiveHeartbeat>(&id));
+    }
+    let deadline =
+        req.deadline_ms.map(std::time::Duration::from_millis).unwrap_or(crate::orchestrator::DEFAULT_DRAIN_DEADLINE);
+    queen.orchestrator.start_drain(&id, deadline).map_err(store_error)?;
+    tracing::warn!(hive = %id, ?deadline, "drain started");
+    queen.reconcile();
+    let status = queen.orchestrator.drain(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
+    Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+/// A hive's drain, running or ended.
+#[utoipa::path(get, path = "/v1/hives/{id}/drain", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = DrainStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn get_drain(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DrainStatus>, ApiError> {
+    let id = parse_id(&raw)?;
+    queen.orchestrator.drain(&id).map(Json).ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))
+}
+
+/// Stops a drain; what moved stays where it is.
+#[utoipa::path(delete, path = "/v1/hives/{id}/drain", tag = "nodes", params(("id" = NodeId, Path, description = "hive id")), responses((status = 200, body = DrainStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn cancel_drain(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DrainStatus>, ApiError> {
+    let id = parse_id(&raw)?;
+    let status = queen
+        .orchestrator
+        .cancel_drain(&id)
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))?;
+    tracing::warn!(hive = %id, "drain cancelled");
+    Ok(Json(status))
+}
+
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct RemoveQuery {
+    /// Forget the hive even while it is online.
+    #[serde(default)]
+    force: bool,
+}
+
+/// Forgets a hive that is gone; its events stay in the log.
+#[utoipa::path(delete, path = "/v1/hives/{id}", tag = "nodes", params(("id" = NodeId, Path, description = "hive id"), RemoveQuery), responses(
+    (status = 204, description = "forgotten"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+pub(crate) async fn remove_hive(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+    QueryParams(q): QueryParams<RemoveQuery>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&raw)?;
+    let view = queen.hives.get(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
+    if view.liveness.is_up() && !q.force {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "hive_online",
+            format!("{id} is online; stop it first, or add force to forget it anyway"),
+        ));
+    }
+    queen.hives.remove(&id);
+    tracing::warn!(hive = %id, "hive removed");
+    queen.reconcile();
+    Ok(StatusCode::NO_CONTENT)
+}

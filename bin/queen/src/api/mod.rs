@@ -1,0 +1,162 @@
+//! The queen's HTTP API under `/v1`, plus health and metrics.
+//!
+//! Which routes exist, who may call them and which only the leader answers is the route
+//! table's (`crate::routes`); this module builds the router from it and holds the
+//! middleware and errors every handler shares. Handlers live by subject: `heartbeats`
+//! (ingest and node reads), `hives` (control channel, eligibility, drains), `deployments`,
+//! `cluster` (snapshot, stats, leader, shutdown).
+
+pub(crate) mod cluster;
+pub(crate) mod deployments;
+pub(crate) mod heartbeats;
+pub(crate) mod hives;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::StatusCode;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{any, get};
+use contract::NodeId;
+use lifecycle::http::{ApiError, method_not_allowed_fallback, not_found_fallback};
+use tower_http::services::ServeDir;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use heartbeats::NodePayload;
+
+use crate::Queen;
+use crate::orchestrator::DeployError;
+
+/// The queen's routes with their OpenAPI description, one per row of the route table:
+/// each is registered from its handler's `#[utoipa::path]`, so the document cannot list a
+/// route the router lacks.
+fn api() -> OpenApiRouter<Arc<Queen>> {
+    crate::routes::table()
+        .iter()
+        .filter_map(|r| r.handler)
+        .fold(OpenApiRouter::new(), |router, handler| router.routes(handler()))
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Apiary queen", description = "Heartbeats, the live cluster snapshot, deployments, drains and cluster shutdown."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+struct ApiInfo;
+
+/// Every call may carry `Authorization: Bearer <token>`; which token a call needs is in
+/// the README (cluster, admin or read).
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// The OpenAPI 3 document of the queen's whole HTTP API (what `/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi;
+    let (_, queen_paths) = api().split_for_parts();
+    let (_, health_paths) = lifecycle::health::Health::builder().build().api_router().split_for_parts();
+    let mut doc = ApiInfo::openapi();
+    doc.merge(queen_paths);
+    doc.merge(health_paths);
+    crate::routes::annotate(&mut doc);
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+pub fn router(queen: Arc<Queen>) -> Router {
+    let (api, _) = api().split_for_parts();
+    api.route("/v1/{*rest}", any(not_found_fallback))
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+        .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
+        .with_state(Arc::clone(&queen))
+        .merge(queen.health.router())
+        .merge(dashboard(queen.config().ui_dir.as_deref()))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), leader_only))
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
+}
+
+/// The dashboard's files at `/`, or a page that says how to build them.
+fn dashboard(dir: Option<&std::path::Path>) -> Router {
+    match dir {
+        Some(dir) => Router::new().fallback_service(ServeDir::new(dir)),
+        None => Router::new()
+            .route("/", get(no_dashboard))
+            .route("/index.html", get(no_dashboard))
+            .fallback(not_found_fallback),
+    }
+}
+
+async fn no_dashboard() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        "<!doctype html><title>Apiary</title><h1>Apiary</h1>\
+                 <p>This queen has no dashboard to serve: build it with <code>cargo xtask web</code> \
+                 (it lands in <code>dashboard/</code> next to the queen binary) or point <code>--ui-dir</code> at it.</p>\
+                 <p>The API is under <a href=\"/v1/snapshot\">/v1</a>; the live stream is \
+                 <a href=\"/v1/heartbeats/stream\">/v1/heartbeats/stream</a>.</p>",
+    )
+}
+
+pub(crate) fn parse_id(raw: &str) -> Result<NodeId, ApiError> {
+    NodeId::new(raw).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))
+}
+
+impl From<DeployError> for ApiError {
+    fn from(e: DeployError) -> Self {
+        match e {
+            DeployError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            DeployError::NotFound(_) => ApiError::not_found(e.to_string()),
+            DeployError::Store(_) => store_error(e),
+        }
+    }
+}
+
+pub(crate) fn store_error(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable("store_unavailable", e.to_string(), std::time::Duration::from_secs(1))
+}
+
+pub(crate) fn refuse_when_gated(queen: &Queen) -> Result<(), ApiError> {
+    if queen.orchestrator.gated() { Err(crate::jobs::shutting_down()) } else { Ok(()) }
+}
+
+/// On a follower, sends what needs the leader there: `307` with the leader's URL for the
+/// same path (clients repeat the request there, body included), or `503` while no queen
+/// leads. Redirect rather than proxy: the follower stays out of the leader's traffic and
+/// failure path, and a node that learns the leader talks to it directly from then on.
+async fn leader_only(
+    State(queen): State<Arc<Queen>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if queen.is_leader() || !crate::routes::needs_leader(req.method(), req.uri().path()) {
+        return next.run(req).await;
+    }
+    let info = queen.leader();
+    let Some(leader) = info.leader.filter(|_| !info.is_self) else {
+        return ApiError::unavailable(
+            "no_leader",
+            "no queen leads right now (an election is under way); retry shortly",
+            std::time::Duration::from_secs(1),
+        )
+        .into_response();
+    };
+    let target = format!("{}{}", leader.url, req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let message = format!("this queen follows; {} leads at {}", leader.id, leader.url);
+    let mut resp = ApiError::new(StatusCode::TEMPORARY_REDIRECT, "not_leader", message).into_response();
+    if let Ok(location) = header::HeaderValue::from_str(&target) {
+        resp.headers_mut().insert(header::LOCATION, location);
+    }
+    resp
+}

@@ -1,0 +1,346 @@
+//! The reconcile planner: what operators asked for, plus what the queen observes of the
+//! hives and workers, plus the time, gives the next placement. A pure function: no store,
+//! no registry, no clock, no channel. It is applied by `Orchestrator::reconcile`, which
+//! writes the plan's batch to the store first and takes the new placement into memory only
+//! once that write succeeded.
+//!
+//! One pass, in order: drop replicas beyond their deployment's count; orphan replicas
+//! whose hive is stopped, unknown past the startup grace, or offline past the orphan
+//! threshold (unless the brake holds: more than half the hives look dead at once); create
+//! the missing slots; step every running drain; offer each unplaced replica to the
+//! placement strategy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use contract::{Assignment, AssignmentState, EventKind, NodeId, NodeKind};
+use heartbeat_registry::Liveness;
+use time::OffsetDateTime;
+
+use crate::placement::{Candidate, Placer};
+use crate::store::{Batch, DeploymentRecord, DrainRecord};
+
+/// Replicas one drain moves at the same time: a drain must not take a deployment's
+/// capacity down by more than this while it waits for new instances to come up.
+pub const MOVING_AT_ONCE: usize = 2;
+
+/// A hive as the planner sees it.
+#[derive(Clone, Debug)]
+pub struct HiveView {
+    pub liveness: Liveness,
+    pub silent_for: Duration,
+    /// Worker processes the hive last reported.
+    pub processes: usize,
+    /// Set when the hive could take a replica now (online, steady, ready); its labels,
+    /// capacity and load.
+    pub candidate: Option<Candidate>,
+}
+
+/// What the planner needs to know of the workers: whether one heartbeats as available.
+pub trait Workers {
+    fn available(&self, worker: &NodeId) -> bool;
+}
+
+impl Workers for BTreeSet<NodeId> {
+    fn available(&self, worker: &NodeId) -> bool {
+        self.contains(worker)
+    }
+}
+
+/// Everything observed, as of one moment.
+pub struct Observed<'a> {
+    pub hives: &'a BTreeMap<NodeId, HiveView>,
+    pub workers: &'a dyn Workers,
+    /// The queen has listened long enough since it started (or was elected) that a hive
+    /// it has not heard from is taken for gone.
+    pub grace_over: bool,
+    /// A hive offline this long has its replicas placed elsewhere.
+    pub orphan_after: Duration,
+}
+
+/// The part of the durable state a reconcile changes.
+#[derive(Clone, Debug)]
+pub struct Placement {
+    /// By slot key (the generation-0 worker name).
+    pub assignments: BTreeMap<NodeId, Assignment>,
+    pub drains: BTreeMap<NodeId, DrainRecord>,
+    pub placer: Placer,
+}
+
+/// A decision worth an event: placed, orphaned, pending, retired, a drain done.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub node: NodeKind,
+    pub id: NodeId,
+    pub kind: EventKind,
+    pub reason: String,
+}
+
+impl Decision {
+    fn worker(id: &NodeId, kind: EventKind, reason: String) -> Self {
+        Self { node: NodeKind::Worker, id: id.clone(), kind, reason }
+    }
+}
+
+/// What one reconcile pass decided.
+#[derive(Debug)]
+pub struct Plan {
+    pub next: Placement,
+    /// The store writes that take the stored state to `next`.
+    pub batch: Batch,
+    pub decisions: Vec<Decision>,
+}
+
+/// More than half the hives the queen knows (those not stopped on purpose) look dead at
+/// the same moment: the likelier truth is that the queen is cut off, not that they are.
+pub fn brake(hives: &BTreeMap<NodeId, HiveView>) -> bool {
+    let counted = hives.values().filter(|v| v.liveness != Liveness::Stopped).count();
+    let offline = hives.values().filter(|v| v.liveness == Liveness::Offline).count();
+    counted >= 2 && offline * 2 > counted
+}
+
+/// The worker's id for one instance of a slot: `web-3`, then `web-3.1`, `web-3.2` for the
+/// instances drains start elsewhere. Generation 0 is also the slot's key.
+pub fn worker_name(deployment: &NodeId, slot: u32, generation: u32) -> NodeId {
+    // The spec's validation keeps the name short enough for the suffixes.
+    match generation {
+        0 => NodeId::sanitized(&format!("{deployment}-{slot}")),
+        g => NodeId::sanitized(&format!("{deployment}-{slot}.{g}")),
+    }
+}
+
+/// One reconcile pass; see the module doc.
+pub fn plan(
+    deployments: &BTreeMap<NodeId, DeploymentRecord>,
+    ineligible: &BTreeSet<NodeId>,
+    current: &Placement,
+    observed: &Observed<'_>,
+    now: OffsetDateTime,
+) -> Plan {
+    let mut next = current.clone();
+    let mut batch = Batch::default();
+    let mut decisions = Vec::new();
+    let brake = brake(observed.hives);
+    let Placement { assignments, drains, placer } = &mut next;
+
+    // Replicas nobody wants any more.
+    assignments.retain(|w, a| {
+        let keep = deployments.get(&a.deployment).is_some_and(|d| a.slot < d.spec.replicas);
+        if !keep {
+            batch.delete_assignments.push(w.clone());
+        }
+        keep
+    });
+
+    // Replicas whose hive is gone.
+    for a in assignments.values_mut().filter(|a| a.state == AssignmentState::Placed) {
+        let Some(hive) = a.hive.clone() else { continue };
+        if let Some(reason) = gone(&hive, observed, brake) {
+            a.state = AssignmentState::Orphaned;
+            a.hive = None;
+            a.since = now;
+            a.moves += 1;
+            decisions.push(Decision::worker(&a.worker, EventKind::Orphaned, reason));
+            batch.put_assignments.push(a.clone());
+        }
+    }
+
+    // Slots that have no assignment yet.
+    for d in deployments.values() {
+        for slot in 0..d.spec.replicas {
+            let worker = worker_name(&d.spec.name, slot, 0);
+            assignments.entry(worker.clone()).or_insert_with(|| Assignment {
+                deployment: d.spec.name.clone(),
+                slot,
+                worker,
+                hive: None,
+                state: AssignmentState::Pending,
+                since: now,
+                moves: 0,
+                restarts: 0,
+                generation: 0,
+                retiring: None,
+            });
+        }
+    }
+
+    // What each hive could still take, counting what it holds.
+    let mut candidates: Vec<Candidate> =
+        observed.hives.values().filter_map(|v| v.candidate.clone()).filter(|c| !ineligible.contains(&c.id)).collect();
+    for a in assignments.values() {
+        for h in a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive)) {
+            if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
+                c.assigned += 1;
+            }
+        }
+    }
+
+    let mut step = DrainStep { deployments, observed, placer, candidates: &mut candidates, now };
+    step.run(assignments, drains, &mut batch, &mut decisions);
+
+    // Offer every unplaced replica to the strategy.
+    for a in assignments.values_mut().filter(|a| a.hive.is_none()) {
+        let Some(d) = deployments.get(&a.deployment) else { continue };
+        match placer.pick(&mut candidates, &d.spec.labels_required) {
+            Some(hive) => {
+                let reason = format!("placed on {hive} ({})", placer.strategy.as_str());
+                decisions.push(Decision::worker(&a.worker, EventKind::Placed, reason));
+                a.hive = Some(hive);
+                a.state = AssignmentState::Placed;
+                a.since = now;
+                batch.put_assignments.push(a.clone());
+            }
+            // Said once, when the replica first finds no room.
+            None if a.state != AssignmentState::Pending || a.since == now => {
+                a.state = AssignmentState::Pending;
+                let reason = "no hive with room and matching labels".to_string();
+                decisions.push(Decision::worker(&a.worker, EventKind::Pending, reason));
+                batch.put_assignments.push(a.clone());
+            }
+            None => {}
+        }
+    }
+    Plan { next, batch, decisions }
+}
+
+/// Why a replica's hive counts as gone, if it does.
+fn gone(hive: &NodeId, observed: &Observed<'_>, brake: bool) -> Option<String> {
+    match observed.hives.get(hive) {
+        None if observed.grace_over => Some(format!("hive {hive} is unknown")),
+        None => None,
+        Some(v) if v.liveness == Liveness::Stopped => Some(format!("hive {hive} stopped")),
+        Some(v) if v.liveness == Liveness::Offline && v.silent_for >= observed.orphan_after && !brake => {
+            Some(format!("hive {hive} offline for {} s", v.silent_for.as_secs()))
+        }
+        _ => None,
+    }
+}
+
+/// The drain part of a pass: retire old instances whose replacement is up, move a few
+/// more replicas of each draining hive, stop what is left at the deadline, and end the
+/// drains whose hive has nothing left.
+struct DrainStep<'a, 'o> {
+    deployments: &'a BTreeMap<NodeId, DeploymentRecord>,
+    observed: &'a Observed<'o>,
+    placer: &'a mut Placer,
+    candidates: &'a mut Vec<Candidate>,
+    now: OffsetDateTime,
+}
+
+impl DrainStep<'_, '_> {
+    fn run(
+        &mut self,
+        assignments: &mut BTreeMap<NodeId, Assignment>,
+        drains: &mut BTreeMap<NodeId, DrainRecord>,
+        batch: &mut Batch,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let before = drains.clone();
+        self.retire(assignments, drains, batch, decisions);
+        for (hive, drain) in drains.iter_mut().filter(|(_, d)| !d.done) {
+            self.move_some(hive, drain, assignments, batch, decisions);
+            let left = assignments.values().any(|a| holds(a, hive));
+            // Done when the processes have exited, not when they were told to.
+            let exited = self.observed.hives.get(hive).is_none_or(|v| !v.liveness.is_up() || v.processes == 0);
+            if !left && exited {
+                drain.done = true;
+                decisions.push(Decision {
+                    node: NodeKind::Hive,
+                    id: hive.clone(),
+                    kind: EventKind::PhaseDone,
+                    reason: format!("drain done: {} replicas moved", drain.moved.len()),
+                });
+            }
+        }
+        if *drains != before {
+            batch.drains = Some(drains.clone());
+        }
+    }
+
+    /// Old instances go once their replacement heartbeats as available, or when their
+    /// hive is gone anyway, or at their drain's deadline.
+    fn retire(
+        &self,
+        assignments: &mut BTreeMap<NodeId, Assignment>,
+        drains: &mut BTreeMap<NodeId, DrainRecord>,
+        batch: &mut Batch,
+        decisions: &mut Vec<Decision>,
+    ) {
+        for a in assignments.values_mut() {
+            let Some(r) = a.retiring.clone() else { continue };
+            let replacement_up = self.observed.workers.available(&a.worker);
+            let old_hive_gone = self.observed.hives.get(&r.hive).is_none_or(|v| !v.liveness.is_up());
+            let deadline_passed = drains.get(&r.hive).is_some_and(|d| self.now >= d.deadline);
+            if replacement_up || old_hive_gone || deadline_passed {
+                let reason = format!("retired from {}: {} took over", r.hive, a.worker);
+                decisions.push(Decision::worker(&r.worker, EventKind::Retired, reason));
+                if let Some(d) = drains.get_mut(&r.hive) {
+                    d.moved.insert(a.worker.clone());
+                }
+                a.retiring = None;
+                batch.put_assignments.push(a.clone());
+            }
+        }
+    }
+
+    /// Starts up to [`MOVING_AT_ONCE`] of `hive`'s replicas anew elsewhere, the old
+    /// instance kept as retiring; past the deadline, stops what could not move.
+    fn move_some(
+        &mut self,
+        hive: &NodeId,
+        drain: &mut DrainRecord,
+        assignments: &mut BTreeMap<NodeId, Assignment>,
+        batch: &mut Batch,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let past_deadline = self.now >= drain.deadline;
+        let mut moving = assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count();
+        for a in assignments.values_mut().filter(|a| a.hive.as_ref() == Some(hive) && a.retiring.is_none()) {
+            if past_deadline {
+                // Whatever could not move is stopped anyway, and said so.
+                drain.notes.push(format!("{} stopped at the deadline without a new home", a.worker));
+                let reason = format!("drain of {hive}: stopped at the deadline");
+                decisions.push(Decision::worker(&a.worker, EventKind::Pending, reason));
+                a.hive = None;
+                a.state = AssignmentState::Pending;
+                a.since = self.now;
+                batch.put_assignments.push(a.clone());
+                continue;
+            }
+            if moving >= MOVING_AT_ONCE {
+                continue;
+            }
+            let Some(d) = self.deployments.get(&a.deployment) else { continue };
+            match self.placer.pick(self.candidates, &d.spec.labels_required) {
+                Some(target) => {
+                    let old = a.worker.clone();
+                    a.generation += 1;
+                    a.worker = worker_name(&a.deployment, a.slot, a.generation);
+                    a.retiring = Some(contract::Retiring { hive: hive.clone(), worker: old.clone() });
+                    a.hive = Some(target.clone());
+                    a.moves += 1;
+                    a.since = self.now;
+                    moving += 1;
+                    let reason = format!("placed on {target}, replacing {old} on draining {hive}");
+                    decisions.push(Decision::worker(&a.worker, EventKind::Placed, reason));
+                    batch.put_assignments.push(a.clone());
+                }
+                None => {
+                    let note = format!("cannot move {}: no other hive with room and matching labels", a.worker);
+                    if !drain.notes.contains(&note) {
+                        tracing::warn!(%hive, "{note}");
+                        drain.notes.push(note);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether an instance of this slot (the running one or the one retiring) is on `hive`.
+pub fn holds(a: &Assignment, hive: &NodeId) -> bool {
+    a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,25 @@
+//! The integration tests, in one test binary: each file below links the whole cluster
+//! (queen, hive, worker, the client), and on two cores one link beats thirteen.
+//!
+//! - `cluster`: an in-process cluster over real sockets: liveness, the stream, the API.
+//! - `auth`, `hostile`, `tls`: tokens and scopes, hostile input, HTTPS.
+//! - `deploy`, `drain`, `shutdown`: placement with real worker processes, drains, the
+//!   cluster shutdown.
+//! - `stream_modes`, `reload`: the stream's delta and summary forms; live config reload.
+//! - `replicas`: queens on a real etcd (with the `etcd` feature).
+//! - `e2e`, `top`, `dashboard`: the real binaries as processes, `queen top` in tmux, the
+//!   dashboard in headless Chromium.
+
+mod auth;
+mod cluster;
+mod dashboard;
+mod deploy;
+mod drain;
+mod e2e;
+mod hostile;
+mod reload;
+mod replicas;
+mod shutdown;
+mod stream_modes;
+mod tls;
+mod top;
