@@ -29,7 +29,7 @@ pub(crate) async fn commands(
 ) -> Result<impl IntoResponse, ApiError> {
     let id = parse_id(&raw)?;
     tracing::info!(hive = %id, "control channel open");
-    let rx = queen.orchestrator.subscribe(&id);
+    let rx = queen.orchestrator.channels.subscribe(&id);
     let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "commands" }).clone();
     Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), sent, |cmd: &HiveCommand| {
         snapshot::sse_event("command", cmd.id, &serde_json::to_string(cmd).unwrap_or_default()).0
@@ -46,7 +46,7 @@ pub(crate) async fn ack(
     JsonBody(ack): JsonBody<CommandAck>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
-    queen.orchestrator.ack(&id, ack);
+    queen.orchestrator.channels.ack(&id, ack);
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -195,7 +195,10 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         Phase::Persist => queen.write_final_state(),
         _ => {}
     }
-    let ids = queen.orchestrator.order_phase(&participants, PhaseOrder { phase, deadline_ms: state.drain_deadline_ms });
+    let ids = queen
+        .orchestrator
+        .channels
+        .order_phase(&participants, PhaseOrder { phase, deadline_ms: state.drain_deadline_ms });
     let timeout = Duration::from_millis(state.phase_timeout_ms);
     if phase == Phase::Infra {
         run_infra(queen, &participants, started, timeout).await;
@@ -205,13 +208,14 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     let deadline = started + timeout;
     loop {
         // Registered before looking, so an ACK that lands in between still wakes us.
-        let acked = queen.orchestrator.acks.notified();
+        let acked = queen.orchestrator.channels.acks.notified();
         let mut waiting = 0;
         let mut answers = Vec::new();
         queen.update(|s| {
             if let Some(r) = report(s, phase) {
                 let workers_left = |h: &NodeId| queen.hives.get(h).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
-                (waiting, answers) = phase::take_acks(r, &ids, |h| queen.orchestrator.last_ack(h), workers_left);
+                (waiting, answers) =
+                    phase::take_acks(r, &ids, |h| queen.orchestrator.channels.last_ack(h), workers_left);
             }
         });
         for a in answers {

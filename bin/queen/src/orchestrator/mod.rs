@@ -8,26 +8,30 @@
 //! published on its command channel when it changed. Commands carry the whole desired set,
 //! so they are idempotent and a hive that reconnects simply gets the current one.
 
+mod channels;
+mod drains;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use contract::{
-    Assignment, AssignmentState, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DeploymentSummary,
-    DrainStatus, EventKind, HiveCommand, HiveHeartbeat, HiveStatus, Liveness, NodeEvent, NodeId, NodeKind,
-    PlacementStrategy, WorkerHeartbeat, WorkerLaunch,
+    Assignment, AssignmentState, DeploymentSpec, DeploymentStatus, DeploymentSummary, EventKind, HiveHeartbeat,
+    HiveStatus, Liveness, NodeEvent, NodeId, NodeKind, PlacementStrategy, WorkerHeartbeat, WorkerLaunch,
 };
 use heartbeat_registry::{self as registry, HeartbeatRegistry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use time::OffsetDateTime;
-use tokio::sync::watch;
 
 use crate::metrics::DecisionLabels;
 use crate::placement::{Candidate, Placer};
 use crate::plan::{self, HiveView, Observed, Placement};
-use crate::store::{Batch, DeploymentRecord, DrainRecord, Persisted, Store, StoreError};
+use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError};
+
+pub use channels::Channels;
+pub use drains::DEFAULT_DRAIN_DEADLINE;
 
 /// Events about replicas kept for the snapshot.
 const EVENTS_KEPT: usize = 512;
@@ -51,18 +55,11 @@ struct State {
     ineligible: BTreeSet<NodeId>,
 }
 
-/// One hive's command channel: the latest command, and what it asked for.
-struct Channel {
-    tx: watch::Sender<Arc<HiveCommand>>,
-    desired: Vec<WorkerLaunch>,
-    acked: Option<CommandAck>,
-}
-
 pub struct Orchestrator {
     state: Mutex<State>,
     store: Box<dyn Store>,
-    channels: Mutex<BTreeMap<NodeId, Channel>>,
-    next_command: AtomicU64,
+    /// Each hive's command channel and the ACKs.
+    pub channels: Channels,
     /// Shared with the registries so replica events and liveness events form one order.
     event_seq: Arc<AtomicU64>,
     events: Mutex<VecDeque<NodeEvent>>,
@@ -73,9 +70,6 @@ pub struct Orchestrator {
     /// Set from a cluster shutdown's GATE on: no deployments change, nothing is placed or
     /// orphaned, and each hive's desired state carries its phase order.
     gate: AtomicBool,
-    phase_orders: Mutex<BTreeMap<NodeId, contract::PhaseOrder>>,
-    /// Woken by every ACK, so a shutdown phase ends as soon as its last ACK is in.
-    pub acks: tokio::sync::Notify,
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
     started: Mutex<tokio::time::Instant>,
@@ -94,9 +88,6 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
     }
 }
 
-/// How long a drain may take unless told otherwise.
-pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);
-
 impl Orchestrator {
     pub fn open(store: Box<dyn Store>, orphan_grace: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
         let Persisted { deployments, assignments, strategy, shutdown: _, ineligible, drains } = store.load()?;
@@ -107,15 +98,12 @@ impl Orchestrator {
                 ineligible,
             }),
             store,
-            channels: Mutex::new(BTreeMap::new()),
-            next_command: AtomicU64::new(1),
+            channels: Channels::default(),
             event_seq,
             events: Mutex::new(VecDeque::new()),
             orphan_grace,
             brake: AtomicBool::new(false),
             gate: AtomicBool::new(false),
-            phase_orders: Mutex::new(BTreeMap::new()),
-            acks: tokio::sync::Notify::new(),
             started: Mutex::new(tokio::time::Instant::now()),
             decisions: Family::default(),
         })
@@ -171,34 +159,6 @@ impl Orchestrator {
 
     pub fn set_gate(&self) {
         self.gate.store(true, Ordering::SeqCst);
-    }
-
-    /// Sends `order` to each of `hives` (in their desired state, beside their workers)
-    /// and returns the id of the command each must ACK.
-    pub fn order_phase(&self, hives: &[NodeId], order: contract::PhaseOrder) -> BTreeMap<NodeId, u64> {
-        {
-            let mut orders = self.phase_orders.lock().unwrap_or_else(|p| p.into_inner());
-            for h in hives {
-                orders.insert(h.clone(), order.clone());
-            }
-        }
-        let mut ids = BTreeMap::new();
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        for h in hives {
-            let workers = channels.get(h).map(|c| c.desired.clone()).unwrap_or_default();
-            let command = self.command(h, workers.clone());
-            ids.insert(h.clone(), command.id);
-            match channels.get_mut(h) {
-                Some(ch) => {
-                    ch.tx.send_replace(Arc::new(command));
-                }
-                None => {
-                    let (tx, _) = watch::channel(Arc::new(command));
-                    channels.insert(h.clone(), Channel { tx, desired: workers, acked: None });
-                }
-            }
-        }
-        ids
     }
 
     /// Persists the shutdown state (phase progress) atomically with nothing else.
@@ -318,88 +278,6 @@ impl Orchestrator {
         Ok(())
     }
 
-    /// Starts draining a hive: ineligible at once (and durably), then, at each reconcile,
-    /// its replicas are started elsewhere a few at a time and the old ones stopped once
-    /// the new ones heartbeat. Starting one that runs returns its status unchanged.
-    pub fn start_drain(&self, hive: &NodeId, deadline: Duration) -> Result<DrainStatus, StoreError> {
-        // A deadline of centuries would overflow the clocks (a panic, found by schemathesis
-        // with 121645100408831999 ms); a year is as good as forever for a drain.
-        let deadline = deadline.min(Duration::from_secs(365 * 24 * 3600));
-        self.set_eligible(hive, false)?;
-        let mut st = self.lock();
-        let running = st.placement.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
-        if !running {
-            let now = OffsetDateTime::now_utc();
-            let mut drains = st.placement.drains.clone();
-            drains.insert(
-                hive.clone(),
-                DrainRecord {
-                    started_at: now,
-                    deadline: now + deadline,
-                    moved: BTreeSet::new(),
-                    cancelled: false,
-                    done: false,
-                    notes: Vec::new(),
-                },
-            );
-            self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
-            st.placement.drains = drains;
-        }
-        Ok(Self::drain_status(&st, hive).unwrap_or_else(|| empty_drain(hive)))
-    }
-
-    /// Stops a drain where it stands; the hive stays ineligible. `None`: no drain of it.
-    pub fn cancel_drain(&self, hive: &NodeId) -> Result<Option<DrainStatus>, StoreError> {
-        let mut st = self.lock();
-        let mut drains = st.placement.drains.clone();
-        let Some(d) = drains.get_mut(hive) else { return Ok(None) };
-        if !d.done {
-            d.cancelled = true;
-            d.done = true;
-            self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
-            st.placement.drains = drains;
-        }
-        // Replacements already running stay; their old instances are retired normally.
-        Ok(Self::drain_status(&st, hive))
-    }
-
-    pub fn drain(&self, hive: &NodeId) -> Option<DrainStatus> {
-        Self::drain_status(&self.lock(), hive)
-    }
-
-    pub fn drains(&self) -> Vec<DrainStatus> {
-        let st = self.lock();
-        st.placement.drains.keys().filter_map(|h| Self::drain_status(&st, h)).collect()
-    }
-
-    fn drain_status(st: &State, hive: &NodeId) -> Option<DrainStatus> {
-        let d = st.placement.drains.get(hive)?;
-        let left = st.placement.assignments.values().filter(|a| plan::holds(a, hive)).count() as u32;
-        let moving =
-            st.placement.assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count()
-                as u32;
-        let mut replicas: BTreeMap<NodeId, String> = d.moved.iter().map(|w| (w.clone(), "moved".to_string())).collect();
-        for a in st.placement.assignments.values() {
-            if a.retiring.as_ref().is_some_and(|r| &r.hive == hive) {
-                replicas.insert(a.worker.clone(), "moving".into());
-            } else if a.hive.as_ref() == Some(hive) {
-                replicas.insert(a.worker.clone(), "waiting".into());
-            }
-        }
-        Some(DrainStatus {
-            hive: hive.clone(),
-            started_at: d.started_at,
-            deadline: d.deadline,
-            moved: d.moved.len() as u32,
-            left,
-            moving,
-            done: d.done,
-            cancelled: d.cancelled,
-            notes: d.notes.clone(),
-            replicas,
-        })
-    }
-
     pub fn assignments(&self) -> Vec<Assignment> {
         self.lock().placement.assignments.values().cloned().collect()
     }
@@ -485,7 +363,7 @@ impl Orchestrator {
                 node => self.cluster_event(node, &d.id, d.kind, d.reason),
             }
         }
-        self.publish(desired);
+        self.channels.publish(desired);
         Ok(())
     }
 
@@ -505,60 +383,6 @@ impl Orchestrator {
         } else {
             tracing::warn!("placement brake released: hives are back");
         }
-    }
-
-    /// Sends each hive whose desired set changed its new set.
-    fn publish(&self, mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>>) {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let hives: BTreeSet<NodeId> = channels.keys().cloned().chain(desired.keys().cloned()).collect();
-        for hive in hives {
-            let want = desired.remove(&hive).unwrap_or_default();
-            match channels.get_mut(&hive) {
-                Some(ch) if ch.desired == want => {}
-                Some(ch) => {
-                    ch.tx.send_replace(Arc::new(self.command(&hive, want.clone())));
-                    ch.desired = want;
-                }
-                None => {
-                    let (tx, _) = watch::channel(Arc::new(self.command(&hive, want.clone())));
-                    channels.insert(hive, Channel { tx, desired: want, acked: None });
-                }
-            }
-        }
-    }
-
-    fn command(&self, hive: &NodeId, workers: Vec<WorkerLaunch>) -> HiveCommand {
-        let shutdown = self.phase_orders.lock().unwrap_or_else(|p| p.into_inner()).get(hive).cloned();
-        HiveCommand {
-            id: self.next_command.fetch_add(1, Ordering::Relaxed),
-            kind: CommandKind::Assign { workers, shutdown },
-        }
-    }
-
-    /// The command stream of one hive, starting with its current desired set.
-    pub fn subscribe(&self, hive: &NodeId) -> watch::Receiver<Arc<HiveCommand>> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(ch) = channels.get(hive) {
-            return ch.tx.subscribe();
-        }
-        let (tx, rx) = watch::channel(Arc::new(self.command(hive, Vec::new())));
-        channels.insert(hive.clone(), Channel { tx, desired: Vec::new(), acked: None });
-        rx
-    }
-
-    pub fn ack(&self, hive: &NodeId, ack: CommandAck) {
-        if !ack.ok {
-            tracing::warn!(%hive, command = ack.command_id, detail = %ack.detail, "hive could not apply a command");
-        }
-        if let Some(ch) = self.channels.lock().unwrap_or_else(|p| p.into_inner()).get_mut(hive) {
-            ch.acked = Some(ack);
-        }
-        self.acks.notify_waiters();
-    }
-
-    /// The last ACK a hive sent.
-    pub fn last_ack(&self, hive: &NodeId) -> Option<CommandAck> {
-        self.channels.lock().unwrap_or_else(|p| p.into_inner()).get(hive).and_then(|c| c.acked.clone())
     }
 }
 
@@ -608,116 +432,5 @@ impl plan::Workers for RegistryWorkers<'_> {
     }
 }
 
-/// What `start_drain` answers if the drain it just recorded cannot be read back (it always
-/// can; this keeps the signature free of an `Option` nobody could act on).
-fn empty_drain(hive: &NodeId) -> DrainStatus {
-    let now = OffsetDateTime::now_utc();
-    DrainStatus {
-        hive: hive.clone(),
-        started_at: now,
-        deadline: now,
-        moved: 0,
-        left: 0,
-        moving: 0,
-        done: true,
-        cancelled: false,
-        notes: vec![],
-        replicas: BTreeMap::new(),
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use std::sync::atomic::AtomicBool;
-
-    use super::*;
-    use crate::store::MemoryStore;
-
-    /// A store whose writes fail while `fail` is set.
-    #[derive(Default)]
-    struct Flaky {
-        inner: MemoryStore,
-        fail: AtomicBool,
-    }
-
-    impl Store for Flaky {
-        fn load(&self) -> Result<Persisted, StoreError> {
-            self.inner.load()
-        }
-        fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-            if self.fail.load(Ordering::SeqCst) {
-                return Err(StoreError::Backend("disk full".into()));
-            }
-            self.inner.apply(batch)
-        }
-        fn ping(&self) -> Result<(), StoreError> {
-            Ok(())
-        }
-        fn job_route(&self, key: &str) -> Result<Option<crate::store::JobRoute>, StoreError> {
-            self.inner.job_route(key)
-        }
-        fn put_job_route(&self, key: &str, route: &crate::store::JobRoute) -> Result<(), StoreError> {
-            self.inner.put_job_route(key, route)
-        }
-        fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
-            self.inner.forget_job_routes(before)
-        }
-    }
-
-    fn spec(name: &str, replicas: u32) -> DeploymentSpec {
-        DeploymentSpec {
-            name: NodeId::sanitized(name),
-            command: "worker".into(),
-            args: vec![],
-            env: Default::default(),
-            replicas,
-            labels_required: Default::default(),
-            max_restarts: None,
-        }
-    }
-
-    fn registries() -> anyhow::Result<(HeartbeatRegistry<HiveHeartbeat>, HeartbeatRegistry<WorkerHeartbeat>)> {
-        let thresholds = registry::Thresholds::for_interval(Duration::from_secs(1), None)?;
-        let hives = HeartbeatRegistry::new(thresholds.clone());
-        hives.upsert(serde_json::from_str::<HiveHeartbeat>(contract::examples::HIVE_HEARTBEAT)?);
-        Ok((hives, HeartbeatRegistry::new(thresholds)))
-    }
-
-    #[tokio::test]
-    async fn a_failed_store_write_changes_nothing_in_memory() -> anyhow::Result<()> {
-        let store = Arc::new(Flaky::default());
-        let o = Orchestrator::open(Box::new(Arc::clone(&store)), Duration::from_secs(60), Arc::new(AtomicU64::new(1)))?;
-        let (hives, workers) = registries()?;
-        let mut commands = o.subscribe(&NodeId::sanitized("hive-1"));
-        o.create(spec("web", 2))?;
-        store.fail.store(true, Ordering::SeqCst);
-        assert!(o.reconcile(&hives, &workers).is_err());
-        assert!(o.assignments().is_empty(), "memory follows the store, not ahead of it");
-        assert!(o.recent_events(10).is_empty(), "no decision is announced that did not happen");
-        assert!(!commands.has_changed()?, "no hive is told to run what is not stored");
-
-        store.fail.store(false, Ordering::SeqCst);
-        o.reconcile(&hives, &workers)?;
-        assert_eq!(o.assignments().len(), 2);
-        assert_eq!(store.load()?.assignments.len(), 2, "and now both agree");
-        assert!(commands.has_changed()?);
-        let command = Arc::clone(&commands.borrow_and_update());
-        let CommandKind::Assign { workers: told, .. } = &command.kind;
-        assert_eq!(told.len(), 2);
-        Ok(())
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_startup_grace_runs_on_tokio_time() -> anyhow::Result<()> {
-        let o =
-            Orchestrator::open(Box::new(MemoryStore::default()), Duration::from_secs(30), Arc::new(AtomicU64::new(1)))?;
-        assert!(o.in_grace());
-        tokio::time::advance(Duration::from_secs(29)).await;
-        assert!(o.in_grace());
-        tokio::time::advance(Duration::from_secs(2)).await;
-        assert!(!o.in_grace());
-        o.restart_grace();
-        assert!(o.in_grace(), "a new leader has heard from nobody yet");
-        Ok(())
-    }
-}
+mod tests;
