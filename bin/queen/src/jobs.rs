@@ -22,7 +22,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use contract::{JobRequest, NodeId};
+use contract::{JobRequest, NodeId, WorkerHeartbeat};
+use heartbeat_registry::HeartbeatRegistry;
 use lifecycle::http::{ApiError, JsonBody, QueryParams};
 use serde::Deserialize;
 
@@ -49,7 +50,63 @@ fn deadline(job: &JobRequest) -> Duration {
 }
 
 /// One lock per idempotency key being routed.
-pub type KeyLocks = dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>;
+type KeyLocks = dashmap::DashMap<String, Arc<tokio::sync::Mutex<()>>>;
+
+/// The job router's own state: what it has in flight to each worker, the keyed jobs being
+/// routed now, and the routing rate.
+#[derive(Default)]
+pub struct JobRouter {
+    /// Jobs forwarded and not yet answered, per worker, so that concurrent routing spreads
+    /// load before heartbeats catch up.
+    in_flight: dashmap::DashMap<NodeId, u32>,
+    /// Keyed jobs being routed now, each behind its own lock (see [`KeyLock`]).
+    keys: KeyLocks,
+    /// (when, jobs routed so far) at recent snapshot ticks, for a routing rate.
+    samples: std::sync::Mutex<std::collections::VecDeque<(tokio::time::Instant, u64)>>,
+}
+
+impl JobRouter {
+    /// The available worker with the least work, among those not yet tried.
+    fn pick(
+        &self,
+        workers: &HeartbeatRegistry<WorkerHeartbeat>,
+        deployment: Option<&NodeId>,
+        tried: &BTreeSet<NodeId>,
+    ) -> Option<(NodeId, String)> {
+        let mut best: Option<((u32, u32, u64), NodeId, String)> = None;
+        workers.visit(|w| {
+            let p = w.payload;
+            if !w.available || tried.contains(&p.id) || deployment.is_some_and(|d| p.kind != d.as_str()) {
+                return;
+            }
+            let ours = self.in_flight.get(&p.id).map(|n| *n).unwrap_or(0);
+            // Ties go to a random worker, so equal workers share the load.
+            let key = (ours, p.in_flight, fastrand::u64(..));
+            if best.as_ref().is_none_or(|(k, ..)| key < *k) {
+                best = Some((key, p.id.clone(), p.address.clone()));
+            }
+        });
+        best.map(|(_, id, address)| (id, address))
+    }
+
+    /// Remembers the routed-jobs count at this moment (called every snapshot tick).
+    pub fn sample(&self, routed: u64) {
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        if samples.len() == 60 {
+            samples.pop_front();
+        }
+        samples.push_back((tokio::time::Instant::now(), routed));
+    }
+
+    /// Jobs routed per second over the samples kept.
+    pub fn rate(&self) -> f64 {
+        let samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        match (samples.front(), samples.back()) {
+            (Some((t0, n0)), Some((t1, n1))) if t1 > t0 => (n1 - n0) as f64 / (*t1 - *t0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
 
 /// Held while a keyed job is routed and answered: a second copy sent at the same time
 /// waits, then finds the first one's route and gets its answer, instead of both picking a
@@ -76,52 +133,32 @@ impl Drop for KeyLock<'_> {
 }
 
 /// Counts a forwarded job against its worker until it is answered, however that ends.
-struct InFlight<'a>(&'a Queen, NodeId);
+struct InFlight<'a>(&'a JobRouter, NodeId);
 
 impl<'a> InFlight<'a> {
-    fn new(queen: &'a Queen, worker: NodeId) -> Self {
-        *queen.jobs_in_flight.entry(worker.clone()).or_insert(0) += 1;
-        Self(queen, worker)
+    fn new(router: &'a JobRouter, worker: NodeId) -> Self {
+        *router.in_flight.entry(worker.clone()).or_insert(0) += 1;
+        Self(router, worker)
     }
 }
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if let Some(mut n) = self.0.jobs_in_flight.get_mut(&self.1) {
+        if let Some(mut n) = self.0.in_flight.get_mut(&self.1) {
             *n = n.saturating_sub(1);
         }
     }
 }
 
-impl Queen {
-    /// The available worker with the least work, among those not yet tried.
-    fn pick_worker(&self, deployment: Option<&NodeId>, tried: &BTreeSet<NodeId>) -> Option<(NodeId, String)> {
-        let mut best: Option<((u32, u32, u64), NodeId, String)> = None;
-        self.workers.visit(|w| {
-            let p = w.payload;
-            if !w.available || tried.contains(&p.id) || deployment.is_some_and(|d| p.kind != d.as_str()) {
-                return;
-            }
-            let ours = self.jobs_in_flight.get(&p.id).map(|n| *n).unwrap_or(0);
-            // Ties go to a random worker, so equal workers share the load.
-            let key = (ours, p.in_flight, fastrand::u64(..));
-            if best.as_ref().is_none_or(|(k, ..)| key < *k) {
-                best = Some((key, p.id.clone(), p.address.clone()));
-            }
-        });
-        best.map(|(_, id, address)| (id, address))
-    }
+fn count_job(queen: &Queen, outcome: &'static str) {
+    queen.metrics.jobs.get_or_create(&JobLabels { outcome }).inc();
+}
 
-    fn count_job(&self, outcome: &'static str) {
-        self.metrics.jobs.get_or_create(&JobLabels { outcome }).inc();
-    }
-
-    /// Whether the queen holds this worker offline (or has forgotten it) while it has heard
-    /// from the cluster long enough to know: a new leader in its startup grace knows nobody
-    /// yet, and that is no evidence of death.
-    fn certainly_gone(&self, worker: &NodeId) -> bool {
-        !self.orchestrator.in_grace() && self.workers.get(worker).is_none_or(|w| !w.liveness.is_up())
-    }
+/// Whether the queen holds this worker offline (or has forgotten it) while it has heard
+/// from the cluster long enough to know: a new leader in its startup grace knows nobody
+/// yet, and that is no evidence of death.
+fn certainly_gone(queen: &Queen, worker: &NodeId) -> bool {
+    !queen.orchestrator.in_grace() && queen.ingest.workers.get(worker).is_none_or(|w| !w.liveness.is_up())
 }
 
 /// The worker's port refused the connection: nothing listens there, the job cannot be
@@ -200,7 +237,7 @@ pub async fn route(
     let JsonBody(job) = body?;
     let key = lifecycle::http::idempotency_key(&headers)?;
     if queen.orchestrator.gated() {
-        queen.count_job("refused_shutdown");
+        count_job(&queen, "refused_shutdown");
         return Err(shutting_down());
     }
     let deployment = match query.deployment {
@@ -209,7 +246,7 @@ pub async fn route(
     };
     let mut tried = BTreeSet::new();
     let _one_at_a_time = match &key {
-        Some(k) => Some(KeyLock::take(&queen.job_keys, k).await),
+        Some(k) => Some(KeyLock::take(&queen.jobs.keys, k).await),
         None => None,
     };
     // A retry of a keyed job goes first to the worker that took it.
@@ -222,7 +259,10 @@ pub async fn route(
         let (worker, address) = match &again {
             Some(route) => (route.worker.clone(), route.address.clone()),
             None => {
-                let Some((worker, address)) = queen.pick_worker(deployment.as_ref(), &tried) else { break };
+                let Some((worker, address)) = queen.jobs.pick(&queen.ingest.workers, deployment.as_ref(), &tried)
+                else {
+                    break;
+                };
                 if let Some(k) = &key {
                     record(&queen, k, &worker, &address).await?;
                 }
@@ -230,7 +270,7 @@ pub async fn route(
             }
         };
         tried.insert(worker.clone());
-        let _counted = InFlight::new(&queen, worker.clone());
+        let _counted = InFlight::new(&queen.jobs, worker.clone());
         let mut request = queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(&job);
         if let Some(k) = &key {
             request = request.header(contract::IDEMPOTENCY_KEY, k);
@@ -239,10 +279,10 @@ pub async fn route(
         if let (Some(_), Err(e)) = (&again, &sent)
             && job.rerunnable()
         {
-            if !refused(e) && !queen.certainly_gone(&worker) {
+            if !refused(e) && !certainly_gone(&queen, &worker) {
                 // It may be running the job still, cut off from us: a run elsewhere could
                 // be a second one.
-                queen.count_job("worker_unreachable");
+                count_job(&queen, "worker_unreachable");
                 return Err(ApiError::unavailable(
                     "worker_unreachable",
                     format!("{worker}, which took this job, does not answer now; try again"),
@@ -250,7 +290,7 @@ pub async fn route(
                 ));
             }
             tracing::warn!(%worker, error = %e, "the worker that took a keyed job is gone; running it elsewhere");
-            queen.count_job("rerun");
+            count_job(&queen, "rerun");
             continue;
         }
         let died = |e: &reqwest::Error| !e.is_timeout() && job.rerunnable();
@@ -262,15 +302,15 @@ pub async fn route(
                     Ok(b) => b,
                     Err(e) if died(&e) => {
                         tracing::warn!(%worker, error = %e, "worker died answering a job; running it elsewhere");
-                        queen.count_job("rerun");
+                        count_job(&queen, "rerun");
                         continue;
                     }
                     Err(e) => {
-                        queen.count_job("worker_failed");
+                        count_job(&queen, "worker_failed");
                         return Err(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")));
                     }
                 };
-                queen.count_job(if status.is_success() { "done" } else { "rejected" });
+                count_job(&queen, if status.is_success() { "done" } else { "rejected" });
                 let response = Response::builder()
                     .status(status.as_u16())
                     .header(header::CONTENT_TYPE, "application/json")
@@ -281,16 +321,16 @@ pub async fn route(
             Err(e) if e.is_connect() => continue,
             Err(e) if died(&e) => {
                 tracing::warn!(%worker, error = %e, "worker died running a job; running it elsewhere");
-                queen.count_job("rerun");
+                count_job(&queen, "rerun");
             }
             Err(e) => {
-                queen.count_job("worker_failed");
+                count_job(&queen, "worker_failed");
                 // Still running, perhaps: do not run it a second time at once.
                 return Err(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")));
             }
         }
     }
-    queen.count_job("no_worker");
+    count_job(&queen, "no_worker");
     Err(ApiError::unavailable(
         "no_worker_available",
         "no available worker can take this job now",

@@ -1,7 +1,7 @@
 //! Live configuration reload.
 //!
 //! The config file is watched through `notify` (inotify here), and SIGHUP reloads too.
-//! Both go through [`QueenConfig::load`], the same validation as startup: a file with
+//! Both go through [`crate::QueenConfig::load`], the same validation as startup: a file with
 //! problems is refused whole, every problem is logged, `apiary_config_reloads_total
 //! {outcome="rejected"}` counts it, and the running configuration stays as it was.
 
@@ -15,9 +15,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{ConfigError, Reload};
+use crate::Queen;
 use crate::metrics::OutcomeLabels;
-use crate::{Queen, QueenConfig};
 
 /// Editors write a file in several steps (truncate, write, rename); changes closer
 /// together than this are read once, after the last.
@@ -97,43 +96,6 @@ pub(crate) fn apply(queen: &Queen, why: &str) {
             queen.metrics.config_reloads.get_or_create(&OutcomeLabels { outcome: "rejected" }).inc();
             for problem in &e.problems {
                 tracing::error!(why, %problem, "config reload rejected; the running config stays");
-            }
-        }
-    }
-}
-
-impl Queen {
-    /// Reads the configuration again and applies what can change live.
-    pub fn reload(&self) -> Result<Reload, ConfigError> {
-        let current = self.config();
-        let (next, reload) = current.reloaded()?;
-        self.apply_live(&current, &next);
-        self.config.send_replace(Arc::new(next));
-        Ok(reload)
-    }
-
-    /// The side effects of a changed configuration; the loops that depend on intervals
-    /// follow the config channel themselves.
-    fn apply_live(&self, current: &QueenConfig, next: &QueenConfig) {
-        if next.thresholds != current.thresholds {
-            self.hives.set_thresholds(next.thresholds.clone());
-            self.workers.set_thresholds(next.thresholds.clone());
-        }
-        if next.strategy != current.strategy
-            && let Some(strategy) = next.strategy
-            && let Err(e) = self.orchestrator.set_strategy(strategy)
-        {
-            tracing::error!(error = %e, "could not store the reloaded placement strategy");
-        }
-        if next.heartbeats_per_second() != current.heartbeats_per_second() {
-            *self.heartbeat_limiter.write().unwrap_or_else(|p| p.into_inner()) =
-                Arc::new(crate::limiter(next.heartbeats_per_second()));
-        }
-        if next.log_level != current.log_level {
-            // Without a level in the config, back to what the process started with.
-            let fallback = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-            if let Err(e) = lifecycle::set_log_filter(next.log_level.as_deref().unwrap_or(&fallback)) {
-                tracing::warn!(error = %e, "log filter not applied");
             }
         }
     }

@@ -1,7 +1,7 @@
 //! One snapshot per tick, serialized once, fanned out to every SSE client.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{ClientGuard, NodeLabels, StreamLabels};
+use crate::metrics::{ClientGuard, Metrics, NodeLabels, StreamLabels};
 use crate::{Queen, summary};
 
 /// A published snapshot in each form a client may ask for, each framed as an SSE event
@@ -62,27 +62,46 @@ const CLIENT_RETRY: Duration = Duration::from_secs(1);
 /// Comment lines on an idle stream, so proxies do not close it.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-impl Queen {
-    /// Builds the snapshot from both registries, serializes it (whole, summary and delta
-    /// from the last one), and publishes it.
-    pub(crate) fn publish_snapshot(&self) {
-        let started = Instant::now();
-        self.sweep();
-        let seq = self.snapshots.borrow().seq + 1;
-        let snapshot = self.build_snapshot(seq);
-        self.publish(snapshot, started);
+/// The published frames: the latest in a `watch` channel that every stream reads, and the
+/// snapshot behind it, kept to compute the next frame's delta.
+pub struct Snapshots {
+    tx: watch::Sender<Arc<Frame>>,
+    last: Mutex<Option<Snapshot>>,
+}
+
+impl Default for Snapshots {
+    fn default() -> Self {
+        Self { tx: watch::channel(Arc::new(Frame::empty())).0, last: Mutex::new(None) }
+    }
+}
+
+impl Snapshots {
+    /// The latest published frame.
+    pub fn latest(&self) -> Arc<Frame> {
+        Arc::clone(&self.tx.borrow())
     }
 
-    /// Publishes a snapshot another queen built (a follower relaying its leader's), under
-    /// this queen's own sequence so its clients' deltas chain.
-    #[cfg(feature = "etcd")]
-    pub(crate) fn publish_relayed(&self, mut snapshot: Snapshot) {
-        snapshot.seq = self.snapshots.borrow().seq + 1;
-        self.publish(snapshot, Instant::now());
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Frame>> {
+        self.tx.subscribe()
+    }
+
+    /// The seq the next frame gets: this queen's own numbering, so its clients' deltas
+    /// chain whoever built the snapshot.
+    pub fn next_seq(&self) -> u64 {
+        self.tx.borrow().seq + 1
+    }
+
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<Snapshot>> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest event the last published snapshot carried.
+    pub fn last_event_seq(&self) -> Option<u64> {
+        self.last().as_ref().and_then(|s| s.events.iter().map(|e| e.seq).max())
     }
 
     /// Serializes `snapshot` in every form a client may ask for and hands it to them.
-    fn publish(&self, mut snapshot: Snapshot, started: Instant) {
+    pub fn publish(&self, mut snapshot: Snapshot, started: Instant, metrics: &Metrics) {
         let seq = snapshot.seq;
         // Ages follow from the timestamp exactly, so a delta need not carry them.
         for h in &mut snapshot.hives {
@@ -91,7 +110,7 @@ impl Queen {
         for w in &mut snapshot.workers {
             w.last_seen_ago_ms = contract::ago_ms(snapshot.timestamp, w.last_seen);
         }
-        let mut last = self.last_snapshot.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.last();
         let delta = last.as_ref().map(|prev| (prev.seq, prev.delta_to(&snapshot)));
         let serialized = serde_json::to_string(&snapshot).and_then(|json| {
             let summary = serde_json::to_string(&snapshot.summary())?;
@@ -110,75 +129,74 @@ impl Queen {
         };
         *last = Some(snapshot);
         drop(last);
-        self.metrics.snapshot_bytes.set(json.len() as i64);
-        self.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
-        self.snapshots.send_replace(Arc::new(Frame { seq, full, json, summary, delta, built_at: Instant::now() }));
+        metrics.snapshot_bytes.set(json.len() as i64);
+        metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
+        self.tx.send_replace(Arc::new(Frame { seq, full, json, summary, delta, built_at: Instant::now() }));
     }
+}
 
-    fn build_snapshot(&self, seq: u64) -> Snapshot {
-        // Read once, not under the registry's locks.
-        let ineligible = self.orchestrator.ineligible();
-        let mut hives = Vec::with_capacity(self.hives.len());
-        let mut counts = NodeCounts::default();
-        self.hives.visit(|n| {
-            counts.add(NodeKind::Hive, n.liveness, n.available);
-            let mut h = summary::hive(n);
-            h.eligible = !ineligible.contains(&h.id);
-            hives.push(h);
-        });
-        let mut workers = Vec::with_capacity(self.workers.len());
-        let mut jobs_in_flight = 0u64;
-        self.workers.visit(|n| {
-            counts.add(NodeKind::Worker, n.liveness, n.available);
-            if n.liveness.is_up() {
-                jobs_in_flight += u64::from(n.payload.in_flight);
-            }
-            workers.push(summary::worker(n));
-        });
-        hives.sort_by(|a, b| a.id.cmp(&b.id));
-        workers.sort_by(|a, b| a.id.cmp(&b.id));
-        counts.export(self);
-
-        let limit = self.config.borrow().snapshot_events;
-        let mut events: Vec<_> = self
-            .hives
-            .recent_events(limit)
-            .iter()
-            .map(|e| summary::node_event(NodeKind::Hive, e))
-            .chain(self.workers.recent_events(limit).iter().map(|e| summary::node_event(NodeKind::Worker, e)))
-            .chain(self.orchestrator.recent_events(limit))
-            .collect();
-        events.sort_by_key(|e| e.seq);
-        let skip = events.len().saturating_sub(limit);
-        events.drain(..skip);
-
-        let hive_ids = hives.iter().filter(|h| h.liveness.is_up()).map(|h| h.id.clone()).collect();
-        let worker_ids = workers.iter().filter(|w| w.liveness.is_up()).map(|w| w.id.clone()).collect();
-        Snapshot {
-            timestamp: OffsetDateTime::now_utc(),
-            workers_online: counts.online[1],
-            workers_available: counts.available[1],
-            hives_online: counts.online[0],
-            hives_available: counts.available[0],
-            worker_ids,
-            hive_ids,
-            seq,
-            hives_total: hives.len(),
-            workers_total: workers.len(),
-            jobs_in_flight,
-            hives,
-            workers,
-            events,
-            deployments: self.orchestrator.summaries(&self.workers),
-            placement_brake: self.orchestrator.brake_engaged(),
-            shutdown: self.shutdown(),
-            drains: self.orchestrator.drains(),
+/// The cluster as the queen sees it now: one pass over each registry (summaries and
+/// counts), the recent events of both and of the orchestrator merged by seq, deployments,
+/// drains and the shutdown.
+pub(crate) fn build(queen: &Queen, seq: u64) -> Snapshot {
+    let ingest = &queen.ingest;
+    // Read once, not under the registry's locks.
+    let ineligible = queen.orchestrator.ineligible();
+    let mut hives = Vec::with_capacity(ingest.hives.len());
+    let mut counts = NodeCounts::default();
+    ingest.hives.visit(|n| {
+        counts.add(NodeKind::Hive, n.liveness, n.available);
+        let mut h = summary::hive(n);
+        h.eligible = !ineligible.contains(&h.id);
+        hives.push(h);
+    });
+    let mut workers = Vec::with_capacity(ingest.workers.len());
+    let mut jobs_in_flight = 0u64;
+    ingest.workers.visit(|n| {
+        counts.add(NodeKind::Worker, n.liveness, n.available);
+        if n.liveness.is_up() {
+            jobs_in_flight += u64::from(n.payload.in_flight);
         }
-    }
+        workers.push(summary::worker(n));
+    });
+    hives.sort_by(|a, b| a.id.cmp(&b.id));
+    workers.sort_by(|a, b| a.id.cmp(&b.id));
+    counts.export(&queen.metrics);
 
-    /// The latest published frame.
-    pub fn latest_frame(&self) -> Arc<Frame> {
-        Arc::clone(&self.snapshots.borrow())
+    let limit = queen.config().snapshot_events;
+    let mut events: Vec<_> = ingest
+        .hives
+        .recent_events(limit)
+        .iter()
+        .map(|e| summary::node_event(NodeKind::Hive, e))
+        .chain(ingest.workers.recent_events(limit).iter().map(|e| summary::node_event(NodeKind::Worker, e)))
+        .chain(queen.orchestrator.recent_events(limit))
+        .collect();
+    events.sort_by_key(|e| e.seq);
+    let skip = events.len().saturating_sub(limit);
+    events.drain(..skip);
+
+    let hive_ids = hives.iter().filter(|h| h.liveness.is_up()).map(|h| h.id.clone()).collect();
+    let worker_ids = workers.iter().filter(|w| w.liveness.is_up()).map(|w| w.id.clone()).collect();
+    Snapshot {
+        timestamp: OffsetDateTime::now_utc(),
+        workers_online: counts.online[1],
+        workers_available: counts.available[1],
+        hives_online: counts.online[0],
+        hives_available: counts.available[0],
+        worker_ids,
+        hive_ids,
+        seq,
+        hives_total: hives.len(),
+        workers_total: workers.len(),
+        jobs_in_flight,
+        hives,
+        workers,
+        events,
+        deployments: queen.orchestrator.summaries(&ingest.workers),
+        placement_brake: queen.orchestrator.brake_engaged(),
+        shutdown: queen.shutdown.current(),
+        drains: queen.orchestrator.drains(),
     }
 }
 
@@ -203,12 +221,11 @@ impl NodeCounts {
         self.by_liveness[k][liveness as usize] += 1;
     }
 
-    fn export(&self, queen: &Queen) {
+    fn export(&self, metrics: &Metrics) {
         use heartbeat_registry::Liveness as L;
         for kind in [NodeKind::Hive, NodeKind::Worker] {
             for l in [L::Online, L::Suspect, L::Offline, L::Stopped] {
-                queen
-                    .metrics
+                metrics
                     .nodes
                     .get_or_create(&NodeLabels { kind: kind.as_str(), liveness: summary::liveness(l).as_str() })
                     .set(self.by_liveness[kind as usize][l as usize]);
@@ -219,7 +236,7 @@ impl NodeCounts {
 
 /// Publishes a snapshot every `snapshot_interval` until `stop` fires.
 pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
-    let mut config = queen.config.subscribe();
+    let mut config = queen.subscribe_config();
     let mut tick = crate::interval(config.borrow_and_update().snapshot_interval);
     tick.tick().await; // the first frame was published at start
     loop {
@@ -242,7 +259,7 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
                 if tokio::task::spawn_blocking(move || building.publish_snapshot()).await.is_err() {
                     tracing::error!("building a snapshot panicked; the next tick tries again");
                 }
-                queen.sample_jobs();
+                queen.jobs.sample(queen.jobs_routed());
             }
         }
     }
@@ -280,7 +297,7 @@ pub(crate) async fn stream(
     if query.delta && query.detail == StreamDetail::Summary {
         return Err(ApiError::bad_request("invalid_query", "delta applies to the full snapshot; drop detail=summary"));
     }
-    let max = queen.config.borrow().max_stream_clients;
+    let max = queen.config().max_stream_clients;
     if queen.metrics.sse_clients.get() >= max as i64 {
         return Err(ApiError::unavailable(
             "too_many_streams",

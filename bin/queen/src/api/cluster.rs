@@ -15,7 +15,7 @@ use crate::Queen;
 /// The latest published snapshot, the same bytes the stream sent.
 #[utoipa::path(get, path = "/v1/snapshot", tag = "snapshot", responses((status = 200, body = Snapshot), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn latest_snapshot(State(queen): State<Arc<Queen>>) -> impl IntoResponse {
-    let frame = queen.latest_frame();
+    let frame = queen.snapshots.latest();
     ([(header::CONTENT_TYPE, "application/json")], frame.json())
 }
 
@@ -38,7 +38,7 @@ pub(crate) async fn post_shutdown(
 /// The cluster shutdown, running or ended.
 #[utoipa::path(get, path = "/v1/cluster/shutdown", tag = "cluster", responses((status = 200, body = ShutdownState), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn get_shutdown(State(queen): State<Arc<Queen>>) -> Result<Json<ShutdownState>, ApiError> {
-    queen.shutdown().map(Json).ok_or_else(|| ApiError::not_found("no cluster shutdown has been started"))
+    queen.shutdown.current().map(Json).ok_or_else(|| ApiError::not_found("no cluster shutdown has been started"))
 }
 
 /// Which queen acts for the cluster (places work, sequences shutdowns) and whether it is

@@ -16,13 +16,13 @@ use crate::Queen;
 /// Every deployment with where its replicas run.
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<DeploymentStatus>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
-    Json(queen.orchestrator.list(&queen.workers))
+    Json(queen.orchestrator.list(&queen.ingest.workers))
 }
 
 fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiError> {
     queen
         .orchestrator
-        .get(name, &queen.workers)
+        .get(name, &queen.ingest.workers)
         .map(Json)
         .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))
 }
@@ -91,7 +91,7 @@ pub(crate) async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Ass
     let mut list = queen.orchestrator.assignments();
     // Restarts are the hive's to count; join them in from its last report.
     for a in &mut list {
-        if let Some(h) = a.hive.as_ref().and_then(|h| queen.hives.get(h)) {
+        if let Some(h) = a.hive.as_ref().and_then(|h| queen.ingest.hives.get(h)) {
             a.restarts = h.payload.workers.iter().find(|w| w.name == a.worker).map(|w| w.restarts).unwrap_or(0);
         }
     }

@@ -36,7 +36,7 @@ impl NodePayload for HiveHeartbeat {
         HiveHeartbeat::validate(self)
     }
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
-        &queen.hives
+        &queen.ingest.hives
     }
     fn claimed_by(&self, identity: &NodeIdentity) -> bool {
         matches!(identity, NodeIdentity::Hive(h) if *h == self.id)
@@ -55,7 +55,7 @@ impl NodePayload for WorkerHeartbeat {
         WorkerHeartbeat::validate(self)
     }
     fn registry(queen: &Queen) -> &HeartbeatRegistry<Self> {
-        &queen.workers
+        &queen.ingest.workers
     }
     fn claimed_by(&self, identity: &NodeIdentity) -> bool {
         matches!(identity, NodeIdentity::Worker { hive, worker } if *worker == self.id && *hive == self.hive_id)
@@ -125,7 +125,7 @@ fn heartbeat<T: NodePayload>(
         count(queen, T::KIND, "token_mismatch");
         return Err(crate::auth::token_mismatch(identity));
     }
-    if let Err(not_until) = queen.heartbeat_limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
+    if let Err(not_until) = queen.ingest.limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
         count(queen, T::KIND, "rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));

@@ -61,7 +61,7 @@ pub(crate) async fn set_eligibility(
 ) -> Result<Json<EligibilityBody>, ApiError> {
     let id = parse_id(&raw)?;
     // A typo must not leave a durable mark for a hive that never existed.
-    if queen.hives.get(&id).is_none() {
+    if queen.ingest.hives.get(&id).is_none() {
         return Err(unknown::<HiveHeartbeat>(&id));
     }
     queen.orchestrator.set_eligible(&id, body.eligible).map_err(store_error)?;
@@ -81,7 +81,7 @@ pub(crate) async fn start_drain(
 ) -> Result<(StatusCode, Json<DrainStatus>), ApiError> {
     refuse_when_gated(&queen)?;
     let id = parse_id(&raw)?;
-    if queen.hives.get(&id).is_none() {
+    if queen.ingest.hives.get(&id).is_none() {
         return Err(unknown::<HiveHeartbeat>(&id));
     }
     let deadline =
@@ -137,7 +137,7 @@ pub(crate) async fn remove_hive(
     QueryParams(q): QueryParams<RemoveQuery>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
-    let view = queen.hives.get(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
+    let view = queen.ingest.hives.get(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
     if view.liveness.is_up() && !q.force {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -145,7 +145,7 @@ pub(crate) async fn remove_hive(
             format!("{id} is online; stop it first, or add force to forget it anyway"),
         ));
     }
-    queen.hives.remove(&id);
+    queen.ingest.hives.remove(&id);
     tracing::warn!(hive = %id, "hive removed");
     queen.reconcile();
     Ok(StatusCode::NO_CONTENT)

@@ -9,7 +9,7 @@
 mod phase;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -23,6 +23,8 @@ use time::OffsetDateTime;
 use tokio::time::Instant;
 
 use crate::Queen;
+use crate::orchestrator::Orchestrator;
+use crate::store::StoreError;
 
 const POLL: Duration = Duration::from_millis(100);
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
@@ -34,69 +36,109 @@ fn timings(req: &ShutdownRequest) -> (u64, u64) {
     (drain, req.phase_timeout_ms.unwrap_or(drain + ACK_MARGIN.as_millis() as u64))
 }
 
-impl Queen {
-    fn shutdown_state(&self) -> std::sync::MutexGuard<'_, Option<ShutdownState>> {
-        self.shutdown.lock().unwrap_or_else(|p| p.into_inner())
+/// The cluster shutdown, running or ended, as this queen holds it. Every change is
+/// written to the store first and taken into memory only once written.
+#[derive(Default)]
+pub struct Sequencer {
+    state: Mutex<Option<ShutdownState>>,
+}
+
+impl Sequencer {
+    pub fn new(stored: Option<ShutdownState>) -> Self {
+        Self { state: Mutex::new(stored) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<ShutdownState>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The shutdown as it stands, for the snapshot and `GET /v1/cluster/shutdown`.
-    pub fn shutdown(&self) -> Option<ShutdownState> {
-        self.shutdown_state().clone()
+    pub fn current(&self) -> Option<ShutdownState> {
+        self.lock().clone()
     }
 
-    fn save(&self, state: &ShutdownState) {
-        if let Err(e) = self.orchestrator.save_shutdown(state) {
-            tracing::error!(error = %e, "could not write the shutdown state");
-        }
+    /// Takes the stored state as this queen's (a follower, or a queen just elected).
+    /// Says whether a shutdown this queen saw running has completed since.
+    pub fn adopt(&self, stored: Option<ShutdownState>) -> bool {
+        let mut state = self.lock();
+        let was_running = state.as_ref().is_some_and(|s| s.status == ShutdownStatus::Running);
+        let completed = stored.as_ref().is_some_and(|s| s.status == ShutdownStatus::Completed);
+        *state = stored;
+        was_running && completed
     }
 
-    /// Changes the running shutdown's state, and writes it down.
-    fn update(&self, f: impl FnOnce(&mut ShutdownState)) -> Option<ShutdownState> {
-        let mut guard = self.shutdown_state();
-        let state = guard.as_mut()?;
-        f(state);
-        let copy = state.clone();
-        drop(guard);
-        self.save(&copy);
-        Some(copy)
+    /// Changes the running shutdown's state: `f` works on a copy, the copy is written,
+    /// and only then is it this queen's. `None` when there is no shutdown.
+    fn update(
+        &self,
+        orchestrator: &Orchestrator,
+        f: impl FnOnce(&mut ShutdownState),
+    ) -> Option<Result<ShutdownState, StoreError>> {
+        let mut state = self.lock();
+        let mut next = state.clone()?;
+        f(&mut next);
+        Some(orchestrator.save_shutdown(&next).map(|()| {
+            *state = Some(next.clone());
+            next
+        }))
     }
+}
 
-    fn online_hives(&self) -> Vec<NodeId> {
-        self.hives.list_online().into_iter().map(|v| v.payload.id).collect()
-    }
+/// How long a step of the sequence keeps trying to write its state before it gives up.
+const SAVE_PATIENCE: Duration = Duration::from_secs(10);
 
-    fn plan(&self, req: &ShutdownRequest) -> ShutdownPlan {
-        let (drain, timeout) = timings(req);
-        let mut hives: BTreeMap<NodeId, Vec<NodeId>> =
-            self.online_hives().into_iter().map(|h| (h, Vec::new())).collect();
-        for w in self.workers.list_online() {
-            if let Some(list) = hives.get_mut(&w.payload.hive_id) {
-                list.push(w.payload.id);
+/// A step whose record must be written before the sequence goes on (a phase's start and
+/// end): retried while the store refuses, for [`SAVE_PATIENCE`]. `None`: no shutdown, or
+/// the store stayed down (the sequence stops; the stored state resumes it later).
+async fn update_durably(queen: &Queen, mut f: impl FnMut(&mut ShutdownState)) -> Option<ShutdownState> {
+    let deadline = Instant::now() + SAVE_PATIENCE;
+    loop {
+        match queen.shutdown.update(&queen.orchestrator, &mut f)? {
+            Ok(state) => return Some(state),
+            Err(e) if Instant::now() < deadline => {
+                tracing::warn!(error = %e, "could not write the shutdown state; retrying");
+                tokio::time::sleep(POLL).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "could not write the shutdown state; the sequence stops here");
+                return None;
             }
         }
-        ShutdownPlan { phases: Phase::ALL.to_vec(), hives, drain_deadline_ms: drain, phase_timeout_ms: timeout }
     }
+}
 
-    fn phase_event(&self, kind: EventKind, reason: String) {
-        self.orchestrator.cluster_event(NodeKind::Queen, &NodeId::sanitized("cluster"), kind, reason);
+fn plan(queen: &Queen, req: &ShutdownRequest) -> ShutdownPlan {
+    let (drain, timeout) = timings(req);
+    let mut hives: BTreeMap<NodeId, Vec<NodeId>> =
+        queen.ingest.online_hives().into_iter().map(|h| (h, Vec::new())).collect();
+    for w in queen.ingest.workers.list_online() {
+        if let Some(list) = hives.get_mut(&w.payload.hive_id) {
+            list.push(w.payload.id);
+        }
     }
+    ShutdownPlan { phases: Phase::ALL.to_vec(), hives, drain_deadline_ms: drain, phase_timeout_ms: timeout }
+}
+
+fn phase_event(queen: &Queen, kind: EventKind, reason: String) {
+    queen.orchestrator.cluster_event(NodeKind::Queen, &NodeId::sanitized("cluster"), kind, reason);
 }
 
 /// `POST /v1/cluster/shutdown`.
 pub fn start(queen: &Arc<Queen>, req: ShutdownRequest) -> Result<ShutdownAnswer, ApiError> {
     if req.dry_run {
-        return Ok(ShutdownAnswer::Plan(queen.plan(&req)));
+        return Ok(ShutdownAnswer::Plan(plan(queen, &req)));
     }
     let (drain, timeout) = timings(&req);
-    let mut guard = queen.shutdown_state();
-    if let Some(running) = guard.as_mut().filter(|s| s.status == ShutdownStatus::Running) {
+    let unavailable = |e: StoreError| ApiError::unavailable("store_unavailable", e.to_string(), Duration::from_secs(1));
+    let mut guard = queen.shutdown.lock();
+    if let Some(running) = guard.as_ref().filter(|s| s.status == ShutdownStatus::Running) {
         if req.force {
-            running.force = true;
-            let copy = running.clone();
-            drop(guard);
-            queen.save(&copy);
+            let mut forced = running.clone();
+            forced.force = true;
+            queen.orchestrator.save_shutdown(&forced).map_err(unavailable)?;
+            *guard = Some(forced.clone());
             tracing::warn!("cluster shutdown: force turned on for the running sequence");
-            return Ok(ShutdownAnswer::Started(copy));
+            return Ok(ShutdownAnswer::Started(forced));
         }
         let phase = running.current().map(|p| p.phase.name()).unwrap_or("?");
         return Err(ApiError::new(
@@ -123,10 +165,7 @@ pub fn start(queen: &Arc<Queen>, req: ShutdownRequest) -> Result<ShutdownAnswer,
             .collect(),
         failure: String::new(),
     };
-    queen
-        .orchestrator
-        .save_shutdown(&state)
-        .map_err(|e| ApiError::unavailable("store_unavailable", e.to_string(), Duration::from_secs(1)))?;
+    queen.orchestrator.save_shutdown(&state).map_err(unavailable)?;
     *guard = Some(state.clone());
     drop(guard);
     tracing::warn!(drain_ms = drain, phase_timeout_ms = timeout, force = req.force, "cluster shutdown starting");
@@ -136,7 +175,7 @@ pub fn start(queen: &Arc<Queen>, req: ShutdownRequest) -> Result<ShutdownAnswer,
 
 /// Resumes a shutdown the store says was running when the queen stopped.
 pub fn resume(queen: &Arc<Queen>) {
-    if queen.shutdown().is_some_and(|s| s.status == ShutdownStatus::Running) {
+    if queen.shutdown.current().is_some_and(|s| s.status == ShutdownStatus::Running) {
         tracing::warn!("resuming the cluster shutdown that was running when the queen stopped");
         queen.tasks.spawn(sequence(Arc::clone(queen)));
     }
@@ -150,7 +189,8 @@ async fn sequence(queen: Arc<Queen>) {
             tracing::warn!("no longer the leader; the cluster shutdown continues on the new one");
             return;
         }
-        let status = queen.shutdown().and_then(|s| s.phases.iter().find(|p| p.phase == phase).map(|p| p.status));
+        let status =
+            queen.shutdown.current().and_then(|s| s.phases.iter().find(|p| p.phase == phase).map(|p| p.status));
         match status {
             Some(PhaseStatus::Done | PhaseStatus::Forced) => {
                 if phase == Phase::Gate {
@@ -175,17 +215,19 @@ fn report(state: &mut ShutdownState, phase: Phase) -> Option<&mut PhaseReport> {
 /// The rules are `phase`'s; this applies them, saving the state after each step.
 async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     let started = Instant::now();
-    let online = queen.online_hives();
-    let Some(state) = queen.update(|s| {
+    let online = queen.ingest.online_hives();
+    let now = OffsetDateTime::now_utc();
+    let begun = update_durably(queen, |s| {
         if let Some(r) = report(s, phase) {
-            phase::begin(r, &online, OffsetDateTime::now_utc());
+            phase::begin(r, &online, now);
         }
-    }) else {
+    });
+    let Some(state) = begun.await else {
         return false;
     };
     let participants: Vec<NodeId> =
         state.phases.iter().find(|p| p.phase == phase).map(|p| p.hives.keys().cloned().collect()).unwrap_or_default();
-    queen.phase_event(EventKind::PhaseStarted, format!("{} started: {} hives", phase.name(), participants.len()));
+    phase_event(queen, EventKind::PhaseStarted, format!("{} started: {} hives", phase.name(), participants.len()));
     // Phase changes go out at once, not at the next tick: dashboards and the CLI follow.
     queen.publish_snapshot();
     tracing::warn!(phase = phase.name(), hives = participants.len(), "cluster shutdown phase");
@@ -211,9 +253,11 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         let acked = queen.orchestrator.channels.acks.notified();
         let mut waiting = 0;
         let mut answers = Vec::new();
-        queen.update(|s| {
+        // Not retried: the ACKs stay with the channels, the next poll takes them again.
+        let _ = queen.shutdown.update(&queen.orchestrator, |s| {
             if let Some(r) = report(s, phase) {
-                let workers_left = |h: &NodeId| queen.hives.get(h).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
+                let workers_left =
+                    |h: &NodeId| queen.ingest.hives.get(h).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
                 (waiting, answers) =
                     phase::take_acks(r, &ids, |h| queen.orchestrator.channels.last_ack(h), workers_left);
             }
@@ -244,16 +288,18 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     }
 
     let mut failed = Vec::new();
-    let state = queen.update(|s| {
+    let ended = OffsetDateTime::now_utc();
+    let state = update_durably(queen, |s| {
         let force = s.force;
         let Some(r) = report(s, phase) else { return };
-        failed = phase::conclude(r, force, timeout, OffsetDateTime::now_utc());
+        failed = phase::conclude(r, force, timeout, ended);
         if r.status == PhaseStatus::Failed {
             let why: Vec<&str> = failed.iter().map(|f| f.text.as_str()).collect();
             s.status = ShutdownStatus::Failed;
             s.failure = format!("{}: {}", phase.name(), why.join("; "));
         }
-    });
+    })
+    .await;
     queen.observe_phase(phase, started.elapsed());
     for f in failed.iter().filter(|f| f.timed_out) {
         queen.orchestrator.cluster_event(
@@ -269,12 +315,13 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     queen.publish_snapshot();
     match status {
         Some(PhaseStatus::Done) => {
-            queen.phase_event(EventKind::PhaseDone, format!("{} done in {took} ms", phase.name()));
+            phase_event(queen, EventKind::PhaseDone, format!("{} done in {took} ms", phase.name()));
             true
         }
         Some(PhaseStatus::Forced) => {
             let why: Vec<&str> = failed.iter().map(|f| f.text.as_str()).collect();
-            queen.phase_event(
+            phase_event(
+                queen,
                 EventKind::PhaseDone,
                 format!("{} forced on after {took} ms: {}", phase.name(), why.join("; ")),
             );
@@ -283,7 +330,7 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         _ => {
             let why = state.map(|s| s.failure).unwrap_or_default();
             tracing::error!(failure = %why, "cluster shutdown stopped");
-            queen.phase_event(EventKind::PhaseFailed, format!("shutdown stopped at {why}"));
+            phase_event(queen, EventKind::PhaseFailed, format!("shutdown stopped at {why}"));
             false
         }
     }
@@ -292,19 +339,22 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
 /// INFRA: nobody can ACK an exit; wait (bounded) until the hives said goodbye, then the
 /// queen leaves last.
 async fn run_infra(queen: &Arc<Queen>, participants: &[NodeId], started: Instant, timeout: Duration) {
-    let up = |h: &NodeId| queen.hives.get(h).is_some_and(|v| v.liveness.is_up());
+    let up = |h: &NodeId| queen.ingest.hives.get(h).is_some_and(|v| v.liveness.is_up());
     let deadline = started + timeout;
     while Instant::now() < deadline && participants.iter().any(up) {
         tokio::time::sleep(POLL).await;
     }
-    queen.update(|s| {
+    let ended = OffsetDateTime::now_utc();
+    update_durably(queen, |s| {
         if let Some(r) = report(s, Phase::Infra) {
-            phase::conclude_infra(r, up, OffsetDateTime::now_utc());
+            phase::conclude_infra(r, up, ended);
         }
         s.status = ShutdownStatus::Completed;
-    });
+    })
+    .await;
     queen.observe_phase(Phase::Infra, started.elapsed());
-    queen.phase_event(
+    phase_event(
+        queen,
         EventKind::PhaseDone,
         format!("INFRA done: hives gone in {} ms; the queen exits", started.elapsed().as_millis()),
     );
@@ -327,7 +377,7 @@ mod tests {
             tokio_util::task::TaskTracker::new(),
             None,
         )?;
-        queen.hives.upsert(serde_json::from_str(contract::examples::HIVE_HEARTBEAT)?);
+        queen.ingest.hives.upsert(serde_json::from_str(contract::examples::HIVE_HEARTBEAT)?);
         Ok(queen)
     }
 
@@ -338,11 +388,11 @@ mod tests {
         let req = ShutdownRequest { phase_timeout_ms: Some(60_000), ..Default::default() };
         start(&queen, req).map_err(|e| anyhow::anyhow!("{}", e.message))?;
         // Virtual time: each sleep lets the sequencer's own polls run up to its deadline.
-        while queen.shutdown().is_some_and(|s| s.status == ShutdownStatus::Running) {
+        while queen.shutdown.current().is_some_and(|s| s.status == ShutdownStatus::Running) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert!(began.elapsed() < Duration::from_secs(120), "the phase never ended");
         }
-        let state = queen.shutdown().expect("recorded");
+        let state = queen.shutdown.current().expect("recorded");
         assert_eq!(state.status, ShutdownStatus::Failed);
         assert_eq!(state.failure, "GATE: hive-1 did not ACK within 60 s");
         let waited = began.elapsed();
@@ -356,10 +406,10 @@ mod tests {
         let queen = queen_with_a_silent_hive()?;
         let req = ShutdownRequest { force: true, phase_timeout_ms: Some(10_000), ..Default::default() };
         start(&queen, req).map_err(|e| anyhow::anyhow!("{}", e.message))?;
-        while queen.shutdown().is_some_and(|s| s.phases[1].status == PhaseStatus::Pending) {
+        while queen.shutdown.current().is_some_and(|s| s.phases[1].status == PhaseStatus::Pending) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        let state = queen.shutdown().expect("recorded");
+        let state = queen.shutdown.current().expect("recorded");
         assert_eq!(state.phases[0].status, PhaseStatus::Forced);
         assert_eq!(state.phases[0].hives[&NodeId::sanitized("hive-1")].status, contract::AckStatus::TimedOut);
         queen.stop.cancel();

@@ -1,0 +1,81 @@
+//! What the queen has heard: one registry per kind of node, and the per-sender rate limit
+//! in front of them. Heartbeats come in here and nowhere else; everything the queen knows
+//! about liveness is read from here.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+
+use contract::{HiveHeartbeat, NodeId, WorkerHeartbeat};
+use heartbeat_registry::{HeartbeatRegistry, Thresholds};
+
+type Limiter = governor::DefaultKeyedRateLimiter<String>;
+
+pub struct Ingest {
+    pub hives: HeartbeatRegistry<HiveHeartbeat>,
+    pub workers: HeartbeatRegistry<WorkerHeartbeat>,
+    /// Per-sender heartbeat rate limit, keyed by kind and id; replaced whole when a reload
+    /// changes the rate.
+    limiter: RwLock<Arc<Limiter>>,
+}
+
+/// A per-sender limiter allowing `per_second` heartbeats, with a burst of two seconds'
+/// worth to absorb a node's restart or a reconnect.
+fn limiter(per_second: u32) -> Limiter {
+    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+    governor::RateLimiter::dashmap(governor::Quota::per_second(rate).allow_burst(burst))
+}
+
+impl Ingest {
+    /// Both registries number their events from `event_seq`, shared with the
+    /// orchestrator's, so liveness and placement events form one order.
+    pub fn new(thresholds: Thresholds, event_seq: &Arc<AtomicU64>, per_second: u32) -> Self {
+        Self {
+            hives: HeartbeatRegistry::with_event_seq(thresholds.clone(), Arc::clone(event_seq)),
+            workers: HeartbeatRegistry::with_event_seq(thresholds, Arc::clone(event_seq)),
+            limiter: RwLock::new(Arc::new(limiter(per_second))),
+        }
+    }
+
+    pub fn limiter(&self) -> Arc<Limiter> {
+        Arc::clone(&self.limiter.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    pub fn set_rate(&self, per_second: u32) {
+        *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limiter(per_second));
+    }
+
+    pub fn set_thresholds(&self, thresholds: &Thresholds) {
+        self.hives.set_thresholds(thresholds.clone());
+        self.workers.set_thresholds(thresholds.clone());
+    }
+
+    /// Re-derives every node's liveness now.
+    pub fn sweep(&self) {
+        self.hives.sweep();
+        self.workers.sweep();
+    }
+
+    /// Forgets nodes gone for long, and the limiter state of senders that went quiet.
+    pub fn forget_old(&self) {
+        self.hives.cleanup_stale();
+        self.workers.cleanup_stale();
+        self.limiter().retain_recent();
+    }
+
+    /// Counts silence from now again (a queen just elected has heard from nobody).
+    pub fn restart_grace(&self) {
+        self.hives.restart_grace();
+        self.workers.restart_grace();
+    }
+
+    /// Forgets every node (a deposed leader: they report to the new one now).
+    pub fn clear(&self) {
+        self.hives.clear();
+        self.workers.clear();
+    }
+
+    pub fn online_hives(&self) -> Vec<NodeId> {
+        self.hives.list_online().into_iter().map(|v| v.payload.id).collect()
+    }
+}

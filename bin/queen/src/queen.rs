@@ -1,0 +1,398 @@
+//! `Queen`: one queen process, composed of subsystems that each own their state and lock.
+//! This file holds what needs more than one of them: building the whole, the role changes
+//! of a replica, a config reload, the cluster stats and the final-state record.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use contract::NodeKind;
+use heartbeat_registry::LivenessEvent;
+use lifecycle::health::Health;
+use lifecycle::http::ApiError;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{ConfigError, QueenConfig, Reload};
+use crate::ingest::Ingest;
+use crate::jobs::JobRouter;
+use crate::metrics::{self, Metrics};
+use crate::orchestrator::Orchestrator;
+use crate::shutdown::Sequencer;
+use crate::snapshot::{self, Snapshots};
+use crate::store::{MemoryStore, RedbStore, Store};
+use crate::summary;
+
+pub struct Queen {
+    /// The registries and the heartbeat rate limit: what the queen has heard.
+    pub ingest: Ingest,
+    /// Deployments, assignments, drains, the control channels: what should run where.
+    pub orchestrator: Arc<Orchestrator>,
+    /// The frames every stream reads.
+    pub snapshots: Snapshots,
+    /// Jobs in flight, keyed jobs being routed, the routing rate.
+    pub jobs: JobRouter,
+    /// The cluster shutdown, running or ended; mirrored in the store.
+    pub shutdown: Sequencer,
+    /// Outbound calls: jobs to workers, readiness probes of other queens.
+    pub http: reqwest::Client,
+    /// The running configuration; replaced whole by a reload, watched by the loops whose
+    /// timing it sets.
+    config: watch::Sender<Arc<QueenConfig>>,
+    pub metrics: Metrics,
+    pub health: Arc<Health>,
+    /// Fires when the queen stops (a signal, or the end of a cluster shutdown, which
+    /// cancels it itself); open SSE streams end on it so shutdown never waits on a browser
+    /// tab.
+    pub stop: CancellationToken,
+    /// Every task the queen spawns, awaited on the way out.
+    pub tasks: TaskTracker,
+    /// This queen as others refer to it.
+    pub me: contract::QueenRef,
+    /// The etcd side when this queen is one of several replicas; set once, at start.
+    #[cfg(feature = "etcd")]
+    pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
+}
+
+impl Queen {
+    pub(crate) fn new(
+        config: QueenConfig,
+        me: contract::QueenRef,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+        store: Option<Box<dyn Store>>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let event_seq = Arc::new(AtomicU64::new(1));
+        let ingest = Ingest::new(config.thresholds.clone(), &event_seq, config.heartbeats_per_second());
+        // A shared store is written by its leader only; the strategy is applied once elected.
+        let shared = store.is_some();
+        let store: Box<dyn Store> = match (store, &config.data_dir) {
+            (Some(store), _) => store,
+            (None, Some(dir)) => Box::new(RedbStore::open(dir)?),
+            (None, None) => Box::new(MemoryStore::default()),
+        };
+        let orchestrator =
+            Arc::new(Orchestrator::open(store, config.thresholds.offline_after + config.orphan_grace, event_seq)?);
+        if let Some(strategy) = config.strategy
+            && !shared
+        {
+            orchestrator.set_strategy(strategy)?;
+        }
+        let shutdown = Sequencer::new(orchestrator.load_shutdown()?);
+
+        let snapshots = Snapshots::default();
+        let frames = snapshots.subscribe();
+        let (config, config_rx) = watch::channel(Arc::new(config));
+        let store_check = Arc::clone(&orchestrator);
+        let mut builder = Health::builder()
+            .check("store", move || store_check.ping().map(|()| "reachable".to_string()).map_err(|e| e.to_string()));
+        builder = builder.check("snapshot_fresh", move || {
+            let max_age = config_rx.borrow().snapshot_interval * 3;
+            let age = frames.borrow().built_at.elapsed();
+            if age <= max_age {
+                Ok(format!("last snapshot {} ms ago", age.as_millis()))
+            } else {
+                Err(format!("no snapshot for {} ms: the snapshot ticker is stuck", age.as_millis()))
+            }
+        });
+        let metrics = Metrics::register(builder.metrics(), orchestrator.decisions.clone());
+        // Alone, a queen leads from the start; a replica only once elected.
+        metrics.leader.set(i64::from(!shared));
+        let health = builder.build();
+
+        let http = queen_client::http_builder().connect_timeout(Duration::from_secs(2)).build()?;
+        let queen = Arc::new(Self {
+            ingest,
+            orchestrator,
+            snapshots,
+            jobs: JobRouter::default(),
+            shutdown,
+            http,
+            config,
+            metrics,
+            health,
+            stop,
+            tasks,
+            me,
+            #[cfg(feature = "etcd")]
+            replica: std::sync::OnceLock::new(),
+        });
+        queen.publish_snapshot();
+        Ok(queen)
+    }
+
+    /// The configuration as of now (a reload may replace it at any time).
+    pub fn config(&self) -> Arc<QueenConfig> {
+        Arc::clone(&self.config.borrow())
+    }
+
+    /// Follows the configuration: the loops whose timing it sets.
+    pub fn subscribe_config(&self) -> watch::Receiver<Arc<QueenConfig>> {
+        self.config.subscribe()
+    }
+
+    /// The interval handed out in heartbeat responses.
+    pub fn next_interval(&self) -> Duration {
+        self.config.borrow().heartbeat_interval
+    }
+
+    /// Builds the snapshot from what the queen has heard, serializes it (whole, summary and
+    /// delta from the last one), and publishes it.
+    pub(crate) fn publish_snapshot(&self) {
+        let started = Instant::now();
+        self.ingest.sweep();
+        let snapshot = snapshot::build(self, self.snapshots.next_seq());
+        self.snapshots.publish(snapshot, started, &self.metrics);
+    }
+
+    /// Publishes a snapshot another queen built (a follower relaying its leader's), under
+    /// this queen's own sequence so its clients' deltas chain.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn publish_relayed(&self, mut snapshot: contract::Snapshot) {
+        snapshot.seq = self.snapshots.next_seq();
+        self.snapshots.publish(snapshot, Instant::now(), &self.metrics);
+    }
+
+    /// Whether this queen acts for the cluster (places work, routes jobs, takes
+    /// heartbeats, sequences shutdowns): always when alone, when elected among replicas.
+    pub fn is_leader(&self) -> bool {
+        #[cfg(feature = "etcd")]
+        if let Some(r) = self.replica.get() {
+            return r.is_leader();
+        }
+        true
+    }
+
+    /// Which queen acts for the cluster. One queen needs no election: it is the leader.
+    pub fn leader(&self) -> contract::LeaderInfo {
+        #[cfg(feature = "etcd")]
+        if let Some(r) = self.replica.get() {
+            let role = r.role();
+            return contract::LeaderInfo {
+                leader: role.leader,
+                is_self: r.is_leader(),
+                term: role.term.max(0) as u64,
+                answered_by: Some(self.me.clone()),
+            };
+        }
+        contract::LeaderInfo {
+            leader: Some(self.me.clone()),
+            is_self: true,
+            term: 0,
+            answered_by: Some(self.me.clone()),
+        }
+    }
+
+    /// Hands leadership to `to` (or the healthiest follower) and resigns.
+    pub async fn transfer_leadership(&self, to: Option<String>) -> Result<contract::TransferAnswer, ApiError> {
+        #[cfg(feature = "etcd")]
+        if let Some(r) = self.replica.get() {
+            return crate::replica::transfer(self, r, to).await;
+        }
+        let _ = to;
+        Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "no_replicas",
+            "this queen runs alone (no --store etcd://): there is no other queen to lead",
+        ))
+    }
+
+    /// Re-places work now; after an API change, so operators need not wait for a sweep.
+    /// Only the leader places; a follower's view of placement comes from the store.
+    pub fn reconcile(&self) {
+        if !self.is_leader() {
+            return;
+        }
+        if let Err(e) = self.orchestrator.reconcile(&self.ingest.hives, &self.ingest.workers) {
+            tracing::error!(error = %e, "reconcile could not write the store; will retry");
+        }
+    }
+
+    /// Reads the configuration again and applies what can change live.
+    pub fn reload(&self) -> Result<Reload, ConfigError> {
+        let current = self.config();
+        let (next, reload) = current.reloaded()?;
+        self.apply_live(&current, &next);
+        self.config.send_replace(Arc::new(next));
+        Ok(reload)
+    }
+
+    /// The side effects of a changed configuration; the loops that depend on intervals
+    /// follow the config channel themselves.
+    fn apply_live(&self, current: &QueenConfig, next: &QueenConfig) {
+        if next.thresholds != current.thresholds {
+            self.ingest.set_thresholds(&next.thresholds);
+        }
+        if next.strategy != current.strategy
+            && let Some(strategy) = next.strategy
+            && let Err(e) = self.orchestrator.set_strategy(strategy)
+        {
+            tracing::error!(error = %e, "could not store the reloaded placement strategy");
+        }
+        if next.heartbeats_per_second() != current.heartbeats_per_second() {
+            self.ingest.set_rate(next.heartbeats_per_second());
+        }
+        if next.log_level != current.log_level {
+            // Without a level in the config, back to what the process started with.
+            let fallback = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+            if let Err(e) = lifecycle::set_log_filter(next.log_level.as_deref().unwrap_or(&fallback)) {
+                tracing::warn!(error = %e, "log filter not applied");
+            }
+        }
+    }
+
+    /// Just elected: take the stored state as it is now, hear from every node before
+    /// judging anyone (a fresh startup grace: the registries are empty, heartbeats are on
+    /// their way), and pick up a cluster shutdown the previous leader left running.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn on_elected(self: &Arc<Self>) {
+        self.metrics.leader.set(1);
+        self.metrics.elected.inc();
+        // Events go on from the last one this queen relayed, so a dashboard that keeps
+        // events by seq takes the new leader's as new.
+        if let Some(seq) = self.snapshots.last_event_seq() {
+            self.orchestrator.number_events_after(seq);
+        }
+        self.ingest.restart_grace();
+        self.orchestrator.restart_grace();
+        match self.orchestrator.reload() {
+            Ok(shutdown) => self.adopt_shutdown(shutdown),
+            Err(e) => {
+                tracing::error!(error = %e, "elected, but the stored state did not load; placing from the last copy")
+            }
+        }
+        if let Some(strategy) = self.config().strategy
+            && self.orchestrator.strategy() != strategy
+            && let Err(e) = self.orchestrator.set_strategy(strategy)
+        {
+            tracing::warn!(error = %e, "configured strategy not applied");
+        }
+        crate::shutdown::resume(self);
+        self.publish_snapshot();
+    }
+
+    /// No longer leading: what this queen heard from nodes is not the cluster's record any
+    /// more (they report to the new leader), so it is dropped rather than aged into
+    /// false deaths.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn on_deposed(self: &Arc<Self>) {
+        self.metrics.leader.set(0);
+        self.ingest.clear();
+        // What it holds in memory may include writes the fence refused: take the store's.
+        let queen = Arc::clone(self);
+        tokio::task::spawn_blocking(move || queen.follow_stored_state());
+    }
+
+    /// A follower takes the stored state as the leader last wrote it. When the cluster
+    /// shutdown it saw running has completed, the follower leaves too.
+    #[cfg(feature = "etcd")]
+    pub(crate) fn follow_stored_state(&self) {
+        if self.is_leader() {
+            return;
+        }
+        match self.orchestrator.reload() {
+            Ok(stored) => self.adopt_shutdown(stored),
+            Err(e) => tracing::warn!(error = %e, "cannot read the stored state"),
+        }
+    }
+
+    /// Takes the stored shutdown state as this queen's. One that saw the shutdown running
+    /// and now sees it completed leaves too: the leader that finished it has gone, and the
+    /// cluster with it (a follower may be elected in the instant between).
+    #[cfg(feature = "etcd")]
+    fn adopt_shutdown(&self, stored: Option<contract::ShutdownState>) {
+        if self.shutdown.adopt(stored) {
+            tracing::warn!("the cluster shutdown completed; this queen leaves too");
+            self.stop.cancel();
+        }
+    }
+
+    pub(crate) fn observe_phase(&self, phase: contract::Phase, took: Duration) {
+        self.metrics
+            .phase_seconds
+            .get_or_create(&metrics::PhaseLabels { phase: phase.name() })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn count_ack_failure(&self, phase: contract::Phase) {
+        self.metrics.ack_failures.get_or_create(&metrics::PhaseLabels { phase: phase.name() }).inc();
+    }
+
+    pub(crate) fn count_events(&self, kind: NodeKind, event: &LivenessEvent<contract::NodeId>) {
+        self.metrics
+            .events
+            .get_or_create(&metrics::EventLabels {
+                kind: kind.as_str(),
+                event: summary::event_kind(event.kind).as_str(),
+            })
+            .inc();
+    }
+
+    pub(crate) fn jobs_routed(&self) -> u64 {
+        ["done", "rejected", "worker_failed"]
+            .iter()
+            .map(|o| self.metrics.jobs.get_or_create(&metrics::JobLabels { outcome: o }).get())
+            .sum()
+    }
+
+    /// PERSIST: who ran what and how each phase ended, as JSON beside the store (the
+    /// store itself is written on every change, so this is the human-readable record).
+    pub(crate) fn write_final_state(&self) {
+        let config = self.config();
+        let Some(dir) = &config.data_dir else {
+            tracing::info!("no data dir: the final cluster state is only in the log");
+            return;
+        };
+        let state = summary::FinalState {
+            written_at: time::OffsetDateTime::now_utc(),
+            deployments: self.orchestrator.list(&self.ingest.workers),
+            hives: self.ingest.hives.list_all().iter().map(|v| summary::hive(summary::as_ref(v))).collect(),
+            shutdown: self.shutdown.current(),
+        };
+        let path = dir.join("final-state.json");
+        let tmp = dir.join("final-state.json.tmp");
+        let written = serde_json::to_vec_pretty(&state)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        match written {
+            Ok(()) => tracing::info!(path = %path.display(), "final cluster state written"),
+            Err(e) => tracing::error!(error = %e, path = %path.display(), "could not write the final cluster state"),
+        }
+    }
+
+    /// Cluster-wide counts for `GET /v1/cluster/stats`.
+    pub fn stats(&self) -> contract::ClusterStats {
+        let ineligible = self.orchestrator.ineligible();
+        let mut hives_by_liveness = std::collections::BTreeMap::new();
+        let (mut eligible, mut capacity) = (0, 0u64);
+        self.ingest.hives.visit(|h| {
+            *hives_by_liveness.entry(summary::liveness(h.liveness).as_str().to_string()).or_insert(0) += 1;
+            if h.liveness.is_up() && !ineligible.contains(&h.payload.id) {
+                eligible += 1;
+                capacity += u64::from(h.payload.capacity.max_workers);
+            }
+        });
+        let mut workers_by_status = std::collections::BTreeMap::new();
+        self.ingest.workers.visit(|w| {
+            if w.liveness.is_up() {
+                *workers_by_status.entry(w.payload.status.as_str().to_string()).or_insert(0) += 1;
+            }
+        });
+        let assigned = self.orchestrator.assignments().iter().filter(|a| a.hive.is_some()).count() as u64;
+        contract::ClusterStats {
+            hives_by_liveness,
+            hives_eligible: eligible,
+            hives_ineligible: ineligible.len(),
+            workers_by_status,
+            capacity,
+            assigned,
+            utilization_percent: if capacity == 0 { 0.0 } else { assigned as f64 * 100.0 / capacity as f64 },
+            jobs_routed_total: self.jobs_routed(),
+            jobs_routed_per_second: self.jobs.rate(),
+            strategy: self.orchestrator.strategy(),
+            leader: format!("{} ({})", self.me.id, self.me.url),
+        }
+    }
+}
