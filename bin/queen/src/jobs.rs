@@ -167,13 +167,12 @@ fn refused(e: &reqwest::Error) -> bool {
     e.is_connect() && !e.is_timeout()
 }
 
-/// Runs `call` on the store off the async threads (an etcd call waits on its own runtime).
+/// Runs `call` on the store off the runtime's threads.
 async fn on_store<T: Send + 'static>(
-    queen: &Queen,
+    queen: &Arc<Queen>,
     call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, String> {
-    let orchestrator = Arc::clone(&queen.orchestrator);
-    match tokio::task::spawn_blocking(move || call(orchestrator.store())).await {
+    match queen.off_runtime(move |q| call(q.orchestrator.store())).await {
         Ok(answer) => answer.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     }
@@ -184,14 +183,14 @@ fn store_error(e: String) -> ApiError {
 }
 
 /// The worker a keyed job was sent to before, if any.
-async fn recorded(queen: &Queen, key: &str) -> Result<Option<JobRoute>, ApiError> {
+async fn recorded(queen: &Arc<Queen>, key: &str) -> Result<Option<JobRoute>, ApiError> {
     let key = key.to_string();
     on_store(queen, move |store| store.job_route(&key)).await.map_err(store_error)
 }
 
 /// Stores where a keyed job goes, before it goes: a retry after this leader is gone must
 /// find it.
-async fn record(queen: &Queen, key: &str, worker: &NodeId, address: &str) -> Result<(), ApiError> {
+async fn record(queen: &Arc<Queen>, key: &str, worker: &NodeId, address: &str) -> Result<(), ApiError> {
     let route = JobRoute { worker: worker.clone(), address: address.to_string(), at: time::OffsetDateTime::now_utc() };
     let key = key.to_string();
     on_store(queen, move |store| store.put_job_route(&key, &route)).await.map_err(store_error)

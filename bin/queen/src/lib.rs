@@ -135,7 +135,9 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
                 }
                 queen.ingest.sweep();
                 queen.ingest.forget_old();
-                queen.reconcile();
+                if let Err(e) = queen.off_runtime(|q| q.reconcile()).await {
+                    tracing::error!(error = %e, "reconcile did not finish; the next sweep tries again");
+                }
             }
         }
     }

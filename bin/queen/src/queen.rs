@@ -24,6 +24,12 @@ use crate::snapshot::{self, Snapshots};
 use crate::store::{MemoryStore, RedbStore, Store};
 use crate::summary;
 
+/// A call handed to [`Queen::off_runtime`] did not come back (it panicked, or the
+/// runtime is shutting down).
+#[derive(Debug, thiserror::Error)]
+#[error("a blocking call did not finish: {0}")]
+pub struct Blocked(String);
+
 pub struct Queen {
     /// The registries and the heartbeat rate limit: what the queen has heard.
     pub ingest: Ingest,
@@ -120,6 +126,18 @@ impl Queen {
         });
         queen.publish_snapshot();
         Ok(queen)
+    }
+
+    /// Runs `f` on a blocking thread and waits for it: the one way async code calls what
+    /// may block — the store (a redb commit fsyncs; an etcd call waits on its own
+    /// runtime), a reconcile (which writes it), a large snapshot build. The runtime's
+    /// threads stay free for heartbeats meanwhile.
+    pub(crate) async fn off_runtime<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&Arc<Queen>) -> T + Send + 'static,
+    ) -> Result<T, Blocked> {
+        let queen = Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&queen)).await.map_err(|e| Blocked(e.to_string()))
     }
 
     /// The configuration as of now (a reload may replace it at any time).
@@ -280,8 +298,7 @@ impl Queen {
         self.metrics.leader.set(0);
         self.ingest.clear();
         // What it holds in memory may include writes the fence refused: take the store's.
-        let queen = Arc::clone(self);
-        tokio::task::spawn_blocking(move || queen.follow_stored_state());
+        self.follow_stored_state();
     }
 
     /// A follower takes the stored state as the leader last wrote it. When the cluster

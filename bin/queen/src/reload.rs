@@ -73,12 +73,15 @@ async fn reload_loop(
         };
         tokio::time::sleep(SETTLE).await;
         while changed.try_recv().is_ok() {}
-        apply(&queen, why);
+        // A reload reads the file and may store a new strategy.
+        if let Err(e) = queen.off_runtime(move |q| apply(q, why)).await {
+            tracing::error!(error = %e, "config reload did not finish");
+        }
     }
 }
 
 /// Reloads now, logging and counting the outcome.
-pub(crate) fn apply(queen: &Queen, why: &str) {
+fn apply(queen: &Queen, why: &str) {
     match queen.reload() {
         Ok(reload) => {
             queen.metrics.config_reloads.get_or_create(&OutcomeLabels { outcome: "applied" }).inc();

@@ -255,9 +255,8 @@ pub(crate) async fn tick(queen: Arc<Queen>, stop: CancellationToken) {
                 }
                 // Building a large snapshot takes hundreds of milliseconds of CPU; on a
                 // runtime worker it would stall the heartbeats queued behind it.
-                let building = Arc::clone(&queen);
-                if tokio::task::spawn_blocking(move || building.publish_snapshot()).await.is_err() {
-                    tracing::error!("building a snapshot panicked; the next tick tries again");
+                if let Err(e) = queen.off_runtime(|q| q.publish_snapshot()).await {
+                    tracing::error!(error = %e, "building a snapshot failed; the next tick tries again");
                 }
                 queen.jobs.sample(queen.jobs_routed());
             }

@@ -31,7 +31,7 @@ pub(crate) async fn post_shutdown(
     JsonBody(req): JsonBody<ShutdownRequest>,
 ) -> Result<(StatusCode, Json<ShutdownAnswer>), ApiError> {
     let dry = req.dry_run;
-    let answer = crate::shutdown::start(&queen, req)?;
+    let answer = super::on_store(&queen, move |q| crate::shutdown::start(q, req)).await?;
     Ok((if dry { StatusCode::OK } else { StatusCode::ACCEPTED }, Json(answer)))
 }
 

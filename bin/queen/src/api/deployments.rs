@@ -10,7 +10,7 @@ use contract::{
 };
 use lifecycle::http::{ApiError, JsonBody, PathParam};
 
-use super::{parse_id, refuse_when_gated, store_error};
+use super::{on_store, parse_id, refuse_when_gated, store_error};
 use crate::Queen;
 
 /// Every deployment with where its replicas run.
@@ -47,8 +47,12 @@ pub(crate) async fn create_deployment(
     refuse_when_gated(&queen)?;
     spec.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let name = spec.name.clone();
-    queen.orchestrator.create(spec)?;
-    queen.reconcile();
+    on_store(&queen, move |q| {
+        q.orchestrator.create(spec)?;
+        q.reconcile();
+        Ok(())
+    })
+    .await?;
     Ok((StatusCode::CREATED, found(&queen, &name)?))
 }
 
@@ -66,8 +70,13 @@ pub(crate) async fn scale_deployment(
     if body.replicas > MAX_REPLICAS {
         return Err(ApiError::unprocessable(format!("replicas: at most {MAX_REPLICAS}")));
     }
-    queen.orchestrator.scale(&name, body.replicas)?;
-    queen.reconcile();
+    let scaled = name.clone();
+    on_store(&queen, move |q| {
+        q.orchestrator.scale(&scaled, body.replicas)?;
+        q.reconcile();
+        Ok(())
+    })
+    .await?;
     found(&queen, &name)
 }
 
@@ -80,8 +89,13 @@ pub(crate) async fn delete_deployment(
     PathParam(raw): PathParam<String>,
 ) -> Result<StatusCode, ApiError> {
     refuse_when_gated(&queen)?;
-    queen.orchestrator.delete(&parse_id(&raw)?)?;
-    queen.reconcile();
+    let name = parse_id(&raw)?;
+    on_store(&queen, move |q| {
+        q.orchestrator.delete(&name)?;
+        q.reconcile();
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -112,7 +126,8 @@ pub(crate) async fn put_strategy(
     State(queen): State<Arc<Queen>>,
     JsonBody(body): JsonBody<StrategyBody>,
 ) -> Result<Json<StrategyBody>, ApiError> {
-    queen.orchestrator.set_strategy(body.strategy).map_err(store_error)?;
+    let strategy = body.strategy;
+    on_store(&queen, move |q| q.orchestrator.set_strategy(strategy).map_err(store_error)).await?;
     tracing::info!(strategy = body.strategy.as_str(), "placement strategy changed");
     Ok(Json(body))
 }

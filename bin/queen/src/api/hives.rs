@@ -13,7 +13,7 @@ use contract::{
 use lifecycle::http::{ApiError, JsonBody, PathParam, QueryParams};
 
 use super::heartbeats::unknown;
-use super::{parse_id, refuse_when_gated, store_error};
+use super::{on_store, parse_id, refuse_when_gated, store_error};
 use crate::metrics::StreamLabels;
 use crate::{Queen, snapshot};
 
@@ -64,9 +64,14 @@ pub(crate) async fn set_eligibility(
     if queen.ingest.hives.get(&id).is_none() {
         return Err(unknown::<HiveHeartbeat>(&id));
     }
-    queen.orchestrator.set_eligible(&id, body.eligible).map_err(store_error)?;
+    let (hive, eligible) = (id.clone(), body.eligible);
+    on_store(&queen, move |q| {
+        q.orchestrator.set_eligible(&hive, eligible).map_err(store_error)?;
+        q.reconcile();
+        Ok(())
+    })
+    .await?;
     tracing::info!(hive = %id, eligible = body.eligible, "eligibility changed");
-    queen.reconcile();
     Ok(Json(body))
 }
 
@@ -86,9 +91,14 @@ pub(crate) async fn start_drain(
     }
     let deadline =
         req.deadline_ms.map(std::time::Duration::from_millis).unwrap_or(crate::orchestrator::DEFAULT_DRAIN_DEADLINE);
-    queen.orchestrator.start_drain(&id, deadline).map_err(store_error)?;
+    let hive = id.clone();
+    on_store(&queen, move |q| {
+        q.orchestrator.start_drain(&hive, deadline).map_err(store_error)?;
+        q.reconcile();
+        Ok(())
+    })
+    .await?;
     tracing::warn!(hive = %id, ?deadline, "drain started");
-    queen.reconcile();
     let status = queen.orchestrator.drain(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
     Ok((StatusCode::ACCEPTED, Json(status)))
 }
@@ -110,10 +120,9 @@ pub(crate) async fn cancel_drain(
     PathParam(raw): PathParam<String>,
 ) -> Result<Json<DrainStatus>, ApiError> {
     let id = parse_id(&raw)?;
-    let status = queen
-        .orchestrator
-        .cancel_drain(&id)
-        .map_err(store_error)?
+    let hive = id.clone();
+    let status = on_store(&queen, move |q| q.orchestrator.cancel_drain(&hive).map_err(store_error))
+        .await?
         .ok_or_else(|| ApiError::not_found(format!("no drain of {id}")))?;
     tracing::warn!(hive = %id, "drain cancelled");
     Ok(Json(status))
@@ -147,6 +156,10 @@ pub(crate) async fn remove_hive(
     }
     queen.ingest.hives.remove(&id);
     tracing::warn!(hive = %id, "hive removed");
-    queen.reconcile();
+    on_store(&queen, |q| {
+        q.reconcile();
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -127,6 +127,17 @@ pub(crate) fn store_error(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable("store_unavailable", e.to_string(), std::time::Duration::from_secs(1))
 }
 
+/// Runs a handler's store work off the runtime (see [`Queen::off_runtime`]).
+pub(crate) async fn on_store<T: Send + 'static>(
+    queen: &Arc<Queen>,
+    f: impl FnOnce(&Arc<Queen>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    queen
+        .off_runtime(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
 pub(crate) fn refuse_when_gated(queen: &Queen) -> Result<(), ApiError> {
     if queen.orchestrator.gated() { Err(crate::jobs::shutting_down()) } else { Ok(()) }
 }

@@ -1,41 +1,9 @@
 //! The orchestrator applying plans: store first, on tokio's clock.
 
-use std::sync::atomic::AtomicBool;
-
 use super::*;
 use crate::store::MemoryStore;
+use crate::store::testing::Flaky;
 use contract::CommandKind;
-
-/// A store whose writes fail while `fail` is set.
-#[derive(Default)]
-struct Flaky {
-    inner: MemoryStore,
-    fail: AtomicBool,
-}
-
-impl Store for Flaky {
-    fn load(&self) -> Result<Persisted, StoreError> {
-        self.inner.load()
-    }
-    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
-            return Err(StoreError::Backend("disk full".into()));
-        }
-        self.inner.apply(batch)
-    }
-    fn ping(&self) -> Result<(), StoreError> {
-        Ok(())
-    }
-    fn job_route(&self, key: &str) -> Result<Option<crate::store::JobRoute>, StoreError> {
-        self.inner.job_route(key)
-    }
-    fn put_job_route(&self, key: &str, route: &crate::store::JobRoute) -> Result<(), StoreError> {
-        self.inner.put_job_route(key, route)
-    }
-    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
-        self.inner.forget_job_routes(before)
-    }
-}
 
 fn spec(name: &str, replicas: u32) -> DeploymentSpec {
     DeploymentSpec {
@@ -63,13 +31,13 @@ async fn a_failed_store_write_changes_nothing_in_memory() -> anyhow::Result<()> 
     let (hives, workers) = registries()?;
     let mut commands = o.channels.subscribe(&NodeId::sanitized("hive-1"));
     o.create(spec("web", 2))?;
-    store.fail.store(true, Ordering::SeqCst);
+    store.set_failing(true);
     assert!(o.reconcile(&hives, &workers).is_err());
     assert!(o.assignments().is_empty(), "memory follows the store, not ahead of it");
     assert!(o.recent_events(10).is_empty(), "no decision is announced that did not happen");
     assert!(!commands.has_changed()?, "no hive is told to run what is not stored");
 
-    store.fail.store(false, Ordering::SeqCst);
+    store.set_failing(false);
     o.reconcile(&hives, &workers)?;
     assert_eq!(o.assignments().len(), 2);
     assert_eq!(store.load()?.assignments.len(), 2, "and now both agree");

@@ -69,19 +69,28 @@ impl Sequencer {
 
     /// Changes the running shutdown's state: `f` works on a copy, the copy is written,
     /// and only then is it this queen's. `None` when there is no shutdown.
-    fn update(
+    fn update<R>(
         &self,
         orchestrator: &Orchestrator,
-        f: impl FnOnce(&mut ShutdownState),
-    ) -> Option<Result<ShutdownState, StoreError>> {
+        f: impl FnOnce(&mut ShutdownState) -> R,
+    ) -> Option<Result<(ShutdownState, R), StoreError>> {
         let mut state = self.lock();
         let mut next = state.clone()?;
-        f(&mut next);
+        let answer = f(&mut next);
         Some(orchestrator.save_shutdown(&next).map(|()| {
             *state = Some(next.clone());
-            next
+            (next, answer)
         }))
     }
+}
+
+/// One change of the shutdown state, made off the runtime (it writes the store).
+async fn update<R: Send + 'static>(
+    queen: &Arc<Queen>,
+    f: impl FnOnce(&Arc<Queen>, &mut ShutdownState) -> R + Send + 'static,
+) -> Option<Result<(ShutdownState, R), StoreError>> {
+    let answer = queen.off_runtime(move |q| q.shutdown.update(&q.orchestrator, |s| f(q, s))).await;
+    answer.unwrap_or_else(|e| Some(Err(StoreError::Backend(e.to_string()))))
 }
 
 /// How long a step of the sequence keeps trying to write its state before it gives up.
@@ -90,11 +99,16 @@ const SAVE_PATIENCE: Duration = Duration::from_secs(10);
 /// A step whose record must be written before the sequence goes on (a phase's start and
 /// end): retried while the store refuses, for [`SAVE_PATIENCE`]. `None`: no shutdown, or
 /// the store stayed down (the sequence stops; the stored state resumes it later).
-async fn update_durably(queen: &Queen, mut f: impl FnMut(&mut ShutdownState)) -> Option<ShutdownState> {
+async fn update_durably<R: Send + 'static>(
+    queen: &Arc<Queen>,
+    f: impl Fn(&Arc<Queen>, &mut ShutdownState) -> R + Send + Sync + 'static,
+) -> Option<(ShutdownState, R)> {
+    let f = Arc::new(f);
     let deadline = Instant::now() + SAVE_PATIENCE;
     loop {
-        match queen.shutdown.update(&queen.orchestrator, &mut f)? {
-            Ok(state) => return Some(state),
+        let attempt = Arc::clone(&f);
+        match update(queen, move |q, s| attempt(q, s)).await? {
+            Ok(done) => return Some(done),
             Err(e) if Instant::now() < deadline => {
                 tracing::warn!(error = %e, "could not write the shutdown state; retrying");
                 tokio::time::sleep(POLL).await;
@@ -104,6 +118,14 @@ async fn update_durably(queen: &Queen, mut f: impl FnMut(&mut ShutdownState)) ->
                 return None;
             }
         }
+    }
+}
+
+/// Publishes a snapshot now, off the runtime: phase changes go out at once, not at the
+/// next tick, so dashboards and the CLI follow.
+async fn publish(queen: &Arc<Queen>) {
+    if let Err(e) = queen.off_runtime(|q| q.publish_snapshot()).await {
+        tracing::warn!(error = %e, "snapshot not published");
     }
 }
 
@@ -147,11 +169,22 @@ pub fn start(queen: &Arc<Queen>, req: ShutdownRequest) -> Result<ShutdownAnswer,
             format!("a cluster shutdown is already running (phase {phase}); --force pushes it past a stuck phase"),
         ));
     }
-    let state = ShutdownState {
+    let state = fresh(req.force, drain, timeout);
+    queen.orchestrator.save_shutdown(&state).map_err(unavailable)?;
+    *guard = Some(state.clone());
+    drop(guard);
+    tracing::warn!(drain_ms = drain, phase_timeout_ms = timeout, force = req.force, "cluster shutdown starting");
+    queen.tasks.spawn(sequence(Arc::clone(queen)));
+    Ok(ShutdownAnswer::Started(state))
+}
+
+/// A shutdown about to begin: every phase pending.
+fn fresh(force: bool, drain_deadline_ms: u64, phase_timeout_ms: u64) -> ShutdownState {
+    ShutdownState {
         status: ShutdownStatus::Running,
-        force: req.force,
-        drain_deadline_ms: drain,
-        phase_timeout_ms: timeout,
+        force,
+        drain_deadline_ms,
+        phase_timeout_ms,
         started_at: OffsetDateTime::now_utc(),
         phases: Phase::ALL
             .iter()
@@ -164,13 +197,7 @@ pub fn start(queen: &Arc<Queen>, req: ShutdownRequest) -> Result<ShutdownAnswer,
             })
             .collect(),
         failure: String::new(),
-    };
-    queen.orchestrator.save_shutdown(&state).map_err(unavailable)?;
-    *guard = Some(state.clone());
-    drop(guard);
-    tracing::warn!(drain_ms = drain, phase_timeout_ms = timeout, force = req.force, "cluster shutdown starting");
-    queen.tasks.spawn(sequence(Arc::clone(queen)));
-    Ok(ShutdownAnswer::Started(state))
+    }
 }
 
 /// Resumes a shutdown the store says was running when the queen stopped.
@@ -217,24 +244,27 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     let started = Instant::now();
     let online = queen.ingest.online_hives();
     let now = OffsetDateTime::now_utc();
-    let begun = update_durably(queen, |s| {
+    let begun = update_durably(queen, move |_, s| {
         if let Some(r) = report(s, phase) {
             phase::begin(r, &online, now);
         }
     });
-    let Some(state) = begun.await else {
+    let Some((state, ())) = begun.await else {
         return false;
     };
     let participants: Vec<NodeId> =
         state.phases.iter().find(|p| p.phase == phase).map(|p| p.hives.keys().cloned().collect()).unwrap_or_default();
     phase_event(queen, EventKind::PhaseStarted, format!("{} started: {} hives", phase.name(), participants.len()));
-    // Phase changes go out at once, not at the next tick: dashboards and the CLI follow.
-    queen.publish_snapshot();
+    publish(queen).await;
     tracing::warn!(phase = phase.name(), hives = participants.len(), "cluster shutdown phase");
 
     match phase {
         Phase::Gate => queen.orchestrator.set_gate(),
-        Phase::Persist => queen.write_final_state(),
+        Phase::Persist => {
+            if let Err(e) = queen.off_runtime(|q| q.write_final_state()).await {
+                tracing::error!(error = %e, "the final cluster state was not written");
+            }
+        }
         _ => {}
     }
     let ids = queen
@@ -243,39 +273,47 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         .order_phase(&participants, PhaseOrder { phase, deadline_ms: state.drain_deadline_ms });
     let timeout = Duration::from_millis(state.phase_timeout_ms);
     if phase == Phase::Infra {
-        run_infra(queen, &participants, started, timeout).await;
+        run_infra(queen, participants, started, timeout).await;
         return false;
     }
+    if !wait_for_acks(queen, phase, &ids, started + timeout).await {
+        return false;
+    }
+    end_phase(queen, phase, started, timeout).await
+}
 
-    let deadline = started + timeout;
+/// Takes in ACKs as they come until every hive answered or `deadline`; false when this
+/// queen stopped leading meanwhile.
+async fn wait_for_acks(queen: &Arc<Queen>, phase: Phase, ids: &BTreeMap<NodeId, u64>, deadline: Instant) -> bool {
     loop {
         // Registered before looking, so an ACK that lands in between still wakes us.
         let acked = queen.orchestrator.channels.acks.notified();
-        let mut waiting = 0;
-        let mut answers = Vec::new();
-        // Not retried: the ACKs stay with the channels, the next poll takes them again.
-        let _ = queen.shutdown.update(&queen.orchestrator, |s| {
-            if let Some(r) = report(s, phase) {
-                let workers_left =
-                    |h: &NodeId| queen.ingest.hives.get(h).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
-                (waiting, answers) =
-                    phase::take_acks(r, &ids, |h| queen.orchestrator.channels.last_ack(h), workers_left);
-            }
+        let ids = ids.clone();
+        let tallied = update(queen, move |q, s| {
+            let r = report(s, phase)?;
+            let workers_left = |h: &NodeId| q.ingest.hives.get(h).map(|v| v.payload.workers.len() as u32).unwrap_or(0);
+            Some(phase::take_acks(r, &ids, |h| q.orchestrator.channels.last_ack(h), workers_left))
         });
+        // A refused write is not retried here: the ACKs stay with the channels, and the
+        // next poll takes them again.
+        let (waiting, answers) = match tallied.await {
+            Some(Ok((_, Some(tally)))) => tally,
+            Some(Ok((_, None))) | None => return true,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "ACKs not recorded; the next poll tries again");
+                (usize::MAX, Vec::new())
+            }
+        };
         for a in answers {
             let (kind, word) = if a.ok { (EventKind::Acked, "ACK") } else { (EventKind::AckFailed, "failed") };
-            queen.orchestrator.cluster_event(
-                NodeKind::Hive,
-                &a.hive,
-                kind,
-                format!("{} {word}: {}", phase.name(), a.detail),
-            );
+            let reason = format!("{} {word}: {}", phase.name(), a.detail);
+            queen.orchestrator.cluster_event(NodeKind::Hive, &a.hive, kind, reason);
             if !a.ok {
                 queen.count_ack_failure(phase);
             }
         }
         if waiting == 0 || Instant::now() >= deadline {
-            break;
+            return true;
         }
         if !queen.is_leader() {
             return false;
@@ -286,51 +324,48 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
             _ = tokio::time::sleep(POLL) => {}
         }
     }
+}
 
-    let mut failed = Vec::new();
+/// Ends a phase as `phase::conclude` says, records why hives failed it, and says whether
+/// the sequence goes on.
+async fn end_phase(queen: &Arc<Queen>, phase: Phase, started: Instant, timeout: Duration) -> bool {
     let ended = OffsetDateTime::now_utc();
-    let state = update_durably(queen, |s| {
+    let concluded = update_durably(queen, move |_, s| {
         let force = s.force;
-        let Some(r) = report(s, phase) else { return };
-        failed = phase::conclude(r, force, timeout, ended);
-        if r.status == PhaseStatus::Failed {
+        let r = report(s, phase)?;
+        let failed = phase::conclude(r, force, timeout, ended);
+        let status = r.status;
+        if status == PhaseStatus::Failed {
             let why: Vec<&str> = failed.iter().map(|f| f.text.as_str()).collect();
             s.status = ShutdownStatus::Failed;
             s.failure = format!("{}: {}", phase.name(), why.join("; "));
         }
+        Some((status, failed))
     })
     .await;
     queen.observe_phase(phase, started.elapsed());
+    let Some((state, Some((status, failed)))) = concluded else { return false };
     for f in failed.iter().filter(|f| f.timed_out) {
-        queen.orchestrator.cluster_event(
-            NodeKind::Hive,
-            &f.hive,
-            EventKind::AckFailed,
-            format!("{}: {}", phase.name(), f.text),
-        );
+        let reason = format!("{}: {}", phase.name(), f.text);
+        queen.orchestrator.cluster_event(NodeKind::Hive, &f.hive, EventKind::AckFailed, reason);
         queen.count_ack_failure(phase);
     }
-    let status = state.as_ref().and_then(|s| s.phases.iter().find(|p| p.phase == phase).map(|p| p.status));
     let took = started.elapsed().as_millis();
-    queen.publish_snapshot();
+    publish(queen).await;
     match status {
-        Some(PhaseStatus::Done) => {
+        PhaseStatus::Done => {
             phase_event(queen, EventKind::PhaseDone, format!("{} done in {took} ms", phase.name()));
             true
         }
-        Some(PhaseStatus::Forced) => {
+        PhaseStatus::Forced => {
             let why: Vec<&str> = failed.iter().map(|f| f.text.as_str()).collect();
-            phase_event(
-                queen,
-                EventKind::PhaseDone,
-                format!("{} forced on after {took} ms: {}", phase.name(), why.join("; ")),
-            );
+            let reason = format!("{} forced on after {took} ms: {}", phase.name(), why.join("; "));
+            phase_event(queen, EventKind::PhaseDone, reason);
             true
         }
         _ => {
-            let why = state.map(|s| s.failure).unwrap_or_default();
-            tracing::error!(failure = %why, "cluster shutdown stopped");
-            phase_event(queen, EventKind::PhaseFailed, format!("shutdown stopped at {why}"));
+            tracing::error!(failure = %state.failure, "cluster shutdown stopped");
+            phase_event(queen, EventKind::PhaseFailed, format!("shutdown stopped at {}", state.failure));
             false
         }
     }
@@ -338,16 +373,16 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
 
 /// INFRA: nobody can ACK an exit; wait (bounded) until the hives said goodbye, then the
 /// queen leaves last.
-async fn run_infra(queen: &Arc<Queen>, participants: &[NodeId], started: Instant, timeout: Duration) {
-    let up = |h: &NodeId| queen.ingest.hives.get(h).is_some_and(|v| v.liveness.is_up());
+async fn run_infra(queen: &Arc<Queen>, participants: Vec<NodeId>, started: Instant, timeout: Duration) {
+    let up = |q: &Queen, h: &NodeId| q.ingest.hives.get(h).is_some_and(|v| v.liveness.is_up());
     let deadline = started + timeout;
-    while Instant::now() < deadline && participants.iter().any(up) {
+    while Instant::now() < deadline && participants.iter().any(|h| up(queen, h)) {
         tokio::time::sleep(POLL).await;
     }
     let ended = OffsetDateTime::now_utc();
-    update_durably(queen, |s| {
+    update_durably(queen, move |q, s| {
         if let Some(r) = report(s, Phase::Infra) {
-            phase::conclude_infra(r, up, ended);
+            phase::conclude_infra(r, |h| up(q, h), ended);
         }
         s.status = ShutdownStatus::Completed;
     })
@@ -358,7 +393,7 @@ async fn run_infra(queen: &Arc<Queen>, participants: &[NodeId], started: Instant
         EventKind::PhaseDone,
         format!("INFRA done: hives gone in {} ms; the queen exits", started.elapsed().as_millis()),
     );
-    queen.publish_snapshot();
+    publish(queen).await;
     queen.stop.cancel();
 }
 
@@ -379,6 +414,24 @@ mod tests {
         )?;
         queen.ingest.hives.upsert(serde_json::from_str(contract::examples::HIVE_HEARTBEAT)?);
         Ok(queen)
+    }
+
+    #[test]
+    fn a_refused_write_leaves_the_shutdown_as_it_was() -> anyhow::Result<()> {
+        use crate::store::Store;
+        let store = Arc::new(crate::store::testing::Flaky::default());
+        let seq = std::sync::atomic::AtomicU64::new(1);
+        let orchestrator = Orchestrator::open(Box::new(Arc::clone(&store)), Duration::from_secs(1), Arc::new(seq))?;
+        let sequencer = Sequencer::new(Some(fresh(false, 1_000, 2_000)));
+        store.set_failing(true);
+        assert!(matches!(sequencer.update(&orchestrator, |s| s.force = true), Some(Err(_))));
+        assert!(!sequencer.current().expect("kept").force, "memory follows the store, not ahead of it");
+        store.set_failing(false);
+        assert!(matches!(sequencer.update(&orchestrator, |s| s.force = true), Some(Ok(_))));
+        assert!(sequencer.current().expect("kept").force);
+        assert!(store.load()?.shutdown.expect("stored").force, "and both agree");
+        assert!(Sequencer::default().update(&orchestrator, |_| ()).is_none(), "no shutdown, nothing to change");
+        Ok(())
     }
 
     #[tokio::test(start_paused = true)]

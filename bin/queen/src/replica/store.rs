@@ -1,0 +1,139 @@
+//! The etcd store: the queen's durable state under `<prefix>/state/`, job routes under
+//! `<prefix>/jobs/`, every write one transaction fenced on the leader key.
+
+use super::*;
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, value: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(value).map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+impl Store for Replica {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.keys.state.clone();
+        let kvs = self.call(async move {
+            let mut resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(backend)?;
+            Ok(resp.take_kvs())
+        })?;
+        let mut out = Persisted::default();
+        for kv in kvs {
+            let key = String::from_utf8_lossy(kv.key()).into_owned();
+            let Some(rest) = key.strip_prefix(&self.keys.state) else { continue };
+            let value = kv.value();
+            match rest.split_once('/') {
+                Some(("deployments", name)) => {
+                    let id = NodeId::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    out.deployments.insert(id, decode::<DeploymentRecord>(&key, value)?);
+                }
+                Some(("assignments", name)) => {
+                    let id = NodeId::new(name).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    out.assignments.insert(id, decode(&key, value)?);
+                }
+                Some(("meta", "strategy")) => out.strategy = Some(decode(&key, value)?),
+                Some(("meta", "shutdown")) => out.shutdown = Some(decode(&key, value)?),
+                Some(("meta", "ineligible")) => out.ineligible = decode(&key, value)?,
+                Some(("meta", "drains")) => out.drains = decode(&key, value)?,
+                _ => tracing::warn!(%key, "unknown key under the state prefix; ignored"),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fenced (see [`Replica::fenced`]).
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        let mut ops = Vec::new();
+        for d in &batch.put_deployments {
+            ops.push(TxnOp::put(self.state_key("deployments", d.spec.name.as_str()), encode(d)?, None));
+        }
+        for name in &batch.delete_deployments {
+            ops.push(TxnOp::delete(self.state_key("deployments", name.as_str()), None));
+        }
+        for a in &batch.put_assignments {
+            ops.push(TxnOp::put(self.state_key("assignments", a.key().as_str()), encode(a)?, None));
+        }
+        for w in &batch.delete_assignments {
+            ops.push(TxnOp::delete(self.state_key("assignments", w.as_str()), None));
+        }
+        if let Some(s) = batch.strategy {
+            ops.push(TxnOp::put(self.state_key("meta", "strategy"), encode(&s)?, None));
+        }
+        if let Some(s) = &batch.shutdown {
+            ops.push(TxnOp::put(self.state_key("meta", "shutdown"), encode(s)?, None));
+        }
+        if let Some(set) = &batch.ineligible {
+            ops.push(TxnOp::put(self.state_key("meta", "ineligible"), encode(set)?, None));
+        }
+        if let Some(drains) = &batch.drains {
+            ops.push(TxnOp::put(self.state_key("meta", "drains"), encode(drains)?, None));
+        }
+        self.fenced(ops)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        let mut c = self.client.clone();
+        let key = self.keys.election.clone();
+        self.call(
+            async move { c.get(key, Some(GetOptions::new().with_count_only())).await.map(|_| ()).map_err(backend) },
+        )
+    }
+
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+        let mut c = self.client.clone();
+        let full = format!("{}{key}", self.keys.jobs);
+        let kvs = self.call(async move { Ok(c.get(full, None).await.map_err(backend)?.take_kvs()) })?;
+        kvs.first().map(|kv| decode(&format!("job {key}"), kv.value())).transpose()
+    }
+
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+        self.fenced(vec![TxnOp::put(format!("{}{key}", self.keys.jobs), encode(route)?, None)])
+    }
+
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.keys.jobs.clone();
+        let kvs = self.call(async move {
+            Ok(c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(backend)?.take_kvs())
+        })?;
+        // A record that does not decode is dropped too: it could only stop a retry.
+        let ops: Vec<TxnOp> = kvs
+            .iter()
+            .filter(|kv| serde_json::from_slice::<JobRoute>(kv.value()).map_or(true, |r| r.at < before))
+            .map(|kv| TxnOp::delete(kv.key().to_vec(), None))
+            .collect();
+        let removed = ops.len();
+        self.fenced(ops)?;
+        Ok(removed)
+    }
+}
+
+impl Replica {
+    /// Applied only while this queen's leader key is still the one it won. More writes
+    /// than one etcd transaction allows go in several, each fenced; they are the desired
+    /// state, so a leader that dies between two leaves a state the next reconcile completes.
+    fn fenced(&self, mut ops: Vec<TxnOp>) -> Result<(), StoreError> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let (key, term) = self.fence()?;
+        let mut chunks = Vec::new();
+        while !ops.is_empty() {
+            let rest = ops.split_off(ops.len().min(OPS_PER_TXN));
+            chunks.push(std::mem::replace(&mut ops, rest));
+        }
+        let mut c = self.client.clone();
+        self.call(async move {
+            for chunk in chunks {
+                let txn =
+                    Txn::new().when([Compare::create_revision(key.clone(), CompareOp::Equal, term)]).and_then(chunk);
+                if !c.txn(txn).await.map_err(backend)?.succeeded() {
+                    return Err(StoreError::NotLeader(format!("fenced: term {term} is over, another queen leads")));
+                }
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,190 @@
+//! The queen's durable state — deployments, assignments, the placement strategy — behind
+//! a small trait: the embedded file (`redb`, the default), memory (`memory`, tests), or
+//! etcd for replicas (`replica::store`).
+//!
+//! The default backend is redb: an embedded, pure-Rust key-value store with ACID write
+//! transactions and copy-on-write commits, so a crash mid-write leaves the last committed
+//! state intact (no torn writes), with no server to run and no C to build. Values are the
+//! contract's JSON, so the file stays readable by any tool that speaks redb.
+
+mod memory;
+mod redb;
+
+use std::collections::BTreeMap;
+
+use contract::{Assignment, NodeId, PlacementStrategy};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+pub use memory::MemoryStore;
+pub use redb::RedbStore;
+
+/// A deployment as stored: the operator's spec and when it was made.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    pub spec: contract::DeploymentSpec,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+/// One hive's drain as stored, so the next leader carries it on (or shows how it ended).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRecord {
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Wall-clock: the only clock two queens share.
+    #[serde(with = "time::serde::rfc3339")]
+    pub deadline: OffsetDateTime,
+    pub moved: std::collections::BTreeSet<NodeId>,
+    pub cancelled: bool,
+    pub done: bool,
+    pub notes: Vec<String>,
+}
+
+/// Everything the queen keeps across restarts.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Persisted {
+    pub deployments: BTreeMap<NodeId, DeploymentRecord>,
+    /// By worker name.
+    pub assignments: BTreeMap<NodeId, Assignment>,
+    pub strategy: Option<PlacementStrategy>,
+    pub shutdown: Option<contract::ShutdownState>,
+    pub ineligible: std::collections::BTreeSet<NodeId>,
+    pub drains: BTreeMap<NodeId, DrainRecord>,
+}
+
+/// Where a job sent with an idempotency key went, so its retries (through this leader or
+/// the next) go to the same worker, which answers them from its first run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRoute {
+    pub worker: NodeId,
+    pub address: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// Changes applied together or not at all.
+#[derive(Clone, Debug, Default)]
+pub struct Batch {
+    pub put_deployments: Vec<DeploymentRecord>,
+    pub delete_deployments: Vec<NodeId>,
+    pub put_assignments: Vec<Assignment>,
+    pub delete_assignments: Vec<NodeId>,
+    pub strategy: Option<PlacementStrategy>,
+    pub shutdown: Option<contract::ShutdownState>,
+    /// The whole set of ineligible hives, when it changed.
+    pub ineligible: Option<std::collections::BTreeSet<NodeId>>,
+    /// Every drain, when one changed.
+    pub drains: Option<BTreeMap<NodeId, DrainRecord>>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.put_deployments.is_empty()
+            && self.delete_deployments.is_empty()
+            && self.put_assignments.is_empty()
+            && self.delete_assignments.is_empty()
+            && self.strategy.is_none()
+            && self.shutdown.is_none()
+            && self.ineligible.is_none()
+            && self.drains.is_none()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store: {0}")]
+    Backend(String),
+    #[error("store holds a record that does not decode: {0}")]
+    Corrupt(String),
+    /// A replica that does not lead (any more) may not write.
+    #[error("not the leader: {0}")]
+    NotLeader(String),
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+pub trait Store: Send + Sync {
+    fn load(&self) -> Result<Persisted, StoreError>;
+    /// Applies `batch` atomically and durably before returning.
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
+    /// Whether the store answers; a readiness check.
+    fn ping(&self) -> Result<(), StoreError>;
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError>;
+    /// Durable before returning, like [`Store::apply`].
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError>;
+    /// Removes the routes recorded before `before`; says how many.
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError>;
+}
+
+impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
+    fn load(&self) -> Result<Persisted, StoreError> {
+        (**self).load()
+    }
+
+    fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+        (**self).apply(batch)
+    }
+
+    fn ping(&self) -> Result<(), StoreError> {
+        (**self).ping()
+    }
+
+    fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+        (**self).job_route(key)
+    }
+
+    fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+        (**self).put_job_route(key, route)
+    }
+
+    fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+        (**self).forget_job_routes(before)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// A store whose writes fail while `fail` is set.
+    #[derive(Default)]
+    pub struct Flaky {
+        inner: MemoryStore,
+        pub fail: AtomicBool,
+    }
+
+    impl Flaky {
+        pub fn set_failing(&self, failing: bool) {
+            self.fail.store(failing, Ordering::SeqCst);
+        }
+    }
+
+    impl Store for Flaky {
+        fn load(&self) -> Result<Persisted, StoreError> {
+            self.inner.load()
+        }
+        fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(StoreError::Backend("disk full".into()));
+            }
+            self.inner.apply(batch)
+        }
+        fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
+        }
+        fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
+            self.inner.job_route(key)
+        }
+        fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
+            self.inner.put_job_route(key, route)
+        }
+        fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
+            self.inner.forget_job_routes(before)
+        }
+    }
+}
