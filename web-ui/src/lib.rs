@@ -1,7 +1,8 @@
-//! The live dashboard. `model` is plain Rust (tested natively); the Leptos components
-//! and the stream hook exist only in the wasm build.
+//! The live dashboard. `model` is the shared view model (`view-model`, tested natively,
+//! also what `queen top` shows through); the Leptos components and the stream hook exist
+//! only in the wasm build.
 
-pub mod model;
+pub use view_model as model;
 
 #[cfg(target_arch = "wasm32")]
 pub mod app;

@@ -1,11 +1,12 @@
 //! `queen top`: the cluster live in a terminal, fed by the same SSE stream as the
-//! dashboard. It reconnects on its own, says when what it shows is stale, and restores
-//! the terminal on exit and on panic (ratatui's `try_init` installs that hook).
+//! dashboard and shown through the same view model (`view-model`): the same staleness
+//! rule, the same trouble-first ordering, filter and ages. It reconnects on its own and
+//! restores the terminal on exit and on panic (ratatui's `try_init` installs that hook).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use contract::{HiveSummary, Liveness, Snapshot};
+use contract::Snapshot;
 use futures_util::StreamExt;
 use queen_client::QueenClient;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
@@ -13,48 +14,40 @@ use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Borders, Paragraph, Row, Table};
+use view_model::{
+    Connection, Dashboard, HiveColumn, WorkerColumn, ago, hive_state, visible_hives, visible_workers, worker_state,
+};
 
 /// What the stream task shares with the drawing loop.
-#[derive(Default)]
 struct Feed {
-    latest: Option<Snapshot>,
-    received: Option<Instant>,
-    connected: bool,
+    dashboard: Dashboard,
+    connection: Connection,
+    /// The clock the view model counts in: milliseconds since `top` started.
+    epoch: Instant,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sort {
-    Name,
-    Liveness,
-    Cpu,
-    Memory,
-}
-
-impl Sort {
-    fn next(self) -> Self {
-        match self {
-            Sort::Name => Sort::Liveness,
-            Sort::Liveness => Sort::Cpu,
-            Sort::Cpu => Sort::Memory,
-            Sort::Memory => Sort::Name,
-        }
-    }
-    fn name(self) -> &'static str {
-        match self {
-            Sort::Name => "name",
-            Sort::Liveness => "liveness",
-            Sort::Cpu => "cpu",
-            Sort::Memory => "memory",
-        }
+impl Feed {
+    fn now_ms(&self) -> f64 {
+        self.epoch.elapsed().as_secs_f64() * 1000.0
     }
 }
 
-fn liveness_colour(l: Liveness) -> Color {
-    match l {
-        Liveness::Online => Color::Green,
-        Liveness::Suspect => Color::Yellow,
-        Liveness::Offline => Color::Red,
-        Liveness::Stopped => Color::DarkGray,
+/// The hive table's order, cycled with `s`: the columns a terminal has room for.
+const SORTS: [(HiveColumn, bool, &str); 4] = [
+    (HiveColumn::Name, false, "name"),
+    (HiveColumn::State, false, "trouble first"),
+    (HiveColumn::Cpu, true, "cpu"),
+    (HiveColumn::Memory, true, "memory"),
+];
+
+/// Colour for the view model's state class.
+fn colour(class: &str) -> Color {
+    match class {
+        "ok" => Color::Green,
+        "busy" => Color::Cyan,
+        "warn" => Color::Yellow,
+        "bad" => Color::Red,
+        _ => Color::DarkGray,
     }
 }
 
@@ -70,18 +63,19 @@ async fn follow(client: QueenClient, feed: Arc<Mutex<Feed>>) {
             let mut stream = std::pin::pin!(stream);
             while let Some(Ok(snapshot)) = stream.next().await {
                 let mut f = feed.lock().unwrap_or_else(|p| p.into_inner());
-                f.latest = Some(snapshot);
-                f.received = Some(Instant::now());
-                f.connected = true;
+                let now = f.now_ms();
+                f.dashboard.apply(snapshot, now);
+                f.connection = Connection::Live;
             }
         }
-        feed.lock().unwrap_or_else(|p| p.into_inner()).connected = false;
+        feed.lock().unwrap_or_else(|p| p.into_inner()).connection = Connection::Reconnecting;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 
 pub async fn run(client: QueenClient) -> anyhow::Result<()> {
-    let feed = Arc::new(Mutex::new(Feed::default()));
+    let feed = Feed { dashboard: Dashboard::default(), connection: Connection::Connecting, epoch: Instant::now() };
+    let feed = Arc::new(Mutex::new(feed));
     let task = tokio::spawn(follow(client.clone(), Arc::clone(&feed)));
     let url = client.base_url().to_string();
     let drawn = tokio::task::spawn_blocking(move || draw_loop(&url, &feed)).await;
@@ -96,122 +90,42 @@ fn draw_loop(url: &str, feed: &Mutex<Feed>) -> anyhow::Result<()> {
     result
 }
 
+/// What the keys have set.
+#[derive(Default)]
+struct Keys {
+    sort: usize,
+    filter: String,
+    typing: bool,
+}
+
 fn draw(terminal: &mut ratatui::DefaultTerminal, url: &str, feed: &Mutex<Feed>) -> anyhow::Result<()> {
-    let (mut sort, mut filter, mut typing) = (Sort::Name, String::new(), false);
+    let mut keys = Keys::default();
     loop {
-        let (snapshot, age, connected) = {
+        let (dashboard, state) = {
             let f = feed.lock().unwrap_or_else(|p| p.into_inner());
-            (f.latest.clone(), f.received.map(|r| r.elapsed()), f.connected)
+            let now = f.now_ms();
+            (
+                f.dashboard.clone(),
+                (f.dashboard.connection_text(f.connection, now), f.connection, f.dashboard.is_stale(now)),
+            )
         };
         let drawn = terminal.draw(|frame| {
-            let [head, hives, lower, foot] = Layout::vertical([
+            let [head, hives, workers, lower, foot] = Layout::vertical([
                 Constraint::Length(2),
+                Constraint::Min(6),
                 Constraint::Min(6),
                 Constraint::Length(12),
                 Constraint::Length(1),
             ])
             .areas(frame.area());
-            let state = match (connected, age) {
-                (false, Some(a)) => format!("reconnecting · last snapshot {} s ago", a.as_secs()),
-                (false, None) => "connecting…".to_string(),
-                (true, Some(a)) if a > Duration::from_secs(15) => {
-                    format!("STALE · last snapshot {} s ago", a.as_secs())
-                }
-                (true, Some(a)) => format!("live · snapshot {} s ago", a.as_secs()),
-                (true, None) => "live".to_string(),
-            };
-            let counts = snapshot
-                .as_ref()
-                .map(|s| {
-                    format!(
-                        "hives {}/{} online · workers {}/{} online · jobs in flight {}",
-                        s.hives_online, s.hives_total, s.workers_online, s.workers_total, s.jobs_in_flight
-                    )
-                })
-                .unwrap_or_default();
-            let colour = if state.starts_with("live") { Color::Green } else { Color::Red };
-            frame.render_widget(
-                Paragraph::new(vec![
-                    Line::styled(
-                        format!("apiary top — {url} — {state}"),
-                        Style::default().fg(colour).add_modifier(Modifier::BOLD),
-                    ),
-                    Line::raw(counts),
-                ]),
-                head,
-            );
-
-            let mut list: Vec<HiveSummary> = snapshot.as_ref().map(|s| s.hives.clone()).unwrap_or_default();
-            list.retain(|h| {
-                filter.is_empty()
-                    || h.id.as_str().contains(filter.as_str())
-                    || h.liveness.as_str().contains(filter.as_str())
-            });
-            match sort {
-                Sort::Name => list.sort_by(|a, b| a.id.cmp(&b.id)),
-                Sort::Liveness => list.sort_by_key(|h| h.liveness != Liveness::Offline),
-                Sort::Cpu => list.sort_by(|a, b| b.resources.cpu_percent.total_cmp(&a.resources.cpu_percent)),
-                Sort::Memory => {
-                    list.sort_by(|a, b| b.resources.memory_percent().total_cmp(&a.resources.memory_percent()))
-                }
+            frame.render_widget(header(url, &dashboard, &state), head);
+            if let Some(s) = &dashboard.latest {
+                frame.render_widget(hive_table(s, &keys), hives);
+                frame.render_widget(worker_table(s, &keys.filter), workers);
             }
-            let rows = list.iter().map(|h| {
-                Row::new(vec![
-                    h.id.to_string(),
-                    h.liveness.to_string(),
-                    if h.eligible { "yes".into() } else { "no".into() },
-                    bar(f64::from(h.resources.cpu_percent)),
-                    bar(f64::from(h.resources.memory_percent())),
-                    format!("{}/{}", h.capacity.running_workers, h.capacity.max_workers),
-                    format!("{:.1}s", h.last_seen_ago_ms as f64 / 1000.0),
-                ])
-                .style(Style::default().fg(liveness_colour(h.liveness)))
-            });
-            let widths = [
-                Constraint::Length(20),
-                Constraint::Length(8),
-                Constraint::Length(8),
-                Constraint::Length(16),
-                Constraint::Length(16),
-                Constraint::Length(8),
-                Constraint::Length(8),
-            ];
-            frame.render_widget(
-                Table::new(rows, widths)
-                    .header(
-                        Row::new(vec!["HIVE", "LIVENESS", "ELIGIBLE", "CPU", "MEMORY", "WORKERS", "SEEN"])
-                            .style(Style::default().add_modifier(Modifier::BOLD)),
-                    )
-                    .block(Block::default().borders(Borders::TOP).title(format!(" hives (sort: {}) ", sort.name()))),
-                hives,
-            );
-
-            let mut lines: Vec<Line> = Vec::new();
-            if let Some(s) = &snapshot {
-                if let Some(sd) = &s.shutdown {
-                    let phases: Vec<String> =
-                        sd.phases.iter().map(|p| format!("{} {}", p.phase.name(), p.status)).collect();
-                    lines.push(Line::styled(
-                        format!("cluster shutdown {}: {}", sd.status, phases.join(" → ")),
-                        Style::default().fg(Color::Yellow),
-                    ));
-                }
-                for d in s.drains.iter().filter(|d| !d.done) {
-                    lines.push(Line::styled(
-                        format!("drain of {}: {} moved, {} moving, {} left", d.hive, d.moved, d.moving, d.left),
-                        Style::default().fg(Color::Yellow),
-                    ));
-                }
-                for e in s.events.iter().rev().take(10) {
-                    lines.push(Line::raw(format!("{} {} {}: {}", e.at.time(), e.id, e.kind, e.reason)));
-                }
-            }
-            frame.render_widget(
-                Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" events ")),
-                lower,
-            );
-            let help = if typing {
-                format!("filter: {filter}_  (enter to keep, esc to clear)")
+            frame.render_widget(events(&dashboard), lower);
+            let help = if keys.typing {
+                format!("filter: {}_  (enter to keep, esc to clear)", keys.filter)
             } else {
                 "q quit · s sort · / filter".to_string()
             };
@@ -230,21 +144,139 @@ fn draw(terminal: &mut ratatui::DefaultTerminal, url: &str, feed: &Mutex<Feed>) 
             Ok(false) => None,
             Err(e) => break Err(e.into()),
         };
-        match (typing, key) {
-            (_, None) => {}
-            (true, Some(KeyCode::Enter)) => typing = false,
-            (true, Some(KeyCode::Esc)) => {
-                typing = false;
-                filter.clear();
-            }
-            (true, Some(KeyCode::Backspace)) => {
-                filter.pop();
-            }
-            (true, Some(KeyCode::Char(c))) => filter.push(c),
-            (false, Some(KeyCode::Char('q') | KeyCode::Esc)) => break Ok(()),
-            (false, Some(KeyCode::Char('s'))) => sort = sort.next(),
-            (false, Some(KeyCode::Char('/'))) => typing = true,
-            _ => {}
+        if !keys.press(key) {
+            break Ok(());
         }
     }
+}
+
+impl Keys {
+    /// Takes one key; false to leave.
+    fn press(&mut self, key: Option<KeyCode>) -> bool {
+        match (self.typing, key) {
+            (_, None) => {}
+            (true, Some(KeyCode::Enter)) => self.typing = false,
+            (true, Some(KeyCode::Esc)) => {
+                self.typing = false;
+                self.filter.clear();
+            }
+            (true, Some(KeyCode::Backspace)) => {
+                self.filter.pop();
+            }
+            (true, Some(KeyCode::Char(c))) => self.filter.push(c),
+            (false, Some(KeyCode::Char('q') | KeyCode::Esc)) => return false,
+            (false, Some(KeyCode::Char('s'))) => self.sort = (self.sort + 1) % SORTS.len(),
+            (false, Some(KeyCode::Char('/'))) => self.typing = true,
+            _ => {}
+        }
+        true
+    }
+}
+
+fn header<'a>(
+    url: &str,
+    dashboard: &Dashboard,
+    (text, connection, stale): &(String, Connection, bool),
+) -> Paragraph<'a> {
+    let colour = if *connection == Connection::Live && !stale { Color::Green } else { Color::Red };
+    let counts = dashboard
+        .latest
+        .as_ref()
+        .map(|s| {
+            format!(
+                "hives {}/{} online · workers {}/{} online · jobs in flight {}",
+                s.hives_online, s.hives_total, s.workers_online, s.workers_total, s.jobs_in_flight
+            )
+        })
+        .unwrap_or_default();
+    Paragraph::new(vec![
+        Line::styled(format!("apiary top — {url} — {text}"), Style::default().fg(colour).add_modifier(Modifier::BOLD)),
+        Line::raw(counts),
+    ])
+}
+
+fn bold_row(cells: Vec<&'static str>) -> Row<'static> {
+    Row::new(cells).style(Style::default().add_modifier(Modifier::BOLD))
+}
+
+fn hive_table<'a>(s: &Snapshot, keys: &Keys) -> Table<'a> {
+    let (column, descending, name) = SORTS[keys.sort];
+    let rows: Vec<Row> = visible_hives(s, &keys.filter, column, descending)
+        .iter()
+        .map(|h| {
+            let (state, class) = hive_state(h);
+            Row::new(vec![
+                h.id.to_string(),
+                state.to_string(),
+                bar(f64::from(h.resources.cpu_percent)),
+                bar(f64::from(h.resources.memory_percent())),
+                format!("{}/{}", h.capacity.running_workers, h.capacity.max_workers),
+                ago(h.last_seen_ago_ms as f64),
+            ])
+            .style(Style::default().fg(colour(class)))
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(24),
+        Constraint::Length(11),
+        Constraint::Length(16),
+        Constraint::Length(16),
+        Constraint::Length(8),
+        Constraint::Length(12),
+    ];
+    Table::new(rows, widths)
+        .header(bold_row(vec!["HIVE", "STATE", "CPU", "MEMORY", "WORKERS", "SEEN"]))
+        .block(Block::default().borders(Borders::TOP).title(format!(" hives (sort: {name}) ")))
+}
+
+fn worker_table<'a>(s: &Snapshot, filter: &str) -> Table<'a> {
+    let rows: Vec<Row> = visible_workers(s, filter, None, WorkerColumn::State, false)
+        .iter()
+        .map(|w| {
+            let (state, class) = worker_state(w);
+            Row::new(vec![
+                w.id.to_string(),
+                w.hive_id.to_string(),
+                state.to_string(),
+                format!("{}/{}", w.in_flight, w.max_concurrent),
+                w.kind.clone(),
+                ago(w.last_seen_ago_ms as f64),
+            ])
+            .style(Style::default().fg(colour(class)))
+        })
+        .collect();
+    let widths = [
+        Constraint::Length(24),
+        Constraint::Length(24),
+        Constraint::Length(10),
+        Constraint::Length(10),
+        Constraint::Length(14),
+        Constraint::Length(12),
+    ];
+    Table::new(rows, widths)
+        .header(bold_row(vec!["WORKER", "HIVE", "STATE", "IN FLIGHT", "KIND", "SEEN"]))
+        .block(Block::default().borders(Borders::TOP).title(" workers (trouble first) "))
+}
+
+fn events<'a>(dashboard: &Dashboard) -> Paragraph<'a> {
+    let mut lines: Vec<Line> = Vec::new();
+    if let Some(s) = &dashboard.latest {
+        if let Some(sd) = &s.shutdown {
+            let phases: Vec<String> = sd.phases.iter().map(|p| format!("{} {}", p.phase.name(), p.status)).collect();
+            lines.push(Line::styled(
+                format!("cluster shutdown {}: {}", sd.status, phases.join(" → ")),
+                Style::default().fg(Color::Yellow),
+            ));
+        }
+        for d in s.drains.iter().filter(|d| !d.done) {
+            lines.push(Line::styled(
+                format!("drain of {}: {} moved, {} moving, {} left", d.hive, d.moved, d.moving, d.left),
+                Style::default().fg(Color::Yellow),
+            ));
+        }
+    }
+    for e in dashboard.events_newest_first(None).iter().take(10) {
+        lines.push(Line::raw(format!("{} {} {}: {}", e.at.time(), e.id, e.kind, e.reason)));
+    }
+    Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" events "))
 }

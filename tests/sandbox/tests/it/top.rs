@@ -1,5 +1,5 @@
-//! `queen top` in a real pseudo-terminal (tmux): it shows the hives, follows one going
-//! offline, and leaves on `q`.
+//! `queen top` in a real pseudo-terminal (tmux): it shows the hives and their workers,
+//! follows a hive going offline, and leaves on `q`.
 
 use std::process::Command;
 use std::time::Duration;
@@ -34,7 +34,7 @@ async fn queen_top_shows_the_hives_live_and_a_hive_going_offline() -> anyhow::Re
     let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
     let mut sb = Sandbox::builder()
         .hives(2)
-        .workers_per_hive(0)
+        .workers_per_hive(1)
         .heartbeat_interval(Duration::from_millis(300))
         .snapshot_interval(Duration::from_millis(200))
         .start()
@@ -47,6 +47,11 @@ async fn queen_top_shows_the_hives_live_and_a_hive_going_offline() -> anyhow::Re
     wait_until("top showing both hives, live", wait, || async {
         let s = tmux.screen()?;
         (s.contains("hive-0") && s.contains("hive-1") && s.contains("live")).then_some(())
+    })
+    .await?;
+    wait_until("top showing the workers with their hive", wait, || async {
+        let s = tmux.screen()?;
+        s.lines().any(|l| l.contains("worker-1-0") && l.contains("hive-1") && l.contains("ready")).then_some(())
     })
     .await?;
 

@@ -1,5 +1,7 @@
-//! What the dashboard knows and how it shows it, as plain Rust: the state built from
-//! snapshots, sorting, filtering, formatting and sparkline geometry. No Leptos here, so
+//! What a view of the cluster knows and how it shows it, as plain Rust: the state built
+//! from snapshots, staleness, sorting, filtering, formatting and sparkline geometry. The
+//! web dashboard and `queen top` both show the cluster through it, so they agree on when a
+//! picture is stale, what "trouble first" means and how an age reads. No UI crate here:
 //! all of it is unit-tested natively.
 
 use std::collections::{BTreeMap, VecDeque};
