@@ -4,12 +4,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use contract::{
-    DeploymentSpec, DeploymentStatus, HiveSummary, NodeId, Phase, PhaseStatus, PlacementStrategy, ShutdownAnswer,
-    ShutdownPlan, ShutdownRequest, ShutdownState, ShutdownStatus, Snapshot, WorkerSummary,
+    DeploymentSpec, NodeId, Phase, PhaseStatus, PlacementStrategy, ShutdownAnswer, ShutdownRequest, ShutdownStatus,
 };
 use queen_client::{DEFAULT_QUEEN_URL, QueenClient};
 
 use queen::config::ServeArgs;
+
+use crate::render::*;
 
 #[derive(Parser, Debug)]
 #[command(name = "queen", version, about = "The Apiary hub: heartbeats, live cluster snapshot, node API")]
@@ -213,18 +214,6 @@ impl DeployArgs {
     }
 }
 
-pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
-    let mut out = format!("{:<20} {:>8} {:>8}  {}\n", "DEPLOYMENT", "REPLICAS", "RUNNING", "COMMAND");
-    for d in deployments {
-        out.push_str(&format!("{:<20} {:>8} {:>8}  {}\n", d.spec.name, d.spec.replicas, d.running, d.spec.command));
-        for a in &d.assignments {
-            let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
-            out.push_str(&format!("  {:<24} {:<16} {:<9} since {}\n", a.worker, hive, a.state.as_str(), a.since));
-        }
-    }
-    out
-}
-
 #[derive(clap::Args, Debug)]
 pub struct Remote {
     /// Queen to ask.
@@ -260,71 +249,6 @@ impl Remote {
     pub fn client(&self) -> anyhow::Result<QueenClient> {
         Ok(QueenClient::with_ca(&self.queen, self.token.clone(), Duration::from_secs(10), self.ca.as_deref())?)
     }
-}
-
-pub fn render_leader(l: &contract::LeaderInfo) -> String {
-    let leader = match &l.leader {
-        Some(q) => {
-            format!("leader:  {} at {} (term {}){}", q.id, q.url, l.term, if l.is_self { ", this queen" } else { "" })
-        }
-        None => "leader:  none yet (an election is under way)".into(),
-    };
-    match &l.answered_by {
-        Some(me) if !l.is_self => format!("{leader}\nasked:   {} at {}, a follower", me.id, me.url),
-        _ => leader,
-    }
-}
-
-pub fn render_status(s: &Snapshot) -> String {
-    format!(
-        "snapshot {} at {}\nhives:   {} online, {} available, {} known\nworkers: {} online, {} available, {} known\njobs in flight: {}\n",
-        s.seq,
-        s.timestamp,
-        s.hives_online,
-        s.hives_available,
-        s.hives_total,
-        s.workers_online,
-        s.workers_available,
-        s.workers_total,
-        s.jobs_in_flight
-    )
-}
-
-pub fn render_nodes(hives: &[HiveSummary], workers: &[WorkerSummary]) -> String {
-    let mut out = format!(
-        "{:<24} {:<9} {:<14} {:>6} {:>7} {:>8} {:>9}\n",
-        "HIVE", "LIVENESS", "STATUS", "CPU%", "MEM%", "WORKERS", "SEEN"
-    );
-    for h in hives {
-        let mem = h.resources.memory_percent();
-        out.push_str(&format!(
-            "{:<24} {:<9} {:<14} {:>6.1} {:>7.1} {:>8} {:>8.1}s\n",
-            h.id,
-            h.liveness.as_str(),
-            h.status.as_str(),
-            h.resources.cpu_percent,
-            mem,
-            format!("{}/{}", h.capacity.running_workers, h.capacity.max_workers),
-            h.last_seen_ago_ms as f64 / 1000.0
-        ));
-    }
-    out.push('\n');
-    out.push_str(&format!(
-        "{:<24} {:<16} {:<9} {:<9} {:>9} {:>9}\n",
-        "WORKER", "HIVE", "LIVENESS", "STATUS", "IN-FLIGHT", "SEEN"
-    ));
-    for w in workers {
-        out.push_str(&format!(
-            "{:<24} {:<16} {:<9} {:<9} {:>9} {:>8.1}s\n",
-            w.id,
-            w.hive_id,
-            w.liveness.as_str(),
-            w.status.as_str(),
-            format!("{}/{}", w.in_flight, w.max_concurrent),
-            w.last_seen_ago_ms as f64 / 1000.0
-        ));
-    }
-    out
 }
 
 /// Every subcommand but `serve`: ask the queen, print the answer.
@@ -415,39 +339,6 @@ fn ms(d: Option<lifecycle::HumanDuration>) -> Option<u64> {
     d.map(|d| d.0.as_millis() as u64)
 }
 
-pub fn render_plan(plan: &ShutdownPlan) -> String {
-    let mut out = format!(
-        "plan (dry run, nothing changed): {}\nworkers get {} ms between SIGTERM and SIGKILL; each phase waits {} ms for ACKs\n",
-        plan.phases.iter().map(|p| p.name()).collect::<Vec<_>>().join(" → "),
-        plan.drain_deadline_ms,
-        plan.phase_timeout_ms
-    );
-    for (hive, workers) in &plan.hives {
-        let names: Vec<String> = workers.iter().map(NodeId::to_string).collect();
-        out.push_str(&format!("  {hive}: {} workers {}\n", workers.len(), names.join(", ")));
-    }
-    out
-}
-
-pub fn render_shutdown(s: &ShutdownState) -> String {
-    let mut out = format!("cluster shutdown: {}{}\n", s.status, if s.force { " (force)" } else { "" });
-    for p in &s.phases {
-        let took = match (p.started_at, p.ended_at) {
-            (Some(a), Some(b)) => format!("{} ms", (b - a).whole_milliseconds()),
-            (Some(_), None) => "running".into(),
-            _ => "-".into(),
-        };
-        out.push_str(&format!("  {:<8} {:<8} {:>10}\n", p.phase.name(), p.status.as_str(), took));
-        for (hive, h) in &p.hives {
-            out.push_str(&format!("      {hive:<20} {:<9} {}\n", h.status.as_str(), h.detail));
-        }
-    }
-    if !s.failure.is_empty() {
-        out.push_str(&format!("stopped: {}\n", s.failure));
-    }
-    out
-}
-
 /// Starts (or dry-runs) a cluster shutdown and follows it live until the queen is gone.
 async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
     let client = args.remote.client()?;
@@ -497,58 +388,6 @@ async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
         }
         ShutdownStatus::Running => anyhow::bail!("lost the queen's stream before the shutdown ended"),
     }
-}
-
-pub fn render_stats(s: &contract::ClusterStats) -> String {
-    let by = |m: &std::collections::BTreeMap<String, usize>| {
-        m.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", ")
-    };
-    format!(
-        "hives:    {} ({} eligible, {} ineligible)\nworkers:  {}\ncapacity: {} slots, {} assigned ({:.0} %)\njobs routed: {} ({:.1}/s)\nstrategy: {}\nleader:   {}\n",
-        by(&s.hives_by_liveness),
-        s.hives_eligible,
-        s.hives_ineligible,
-        by(&s.workers_by_status),
-        s.capacity,
-        s.assigned,
-        s.utilization_percent,
-        s.jobs_routed_total,
-        s.jobs_routed_per_second,
-        s.strategy.as_str(),
-        s.leader
-    )
-}
-
-pub fn render_assignments(assignments: &[contract::Assignment]) -> String {
-    let mut out =
-        format!("{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n", "WORKER", "HIVE", "STATE", "MOVES", "RESTARTS", "SINCE");
-    for a in assignments {
-        let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
-        let state = a.state.as_str();
-        out.push_str(&format!(
-            "{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n",
-            a.worker, hive, state, a.moves, a.restarts, a.since
-        ));
-        if let Some(r) = &a.retiring {
-            out.push_str(&format!("  retiring {} on {}\n", r.worker, r.hive));
-        }
-    }
-    out
-}
-
-fn render_drain(d: &contract::DrainStatus) -> String {
-    let mut out = format!(
-        "drain of {}: {} moved, {} left{}{}\n",
-        d.hive,
-        d.moved,
-        d.left,
-        if d.cancelled { ", cancelled" } else { "" },
-        if d.done { ", done" } else { "" }
-    );
-    for n in &d.notes {
-        out.push_str(&format!("  {n}\n"));
-    }
-    out
 }
 
 async fn node(command: NodeCommand) -> anyhow::Result<()> {

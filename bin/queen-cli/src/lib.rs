@@ -5,4 +5,5 @@
 //! library and every test binary that links it stay free of them.
 
 pub mod cli;
+pub mod render;
 mod top;

@@ -269,64 +269,11 @@ pub async fn route(
             }
         };
         tried.insert(worker.clone());
-        let _counted = InFlight::new(&queen.jobs, worker.clone());
-        let mut request = queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(&job);
-        if let Some(k) = &key {
-            request = request.header(contract::IDEMPOTENCY_KEY, k);
-        }
-        let sent = request.timeout(deadline(&job)).send().await;
-        if let (Some(_), Err(e)) = (&again, &sent)
-            && job.rerunnable()
-        {
-            if !refused(e) && !certainly_gone(&queen, &worker) {
-                // It may be running the job still, cut off from us: a run elsewhere could
-                // be a second one.
-                count_job(&queen, "worker_unreachable");
-                return Err(ApiError::unavailable(
-                    "worker_unreachable",
-                    format!("{worker}, which took this job, does not answer now; try again"),
-                    Duration::from_secs(2),
-                ));
-            }
-            tracing::warn!(%worker, error = %e, "the worker that took a keyed job is gone; running it elsewhere");
-            count_job(&queen, "rerun");
-            continue;
-        }
-        let died = |e: &reqwest::Error| !e.is_timeout() && job.rerunnable();
-        match sent {
-            Ok(resp) if matches!(resp.status().as_u16(), 429 | 503) => continue,
-            Ok(resp) => {
-                let status = resp.status();
-                let bytes = match resp.bytes().await {
-                    Ok(b) => b,
-                    Err(e) if died(&e) => {
-                        tracing::warn!(%worker, error = %e, "worker died answering a job; running it elsewhere");
-                        count_job(&queen, "rerun");
-                        continue;
-                    }
-                    Err(e) => {
-                        count_job(&queen, "worker_failed");
-                        return Err(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")));
-                    }
-                };
-                count_job(&queen, if status.is_success() { "done" } else { "rejected" });
-                let response = Response::builder()
-                    .status(status.as_u16())
-                    .header(header::CONTENT_TYPE, "application/json")
-                    .header("x-apiary-worker", worker.as_str())
-                    .body(Body::from(bytes));
-                return response.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", e.to_string()));
-            }
-            Err(e) if e.is_connect() => continue,
-            Err(e) if died(&e) => {
-                tracing::warn!(%worker, error = %e, "worker died running a job; running it elsewhere");
-                count_job(&queen, "rerun");
-            }
-            Err(e) => {
-                count_job(&queen, "worker_failed");
-                // Still running, perhaps: do not run it a second time at once.
-                return Err(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")));
-            }
+        let attempt = Attempt { queen: &queen, job: &job, key: key.as_deref(), worker, retry: again.is_some() };
+        match attempt.run(&address).await {
+            Tried::Answered(response) => return Ok(response),
+            Tried::Failed(e) => return Err(e),
+            Tried::Next => {}
         }
     }
     count_job(&queen, "no_worker");
@@ -335,6 +282,101 @@ pub async fn route(
         "no available worker can take this job now",
         Duration::from_secs(1),
     ))
+}
+
+/// One try of a job on one worker.
+struct Attempt<'a> {
+    queen: &'a Arc<Queen>,
+    job: &'a JobRequest,
+    key: Option<&'a str>,
+    worker: NodeId,
+    /// The worker is the one a keyed job's earlier try went to.
+    retry: bool,
+}
+
+/// How one try ended.
+enum Tried {
+    /// The worker's answer, passed back as it is.
+    Answered(Response),
+    /// It certainly did not run, or died running a job that may run again: the next
+    /// worker.
+    Next,
+    /// It may have run: say so rather than risk a second run.
+    Failed(ApiError),
+}
+
+impl Attempt<'_> {
+    async fn run(&self, address: &str) -> Tried {
+        let (queen, job, worker) = (self.queen, self.job, &self.worker);
+        let _counted = InFlight::new(&queen.jobs, worker.clone());
+        let mut request = queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(job);
+        if let Some(k) = self.key {
+            request = request.header(contract::IDEMPOTENCY_KEY, k);
+        }
+        let sent = request.timeout(deadline(job)).send().await;
+        if let (true, Err(e)) = (self.retry, &sent)
+            && job.rerunnable()
+        {
+            return self.retry_failed(e);
+        }
+        let died = |e: &reqwest::Error| !e.is_timeout() && job.rerunnable();
+        let failed = |e: &dyn std::fmt::Display| {
+            count_job(queen, "worker_failed");
+            Tried::Failed(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", format!("{worker}: {e}")))
+        };
+        match sent {
+            Ok(resp) if matches!(resp.status().as_u16(), 429 | 503) => Tried::Next,
+            Ok(resp) => {
+                let status = resp.status();
+                let bytes = match resp.bytes().await {
+                    Ok(b) => b,
+                    Err(e) if died(&e) => {
+                        tracing::warn!(%worker, error = %e, "worker died answering a job; running it elsewhere");
+                        count_job(queen, "rerun");
+                        return Tried::Next;
+                    }
+                    Err(e) => return failed(&e),
+                };
+                count_job(queen, if status.is_success() { "done" } else { "rejected" });
+                let response = Response::builder()
+                    .status(status.as_u16())
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header("x-apiary-worker", worker.as_str())
+                    .body(Body::from(bytes));
+                match response {
+                    Ok(r) => Tried::Answered(r),
+                    Err(e) => Tried::Failed(ApiError::new(StatusCode::BAD_GATEWAY, "worker_failed", e.to_string())),
+                }
+            }
+            Err(e) if e.is_connect() => Tried::Next,
+            Err(e) if died(&e) => {
+                tracing::warn!(%worker, error = %e, "worker died running a job; running it elsewhere");
+                count_job(queen, "rerun");
+                Tried::Next
+            }
+            // Still running, perhaps: do not run it a second time at once.
+            Err(e) => failed(&e),
+        }
+    }
+
+    /// The worker a keyed job went to before does not answer: elsewhere only if it is
+    /// certainly gone.
+    fn retry_failed(&self, e: &reqwest::Error) -> Tried {
+        let worker = &self.worker;
+        if !refused(e) && !certainly_gone(self.queen, worker) {
+            // It may be running the job still, cut off from us: a run elsewhere could be a
+            // second one.
+            count_job(self.queen, "worker_unreachable");
+            return Tried::Failed(ApiError::unavailable(
+                "worker_unreachable",
+                format!("{worker}, which took this job, does not answer now; try again"),
+                Duration::from_secs(2),
+            ));
+        }
+        tracing::warn!(%worker, error = %e, "the worker that took a keyed job is gone; running it elsewhere");
+        count_job(self.queen, "rerun");
+        Tried::Next
+    }
 }
 
 /// What every mutating call answers once a cluster shutdown has passed GATE.

@@ -145,7 +145,32 @@ pub fn plan(
         }
     }
 
-    // Slots that have no assignment yet.
+    create_slots(deployments, assignments, now);
+
+    // What each hive could still take, counting what it holds.
+    let mut candidates: Vec<Candidate> =
+        observed.hives.values().filter_map(|v| v.candidate.clone()).filter(|c| !ineligible.contains(&c.id)).collect();
+    for a in assignments.values() {
+        for h in a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive)) {
+            if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
+                c.assigned += 1;
+            }
+        }
+    }
+
+    let mut step = DrainStep { deployments, observed, placer, candidates: &mut candidates, now };
+    step.run(assignments, drains, &mut batch, &mut decisions);
+
+    place(deployments, assignments, placer, &mut candidates, now, &mut batch, &mut decisions);
+    Plan { next, batch, decisions }
+}
+
+/// Creates the slots that have no assignment yet, pending.
+fn create_slots(
+    deployments: &BTreeMap<NodeId, DeploymentRecord>,
+    assignments: &mut BTreeMap<NodeId, Assignment>,
+    now: OffsetDateTime,
+) {
     for d in deployments.values() {
         for slot in 0..d.spec.replicas {
             let worker = worker_name(&d.spec.name, slot, 0);
@@ -163,25 +188,22 @@ pub fn plan(
             });
         }
     }
+}
 
-    // What each hive could still take, counting what it holds.
-    let mut candidates: Vec<Candidate> =
-        observed.hives.values().filter_map(|v| v.candidate.clone()).filter(|c| !ineligible.contains(&c.id)).collect();
-    for a in assignments.values() {
-        for h in a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive)) {
-            if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
-                c.assigned += 1;
-            }
-        }
-    }
-
-    let mut step = DrainStep { deployments, observed, placer, candidates: &mut candidates, now };
-    step.run(assignments, drains, &mut batch, &mut decisions);
-
-    // Offer every unplaced replica to the strategy.
+/// Offers every unplaced replica to the strategy; one that finds no room is pending, and
+/// says so once.
+fn place(
+    deployments: &BTreeMap<NodeId, DeploymentRecord>,
+    assignments: &mut BTreeMap<NodeId, Assignment>,
+    placer: &mut Placer,
+    candidates: &mut [Candidate],
+    now: OffsetDateTime,
+    batch: &mut Batch,
+    decisions: &mut Vec<Decision>,
+) {
     for a in assignments.values_mut().filter(|a| a.hive.is_none()) {
         let Some(d) = deployments.get(&a.deployment) else { continue };
-        match placer.pick(&mut candidates, &d.spec.labels_required) {
+        match placer.pick(candidates, &d.spec.labels_required) {
             Some(hive) => {
                 let reason = format!("placed on {hive} ({})", placer.strategy.as_str());
                 decisions.push(Decision::worker(&a.worker, EventKind::Placed, reason));
@@ -190,7 +212,6 @@ pub fn plan(
                 a.since = now;
                 batch.put_assignments.push(a.clone());
             }
-            // Said once, when the replica first finds no room.
             None if a.state != AssignmentState::Pending || a.since == now => {
                 a.state = AssignmentState::Pending;
                 let reason = "no hive with room and matching labels".to_string();
@@ -200,7 +221,6 @@ pub fn plan(
             None => {}
         }
     }
-    Plan { next, batch, decisions }
 }
 
 /// Why a replica's hive counts as gone, if it does.
