@@ -63,8 +63,10 @@ pub struct Orchestrator {
     /// Shared with the registries so replica events and liveness events form one order.
     event_seq: Arc<AtomicU64>,
     events: Mutex<VecDeque<NodeEvent>>,
-    /// A hive offline this long has its replicas placed elsewhere.
-    orphan_grace: Duration,
+    /// Silence after which a hive's replicas are placed elsewhere: the offline threshold
+    /// plus the configured orphan grace. Also how long after a start an unknown hive is
+    /// not yet taken for gone.
+    orphan_after: Duration,
     /// On while more than half the hives look dead at once.
     brake: AtomicBool,
     /// Set from a cluster shutdown's GATE on: no deployments change, nothing is placed or
@@ -89,7 +91,7 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
 }
 
 impl Orchestrator {
-    pub fn open(store: Box<dyn Store>, orphan_grace: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
+    pub fn open(store: Box<dyn Store>, orphan_after: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
         let Persisted { deployments, assignments, strategy, shutdown: _, ineligible, drains } = store.load()?;
         Ok(Self {
             state: Mutex::new(State {
@@ -101,7 +103,7 @@ impl Orchestrator {
             channels: Channels::default(),
             event_seq,
             events: Mutex::new(VecDeque::new()),
-            orphan_grace,
+            orphan_after,
             brake: AtomicBool::new(false),
             gate: AtomicBool::new(false),
             started: Mutex::new(tokio::time::Instant::now()),
@@ -201,7 +203,7 @@ impl Orchestrator {
 
     /// Whether this queen started (or was elected) too recently to know every node.
     pub fn in_grace(&self) -> bool {
-        self.started.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < self.orphan_grace
+        self.started.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < self.orphan_after
     }
 
     /// For the records the orchestrator does not manage itself (keyed jobs' routes).
@@ -349,7 +351,7 @@ impl Orchestrator {
             hives: &views,
             workers: &available,
             grace_over: !self.in_grace(),
-            orphan_after: self.orphan_grace,
+            orphan_after: self.orphan_after,
         };
         let mut st = self.lock();
         let plan = plan::plan(&st.deployments, &st.ineligible, &st.placement, &observed, now);
