@@ -19,7 +19,9 @@
 //! - `plan`: the reconcile planner, a pure function of desired and observed state and time;
 //! - `shutdown`: the cluster shutdown (`Sequencer`), with a phase's rules in `shutdown::phase`;
 //! - `jobs`: the job router (`JobRouter`);
-//! - `replica` (feature `etcd`): the etcd store, election, follower, transfer.
+//! - `peer` (feature `etcd`): this queen as one of several on etcd (DESIGN's queen
+//!   replicas; the code says peer and keeps "replica" for a deployment's): the etcd store,
+//!   election, follower, transfer.
 //!
 //! At the edge: `routes` (the route table: scope, node access, leader-only per operation),
 //! `api` (the router and handlers), `auth` (tokens). Beside them: `store` (the `Store`
@@ -33,12 +35,12 @@ mod ingest;
 mod jobs;
 pub(crate) mod metrics;
 pub mod orchestrator;
+#[cfg(feature = "etcd")]
+pub mod peer;
 mod placement;
 mod plan;
 mod queen;
 mod reload;
-#[cfg(feature = "etcd")]
-pub mod replica;
 pub mod routes;
 mod shutdown;
 mod snapshot;
@@ -75,7 +77,7 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     let queen = match config.etcd.clone() {
         None => Queen::new(config, me, stop.clone(), tasks.clone(), None)?,
         #[cfg(feature = "etcd")]
-        Some(settings) => replica::start(config, settings, me, &stop, &tasks).await?,
+        Some(settings) => peer::start(config, settings, me, &stop, &tasks).await?,
         #[cfg(not(feature = "etcd"))]
         Some(_) => anyhow::bail!("this queen was built without etcd support: build it with `--features queen/etcd`"),
     };

@@ -138,7 +138,7 @@ impl Metrics {
             "Hives that failed or did not ACK a shutdown phase",
             m.ack_failures.clone(),
         );
-        registry.register("apiary_placement_decisions", "Replica placement decisions, by decision", decisions);
+        registry.register("apiary_placement_decisions", "Peer placement decisions, by decision", decisions);
         registry.register("apiary_jobs_routed", "Jobs routed through the queen, by outcome", m.jobs.clone());
         registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());
         registry.register(

@@ -1,6 +1,6 @@
 //! `Queen`: one queen process, composed of subsystems that each own their state and lock.
 //! This file holds what needs more than one of them: building the whole, the role changes
-//! of a replica, a config reload, the cluster stats and the final-state record.
+//! of a peer (leader, follower), a config reload, the cluster stats and the final-state record.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -56,9 +56,9 @@ pub struct Queen {
     pub tasks: TaskTracker,
     /// This queen as others refer to it.
     pub me: contract::QueenRef,
-    /// The etcd side when this queen is one of several replicas; set once, at start.
+    /// The etcd side when this queen is one of several peers; set once, at start.
     #[cfg(feature = "etcd")]
-    pub replica: std::sync::OnceLock<Arc<crate::replica::Replica>>,
+    pub peer: std::sync::OnceLock<Arc<crate::peer::Peer>>,
 }
 
 impl Queen {
@@ -103,7 +103,7 @@ impl Queen {
             }
         });
         let metrics = Metrics::register(builder.metrics(), orchestrator.decisions.clone());
-        // Alone, a queen leads from the start; a replica only once elected.
+        // Alone, a queen leads from the start; a peer only once elected.
         metrics.leader.set(i64::from(!shared));
         let health = builder.build();
 
@@ -122,7 +122,7 @@ impl Queen {
             tasks,
             me,
             #[cfg(feature = "etcd")]
-            replica: std::sync::OnceLock::new(),
+            peer: std::sync::OnceLock::new(),
         });
         queen.publish_snapshot();
         Ok(queen)
@@ -173,10 +173,10 @@ impl Queen {
     }
 
     /// Whether this queen acts for the cluster (places work, routes jobs, takes
-    /// heartbeats, sequences shutdowns): always when alone, when elected among replicas.
+    /// heartbeats, sequences shutdowns): always when alone, when elected among its peers.
     pub fn is_leader(&self) -> bool {
         #[cfg(feature = "etcd")]
-        if let Some(r) = self.replica.get() {
+        if let Some(r) = self.peer.get() {
             return r.is_leader();
         }
         true
@@ -185,7 +185,7 @@ impl Queen {
     /// Which queen acts for the cluster. One queen needs no election: it is the leader.
     pub fn leader(&self) -> contract::LeaderInfo {
         #[cfg(feature = "etcd")]
-        if let Some(r) = self.replica.get() {
+        if let Some(r) = self.peer.get() {
             let role = r.role();
             return contract::LeaderInfo {
                 leader: role.leader,
@@ -205,8 +205,8 @@ impl Queen {
     /// Hands leadership to `to` (or the healthiest follower) and resigns.
     pub async fn transfer_leadership(&self, to: Option<String>) -> Result<contract::TransferAnswer, ApiError> {
         #[cfg(feature = "etcd")]
-        if let Some(r) = self.replica.get() {
-            return crate::replica::transfer(self, r, to).await;
+        if let Some(r) = self.peer.get() {
+            return crate::peer::transfer(self, r, to).await;
         }
         let _ = to;
         Err(ApiError::new(

@@ -1,6 +1,6 @@
 //! The queen's durable state — deployments, assignments, the placement strategy — behind
 //! a small trait: the embedded file (`redb`, the default), memory (`memory`, tests), or
-//! etcd for replicas (`replica::store`).
+//! etcd for replicas (`peer::store`).
 //!
 //! The default backend is redb: an embedded, pure-Rust key-value store with ACID write
 //! transactions and copy-on-write commits, so a crash mid-write leaves the last committed

@@ -12,7 +12,7 @@ use contract::{
     Snapshot, TransferAnswer,
 };
 use queen::config::EtcdSettings;
-use queen::replica::Replica;
+use queen::peer::Peer;
 use queen::store::{Batch, JobRoute, Store, StoreError};
 use queen_client::{ClientError, QueenClient};
 use sandbox::{Etcd, Sandbox, SandboxBuilder, SnapshotStream, wait_until};
@@ -211,8 +211,8 @@ async fn etcd_refuses_a_deposed_leaders_write() -> anyhow::Result<()> {
         .map_err(anyhow::Error::msg)?
         .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
     let queen = |id: &str| QueenRef { id: id.into(), url: format!("http://{id}") };
-    let a = Replica::connect(settings.clone(), queen("a:1")).await?;
-    let b = Replica::connect(settings, queen("b:2")).await?;
+    let a = Peer::connect(settings.clone(), queen("a:1")).await?;
+    let b = Peer::connect(settings, queen("b:2")).await?;
 
     let lease_a = a.grant_lease().await?;
     let key_a = a.campaign(lease_a).await?.ok_or_else(|| anyhow::anyhow!("a not elected"))?;
@@ -288,8 +288,7 @@ async fn a_cluster_shutdown_survives_a_leader_change() -> anyhow::Result<()> {
         let settings = EtcdSettings::parse(&format!("etcd://{}", etcd.endpoint()), None, Some(TTL))
             .map_err(anyhow::Error::msg)?
             .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
-        let reader =
-            Replica::connect(settings, QueenRef { id: "reader:0".into(), url: "http://reader".into() }).await?;
+        let reader = Peer::connect(settings, QueenRef { id: "reader:0".into(), url: "http://reader".into() }).await?;
         tokio::task::spawn_blocking(move || reader.load()).await??
     };
     let shutdown = stored.shutdown.ok_or_else(|| anyhow::anyhow!("no shutdown state stored"))?;

@@ -1,4 +1,6 @@
-//! Queen replicas on etcd: the shared store, the election, and what a follower does.
+//! This queen as one of several peers on etcd (what DESIGN calls queen replicas; the code
+//! says peer, and "replica" is a deployment's): the shared store (`store`), the election
+//! (`election`), what a follower does (`follower`), a planned handover (`transfer`).
 //!
 //! Every queen campaigns for one election key with a lease it keeps alive. The winner
 //! leads: it places work, routes jobs, sequences shutdowns and takes the heartbeats. Each
@@ -107,7 +109,7 @@ impl Keys {
 }
 
 /// The etcd side of one queen: store, election and observed leader.
-pub struct Replica {
+pub struct Peer {
     settings: EtcdSettings,
     keys: Keys,
     me: QueenRef,
@@ -129,7 +131,7 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd: {e}"))
 }
 
-impl Replica {
+impl Peer {
     /// Connects to etcd (its own runtime does the I/O) and checks that it answers.
     pub async fn connect(settings: EtcdSettings, me: QueenRef) -> anyhow::Result<Arc<Self>> {
         let runtime =
@@ -151,7 +153,7 @@ impl Replica {
         };
         let client = runtime.spawn(connect(Some(CALL_TIMEOUT))).await??;
         let campaigner = runtime.spawn(connect(None)).await??;
-        let replica = Arc::new(Self {
+        let peer = Arc::new(Self {
             keys: Keys::new(&settings.prefix),
             settings,
             me,
@@ -163,8 +165,8 @@ impl Replica {
             abandoned: Mutex::new(Vec::new()),
             runtime: EtcdRuntime(Some(runtime)),
         });
-        replica.ping().map_err(|e| anyhow::anyhow!("etcd at {}: {e}", replica.settings.endpoints.join(",")))?;
-        Ok(replica)
+        peer.ping().map_err(|e| anyhow::anyhow!("etcd at {}: {e}", peer.settings.endpoints.join(",")))?;
+        Ok(peer)
     }
 
     fn lead(&self) -> std::sync::MutexGuard<'_, Leadership> {
@@ -242,14 +244,14 @@ pub(crate) async fn start(
     stop: &CancellationToken,
     tasks: &tokio_util::task::TaskTracker,
 ) -> anyhow::Result<Arc<Queen>> {
-    let replica = Replica::connect(settings, me.clone()).await?;
-    let store: Box<dyn Store> = Box::new(Arc::clone(&replica));
+    let peer = Peer::connect(settings, me.clone()).await?;
+    let store: Box<dyn Store> = Box::new(Arc::clone(&peer));
     let queen = Queen::new(config, me, stop.clone(), tasks.clone(), Some(store))?;
-    let _ = queen.replica.set(Arc::clone(&replica));
-    tracing::info!(endpoints = %replica.settings.endpoints.join(","), prefix = %replica.settings.prefix, ttl_s = replica.settings.lease_ttl.as_secs(), "queen replica on etcd");
-    tasks.spawn(election::elect(Arc::clone(&queen), Arc::clone(&replica), stop.child_token()));
-    tasks.spawn(election::observe(Arc::clone(&replica), stop.child_token()));
-    tasks.spawn(follower::follow_state(Arc::clone(&queen), Arc::clone(&replica), stop.child_token()));
-    tasks.spawn(follower::relay_snapshots(Arc::clone(&queen), replica, stop.child_token()));
+    let _ = queen.peer.set(Arc::clone(&peer));
+    tracing::info!(endpoints = %peer.settings.endpoints.join(","), prefix = %peer.settings.prefix, ttl_s = peer.settings.lease_ttl.as_secs(), "queen peer on etcd");
+    tasks.spawn(election::elect(Arc::clone(&queen), Arc::clone(&peer), stop.child_token()));
+    tasks.spawn(election::observe(Arc::clone(&peer), stop.child_token()));
+    tasks.spawn(follower::follow_state(Arc::clone(&queen), Arc::clone(&peer), stop.child_token()));
+    tasks.spawn(follower::relay_snapshots(Arc::clone(&queen), peer, stop.child_token()));
     Ok(queen)
 }

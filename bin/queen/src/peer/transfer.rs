@@ -4,12 +4,12 @@ use super::*;
 
 /// `POST /v1/cluster/leader/transfer` on the leader: names the next leader in etcd
 /// (fenced), then resigns; the queens in line before it step back when elected.
-pub(crate) async fn transfer(queen: &Queen, replica: &Replica, to: Option<String>) -> Result<TransferAnswer, ApiError> {
+pub(crate) async fn transfer(queen: &Queen, peer: &Peer, to: Option<String>) -> Result<TransferAnswer, ApiError> {
     let unavailable = |e: String| ApiError::unavailable("store_unavailable", e, Duration::from_secs(1));
-    let members = replica.members().await.map_err(|e| unavailable(e.to_string()))?;
-    let others: Vec<QueenRef> = members.into_iter().filter(|m| m.id != replica.me.id).collect();
+    let members = peer.members().await.map_err(|e| unavailable(e.to_string()))?;
+    let others: Vec<QueenRef> = members.into_iter().filter(|m| m.id != peer.me.id).collect();
     let target = match to {
-        Some(id) if id == replica.me.id => {
+        Some(id) if id == peer.me.id => {
             return Err(ApiError::new(StatusCode::CONFLICT, "already_leader", format!("{id} leads already")));
         }
         Some(id) => others.into_iter().find(|m| m.id == id).ok_or_else(|| {
@@ -19,10 +19,10 @@ pub(crate) async fn transfer(queen: &Queen, replica: &Replica, to: Option<String
             ApiError::unavailable("no_follower", "no other queen is registered and ready", Duration::from_secs(1))
         })?,
     };
-    replica.set_transfer_target(&target.id).await.map_err(|e| unavailable(e.to_string()))?;
+    peer.set_transfer_target(&target.id).await.map_err(|e| unavailable(e.to_string()))?;
     tracing::warn!(to = %target.id, "transferring leadership");
-    replica.resign.notify_one();
-    Ok(TransferAnswer { from: replica.me.clone(), to: target })
+    peer.resign.notify_one();
+    Ok(TransferAnswer { from: peer.me.clone(), to: target })
 }
 
 /// The follower that answers `/readyz` ready fastest.

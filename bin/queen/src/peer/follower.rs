@@ -4,11 +4,11 @@
 use super::*;
 
 /// A follower's view of the stored state: reloaded whenever it changes in etcd.
-pub(crate) async fn follow_state(queen: Arc<Queen>, replica: Arc<Replica>, stop: CancellationToken) {
+pub(crate) async fn follow_state(queen: Arc<Queen>, peer: Arc<Peer>, stop: CancellationToken) {
     loop {
-        let mut c = replica.client.clone();
+        let mut c = peer.client.clone();
         let watched = async {
-            let mut stream = c.watch(replica.keys.state.as_str(), Some(WatchOptions::new().with_prefix())).await?;
+            let mut stream = c.watch(peer.keys.state.as_str(), Some(WatchOptions::new().with_prefix())).await?;
             // Whatever changed before the watch started.
             let _ = queen.off_runtime(|q| q.follow_stored_state()).await;
             while let Some(resp) = stream.message().await? {
@@ -40,12 +40,12 @@ pub(crate) async fn follow_state(queen: Arc<Queen>, replica: Arc<Replica>, stop:
 
 /// A follower's snapshot stream is the leader's, relayed: its dashboards stay live and
 /// show what the leader sees, and go on through a failover to the next leader.
-pub(crate) async fn relay_snapshots(queen: Arc<Queen>, replica: Arc<Replica>, stop: CancellationToken) {
-    let mut role = replica.subscribe();
+pub(crate) async fn relay_snapshots(queen: Arc<Queen>, peer: Arc<Peer>, stop: CancellationToken) {
+    let mut role = peer.subscribe();
     loop {
         let leader = role.borrow_and_update().leader.clone();
         let relaying = async {
-            let Some(leader) = leader.filter(|l| l.id != replica.me.id) else {
+            let Some(leader) = leader.filter(|l| l.id != peer.me.id) else {
                 return std::future::pending::<()>().await;
             };
             let config = queen.config();
@@ -66,7 +66,7 @@ pub(crate) async fn relay_snapshots(queen: Arc<Queen>, replica: Arc<Replica>, st
                     Ok(stream) => {
                         let mut stream = std::pin::pin!(stream);
                         while let Some(Ok(snapshot)) = stream.next().await {
-                            if replica.is_leader() {
+                            if peer.is_leader() {
                                 break;
                             }
                             queen.publish_relayed(snapshot);

@@ -11,7 +11,7 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-impl Store for Replica {
+impl Store for Peer {
     fn load(&self) -> Result<Persisted, StoreError> {
         let mut c = self.client.clone();
         let prefix = self.keys.state.clone();
@@ -43,7 +43,7 @@ impl Store for Replica {
         Ok(out)
     }
 
-    /// Fenced (see [`Replica::fenced`]).
+    /// Fenced (see [`Peer::fenced`]).
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut ops = Vec::new();
         for d in &batch.put_deployments {
@@ -110,7 +110,7 @@ impl Store for Replica {
     }
 }
 
-impl Replica {
+impl Peer {
     /// Applied only while this queen's leader key is still the one it won. More writes
     /// than one etcd transaction allows go in several, each fenced; they are the desired
     /// state, so a leader that dies between two leaves a state the next reconcile completes.

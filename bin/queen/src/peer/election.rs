@@ -12,10 +12,10 @@ enum Deposed {
 
 /// The election loop: one lease at a time; campaign, lead until the lease is lost, the
 /// queen stops or a transfer asks to resign; then again. Errors back off and retry.
-pub(crate) async fn elect(queen: Arc<Queen>, replica: Arc<Replica>, stop: CancellationToken) {
+pub(crate) async fn elect(queen: Arc<Queen>, peer: Arc<Peer>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !stop.is_cancelled() {
-        match one_lease(&queen, &replica, &stop).await {
+        match one_lease(&queen, &peer, &stop).await {
             Ok(()) => backoff = Duration::from_millis(100),
             Err(e) => {
                 tracing::warn!(error = %e, "etcd election interrupted; retrying");
@@ -29,39 +29,30 @@ pub(crate) async fn elect(queen: Arc<Queen>, replica: Arc<Replica>, stop: Cancel
     }
 }
 
-async fn one_lease(
-    queen: &Arc<Queen>,
-    replica: &Arc<Replica>,
-    stop: &CancellationToken,
-) -> Result<(), etcd_client::Error> {
-    let lease = replica.grant_lease().await?;
-    let abandoned = std::mem::take(&mut *replica.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
+async fn one_lease(queen: &Arc<Queen>, peer: &Arc<Peer>, stop: &CancellationToken) -> Result<(), etcd_client::Error> {
+    let lease = peer.grant_lease().await?;
+    let abandoned = std::mem::take(&mut *peer.abandoned.lock().unwrap_or_else(|p| p.into_inner()));
     for old in abandoned {
         // "Lease not found" is fine: it ran out meanwhile.
-        let _ = replica.revoke(old).await;
+        let _ = peer.revoke(old).await;
     }
     let lost = CancellationToken::new();
-    let renewals = tokio::spawn(keep_alive(
-        Arc::clone(replica),
-        replica.client.clone(),
-        lease,
-        replica.settings.lease_ttl,
-        lost.clone(),
-    ));
+    let renewals =
+        tokio::spawn(keep_alive(Arc::clone(peer), peer.client.clone(), lease, peer.settings.lease_ttl, lost.clone()));
     let _abort = AbortOnDrop(renewals);
     // Every way out of leadership in there steps down first; what is left here is the lease.
-    let result = lead_while_leased(queen, replica, stop, &lost, lease).await;
+    let result = lead_while_leased(queen, peer, stop, &lost, lease).await;
     // Revoking removes this queen's candidacy and membership at once, so the next leader
     // is chosen now rather than when the lease runs out. Also after a lost lease: etcd may
     // have been away and kept it (a restarted etcd renews every lease it had), and the
     // old candidacy would hold the election up for a whole TTL.
-    if !matches!(tokio::time::timeout(Duration::from_secs(1), replica.revoke(lease)).await, Ok(Ok(()))) {
-        replica.abandoned.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
+    if !matches!(tokio::time::timeout(Duration::from_secs(1), peer.revoke(lease)).await, Ok(Ok(()))) {
+        peer.abandoned.lock().unwrap_or_else(|p| p.into_inner()).push(lease);
     }
     result
 }
 
-impl Replica {
+impl Peer {
     /// A new lease of the configured TTL, with this queen registered under it.
     pub async fn grant_lease(&self) -> Result<i64, etcd_client::Error> {
         let mut c = self.client.clone();
@@ -102,36 +93,36 @@ impl Replica {
 
 async fn lead_while_leased(
     queen: &Arc<Queen>,
-    replica: &Arc<Replica>,
+    peer: &Arc<Peer>,
     stop: &CancellationToken,
     lost: &CancellationToken,
     lease: i64,
 ) -> Result<(), etcd_client::Error> {
-    let mut c = replica.client.clone();
-    let mut campaigner = replica.campaigner.clone();
+    let mut c = peer.client.clone();
+    let mut campaigner = peer.campaigner.clone();
     loop {
         let won = tokio::select! {
-            r = replica.campaign(lease) => r?,
+            r = peer.campaign(lease) => r?,
             _ = lost.cancelled() => return Ok(()),
             _ = stop.cancelled() => return Ok(()),
         };
         let Some(key) = won else { continue };
         // A transfer names who should lead next; anyone else in line steps back.
-        let target = c.get(replica.keys.transfer.as_str(), None).await?.kvs().first().map(|kv| kv.value().to_vec());
+        let target = c.get(peer.keys.transfer.as_str(), None).await?.kvs().first().map(|kv| kv.value().to_vec());
         if let Some(target) = target {
             let target = String::from_utf8_lossy(&target).into_owned();
-            let alive = replica.members().await?.iter().any(|m| m.id == target);
-            if target != replica.me.id && alive {
+            let alive = peer.members().await?.iter().any(|m| m.id == target);
+            if target != peer.me.id && alive {
                 tracing::info!(%target, "elected during a transfer to another queen; stepping back");
                 campaigner.resign(Some(etcd_client::ResignOptions::new().with_leader(key))).await?;
                 continue;
             }
             let done = Txn::new()
                 .when([Compare::create_revision(key.key(), CompareOp::Equal, key.rev())])
-                .and_then([TxnOp::delete(replica.keys.transfer.as_str(), None)]);
+                .and_then([TxnOp::delete(peer.keys.transfer.as_str(), None)]);
             c.txn(done).await?;
         }
-        replica.take_lead(&key);
+        peer.take_lead(&key);
         tracing::warn!(term = key.rev(), "this queen leads the cluster");
         if let Err(e) = queen.off_runtime(|q| q.on_elected()).await {
             tracing::error!(error = %e, "taking up leadership did not finish");
@@ -139,9 +130,9 @@ async fn lead_while_leased(
         let why = tokio::select! {
             _ = lost.cancelled() => Deposed::LeaseLost,
             _ = stop.cancelled() => Deposed::Stopping,
-            _ = replica.resign.notified() => Deposed::Transfer,
+            _ = peer.resign.notified() => Deposed::Transfer,
         };
-        replica.step_down();
+        peer.step_down();
         if let Err(e) = queen.off_runtime(|q| q.on_deposed()).await {
             tracing::error!(error = %e, "stepping down did not finish");
         }
@@ -167,7 +158,7 @@ async fn lead_while_leased(
     }
 }
 
-impl Replica {
+impl Peer {
     fn step_down(&self) {
         let was = std::mem::take(&mut *self.lead());
         if was.valid_until.is_some() {
@@ -190,7 +181,7 @@ impl Drop for AbortOnDrop {
 
 /// Renews the lease every third of its TTL and moves this queen's deadline to act as
 /// leader accordingly; fires `lost` the moment a renewal fails or the lease is gone.
-async fn keep_alive(replica: Arc<Replica>, mut c: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
+async fn keep_alive(peer: Arc<Peer>, mut c: Client, lease: i64, ttl: Duration, lost: CancellationToken) {
     let renewed = async {
         let (mut keeper, mut answers) = c.lease_keep_alive(lease).await?;
         let mut tick = crate::interval(ttl / 3);
@@ -205,7 +196,7 @@ async fn keep_alive(replica: Arc<Replica>, mut c: Client, lease: i64, ttl: Durat
             if answer.ttl() <= 0 {
                 return Ok("the lease expired");
             }
-            let mut lead = replica.lead();
+            let mut lead = peer.lead();
             if lead.valid_until.is_some() {
                 // Counted from when the renewal was sent: the lease runs at least that long.
                 lead.valid_until = Some(sent + Duration::from_secs(answer.ttl() as u64) * 9 / 10);
@@ -218,20 +209,20 @@ async fn keep_alive(replica: Arc<Replica>, mut c: Client, lease: i64, ttl: Durat
     };
     tracing::warn!(lease, why = %why, "leadership lease not renewed");
     // Stop acting before anything else can run.
-    replica.lead().valid_until = None;
+    peer.lead().valid_until = None;
     lost.cancel();
 }
 
 /// Keeps `role` current: who leads and in which term, as etcd says.
-pub(crate) async fn observe(replica: Arc<Replica>, stop: CancellationToken) {
+pub(crate) async fn observe(peer: Arc<Peer>, stop: CancellationToken) {
     let mut tick = crate::interval(OBSERVE_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let mut c = replica.client.clone();
-        let role = match c.leader(replica.keys.election.as_str()).await {
+        let mut c = peer.client.clone();
+        let role = match c.leader(peer.keys.election.as_str()).await {
             Ok(resp) => match resp.kv() {
                 Some(kv) => Role { leader: serde_json::from_slice(kv.value()).ok(), term: kv.create_revision() },
                 None => Role::default(),
@@ -244,14 +235,14 @@ pub(crate) async fn observe(replica: Arc<Replica>, stop: CancellationToken) {
             }
         };
         // Our own leadership is known first-hand; what etcd says about it may lag.
-        if replica.is_leader() {
+        if peer.is_leader() {
             continue;
         }
         let role = match role.leader.as_ref() {
-            Some(l) if l.id == replica.me.id => Role::default(),
+            Some(l) if l.id == peer.me.id => Role::default(),
             _ => role,
         };
-        replica.role.send_if_modified(|r| {
+        peer.role.send_if_modified(|r| {
             let changed = *r != role;
             *r = role;
             changed
