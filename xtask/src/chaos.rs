@@ -465,7 +465,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let mut queens = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let listen = if netns.is_some() { format!("0.0.0.0:{port}") } else { format!("127.0.0.1:{port}") };
-        let program = vec![
+        let mut program = vec![
             queen_bin.clone(),
             "serve".into(),
             "--listen".into(),
@@ -485,6 +485,11 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             "--data-dir".into(),
             logs.join(format!("queen-{i}")).to_string_lossy().into_owned(),
         ];
+        // The chaos cluster runs without tokens; with a namespaced hive the queens listen
+        // beyond loopback (on this machine's own veth), which a queen refuses unless told.
+        if netns.is_some() {
+            program.push("--insecure-no-auth".into());
+        }
         queens.push(Proc::start(&format!("queen-{i}"), program, &logs)?);
     }
     let queen_list = urls.join(",");

@@ -54,6 +54,10 @@ pub struct ServeArgs {
     /// Token for the dashboard, the stream and the read API [default: none, open].
     #[arg(long, env = "APIARY_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<crate::auth::Secret>,
+    /// Serve with no tokens on an address other than loopback: anyone who reaches it can
+    /// make every hive run any command. Refused without this flag.
+    #[arg(long, env = "APIARY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
     /// Directory with the built dashboard (`cargo xtask web`) [default: `dashboard` next to
     /// the queen binary].
     #[arg(long, env = "APIARY_UI_DIR")]
@@ -102,6 +106,8 @@ struct FileConfig {
     token: Option<crate::auth::Secret>,
     admin_token: Option<crate::auth::Secret>,
     read_token: Option<crate::auth::Secret>,
+    #[serde(default)]
+    insecure_no_auth: bool,
     max_stream_clients: Option<usize>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -177,6 +183,9 @@ pub struct QueenConfig {
     /// Strategy to use when the store has none yet.
     pub strategy: Option<contract::PlacementStrategy>,
     pub tokens: crate::auth::Tokens,
+    /// Told to serve without tokens on a non-loopback address; said loudly at start and in
+    /// `/readyz`.
+    pub insecure_no_auth: bool,
     pub max_stream_clients: usize,
     /// Serve HTTPS with this; `None` serves plain HTTP.
     pub tls: Option<lifecycle::serve::TlsConfig>,
@@ -206,6 +215,34 @@ pub struct Reload {
 #[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
 pub struct ConfigError {
     pub problems: Vec<String>,
+}
+
+/// Why these tokens leave something open that must not be. With any token configured,
+/// every scope that changes anything needs one: a cluster token alone would leave every
+/// admin call (a deployment runs any command on every hive) open to anyone, an admin token
+/// alone every heartbeat, control channel and job. With none, only loopback is served,
+/// unless the operator says `--insecure-no-auth`.
+fn token_problems(tokens: &crate::auth::Tokens, listen: SocketAddr, insecure_no_auth: bool) -> Vec<String> {
+    let any = tokens.cluster.is_some() || tokens.admin.is_some() || tokens.read.is_some();
+    let mut problems = Vec::new();
+    if any && tokens.admin.is_none() {
+        problems.push(
+            "tokens are set but no admin token: every admin call (deployments run any command on every hive, cluster shutdown) would be open to anyone; set --admin-token (APIARY_ADMIN_TOKEN, or admin_token in the file)"
+                .to_string(),
+        );
+    }
+    if any && tokens.cluster.is_none() {
+        problems.push(
+            "tokens are set but no cluster token: anyone could send heartbeats, hold a hive's control channel or route jobs; set --token (APIARY_TOKEN, or token in the file)"
+                .to_string(),
+        );
+    }
+    if !any && !listen.ip().is_loopback() && !insecure_no_auth {
+        problems.push(format!(
+            "listening on {listen}, not loopback, with no tokens: anyone who reaches it can make every hive run any command; set --token and --admin-token, or pass --insecure-no-auth to serve it open on purpose"
+        ));
+    }
+    problems
 }
 
 impl QueenConfig {
@@ -259,6 +296,14 @@ impl QueenConfig {
             Some((cert, key)) => lifecycle::serve::load_tls(cert, key).map_err(|e| problems.push(e.0)).ok(),
             None => None,
         };
+        let tokens = crate::auth::Tokens {
+            cluster: args.token.clone().or(file.token),
+            admin: args.admin_token.clone().or(file.admin_token),
+            read: args.read_token.clone().or(file.read_token),
+        };
+        let insecure_no_auth = args.insecure_no_auth || file.insecure_no_auth;
+        let listen = args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8500)));
+        problems.extend(token_problems(&tokens, listen, insecure_no_auth));
         let mut config = match built {
             Ok(config) if problems.is_empty() => config,
             _ => return Err(ConfigError { problems }),
@@ -272,11 +317,8 @@ impl QueenConfig {
         if let Some(n) = args.max_stream_clients.or(file.max_stream_clients) {
             config.max_stream_clients = n;
         }
-        config.tokens = crate::auth::Tokens {
-            cluster: args.token.clone().or(file.token),
-            admin: args.admin_token.clone().or(file.admin_token),
-            read: args.read_token.clone().or(file.read_token),
-        };
+        config.tokens = tokens;
+        config.insecure_no_auth = insecure_no_auth;
         config.tls = tls;
         config.tls_files = tls_files;
         config.heartbeat_rate_limit = heartbeat_rate_limit;
@@ -324,7 +366,7 @@ impl QueenConfig {
             heartbeat_rate_limit,
             log_level
         );
-        fixed!(listen, ui_dir, data_dir, orphan_grace, tokens, tls_files, etcd, advertise_url);
+        fixed!(listen, ui_dir, data_dir, orphan_grace, tokens, insecure_no_auth, tls_files, etcd, advertise_url);
         Ok((next, reload))
     }
 
@@ -364,6 +406,7 @@ impl QueenConfig {
                 orphan_grace: Duration::from_secs(30),
                 strategy: None,
                 tokens: crate::auth::Tokens::default(),
+                insecure_no_auth: false,
                 max_stream_clients: 10_000,
                 tls: None,
                 tls_files: None,
@@ -454,6 +497,29 @@ mod tests {
         let err = QueenConfig::load(&args).expect_err("bad duration");
         let _ = std::fs::remove_file(path);
         assert!(err.to_string().contains("write it like"), "{err}");
+    }
+
+    #[test]
+    fn one_token_alone_or_no_token_off_loopback_is_refused() {
+        let secret = |s: &str| Some(crate::auth::Secret::new(s));
+        let refused = |args: ServeArgs| QueenConfig::load(&args).expect_err("refused").to_string();
+        let cluster_only = refused(ServeArgs { token: secret("c"), ..Default::default() });
+        assert!(cluster_only.contains("no admin token") && cluster_only.contains("--admin-token"), "{cluster_only}");
+        let admin_only = refused(ServeArgs { admin_token: secret("a"), ..Default::default() });
+        assert!(admin_only.contains("no cluster token") && admin_only.contains("--token"), "{admin_only}");
+        let read_only = refused(ServeArgs { read_token: secret("r"), ..Default::default() });
+        assert!(read_only.contains("--admin-token") && read_only.contains("--token"), "both named: {read_only}");
+        let both = ServeArgs { token: secret("c"), admin_token: secret("a"), ..Default::default() };
+        assert!(QueenConfig::load(&both).is_ok(), "a cluster and an admin token close every mutating scope");
+
+        let lan: SocketAddr = "0.0.0.0:8500".parse().expect("address");
+        let open_lan = refused(ServeArgs { listen: Some(lan), ..Default::default() });
+        assert!(open_lan.contains("not loopback") && open_lan.contains("--insecure-no-auth"), "{open_lan}");
+        let told = QueenConfig::load(&ServeArgs { listen: Some(lan), insecure_no_auth: true, ..Default::default() });
+        assert!(told.is_ok_and(|c| c.insecure_no_auth), "open on purpose, and remembered to be said");
+        let guarded = ServeArgs { listen: Some(lan), ..both };
+        assert!(QueenConfig::load(&guarded).is_ok());
+        assert!(QueenConfig::load(&ServeArgs::default()).is_ok(), "loopback without tokens: the development default");
     }
 
     #[test]

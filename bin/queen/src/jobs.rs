@@ -33,6 +33,9 @@ use crate::store::{JobRoute, Store, StoreError};
 
 /// Workers tried for one job before the queen gives up with 503.
 const ATTEMPTS: usize = 3;
+/// The most of a worker's answer the queen passes back: a job's answer is a small JSON
+/// object, and a bigger one means the address is not a worker.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -284,6 +287,28 @@ pub async fn route(
     ))
 }
 
+/// Why a worker's answer was not read whole.
+enum Capped {
+    TooLarge,
+    Read(reqwest::Error),
+}
+
+/// Reads an answer up to [`MAX_ANSWER_BYTES`], refusing more before it is in memory (by its
+/// length when it says one, as it comes when it does not).
+async fn capped(mut resp: reqwest::Response) -> Result<bytes::Bytes, Capped> {
+    if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+        return Err(Capped::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(Capped::Read)? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Capped::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
 /// One try of a job on one worker.
 struct Attempt<'a> {
     queen: &'a Arc<Queen>,
@@ -326,16 +351,24 @@ impl Attempt<'_> {
         };
         match sent {
             Ok(resp) if matches!(resp.status().as_u16(), 429 | 503) => Tried::Next,
+            Ok(resp) if resp.status().is_redirection() => {
+                // A worker answers jobs; one that points elsewhere is not followed, and
+                // where it points is not passed on.
+                failed(&format!("answered {} (a redirect, not followed)", resp.status()))
+            }
             Ok(resp) => {
                 let status = resp.status();
-                let bytes = match resp.bytes().await {
+                let bytes = match capped(resp).await {
                     Ok(b) => b,
-                    Err(e) if died(&e) => {
+                    Err(Capped::TooLarge) => {
+                        return failed(&format!("answered more than {MAX_ANSWER_BYTES} bytes; not passed on"));
+                    }
+                    Err(Capped::Read(e)) if died(&e) => {
                         tracing::warn!(%worker, error = %e, "worker died answering a job; running it elsewhere");
                         count_job(queen, "rerun");
                         return Tried::Next;
                     }
-                    Err(e) => return failed(&e),
+                    Err(Capped::Read(e)) => return failed(&e),
                 };
                 count_job(queen, if status.is_success() { "done" } else { "rejected" });
                 let response = Response::builder()

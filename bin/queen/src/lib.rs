@@ -81,7 +81,13 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
         #[cfg(not(feature = "etcd"))]
         Some(_) => anyhow::bail!("this queen was built without etcd support: build it with `--features queen/etcd`"),
     };
-    // Replicas resume a shutdown when they are elected.
+    if queen.config().insecure_no_auth {
+        tracing::warn!(
+            %addr,
+            "serving with NO TOKENS on a non-loopback address (--insecure-no-auth): anyone who reaches it can make every hive run any command"
+        );
+    }
+    // Peers resume a shutdown when they are elected.
     if queen.is_leader() {
         shutdown::resume(&queen);
     }

@@ -102,12 +102,24 @@ impl Queen {
                 Err(format!("no snapshot for {} ms: the snapshot ticker is stuck", age.as_millis()))
             }
         });
+        if config.borrow().insecure_no_auth {
+            // Passes (the queen works), but every readiness report says what it is.
+            builder = builder.check("auth", || {
+                Ok("OPEN (--insecure-no-auth): anyone who reaches this queen can make every hive run any command"
+                    .to_string())
+            });
+        }
         let metrics = Metrics::register(builder.metrics(), orchestrator.decisions.clone());
         // Alone, a queen leads from the start; a peer only once elected.
         metrics.leader.set(i64::from(!shared));
         let health = builder.build();
 
-        let http = queen_client::http_builder().connect_timeout(Duration::from_secs(2)).build()?;
+        // Outbound calls go where heartbeats said, so they follow no redirect: a worker's
+        // 303 must not make the queen fetch another address for whoever sent the job.
+        let http = queen_client::http_builder()
+            .connect_timeout(Duration::from_secs(2))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()?;
         let queen = Arc::new(Self {
             ingest,
             orchestrator,

@@ -229,3 +229,43 @@ async fn a_hive_killed_with_sigkill_leaves_no_worker_process_behind() -> anyhow:
     .await?;
     Ok(())
 }
+
+/// The two ways a queen used to start with admin calls open: a cluster token alone, and no
+/// token on an address beyond loopback. Both are refused at start, naming the flag.
+#[tokio::test]
+async fn a_queen_refuses_to_start_with_its_admin_calls_open() -> anyhow::Result<()> {
+    let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
+    let data = sandbox::TempDir::new("open-admin")?;
+    let data_dir = data.0.to_string_lossy().into_owned();
+    let cases: [(&[&str], &str); 2] = [
+        (&["--listen", "127.0.0.1:0", "--token", "cluster-only"], "--admin-token"),
+        (&["--listen", "0.0.0.0:0"], "--insecure-no-auth"),
+    ];
+    for (args, named) in cases {
+        let mut child = Command::new(dir.join("queen"))
+            .arg("serve")
+            .args(args)
+            .args(["--data-dir", &data_dir])
+            .env_remove("APIARY_TOKEN")
+            .env_remove("APIARY_ADMIN_TOKEN")
+            .env_remove("APIARY_READ_TOKEN")
+            .stdin(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        // A queen that starts keeps running: give it time to refuse, then call it started.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait()?.is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if child.try_wait()?.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("queen serve {args:?} started and served with its admin calls open");
+        }
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "queen serve {args:?} started: {stderr}");
+        assert!(stderr.contains(named), "queen serve {args:?} does not say {named}: {stderr}");
+    }
+    Ok(())
+}

@@ -2,7 +2,8 @@
 //! (queen, hive, worker, the client), and on two cores one link beats thirteen.
 //!
 //! - `cluster`: an in-process cluster over real sockets: liveness, the stream, the API.
-//! - `auth`, `hostile`, `tls`: tokens and scopes, hostile input, HTTPS.
+//! - `auth`, `hostile`, `tls`, `hop`: tokens and scopes, hostile input, HTTPS, the queen →
+//!   worker hop (no redirects, capped answers).
 //! - `deploy`, `drain`, `shutdown`: placement with real worker processes, drains, the
 //!   cluster shutdown.
 //! - `stream_modes`, `reload`: the stream's delta and summary forms; live config reload.
@@ -16,6 +17,7 @@ mod dashboard;
 mod deploy;
 mod drain;
 mod e2e;
+mod hop;
 mod hostile;
 mod reload;
 mod replicas;
