@@ -157,6 +157,15 @@ fn count_job(queen: &Queen, outcome: &'static str) {
     queen.metrics.jobs.get_or_create(&JobLabels { outcome }).inc();
 }
 
+/// The token the worker takes a job with: its own node token, made from the cluster token
+/// and the hive the worker reported. `None` when the queen has no cluster token (nor, then,
+/// do its workers) or does not know the worker's hive.
+fn job_token(queen: &Queen, worker: &NodeId) -> Option<String> {
+    let cluster = queen.config().tokens.cluster.clone()?;
+    let hive = queen.ingest.workers.get(worker)?.payload.hive_id;
+    queen_client::node_token::job_token(cluster.expose(), &hive, worker)
+}
+
 /// Whether the queen holds this worker offline (or has forgotten it) while it has heard
 /// from the cluster long enough to know: a new leader in its startup grace knows nobody
 /// yet, and that is no evidence of death.
@@ -335,6 +344,9 @@ impl Attempt<'_> {
         let (queen, job, worker) = (self.queen, self.job, &self.worker);
         let _counted = InFlight::new(&queen.jobs, worker.clone());
         let mut request = queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(job);
+        if let Some(token) = job_token(queen, worker) {
+            request = request.bearer_auth(token);
+        }
         if let Some(k) = self.key {
             request = request.header(contract::IDEMPOTENCY_KEY, k);
         }

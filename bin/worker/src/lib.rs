@@ -55,6 +55,37 @@ struct Worker {
     jobs: Family<JobLabels, Counter>,
     /// Keyed jobs, so a retry replays the first run instead of running again.
     remembered: Remembered,
+    /// What the queen presents with a job, when this worker has a token: this worker's own
+    /// node token (`node_token::expected_job_token`). `None`: jobs are open to anyone.
+    job_token: Option<lifecycle::Secret>,
+}
+
+/// Jobs come from the queen only: with a token, a job without the worker's own job token
+/// is refused (401), so neither a stranger nor another worker can make this one run it.
+async fn from_the_queen(
+    axum::extract::State(worker): axum::extract::State<Arc<Worker>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let Some(expected) = &worker.job_token else { return next.run(req).await };
+    let presented = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let matches = presented
+        .is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), expected.expose().as_bytes())));
+    if matches {
+        return next.run(req).await;
+    }
+    lifecycle::http::ApiError::new(
+        axum::http::StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "jobs come from the queen: this worker's job token is required",
+    )
+    .into_response()
 }
 
 impl Worker {
@@ -197,6 +228,11 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
         job_ended: Notify::new(),
         jobs: jobs_family,
         remembered: Remembered::default(),
+        job_token: config
+            .token
+            .as_ref()
+            .and_then(|t| queen_client::node_token::expected_job_token(t.expose(), &config.hive, &config.name))
+            .map(lifecycle::Secret::new),
         config,
     });
 
@@ -207,13 +243,19 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
         async move { hb.run(|seq| worker.heartbeat(seq, worker.status()), beats).await }
     });
     let app = Router::new()
-        .route(paths::JOBS, post(run_job))
+        .route(
+            paths::JOBS,
+            post(run_job).route_layer(axum::middleware::from_fn_with_state(Arc::clone(&worker), from_the_queen)),
+        )
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
         .with_state(Arc::clone(&worker))
         .merge(worker.health.router());
     let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
+    if worker.job_token.is_none() {
+        tracing::warn!("no token: this worker runs jobs for anyone who reaches its port");
+    }
     tracing::info!(worker = %worker.config.name, hive = %worker.config.hive, epoch = %worker.epoch, %addr, "worker started");
 
     stop.cancelled().await;

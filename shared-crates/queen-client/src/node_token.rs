@@ -46,6 +46,25 @@ pub fn hive_token(cluster_token: &str, hive: &NodeId) -> String {
     format!("hive:{hive}:{}", hex(&hive_mac(cluster_token, hive)))
 }
 
+/// What the queen presents to worker `worker` of hive `hive` with a job: that worker's own
+/// node token, which the queen makes from the cluster token.
+pub fn job_token(cluster_token: &str, hive: &NodeId, worker: &NodeId) -> Option<String> {
+    worker_token(&hive_token(cluster_token, hive), worker)
+}
+
+/// What worker `worker` of hive `hive`, holding `own` (its node token, its hive's token, or
+/// the shared cluster token), accepts with a job: the same [`job_token`]. A token of
+/// another worker, or the cluster token itself, is not it.
+pub fn expected_job_token(own: &str, hive: &NodeId, worker: &NodeId) -> Option<String> {
+    if own.starts_with("worker:") {
+        return Some(own.to_string());
+    }
+    if own.starts_with("hive:") {
+        return worker_token(own, worker);
+    }
+    job_token(own, hive, worker)
+}
+
 /// The token a hive holding `hive_token` gives the worker `worker` it starts; `None` when
 /// `hive_token` is not a hive token (then the hive passes its own token on as it is).
 pub fn worker_token(hive_token: &str, worker: &NodeId) -> Option<String> {
@@ -84,6 +103,29 @@ mod tests {
 
     fn id(s: &str) -> NodeId {
         NodeId::sanitized(s)
+    }
+
+    #[test]
+    fn the_queen_and_the_worker_agree_on_the_job_token_and_nobody_else_has_it() {
+        let (h1, w1, w2) = (id("h1"), id("w1"), id("w2"));
+        let from_queen = job_token("cluster-secret", &h1, &w1).expect("made");
+        let node = worker_token(&hive_token("cluster-secret", &h1), &w1).expect("made");
+        assert_eq!(
+            expected_job_token(&node, &h1, &w1).as_deref(),
+            Some(from_queen.as_str()),
+            "a worker with its node token"
+        );
+        assert_eq!(
+            expected_job_token("cluster-secret", &h1, &w1).as_deref(),
+            Some(from_queen.as_str()),
+            "with the shared token"
+        );
+        assert_ne!(
+            job_token("cluster-secret", &h1, &w2).as_deref(),
+            Some(from_queen.as_str()),
+            "another worker's differs"
+        );
+        assert_ne!(from_queen, "cluster-secret");
     }
 
     #[test]

@@ -221,3 +221,50 @@ async fn node_tokens_let_a_node_act_only_as_itself() -> anyhow::Result<()> {
     assert!(sb.client().hive("hive-1").await?.epoch.0 < u64::MAX / 2);
     sb.shutdown().await
 }
+
+/// A worker with a token takes jobs from the queen only: not from a stranger, not with the
+/// cluster token, not with another worker's job token; through the queen they run. Both
+/// with the shared cluster token and with node tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_takes_jobs_only_from_the_queen() -> anyhow::Result<()> {
+    for node_tokens in [false, true] {
+        let mut builder = Sandbox::builder()
+            .hives(1)
+            .workers_per_hive(2)
+            .heartbeat_interval(Duration::from_millis(300))
+            .tokens("cluster-secret", "admin-secret", "read-secret");
+        if node_tokens {
+            builder = builder.node_tokens();
+        }
+        let sb = builder.start().await?;
+        let (hive, w0, w1) = (
+            contract::NodeId::new("hive-0")?,
+            contract::NodeId::new("worker-0-0")?,
+            contract::NodeId::new("worker-0-1")?,
+        );
+        let direct = format!("{}/v1/jobs", sb.worker_url(&w0).expect("worker url"));
+        let job = json!({"kind": "sleep", "ms": 1});
+        let http = queen_client::http();
+        let others = queen_client::node_token::job_token("cluster-secret", &hive, &w1).expect("token");
+        for (who, token) in [
+            ("nobody", None),
+            ("the cluster token", Some("cluster-secret")),
+            ("another worker's job token", Some(others.as_str())),
+        ] {
+            let mut req = http.post(&direct).json(&job);
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let resp = req.send().await?;
+            assert_eq!(resp.status().as_u16(), 401, "{who} got a job run on {w0} (node tokens: {node_tokens})");
+        }
+        let own = queen_client::node_token::job_token("cluster-secret", &hive, &w0).expect("token");
+        let ok = http.post(&direct).json(&job).bearer_auth(&own).send().await?;
+        assert!(ok.status().is_success(), "its own job token runs it: {}", ok.status());
+        let via_queen =
+            http.post(format!("{}/v1/jobs", sb.queen_url())).bearer_auth("cluster-secret").json(&job).send().await?;
+        assert!(via_queen.status().is_success(), "through the queen: {}", via_queen.status());
+        sb.shutdown().await?;
+    }
+    Ok(())
+}
