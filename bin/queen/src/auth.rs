@@ -16,7 +16,6 @@ use axum::response::{IntoResponse, Response};
 use lifecycle::http::ApiError;
 use queen_client::node_token;
 pub use queen_client::node_token::NodeIdentity;
-use subtle::ConstantTimeEq;
 
 use crate::Queen;
 pub use crate::routes::Scope;
@@ -32,20 +31,14 @@ pub struct Tokens {
 }
 
 fn presented(req: &Request) -> Option<String> {
-    if let Some(h) = req.headers().get(axum::http::header::AUTHORIZATION) {
-        let value = h.to_str().ok()?;
-        return value.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    if req.headers().contains_key(axum::http::header::AUTHORIZATION) {
+        return lifecycle::http::bearer(req.headers()).map(str::to_string);
     }
     if req.method() == Method::GET {
         let query = req.uri().query()?;
         return query.split('&').find_map(|kv| kv.strip_prefix("access_token=")).map(str::to_string);
     }
     None
-}
-
-/// Constant time, so a wrong guess does not say how much of it was right.
-fn matches(secret: &Secret, presented: &str) -> bool {
-    secret.expose().as_bytes().ct_eq(presented.as_bytes()).into()
 }
 
 impl Tokens {
@@ -77,7 +70,7 @@ impl Tokens {
         let Some(token) = token else {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
         };
-        if allowed.iter().any(|s| matches(s, token)) {
+        if allowed.iter().any(|s| s.matches(token)) {
             return Ok(None);
         }
         // A node token stands in for the cluster token wherever that one would do.
@@ -87,7 +80,7 @@ impl Tokens {
             Some(identity) if cluster_would_do => Ok(Some(identity)),
             Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a node token may not make this call")),
             None => {
-                let known = [&self.cluster, &self.admin, &self.read].into_iter().flatten().any(|s| matches(s, token));
+                let known = [&self.cluster, &self.admin, &self.read].into_iter().flatten().any(|s| s.matches(token));
                 if known {
                     Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))
                 } else {
@@ -100,8 +93,7 @@ impl Tokens {
 
 /// What a node token may touch beyond its body's claims, from the route table: a hive
 /// only its own paths under `/v1/hives/{id}`, a worker only its heartbeat, jobs and reads.
-fn binds(identity: &NodeIdentity, method: &Method, path: &str) -> Result<(), ApiError> {
-    let nodes = routes::nodes(method, path);
+fn binds(identity: &NodeIdentity, nodes: routes::Nodes, path: &str) -> Result<(), ApiError> {
     let allowed = match identity {
         NodeIdentity::Hive(own) => match nodes.hive {
             Access::Allow => true,
@@ -128,18 +120,21 @@ pub fn token_mismatch(identity: &NodeIdentity) -> ApiError {
 /// The middleware in front of every route. A node token's identity rides along in the
 /// request's extensions, for the heartbeat handlers to hold the body's claims to it.
 pub async fn require(State(queen): State<Arc<Queen>>, mut req: Request, next: Next) -> Response {
-    let scope = routes::scope(req.method(), req.uri().path());
-    match queen.config().tokens.check(scope, presented(&req).as_deref()) {
-        Ok(None) => next.run(req).await,
-        Ok(Some(identity)) => match binds(&identity, req.method(), req.uri().path()) {
-            Ok(()) => {
-                req.extensions_mut().insert(identity);
-                next.run(req).await
-            }
-            Err(e) => e.into_response(),
-        },
-        Err(e) => e.into_response(),
+    let policy = routes::policy(req.method(), req.uri().path());
+    let checked = queen.config().tokens.check(policy.scope, presented(&req).as_deref());
+    let identity = match checked {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
+    if let Some(identity) = identity {
+        if let Err(e) = binds(&identity, policy.nodes, req.uri().path()) {
+            return e.into_response();
+        }
+        req.extensions_mut().insert(identity);
     }
+    // The redirect layer behind this one reads it instead of looking the route up again.
+    req.extensions_mut().insert(policy);
+    next.run(req).await
 }
 
 #[cfg(test)]

@@ -187,46 +187,52 @@ pub fn lookup(method: &Method, path: &str) -> Option<&'static Route> {
     table().iter().find(|r| r.method == method && fits(r.path, path))
 }
 
-/// The scope of a request. Requests that match no row (a wrong method, an unknown path,
-/// the dashboard's files): under `/v1` a read for GET and an admin call otherwise, so that
-/// probing for routes tells an anonymous caller nothing; outside it, open for GET (the
-/// dashboard's files hold no data) and admin otherwise.
-pub fn scope(method: &Method, path: &str) -> Scope {
-    if let Some(route) = lookup(method, path) {
-        return route.scope;
+/// What the table says of one request, looked up once (by the auth layer, which leaves it
+/// in the request's extensions for the redirect layer behind it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub scope: Scope,
+    pub nodes: Nodes,
+    pub leader_only: bool,
+}
+
+/// The policy of a request: its row's, or for a request that matches no row (a wrong
+/// method, an unknown path, the dashboard's files) the fallbacks. Scope: under `/v1` a read
+/// for GET and an admin call otherwise, so that probing for routes tells an anonymous
+/// caller nothing; outside it, open for GET (the dashboard's files hold no data) and for
+/// the health routes, admin otherwise. Nodes may read (a hive only under its own path) and
+/// write nothing. Outside `/v1` nothing needs the leader; under it, anything unlisted does.
+pub fn policy(method: &Method, path: &str) -> Policy {
+    if let Some(r) = lookup(method, path) {
+        return Policy { scope: r.scope, nodes: r.nodes, leader_only: r.leader_only };
     }
     let read = method == Method::GET || method == Method::HEAD;
-    match (path.starts_with("/v1/"), read) {
+    let v1 = path.starts_with("/v1/");
+    let scope = match (v1, read) {
         (_, false) if table().iter().any(|r| r.handler.is_none() && fits(r.path, path)) => Scope::Open,
         (true, true) => Scope::Read,
         (false, true) => Scope::Open,
         (_, false) => Scope::Admin,
-    }
+    };
+    let nodes = match (read, hive_in_path(path)) {
+        (true, Some(_)) => HIVE_READ,
+        (true, None) => READ,
+        (false, _) => NONE,
+    };
+    Policy { scope, nodes, leader_only: v1 }
 }
 
-/// Whether a follower must send this request to the leader. Outside `/v1` never (health,
-/// the dashboard); under it, what the table says, and anything it does not list.
+pub fn scope(method: &Method, path: &str) -> Scope {
+    policy(method, path).scope
+}
+
+/// Whether a follower must send this request to the leader.
 pub fn needs_leader(method: &Method, path: &str) -> bool {
-    match lookup(method, path) {
-        Some(route) => route.leader_only,
-        None => path.starts_with("/v1/"),
-    }
+    policy(method, path).leader_only
 }
 
-/// What a node token may do here. Requests that match no row may be read by any node
-/// (a hive only under its own path) and written by none; they fail on their own anyway.
 pub fn nodes(method: &Method, path: &str) -> Nodes {
-    match lookup(method, path) {
-        Some(route) => route.nodes,
-        None if method == Method::GET || method == Method::HEAD => {
-            if hive_in_path(path).is_some() {
-                HIVE_READ
-            } else {
-                READ
-            }
-        }
-        None => NONE,
-    }
+    policy(method, path).nodes
 }
 
 /// The hive id in a `/v1/hives/{id}/...` path.

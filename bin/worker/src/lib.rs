@@ -69,14 +69,7 @@ async fn from_the_queen(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let Some(expected) = &worker.job_token else { return next.run(req).await };
-    let presented = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let matches = presented
-        .is_some_and(|p| bool::from(subtle::ConstantTimeEq::ct_eq(p.as_bytes(), expected.expose().as_bytes())));
+    let matches = lifecycle::http::bearer(req.headers()).is_some_and(|p| expected.matches(p));
     if matches {
         return next.run(req).await;
     }

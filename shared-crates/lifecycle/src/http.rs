@@ -159,6 +159,11 @@ pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this endpoint")
 }
 
+/// The token in an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ").map(str::trim)
+}
+
 /// The request's idempotency key, if it has a valid one.
 pub fn idempotency_key(headers: &axum::http::HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(contract::IDEMPOTENCY_KEY) else { return Ok(None) };

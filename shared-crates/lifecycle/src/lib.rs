@@ -66,6 +66,12 @@ impl Secret {
     pub fn expose(&self) -> &str {
         &self.0
     }
+
+    /// Whether `presented` is this secret, in constant time: a wrong guess does not say
+    /// how much of it was right.
+    pub fn matches(&self, presented: &str) -> bool {
+        subtle::ConstantTimeEq::ct_eq(self.0.as_bytes(), presented.as_bytes()).into()
+    }
 }
 
 impl std::fmt::Debug for Secret {

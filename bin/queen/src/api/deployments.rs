@@ -10,7 +10,7 @@ use contract::{
 };
 use lifecycle::http::{ApiError, JsonBody, PathParam};
 
-use super::{on_store, parse_id, refuse_when_gated, store_error};
+use super::{change_and_place, on_store, parse_id, refuse_when_gated, store_error};
 use crate::Queen;
 
 /// Every deployment with where its replicas run.
@@ -47,12 +47,7 @@ pub(crate) async fn create_deployment(
     refuse_when_gated(&queen)?;
     spec.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let name = spec.name.clone();
-    on_store(&queen, move |q| {
-        q.orchestrator.create(spec)?;
-        q.reconcile();
-        Ok(())
-    })
-    .await?;
+    change_and_place(&queen, move |q| q.orchestrator.create(spec).map_err(ApiError::from)).await?;
     Ok((StatusCode::CREATED, found(&queen, &name)?))
 }
 
@@ -71,12 +66,7 @@ pub(crate) async fn scale_deployment(
         return Err(ApiError::unprocessable(format!("replicas: at most {MAX_REPLICAS}")));
     }
     let scaled = name.clone();
-    on_store(&queen, move |q| {
-        q.orchestrator.scale(&scaled, body.replicas)?;
-        q.reconcile();
-        Ok(())
-    })
-    .await?;
+    change_and_place(&queen, move |q| q.orchestrator.scale(&scaled, body.replicas).map_err(ApiError::from)).await?;
     found(&queen, &name)
 }
 
@@ -90,12 +80,7 @@ pub(crate) async fn delete_deployment(
 ) -> Result<StatusCode, ApiError> {
     refuse_when_gated(&queen)?;
     let name = parse_id(&raw)?;
-    on_store(&queen, move |q| {
-        q.orchestrator.delete(&name)?;
-        q.reconcile();
-        Ok(())
-    })
-    .await?;
+    change_and_place(&queen, move |q| q.orchestrator.delete(&name).map_err(ApiError::from)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

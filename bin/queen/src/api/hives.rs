@@ -13,7 +13,7 @@ use contract::{
 use lifecycle::http::{ApiError, JsonBody, PathParam, QueryParams};
 
 use super::heartbeats::unknown;
-use super::{on_store, parse_id, refuse_when_gated, store_error};
+use super::{change_and_place, on_store, parse_id, refuse_when_gated, store_error};
 use crate::metrics::StreamLabels;
 use crate::{Queen, snapshot};
 
@@ -65,12 +65,7 @@ pub(crate) async fn set_eligibility(
         return Err(unknown::<HiveHeartbeat>(&id));
     }
     let (hive, eligible) = (id.clone(), body.eligible);
-    on_store(&queen, move |q| {
-        q.orchestrator.set_eligible(&hive, eligible).map_err(store_error)?;
-        q.reconcile();
-        Ok(())
-    })
-    .await?;
+    change_and_place(&queen, move |q| q.orchestrator.set_eligible(&hive, eligible).map_err(store_error)).await?;
     tracing::info!(hive = %id, eligible = body.eligible, "eligibility changed");
     Ok(Json(body))
 }
@@ -92,12 +87,7 @@ pub(crate) async fn start_drain(
     let deadline =
         req.deadline_ms.map(std::time::Duration::from_millis).unwrap_or(crate::orchestrator::DEFAULT_DRAIN_DEADLINE);
     let hive = id.clone();
-    on_store(&queen, move |q| {
-        q.orchestrator.start_drain(&hive, deadline).map_err(store_error)?;
-        q.reconcile();
-        Ok(())
-    })
-    .await?;
+    change_and_place(&queen, move |q| q.orchestrator.start_drain(&hive, deadline).map_err(store_error)).await?;
     tracing::warn!(hive = %id, ?deadline, "drain started");
     let status = queen.orchestrator.drain(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
     Ok((StatusCode::ACCEPTED, Json(status)))
@@ -156,10 +146,6 @@ pub(crate) async fn remove_hive(
     }
     queen.ingest.hives.remove(&id);
     tracing::warn!(hive = %id, "hive removed");
-    on_store(&queen, |q| {
-        q.reconcile();
-        Ok(())
-    })
-    .await?;
+    change_and_place(&queen, |_| Ok(())).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -138,6 +138,20 @@ pub(crate) async fn on_store<T: Send + 'static>(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
+/// An operator's change, then a reconcile so it takes effect at once rather than at the
+/// next sweep; both off the runtime.
+pub(crate) async fn change_and_place<T: Send + 'static>(
+    queen: &Arc<Queen>,
+    change: impl FnOnce(&Arc<Queen>) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    on_store(queen, move |q| {
+        let changed = change(q)?;
+        q.reconcile();
+        Ok(changed)
+    })
+    .await
+}
+
 pub(crate) fn refuse_when_gated(queen: &Queen) -> Result<(), ApiError> {
     if queen.orchestrator.gated() { Err(crate::jobs::shutting_down()) } else { Ok(()) }
 }
@@ -151,7 +165,11 @@ async fn leader_only(
     req: Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if queen.is_leader() || !crate::routes::needs_leader(req.method(), req.uri().path()) {
+    let leader_only = match req.extensions().get::<crate::routes::Policy>() {
+        Some(policy) => policy.leader_only,
+        None => crate::routes::needs_leader(req.method(), req.uri().path()),
+    };
+    if queen.is_leader() || !leader_only {
         return next.run(req).await;
     }
     let info = queen.leader();
