@@ -80,10 +80,13 @@ impl Queen {
         };
         let orchestrator =
             Arc::new(Orchestrator::open(store, config.thresholds.offline_after + config.orphan_grace, event_seq)?);
-        if let Some(strategy) = config.strategy
-            && !shared
-        {
-            orchestrator.set_strategy(strategy)?;
+        if !shared {
+            // Alone, this queen leads from now: its commands are numbered in a term no
+            // earlier start of it used, so a hive never takes an old id for a new command.
+            orchestrator.channels.begin_term(orchestrator.store().next_term()?);
+            if let Some(strategy) = config.strategy {
+                orchestrator.set_strategy(strategy)?;
+            }
         }
         let shutdown = Sequencer::new(orchestrator.load_shutdown()?);
 
@@ -279,6 +282,11 @@ impl Queen {
     pub(crate) fn on_elected(self: &Arc<Self>) {
         self.metrics.leader.set(1);
         self.metrics.elected.inc();
+        // The leader key's revision, which etcd never gives out twice.
+        match self.orchestrator.store().next_term() {
+            Ok(term) => self.orchestrator.channels.begin_term(term),
+            Err(e) => tracing::error!(error = %e, "elected, but the term is unknown; command ids go on from the last"),
+        }
         // Events go on from the last one this queen relayed, so a dashboard that keeps
         // events by seq takes the new leader's as new.
         if let Some(seq) = self.snapshots.last_event_seq() {

@@ -122,6 +122,24 @@ impl Epoch {
             .unwrap_or(1);
         Self(micros)
     }
+
+    /// Refuses an epoch later than `now` (an epoch for a process starting then) by more
+    /// than `skew`: a forged far-future epoch would make every real heartbeat of that node
+    /// stale until the clock caught up.
+    pub fn check_not_ahead_of(self, now: Epoch, skew: std::time::Duration) -> Result<(), crate::ContractError> {
+        let limit = now.0.saturating_add(skew.as_micros() as u64);
+        if self.0 > limit {
+            return Err(crate::ContractError::InvalidField {
+                field: "epoch",
+                reason: format!(
+                    "{} µs ahead of the queen's clock (at most {} s allowed); check the sender's clock",
+                    self.0 - now.0,
+                    skew.as_secs()
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Epoch {

@@ -5,6 +5,7 @@
 //! serde and time only (plus the registry trait behind the `registry` feature), which keeps
 //! it compilable for `wasm32-unknown-unknown`.
 
+mod audit;
 mod deploy;
 mod error;
 pub mod examples;
@@ -18,6 +19,7 @@ mod registry_impl;
 mod shutdown;
 mod snapshot;
 
+pub use audit::{AuditEntry, AuditLog};
 pub use deploy::{
     Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DrainRequest,
     DrainStatus, EligibilityBody, HiveCommand, LeaderInfo, LeaderTransfer, MAX_REPLICAS, PlacementStrategy,
@@ -59,6 +61,7 @@ pub mod paths {
     pub const OPENAPI: &str = "/v1/openapi.json";
     pub const CLUSTER_LEADER: &str = "/v1/cluster/leader";
     pub const CLUSTER_LEADER_TRANSFER: &str = "/v1/cluster/leader/transfer";
+    pub const AUDIT: &str = "/v1/audit";
 }
 
 /// Largest request body any Apiary endpoint accepts; a heartbeat is well under 4 KiB.

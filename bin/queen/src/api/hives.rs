@@ -38,7 +38,9 @@ pub(crate) async fn commands(
 
 /// A hive confirms it carried out a command.
 #[utoipa::path(post, path = "/v1/hives/{id}/acks", tag = "control", params(("id" = NodeId, Path, description = "hive id")), request_body = CommandAck, responses(
-    (status = 204, description = "recorded"), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+    (status = 204, description = "recorded"),
+    (status = 409, body = ApiErrorBody, description = "names no command the queen sent this hive; nothing changed"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
 ))]
 pub(crate) async fn ack(
     State(queen): State<Arc<Queen>>,
@@ -46,7 +48,11 @@ pub(crate) async fn ack(
     JsonBody(ack): JsonBody<CommandAck>,
 ) -> Result<StatusCode, ApiError> {
     let id = parse_id(&raw)?;
-    queen.orchestrator.channels.ack(&id, ack);
+    queen
+        .orchestrator
+        .channels
+        .ack(&id, ack)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unknown_command", e.to_string()))?;
     Ok(StatusCode::NO_CONTENT)
 }
 

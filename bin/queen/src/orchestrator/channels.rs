@@ -2,8 +2,13 @@
 //! set, and its shutdown phase order while the cluster shuts down) in a `watch`, so a hive
 //! that reconnects gets the current one and one that falls behind skips to it; and the
 //! ACKs the hives send back.
+//!
+//! A command id is `term << 32 | n`: the term is the leader's (its etcd leader key's
+//! revision) or, alone, the store's count of queen starts, so ids never repeat across
+//! restarts and leaders and a later leader's are larger. An ACK must name a command
+//! this queen issued to that hive: a guessed or forged id changes nothing.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +20,38 @@ struct Channel {
     tx: watch::Sender<Arc<HiveCommand>>,
     desired: Vec<WorkerLaunch>,
     acked: Option<CommandAck>,
+    /// The ids of the last commands sent on it, the ones an ACK may name.
+    issued: VecDeque<u64>,
+}
+
+/// How many of a hive's recent command ids an ACK may name: a hive that falls behind skips
+/// to the newest, so it ACKs one of the last few.
+const ISSUED_KEPT: usize = 64;
+
+impl Channel {
+    fn new(command: HiveCommand, desired: Vec<WorkerLaunch>) -> (Self, watch::Receiver<Arc<HiveCommand>>) {
+        let issued = VecDeque::from([command.id]);
+        let (tx, rx) = watch::channel(Arc::new(command));
+        (Self { tx, desired, acked: None, issued }, rx)
+    }
+
+    fn send(&mut self, command: HiveCommand, desired: Vec<WorkerLaunch>) {
+        if self.issued.len() == ISSUED_KEPT {
+            self.issued.pop_front();
+        }
+        self.issued.push_back(command.id);
+        self.tx.send_replace(Arc::new(command));
+        self.desired = desired;
+    }
+}
+
+/// An ACK that names no command this queen sent that hive.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AckError {
+    #[error("no control channel is open for {0}")]
+    NoChannel(NodeId),
+    #[error("command {id} was not issued to {hive} (its latest is {latest})")]
+    NotIssued { hive: NodeId, id: u64, latest: u64 },
 }
 
 #[derive(Default)]
@@ -38,9 +75,20 @@ impl Default for Channels {
     }
 }
 
+/// The first command id of `term`.
+pub fn first_id(term: u64) -> u64 {
+    (term << 32) | 1
+}
+
 impl Channels {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Numbers the commands from here on in `term`; never goes back (a term is only ever
+    /// followed by a larger one).
+    pub fn begin_term(&self, term: u64) {
+        self.next_command.fetch_max(first_id(term), Ordering::SeqCst);
     }
 
     fn command(&self, inner: &Inner, hive: &NodeId, workers: Vec<WorkerLaunch>) -> HiveCommand {
@@ -53,13 +101,9 @@ impl Channels {
     /// Sends `command` on `hive`'s channel, opening it if the hive never connected.
     fn send(inner: &mut Inner, hive: &NodeId, command: HiveCommand, desired: Vec<WorkerLaunch>) {
         match inner.channels.get_mut(hive) {
-            Some(ch) => {
-                ch.tx.send_replace(Arc::new(command));
-                ch.desired = desired;
-            }
+            Some(ch) => ch.send(command, desired),
             None => {
-                let (tx, _) = watch::channel(Arc::new(command));
-                inner.channels.insert(hive.clone(), Channel { tx, desired, acked: None });
+                inner.channels.insert(hive.clone(), Channel::new(command, desired).0);
             }
         }
     }
@@ -102,23 +146,90 @@ impl Channels {
         if let Some(ch) = inner.channels.get(hive) {
             return ch.tx.subscribe();
         }
-        let (tx, rx) = watch::channel(Arc::new(self.command(&inner, hive, Vec::new())));
-        inner.channels.insert(hive.clone(), Channel { tx, desired: Vec::new(), acked: None });
+        let (channel, rx) = Channel::new(self.command(&inner, hive, Vec::new()), Vec::new());
+        inner.channels.insert(hive.clone(), channel);
         rx
     }
 
-    pub fn ack(&self, hive: &NodeId, ack: CommandAck) {
-        if !ack.ok {
-            tracing::warn!(%hive, command = ack.command_id, detail = %ack.detail, "hive could not apply a command");
-        }
-        if let Some(ch) = self.lock().channels.get_mut(hive) {
-            ch.acked = Some(ack);
+    /// Records `ack` if it names one of the last commands sent to `hive`.
+    pub fn ack(&self, hive: &NodeId, ack: CommandAck) -> Result<(), AckError> {
+        {
+            let mut inner = self.lock();
+            let ch = inner.channels.get_mut(hive).ok_or_else(|| AckError::NoChannel(hive.clone()))?;
+            if !ch.issued.contains(&ack.command_id) {
+                let latest = ch.issued.back().copied().unwrap_or_default();
+                return Err(AckError::NotIssued { hive: hive.clone(), id: ack.command_id, latest });
+            }
+            if !ack.ok {
+                tracing::warn!(%hive, command = ack.command_id, detail = %ack.detail, "hive could not apply a command");
+            }
+            // A late ACK of an older command does not replace a newer one's.
+            if ch.acked.as_ref().is_none_or(|a| a.command_id <= ack.command_id) {
+                ch.acked = Some(ack);
+            }
         }
         self.acks.notify_waiters();
+        Ok(())
     }
 
     /// The last ACK a hive sent.
     pub fn last_ack(&self, hive: &NodeId) -> Option<CommandAck> {
         self.lock().channels.get(hive).and_then(|c| c.acked.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> NodeId {
+        NodeId::sanitized(s)
+    }
+
+    fn ack(command_id: u64) -> CommandAck {
+        CommandAck { command_id, ok: true, detail: String::new() }
+    }
+
+    #[test]
+    fn an_ack_must_name_a_command_sent_to_that_hive() {
+        let channels = Channels::default();
+        channels.begin_term(7);
+        let (h1, h2) = (id("h1"), id("h2"));
+        let first = channels.subscribe(&h1).borrow().id;
+        assert_eq!(first, first_id(7), "numbered in the term");
+        let other = channels.subscribe(&h2).borrow().id;
+
+        assert_eq!(channels.ack(&h1, ack(u64::MAX)), Err(AckError::NotIssued { hive: h1.clone(), id: u64::MAX, latest: first }));
+        assert_eq!(channels.ack(&h1, ack(first + 1000)).map_err(|_| ()), Err(()), "not 'at least': a later id is forged");
+        assert!(channels.ack(&h1, ack(other)).is_err(), "another hive's command");
+        assert_eq!(channels.ack(&id("h3"), ack(first)), Err(AckError::NoChannel(id("h3"))));
+        assert_eq!(channels.last_ack(&h1), None, "nothing refused was recorded");
+
+        assert_eq!(channels.ack(&h1, ack(first)), Ok(()));
+        assert_eq!(channels.last_ack(&h1).map(|a| a.command_id), Some(first));
+    }
+
+    #[test]
+    fn command_ids_never_repeat_across_terms_and_a_late_ack_does_not_win() {
+        let channels = Channels::default();
+        channels.begin_term(1);
+        let h1 = id("h1");
+        let rx = channels.subscribe(&h1);
+        let old = rx.borrow().id;
+        channels.publish(BTreeMap::from([(h1.clone(), vec![])]));
+        channels.order_phase(std::slice::from_ref(&h1), PhaseOrder { phase: contract::Phase::Gate, deadline_ms: 0 });
+        let newer = rx.borrow().id;
+        assert!(newer > old);
+        channels.begin_term(2);
+        channels.begin_term(1);
+        let ids = channels.order_phase(std::slice::from_ref(&h1), test_order());
+        assert!(ids[&h1] >= first_id(2), "a later term's ids are larger, and a term never goes back");
+        assert_eq!(channels.ack(&h1, ack(ids[&h1])), Ok(()));
+        assert_eq!(channels.ack(&h1, ack(old)), Ok(()), "still one of the last sent");
+        assert_eq!(channels.last_ack(&h1).map(|a| a.command_id), Some(ids[&h1]), "the late ACK did not replace it");
+    }
+
+    fn test_order() -> PhaseOrder {
+        PhaseOrder { phase: contract::Phase::Drain, deadline_ms: 1000 }
     }
 }

@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use contract::{NodeId, QueenRef, TransferAnswer};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, Txn, TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, SortOrder, SortTarget, Txn,
+    TxnOp, WatchOptions,
 };
 use futures_util::StreamExt;
 use lifecycle::http::ApiError;
@@ -91,6 +92,8 @@ struct Keys {
     /// Job routes live beside the state, not in it: followers reload on every change
     /// under `state/`, and a route is written per keyed job.
     jobs: String,
+    /// The audit log, one key per entry, zero-padded so key order is entry order.
+    audit: String,
     election: String,
     members: String,
     transfer: String,
@@ -101,6 +104,7 @@ impl Keys {
         Self {
             state: format!("{prefix}/state/"),
             jobs: format!("{prefix}/jobs/"),
+            audit: format!("{prefix}/audit/"),
             election: format!("{prefix}/election"),
             members: format!("{prefix}/queens/"),
             transfer: format!("{prefix}/transfer"),

@@ -108,6 +108,40 @@ impl Store for Peer {
         self.fenced(ops)?;
         Ok(removed)
     }
+
+    /// The term this queen leads in: its leader key's revision, which etcd never gives out
+    /// twice.
+    fn next_term(&self) -> Result<u64, StoreError> {
+        Ok(self.fence()?.1.max(0) as u64)
+    }
+
+    /// Fenced: only the leader answers admin calls, so only it appends.
+    fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError> {
+        let seq = self.audit(1)?.last().map_or(0, |e| e.seq) + 1;
+        let entry = contract::AuditEntry { seq, ..entry.clone() };
+        let mut ops = vec![TxnOp::put(format!("{}{seq:020}", self.keys.audit), encode(&entry)?, None)];
+        if let Some(old) = seq.checked_sub(crate::store::AUDIT_KEPT) {
+            ops.push(TxnOp::delete(format!("{}{old:020}", self.keys.audit), None));
+        }
+        self.fenced(ops)?;
+        Ok(seq)
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError> {
+        let mut c = self.client.clone();
+        let prefix = self.keys.audit.clone();
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Key, SortOrder::Descend)
+            .with_limit(limit.min(i64::MAX as usize) as i64);
+        let kvs = self.call(async move { Ok(c.get(prefix, Some(options)).await.map_err(backend)?.take_kvs()) })?;
+        let mut out = kvs
+            .iter()
+            .map(|kv| decode(&String::from_utf8_lossy(kv.key()), kv.value()))
+            .collect::<Result<Vec<contract::AuditEntry>, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
 }
 
 impl Peer {

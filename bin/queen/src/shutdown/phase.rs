@@ -31,7 +31,8 @@ pub struct Answer {
 }
 
 /// Takes in the ACKs that answer this phase's commands (`ids`: the command each hive
-/// must ACK; an ACK of an older command does not count) and each hive's workers left.
+/// must ACK; an ACK of an older command does not count, one of a later command does, since
+/// every command after the order carries it) and each hive's workers left.
 /// Returns how many hives are still waited for, and the answers new since the last call.
 pub fn take_acks(
     report: &mut PhaseReport,

@@ -9,7 +9,15 @@ use super::{Batch, JobRoute, Persisted, Store, StoreError};
 
 /// Keeps nothing across restarts; for tests that do not care.
 #[derive(Default)]
-pub struct MemoryStore(Mutex<Persisted>, Mutex<BTreeMap<String, JobRoute>>);
+pub struct MemoryStore(Mutex<Persisted>, Mutex<BTreeMap<String, JobRoute>>, Mutex<Counters>);
+
+/// The term count and the audit log.
+#[derive(Default)]
+pub struct Counters {
+    term: u64,
+    audit: std::collections::VecDeque<contract::AuditEntry>,
+    audit_seq: u64,
+}
 
 impl Store for MemoryStore {
     fn load(&self) -> Result<Persisted, StoreError> {
@@ -63,5 +71,27 @@ impl Store for MemoryStore {
         let was = routes.len();
         routes.retain(|_, r| r.at >= before);
         Ok(was - routes.len())
+    }
+
+    fn next_term(&self) -> Result<u64, StoreError> {
+        let mut c = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        c.term += 1;
+        Ok(c.term)
+    }
+
+    fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError> {
+        let mut c = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        c.audit_seq += 1;
+        let seq = c.audit_seq;
+        c.audit.push_back(contract::AuditEntry { seq, ..entry.clone() });
+        if c.audit.len() as u64 > super::AUDIT_KEPT {
+            c.audit.pop_front();
+        }
+        Ok(seq)
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError> {
+        let c = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(c.audit.iter().skip(c.audit.len().saturating_sub(limit)).cloned().collect())
     }
 }

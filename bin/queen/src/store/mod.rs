@@ -117,7 +117,18 @@ pub trait Store: Send + Sync {
     fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError>;
     /// Removes the routes recorded before `before`; says how many.
     fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError>;
+    /// A number larger than any this store gave before: the term a queen that runs alone
+    /// numbers its commands in (peers take their leader key's revision instead).
+    fn next_term(&self) -> Result<u64, StoreError>;
+    /// Appends `entry` durably under the next sequence number, which it returns; the
+    /// oldest entries beyond [`AUDIT_KEPT`] are dropped.
+    fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError>;
+    /// The newest `limit` entries, oldest first.
+    fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError>;
 }
+
+/// Audit entries a store keeps; years of admin calls at any human rate.
+pub const AUDIT_KEPT: u64 = 100_000;
 
 impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
     fn load(&self) -> Result<Persisted, StoreError> {
@@ -142,6 +153,18 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
         (**self).forget_job_routes(before)
+    }
+
+    fn next_term(&self) -> Result<u64, StoreError> {
+        (**self).next_term()
+    }
+
+    fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError> {
+        (**self).append_audit(entry)
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError> {
+        (**self).audit(limit)
     }
 }
 
@@ -185,6 +208,15 @@ pub(crate) mod testing {
         }
         fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
             self.inner.forget_job_routes(before)
+        }
+        fn next_term(&self) -> Result<u64, StoreError> {
+            self.inner.next_term()
+        }
+        fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError> {
+            self.inner.append_audit(entry)
+        }
+        fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError> {
+            self.inner.audit(limit)
         }
     }
 }

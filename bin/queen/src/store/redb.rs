@@ -14,6 +14,7 @@ const DEPLOYMENTS: TableDefinition<&str, &str> = TableDefinition::new("deploymen
 const ASSIGNMENTS: TableDefinition<&str, &str> = TableDefinition::new("assignments");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const JOB_ROUTES: TableDefinition<&str, &str> = TableDefinition::new("job_routes");
+const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 pub struct RedbStore {
     db: Database,
@@ -29,6 +30,7 @@ impl RedbStore {
         for table in [DEPLOYMENTS, ASSIGNMENTS, META, JOB_ROUTES] {
             txn.open_table(table).map_err(backend)?;
         }
+        txn.open_table(AUDIT).map_err(backend)?;
         txn.commit().map_err(backend)?;
         Ok(Self { db })
     }
@@ -152,6 +154,51 @@ impl Store for RedbStore {
         txn.commit().map_err(backend)?;
         Ok(removed)
     }
+
+    fn next_term(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let term = {
+            let mut meta = txn.open_table(META).map_err(backend)?;
+            let last = match meta.get("term").map_err(backend)? {
+                Some(v) => v.value().parse::<u64>().map_err(|e| StoreError::Corrupt(format!("meta term: {e}")))?,
+                None => 0,
+            };
+            let term = last + 1;
+            meta.insert("term", term.to_string().as_str()).map_err(backend)?;
+            term
+        };
+        txn.commit().map_err(backend)?;
+        Ok(term)
+    }
+
+    fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError> {
+        let txn = self.db.begin_write().map_err(backend)?;
+        let seq = {
+            let mut table = txn.open_table(AUDIT).map_err(backend)?;
+            let seq = table.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
+            table.insert(seq, encode(&contract::AuditEntry { seq, ..entry.clone() })?.as_str()).map_err(backend)?;
+            if let Some(drop_below) = seq.checked_sub(super::AUDIT_KEPT) {
+                for row in table.extract_from_if(..=drop_below, |_, _| true).map_err(backend)? {
+                    row.map_err(backend)?;
+                }
+            }
+            seq
+        };
+        txn.commit().map_err(backend)?;
+        Ok(seq)
+    }
+
+    fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError> {
+        let txn = self.db.begin_read().map_err(backend)?;
+        let table = txn.open_table(AUDIT).map_err(backend)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(backend)?.rev().take(limit) {
+            let (k, v) = row.map_err(backend)?;
+            out.push(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("audit {}: {e}", k.value())))?);
+        }
+        out.reverse();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -265,6 +312,50 @@ mod tests {
         let reopened = RedbStore::open(&dir)?.job_route("k1");
         let _ = std::fs::remove_dir_all(&dir);
         assert!(reopened?.is_some());
+        Ok(())
+    }
+
+    fn audit_entry(path: &str) -> contract::AuditEntry {
+        contract::AuditEntry {
+            seq: 0,
+            at: OffsetDateTime::from_unix_timestamp(1_795_000_000).expect("valid"),
+            who: "ops".into(),
+            method: "POST".into(),
+            path: path.into(),
+            status: 201,
+            outcome: "ok".into(),
+            queen: "q1".into(),
+        }
+    }
+
+    /// Terms only grow; audit entries come back numbered, newest `limit`, oldest first.
+    fn counters_behave(store: &dyn Store) -> Result<(), StoreError> {
+        let (a, b) = (store.next_term()?, store.next_term()?);
+        assert!(b > a, "{a} then {b}");
+        for p in ["/v1/deployments", "/v1/placement/strategy", "/v1/cluster/shutdown"] {
+            store.append_audit(&audit_entry(p))?;
+        }
+        let last_two = store.audit(2)?;
+        assert_eq!(last_two.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["/v1/placement/strategy", "/v1/cluster/shutdown"]);
+        assert_eq!(last_two.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
+        assert_eq!(store.audit(10)?.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn terms_and_the_audit_log_survive_reopening() -> Result<(), StoreError> {
+        counters_behave(&MemoryStore::default())?;
+        let dir = temp_dir("audit");
+        let term = {
+            let store = RedbStore::open(&dir)?;
+            counters_behave(&store)?;
+            store.next_term()?
+        };
+        let reopened = RedbStore::open(&dir)?;
+        let (next, kept) = (reopened.next_term(), reopened.audit(10));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(next?, term + 1, "a restarted queen never reuses a term");
+        assert_eq!(kept?.len(), 3, "the audit log is durable");
         Ok(())
     }
 }
