@@ -6,7 +6,8 @@ use contract::{NodeId, NodeKind};
 use leptos::prelude::*;
 
 use crate::components::{
-    ConnectionBadge, DrainsPanel, EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, WorkerTable,
+    AuditPanel, ConnectionBadge, DrainsPanel, EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, Warnings,
+    WorkerTable,
 };
 use crate::hooks::{use_clock, use_snapshot_stream};
 use crate::model::{Connection, Dashboard};
@@ -39,6 +40,7 @@ pub fn App() -> impl IntoView {
             <ConnectionBadge dashboard connection now />
         </header>
         <main>
+            <Warnings dashboard />
             <Summary dashboard />
             <ShutdownPanel dashboard />
             <DrainsPanel dashboard />
@@ -50,6 +52,7 @@ pub fn App() -> impl IntoView {
                 <aside>
                     <NodeDetail dashboard selected now />
                     <EventLog dashboard />
+                    <AuditPanel dashboard />
                 </aside>
             </div>
         </main>

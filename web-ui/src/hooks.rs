@@ -25,6 +25,23 @@ pub fn api_url(path: &str) -> String {
     }
 }
 
+/// GETs a `/v1` path (with the page's token, see [`api_url`]) and decodes its JSON; an
+/// error answer comes back as its status and the queen's message.
+pub async fn fetch_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, (u16, String)> {
+    use wasm_bindgen_futures::JsFuture;
+    let window = web_sys::window().ok_or((0, "no window".to_string()))?;
+    let resp = JsFuture::from(window.fetch_with_str(&api_url(path))).await.map_err(|e| (0, format!("{e:?}")))?;
+    let resp: web_sys::Response = resp.dyn_into().map_err(|_| (0, "not a response".to_string()))?;
+    let text =
+        JsFuture::from(resp.text().map_err(|e| (0, format!("{e:?}")))?).await.map_err(|e| (0, format!("{e:?}")))?;
+    let text = text.as_string().unwrap_or_default();
+    if !resp.ok() {
+        let message = serde_json::from_str::<contract::ApiErrorBody>(&text).map(|b| b.message).unwrap_or(text);
+        return Err((resp.status(), message));
+    }
+    serde_json::from_str(&text).map_err(|e| (resp.status(), e.to_string()))
+}
+
 pub fn now_ms() -> f64 {
     js_sys::Date::now()
 }

@@ -25,6 +25,19 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print the node token of a hive: it lets that hive (and the workers it starts) act as
     /// themselves only. Made from the cluster token, which stays with the queen.
+    #[command(long_about = "Print the node token of a hive: it lets that hive (and the workers it starts) act as \
+themselves only. Made from the cluster token, which stays with the queen.
+
+Rotating a token without downtime (every scope accepts several tokens, and a reload \
+(SIGHUP) changes the list live):
+  1. Add the new token beside the old in the queen's config file, as a [[tokens]] entry \
+     with its own name and scope, and reload every queen.
+  2. Move its holders over: for the cluster token, give each hive its new node token \
+     (`queen token HIVE --cluster-token NEW`) and restart the hive (its workers get \
+     tokens made from it); for admin or read tokens, update the scripts and dashboards.
+  3. Remove the old token from the config and reload. Calls with it now get 401.
+The audit log (`queen audit`) names the token each admin call came with, so step 3 can \
+wait until the old name stops appearing.")]
     Token {
         /// The hive's id.
         hive: String,
@@ -73,6 +86,15 @@ pub enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// The audit log: every admin call, who made it (the token's name), what, when, and how
+    /// it ended. Needs the admin token.
+    Audit {
+        /// How many of the newest entries.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Show the placement strategy, or switch it: round_robin, least_loaded,
     /// least_workers, random, weighted.
@@ -324,6 +346,14 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             println!("{name}: replicas stopping");
         }
         Command::Cluster { command: ClusterCommand::Shutdown(args) } => return shutdown(args).await,
+        Command::Audit { limit, remote } => {
+            let log: contract::AuditLog = remote
+                .client()?
+                .get_json(&format!("{}?limit={limit}", contract::paths::AUDIT))
+                .await
+                .with_context(|| format!("asking {}", remote.queen))?;
+            print_as(remote.output, &log, render_audit)?;
+        }
         Command::Strategy { strategy, remote } => {
             let client = remote.client()?;
             if let Some(s) = strategy {

@@ -150,6 +150,33 @@ pub fn render_assignments(assignments: &[contract::Assignment]) -> String {
     out
 }
 
+/// A time as RFC 3339 to the second, in UTC: what a script and an operator both read.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t.replace_nanosecond(0).unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+pub fn render_audit(log: &contract::AuditLog) -> String {
+    let mut out = format!(
+        "{:>6}  {:<20}  {:<20} {:<6} {:<40} {}
+",
+        "SEQ", "AT", "WHO", "METHOD", "PATH", "RESULT"
+    );
+    for e in &log.entries {
+        out.push_str(&format!(
+            "{:>6}  {:<20}  {:<20} {:<6} {:<40} {} {}\n",
+            e.seq,
+            rfc3339(e.at),
+            e.who,
+            e.method,
+            e.path,
+            e.status,
+            e.outcome
+        ));
+    }
+    out
+}
+
 pub fn render_drain(d: &contract::DrainStatus) -> String {
     let mut out = format!(
         "drain of {}: {} moved, {} left{}{}\n",

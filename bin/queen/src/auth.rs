@@ -23,11 +23,34 @@ use crate::routes::{self, Access};
 
 pub use lifecycle::Secret;
 
+/// One accepted token of a scope, with the name the audit log gives its holder.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub name: String,
+    pub secret: Secret,
+}
+
+/// Every scope takes a list, so a token is rotated by adding the new one, moving its
+/// holders over, and removing the old one, each step a live reload.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tokens {
-    pub cluster: Option<Secret>,
-    pub admin: Option<Secret>,
-    pub read: Option<Secret>,
+    pub cluster: Vec<Named>,
+    pub admin: Vec<Named>,
+    pub read: Vec<Named>,
+}
+
+/// Who made a call: the token's name (`anonymous` where the scope is open and no known
+/// token came), and the node when it was a node token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    pub who: String,
+    pub node: Option<NodeIdentity>,
+}
+
+impl Caller {
+    fn named(who: &str) -> Self {
+        Self { who: who.to_string(), node: None }
+    }
 }
 
 fn presented(req: &Request) -> Option<String> {
@@ -42,52 +65,68 @@ fn presented(req: &Request) -> Option<String> {
 }
 
 impl Tokens {
-    /// `Ok` to go on, with the node the token names if it is a node token; otherwise the
-    /// error to answer with.
-    pub fn check(&self, scope: Scope, token: Option<&str>) -> Result<Option<NodeIdentity>, ApiError> {
-        let allowed: Vec<&Secret> = match scope {
-            Scope::Open => return Ok(None),
-            Scope::Read => match &self.read {
-                // Reads are open unless a read token is set; then any token may read.
-                None => return Ok(None),
-                Some(r) => [Some(r), self.cluster.as_ref(), self.admin.as_ref()].into_iter().flatten().collect(),
-            },
-            Scope::Cluster => match &self.cluster {
-                None => return Ok(None),
-                Some(c) => [Some(c), self.admin.as_ref()].into_iter().flatten().collect(),
-            },
-            Scope::ClusterOrAdmin => {
-                if self.cluster.is_none() && self.admin.is_none() {
-                    return Ok(None);
-                }
-                [self.cluster.as_ref(), self.admin.as_ref()].into_iter().flatten().collect()
-            }
-            Scope::Admin => match &self.admin {
-                None => return Ok(None),
-                Some(a) => vec![a],
-            },
+    /// One token per scope, named after it; what flags and tests give.
+    pub fn single(cluster: Option<&str>, admin: Option<&str>, read: Option<&str>) -> Self {
+        let one = |name: &str, value: Option<&str>| {
+            value.map(|v| Named { name: name.to_string(), secret: Secret::new(v) }).into_iter().collect()
+        };
+        Self { cluster: one("cluster", cluster), admin: one("admin", admin), read: one("read", read) }
+    }
+
+    pub fn any(&self) -> bool {
+        !(self.cluster.is_empty() && self.admin.is_empty() && self.read.is_empty())
+    }
+
+    fn all(&self) -> impl Iterator<Item = &Named> {
+        self.cluster.iter().chain(&self.admin).chain(&self.read)
+    }
+
+    /// The node a node token made from one of the cluster tokens names.
+    fn node(&self, token: &str) -> Option<NodeIdentity> {
+        self.cluster.iter().find_map(|c| node_token::verify(c.secret.expose(), token))
+    }
+
+    /// `Ok` with who is calling; otherwise the error to answer with.
+    pub fn check(&self, scope: Scope, token: Option<&str>) -> Result<Caller, ApiError> {
+        let open = || {
+            let known = token.and_then(|t| self.all().find(|n| n.secret.matches(t)));
+            Ok(Caller::named(known.map_or("anonymous", |n| n.name.as_str())))
+        };
+        let allowed: Vec<&Named> = match scope {
+            Scope::Open => return open(),
+            // Reads are open unless a read token is set; then any token may read.
+            Scope::Read if self.read.is_empty() => return open(),
+            Scope::Read => self.all().collect(),
+            Scope::Cluster if self.cluster.is_empty() => return open(),
+            Scope::Cluster => self.cluster.iter().chain(&self.admin).collect(),
+            Scope::ClusterOrAdmin if self.cluster.is_empty() && self.admin.is_empty() => return open(),
+            Scope::ClusterOrAdmin => self.cluster.iter().chain(&self.admin).collect(),
+            Scope::Admin if self.admin.is_empty() => return open(),
+            Scope::Admin => self.admin.iter().collect(),
         };
         let Some(token) = token else {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
         };
-        if allowed.iter().any(|s| s.matches(token)) {
-            return Ok(None);
+        if let Some(n) = allowed.iter().find(|n| n.secret.matches(token)) {
+            return Ok(Caller::named(&n.name));
         }
         // A node token stands in for the cluster token wherever that one would do.
-        let node = self.cluster.as_ref().and_then(|c| node_token::verify(c.expose(), token));
-        let cluster_would_do = self.cluster.as_ref().is_some_and(|c| allowed.contains(&c));
-        match node {
-            Some(identity) if cluster_would_do => Ok(Some(identity)),
+        let cluster_would_do = matches!(scope, Scope::Read | Scope::Cluster | Scope::ClusterOrAdmin);
+        match self.node(token) {
+            Some(identity) if cluster_would_do => Ok(Caller { who: describe(&identity), node: Some(identity) }),
             Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a node token may not make this call")),
-            None => {
-                let known = [&self.cluster, &self.admin, &self.read].into_iter().flatten().any(|s| s.matches(token));
-                if known {
-                    Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))
-                } else {
-                    Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"))
-                }
+            None if self.all().any(|n| n.secret.matches(token)) => {
+                Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))
             }
+            None => Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token")),
         }
+    }
+}
+
+fn describe(identity: &NodeIdentity) -> String {
+    match identity {
+        NodeIdentity::Hive(h) => format!("hive {h}"),
+        NodeIdentity::Worker { hive, worker } => format!("worker {worker} of hive {hive}"),
     }
 }
 
@@ -106,14 +145,10 @@ fn binds(identity: &NodeIdentity, nodes: routes::Nodes, path: &str) -> Result<()
 }
 
 pub fn token_mismatch(identity: &NodeIdentity) -> ApiError {
-    let who = match identity {
-        NodeIdentity::Hive(h) => format!("hive {h}"),
-        NodeIdentity::Worker { hive, worker } => format!("worker {worker} of hive {hive}"),
-    };
     ApiError::new(
         StatusCode::FORBIDDEN,
         "token_mismatch",
-        format!("this token is {who}'s and may not act for another node"),
+        format!("this token is {}'s and may not act for another node", describe(identity)),
     )
 }
 
@@ -122,16 +157,17 @@ pub fn token_mismatch(identity: &NodeIdentity) -> ApiError {
 pub async fn require(State(queen): State<Arc<Queen>>, mut req: Request, next: Next) -> Response {
     let policy = routes::policy(req.method(), req.uri().path());
     let checked = queen.config().tokens.check(policy.scope, presented(&req).as_deref());
-    let identity = match checked {
-        Ok(identity) => identity,
+    let caller = match checked {
+        Ok(caller) => caller,
         Err(e) => return e.into_response(),
     };
-    if let Some(identity) = identity {
-        if let Err(e) = binds(&identity, policy.nodes, req.uri().path()) {
+    if let Some(identity) = &caller.node {
+        if let Err(e) = binds(identity, policy.nodes, req.uri().path()) {
             return e.into_response();
         }
-        req.extensions_mut().insert(identity);
+        req.extensions_mut().insert(identity.clone());
     }
+    req.extensions_mut().insert(caller);
     // The redirect layer behind this one reads it instead of looking the route up again.
     req.extensions_mut().insert(policy);
     next.run(req).await
@@ -142,7 +178,7 @@ mod tests {
     use super::*;
 
     fn tokens() -> Tokens {
-        Tokens { cluster: Some(Secret::new("c")), admin: Some(Secret::new("a")), read: Some(Secret::new("r")) }
+        Tokens::single(Some("c"), Some("a"), Some("r"))
     }
 
     #[test]
@@ -171,9 +207,33 @@ mod tests {
         let t = Tokens::default();
         assert!(t.check(Scope::Admin, None).is_ok());
         assert!(t.check(Scope::Cluster, None).is_ok());
-        let only_admin = Tokens { admin: Some(Secret::new("a")), ..Default::default() };
+        let only_admin = Tokens::single(None, Some("a"), None);
         assert!(only_admin.check(Scope::Read, None).is_ok(), "reads stay open without a read token");
         assert!(only_admin.check(Scope::Admin, None).is_err());
+    }
+
+    #[test]
+    fn every_token_of_a_list_is_accepted_under_its_own_name() {
+        let named = |name: &str, value: &str| Named { name: name.into(), secret: Secret::new(value) };
+        let t = Tokens {
+            cluster: vec![named("cluster-2026", "c-new"), named("cluster-2025", "c-old")],
+            admin: vec![named("alice", "a1"), named("deploy-bot", "a2")],
+            read: vec![],
+        };
+        let who = |scope, token: Option<&str>| t.check(scope, token).map(|c| c.who).map_err(|e| e.status.as_u16());
+        assert_eq!(who(Scope::Admin, Some("a2")), Ok("deploy-bot".to_string()));
+        assert_eq!(who(Scope::Admin, Some("a1")), Ok("alice".to_string()));
+        assert_eq!(who(Scope::Cluster, Some("c-old")), Ok("cluster-2025".to_string()), "the old one, mid-rotation");
+        assert_eq!(who(Scope::Admin, Some("c-new")), Err(403));
+        assert_eq!(who(Scope::Read, None), Ok("anonymous".to_string()), "no read token: reads are open");
+        assert_eq!(who(Scope::Read, Some("a1")), Ok("alice".to_string()), "an open call still names a known caller");
+        // Node tokens made from either cluster token name their node.
+        for cluster in ["c-new", "c-old"] {
+            let hive = node_token::hive_token(cluster, &contract::NodeId::sanitized("h1"));
+            assert_eq!(who(Scope::Cluster, Some(&hive)), Ok("hive h1".to_string()), "{cluster}");
+        }
+        let retired = node_token::hive_token("c-gone", &contract::NodeId::sanitized("h1"));
+        assert_eq!(who(Scope::Cluster, Some(&retired)), Err(401), "made from a token no longer listed");
     }
 
     #[test]

@@ -106,6 +106,9 @@ struct FileConfig {
     token: Option<crate::auth::Secret>,
     admin_token: Option<crate::auth::Secret>,
     read_token: Option<crate::auth::Secret>,
+    /// More tokens, each named for the audit log; every scope takes several at once.
+    #[serde(default)]
+    tokens: Vec<FileToken>,
     #[serde(default)]
     insecure_no_auth: bool,
     max_stream_clients: Option<usize>,
@@ -117,6 +120,86 @@ struct FileConfig {
     store_prefix: Option<String>,
     lease_ttl: Option<HumanDuration>,
     advertise_url: Option<String>,
+}
+
+/// `[[tokens]]` in the config file: `name`, `scope` and the token itself (`secret`, or
+/// `secret_file` to keep it out of the config).
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct FileToken {
+    name: String,
+    scope: TokenScope,
+    secret: Option<crate::auth::Secret>,
+    secret_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Debug, Clone, Copy)]
+#[serde(rename_all = "snake_case")]
+enum TokenScope {
+    Cluster,
+    Admin,
+    Read,
+}
+
+/// The flags' tokens (named after their scope) and the file's, each checked: a name is
+/// given once, a secret comes from exactly one place and names no other token.
+fn gather_tokens(args: &ServeArgs, file: &FileConfig, problems: &mut Vec<String>) -> crate::auth::Tokens {
+    use crate::auth::Named;
+    let mut tokens = crate::auth::Tokens::default();
+    let flags = [
+        ("cluster", TokenScope::Cluster, args.token.clone().or(file.token.clone())),
+        ("admin", TokenScope::Admin, args.admin_token.clone().or(file.admin_token.clone())),
+        ("read", TokenScope::Read, args.read_token.clone().or(file.read_token.clone())),
+    ];
+    let mut all = Vec::new();
+    for (name, scope, secret) in flags {
+        if let Some(secret) = secret {
+            all.push((scope, Named { name: name.to_string(), secret }));
+        }
+    }
+    for t in &file.tokens {
+        let secret = match (&t.secret, &t.secret_file) {
+            (Some(s), None) => Some(s.clone()),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    text.parse().map_err(|e| problems.push(format!("token {:?}: {}: {e}", t.name, path.display()))).ok()
+                }
+                Err(e) => {
+                    problems.push(format!("token {:?}: cannot read {}: {e}", t.name, path.display()));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!("token {:?}: give exactly one of secret and secret_file", t.name));
+                None
+            }
+        };
+        if t.name.trim().is_empty() || t.name.len() > 64 || t.name.chars().any(char::is_control) {
+            problems.push(format!("token name {:?}: 1 to 64 printable characters", t.name));
+        }
+        if let Some(secret) = secret {
+            all.push((t.scope, Named { name: t.name.clone(), secret }));
+        }
+    }
+    for (i, (_, a)) in all.iter().enumerate() {
+        for (_, b) in &all[..i] {
+            if a.name == b.name {
+                problems
+                    .push(format!("token name {:?} is given twice; the audit log could not tell them apart", a.name));
+            }
+            if a.secret == b.secret {
+                problems.push(format!("tokens {:?} and {:?} are the same secret", b.name, a.name));
+            }
+        }
+    }
+    for (scope, named) in all {
+        match scope {
+            TokenScope::Cluster => tokens.cluster.push(named),
+            TokenScope::Admin => tokens.admin.push(named),
+            TokenScope::Read => tokens.read.push(named),
+        }
+    }
+    tokens
 }
 
 /// Queen replicas on etcd: where it is, this cluster's keys, and the leadership lease.
@@ -223,15 +306,15 @@ pub struct ConfigError {
 /// alone every heartbeat, control channel and job. With none, only loopback is served,
 /// unless the operator says `--insecure-no-auth`.
 fn token_problems(tokens: &crate::auth::Tokens, listen: SocketAddr, insecure_no_auth: bool) -> Vec<String> {
-    let any = tokens.cluster.is_some() || tokens.admin.is_some() || tokens.read.is_some();
+    let any = tokens.any();
     let mut problems = Vec::new();
-    if any && tokens.admin.is_none() {
+    if any && tokens.admin.is_empty() {
         problems.push(
             "tokens are set but no admin token: every admin call (deployments run any command on every hive, cluster shutdown) would be open to anyone; set --admin-token (APIARY_ADMIN_TOKEN, or admin_token in the file)"
                 .to_string(),
         );
     }
-    if any && tokens.cluster.is_none() {
+    if any && tokens.cluster.is_empty() {
         problems.push(
             "tokens are set but no cluster token: anyone could send heartbeats, hold a hive's control channel or route jobs; set --token (APIARY_TOKEN, or token in the file)"
                 .to_string(),
@@ -265,6 +348,7 @@ impl QueenConfig {
         );
         // Everything wrong is reported together, not one problem per attempt.
         let mut problems = built.as_ref().err().map(|e| e.problems.clone()).unwrap_or_default();
+        let tokens = gather_tokens(args, &file, &mut problems);
         let heartbeat_rate_limit = args.heartbeat_rate_limit.or(file.heartbeat_rate_limit);
         if heartbeat_rate_limit == Some(0) {
             problems.push("heartbeat_rate_limit must be at least 1 per second".into());
@@ -295,11 +379,6 @@ impl QueenConfig {
         let tls = match &tls_files {
             Some((cert, key)) => lifecycle::serve::load_tls(cert, key).map_err(|e| problems.push(e.0)).ok(),
             None => None,
-        };
-        let tokens = crate::auth::Tokens {
-            cluster: args.token.clone().or(file.token),
-            admin: args.admin_token.clone().or(file.admin_token),
-            read: args.read_token.clone().or(file.read_token),
         };
         let insecure_no_auth = args.insecure_no_auth || file.insecure_no_auth;
         let listen = args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8500)));
@@ -366,7 +445,12 @@ impl QueenConfig {
             heartbeat_rate_limit,
             log_level
         );
-        fixed!(listen, ui_dir, data_dir, orphan_grace, tokens, insecure_no_auth, tls_files, etcd, advertise_url);
+        // Tokens change live (rotation), but a reload never prints one.
+        if self.tokens != new.tokens {
+            reload.applied.push("tokens".to_string());
+            next.tokens = new.tokens.clone();
+        }
+        fixed!(listen, ui_dir, data_dir, orphan_grace, insecure_no_auth, tls_files, etcd, advertise_url);
         Ok((next, reload))
     }
 
@@ -520,6 +604,38 @@ mod tests {
         let guarded = ServeArgs { listen: Some(lan), ..both };
         assert!(QueenConfig::load(&guarded).is_ok());
         assert!(QueenConfig::load(&ServeArgs::default()).is_ok(), "loopback without tokens: the development default");
+    }
+
+    #[test]
+    fn named_tokens_come_from_the_file_and_rotate_on_reload() {
+        let secret_file = std::env::temp_dir().join(format!("queen-token-{}-{}", std::process::id(), fastrand_name()));
+        std::fs::write(&secret_file, "bot-secret\n").expect("write secret");
+        let file = |extra: &str| {
+            format!(
+                "token = \"c-old\"\nadmin_token = \"a\"\n[[tokens]]\nname = \"deploy-bot\"\nscope = \"admin\"\nsecret_file = \"{}\"\n{extra}",
+                secret_file.display()
+            )
+        };
+        let (args, path) = args_with_file(&file(""));
+        let running = QueenConfig::load(&args).expect("valid");
+        let names = |t: &[crate::auth::Named]| t.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&running.tokens.admin), ["admin", "deploy-bot"]);
+        assert_eq!(running.tokens.admin[1].secret.expose(), "bot-secret", "read from its file, trimmed");
+
+        // Step one of a rotation: the new cluster token beside the old.
+        std::fs::write(&path, file("[[tokens]]\nname = \"cluster-2027\"\nscope = \"cluster\"\nsecret = \"c-new\"\n"))
+            .expect("rewrite");
+        let (next, reload) = running.reloaded().expect("valid");
+        assert_eq!(names(&next.tokens.cluster), ["cluster", "cluster-2027"]);
+        assert_eq!(reload.applied, ["tokens"], "applied live, and no secret in what the reload reports");
+        assert!(reload.needs_restart.is_empty());
+
+        std::fs::write(&path, file("[[tokens]]\nname = \"admin\"\nscope = \"read\"\nsecret = \"a\"\n"))
+            .expect("rewrite");
+        let err = running.reloaded().expect_err("a name twice, a secret twice");
+        let _ = (std::fs::remove_file(path), std::fs::remove_file(&secret_file));
+        assert!(err.to_string().contains("given twice") && err.to_string().contains("same secret"), "{err}");
+        assert!(!err.to_string().contains("c-old"), "no secret in the error: {err}");
     }
 
     #[test]

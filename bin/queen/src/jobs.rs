@@ -157,13 +157,19 @@ fn count_job(queen: &Queen, outcome: &'static str) {
     queen.metrics.jobs.get_or_create(&JobLabels { outcome }).inc();
 }
 
-/// The token the worker takes a job with: its own node token, made from the cluster token
-/// and the hive the worker reported. `None` when the queen has no cluster token (nor, then,
-/// do its workers) or does not know the worker's hive.
-fn job_token(queen: &Queen, worker: &NodeId) -> Option<String> {
-    let cluster = queen.config().tokens.cluster.clone()?;
-    let hive = queen.ingest.workers.get(worker)?.payload.hive_id;
-    queen_client::node_token::job_token(cluster.expose(), &hive, worker)
+/// The tokens the worker may take a job with: its own node token, made from a cluster
+/// token and the hive the worker reported; one per cluster token while a rotation lists
+/// several (the worker's was made from one of them). Empty when the queen has no cluster
+/// token (nor, then, do its workers) or does not know the worker's hive.
+fn job_tokens(queen: &Queen, worker: &NodeId) -> Vec<String> {
+    let Some(hive) = queen.ingest.workers.get(worker).map(|w| w.payload.hive_id) else { return Vec::new() };
+    let config = queen.config();
+    config
+        .tokens
+        .cluster
+        .iter()
+        .filter_map(|c| queen_client::node_token::job_token(c.secret.expose(), &hive, worker))
+        .collect()
 }
 
 /// Whether the queen holds this worker offline (or has forgotten it) while it has heard
@@ -340,17 +346,35 @@ enum Tried {
 }
 
 impl Attempt<'_> {
-    async fn run(&self, address: &str) -> Tried {
-        let (queen, job, worker) = (self.queen, self.job, &self.worker);
-        let _counted = InFlight::new(&queen.jobs, worker.clone());
-        let mut request = queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(job);
-        if let Some(token) = job_token(queen, worker) {
+    /// Sends the job with the worker's token; a 401 (the worker refused it before running
+    /// anything) tries the token made from the next cluster token, mid-rotation.
+    async fn send(&self, address: &str) -> reqwest::Result<reqwest::Response> {
+        let tokens = job_tokens(self.queen, &self.worker);
+        let mut sent = self.post(address, tokens.first()).await;
+        for token in tokens.iter().skip(1) {
+            if !matches!(&sent, Ok(r) if r.status() == StatusCode::UNAUTHORIZED) {
+                break;
+            }
+            sent = self.post(address, Some(token)).await;
+        }
+        sent
+    }
+
+    async fn post(&self, address: &str, token: Option<&String>) -> reqwest::Result<reqwest::Response> {
+        let mut request = self.queen.http.post(format!("{address}{}", contract::paths::JOBS)).json(self.job);
+        if let Some(token) = token {
             request = request.bearer_auth(token);
         }
         if let Some(k) = self.key {
             request = request.header(contract::IDEMPOTENCY_KEY, k);
         }
-        let sent = request.timeout(deadline(job)).send().await;
+        request.timeout(deadline(self.job)).send().await
+    }
+
+    async fn run(&self, address: &str) -> Tried {
+        let (queen, job, worker) = (self.queen, self.job, &self.worker);
+        let _counted = InFlight::new(&queen.jobs, worker.clone());
+        let sent = self.send(address).await;
         if let (true, Err(e)) = (self.retry, &sent)
             && job.rerunnable()
         {

@@ -29,6 +29,7 @@
 //! views as contract types), `config`, `reload`, `metrics`.
 
 pub mod api;
+mod audit;
 pub mod auth;
 pub mod config;
 mod ingest;

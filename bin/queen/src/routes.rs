@@ -150,6 +150,7 @@ static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
         row(M::POST, "/v1/cluster/shutdown", Admin, LEADER, NONE, || routes!(cluster::post_shutdown)),
         row(M::GET, "/v1/cluster/leader", Read, ANY_QUEEN, READ, || routes!(cluster::leader)),
         row(M::POST, "/v1/cluster/leader/transfer", Admin, LEADER, NONE, || routes!(cluster::transfer_leader)),
+        row(M::GET, "/v1/audit", Admin, LEADER, NONE, || routes!(crate::audit::list)),
         row(M::GET, "/v1/openapi.json", Read, ANY_QUEEN, READ, || routes!(cluster::openapi_document)),
         // Served by the health router every process shares.
         health("/healthz"),
@@ -194,6 +195,9 @@ pub struct Policy {
     pub scope: Scope,
     pub nodes: Nodes,
     pub leader_only: bool,
+    /// An admin action, which the audit log records: a row of admin scope (or a drain,
+    /// which a hive may also ask for) that is not a read.
+    pub audited: bool,
 }
 
 /// The policy of a request: its row's, or for a request that matches no row (a wrong
@@ -204,7 +208,8 @@ pub struct Policy {
 /// write nothing. Outside `/v1` nothing needs the leader; under it, anything unlisted does.
 pub fn policy(method: &Method, path: &str) -> Policy {
     if let Some(r) = lookup(method, path) {
-        return Policy { scope: r.scope, nodes: r.nodes, leader_only: r.leader_only };
+        let audited = matches!(r.scope, Scope::Admin | Scope::ClusterOrAdmin) && r.method != Method::GET;
+        return Policy { scope: r.scope, nodes: r.nodes, leader_only: r.leader_only, audited };
     }
     let read = method == Method::GET || method == Method::HEAD;
     let v1 = path.starts_with("/v1/");
@@ -219,7 +224,8 @@ pub fn policy(method: &Method, path: &str) -> Policy {
         (true, None) => READ,
         (false, _) => NONE,
     };
-    Policy { scope, nodes, leader_only: v1 }
+    // What matches no row does nothing, so there is no action to audit.
+    Policy { scope, nodes, leader_only: v1, audited: false }
 }
 
 pub fn scope(method: &Method, path: &str) -> Scope {

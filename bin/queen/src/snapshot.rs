@@ -195,9 +195,24 @@ pub(crate) fn build(queen: &Queen, seq: u64) -> Snapshot {
         events,
         deployments: queen.orchestrator.summaries(&ingest.workers),
         placement_brake: queen.orchestrator.brake_engaged(),
+        warnings: warnings(queen),
         shutdown: queen.shutdown.current(),
         drains: queen.orchestrator.drains(),
     }
+}
+
+/// What every dashboard shows in a banner.
+fn warnings(queen: &Queen) -> Vec<String> {
+    let config = queen.config();
+    let mut out = Vec::new();
+    // Loopback without tokens is the development default and says nothing.
+    if config.insecure_no_auth {
+        out.push(format!(
+            "this queen serves on {} with no authentication (--insecure-no-auth): anyone who reaches it can make every hive run any command",
+            config.listen
+        ));
+    }
+    out
 }
 
 /// Tallies made while visiting the registries once, exported as metrics afterwards.

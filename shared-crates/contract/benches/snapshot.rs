@@ -88,6 +88,7 @@ fn snapshot(seq: u64, at_s: i64, parity: usize) -> Snapshot {
         events: vec![],
         deployments: vec![],
         placement_brake: false,
+        warnings: Vec::new(),
         shutdown: None,
         drains: vec![],
     }

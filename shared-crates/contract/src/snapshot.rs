@@ -174,6 +174,10 @@ pub struct Snapshot {
     /// Hive drains running or recently ended.
     #[serde(default)]
     pub drains: Vec<crate::DrainStatus>,
+    /// What the queen says about itself that an operator must see: that it serves with
+    /// no authentication, for one.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,6 +231,8 @@ pub struct SnapshotDelta {
     pub placement_brake: bool,
     pub shutdown: Option<crate::ShutdownState>,
     pub drains: Vec<crate::DrainStatus>,
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// A delta that does not follow the snapshot it was applied to.
@@ -297,6 +303,7 @@ impl Snapshot {
         }
         self.deployments = delta.deployments.clone();
         self.placement_brake = delta.placement_brake;
+        self.warnings = delta.warnings.clone();
         self.shutdown = delta.shutdown.clone();
         self.drains = delta.drains.clone();
         Ok(())
@@ -356,6 +363,7 @@ impl Snapshot {
             events: (self.events != next.events).then(|| next.events.clone()),
             deployments: next.deployments.clone(),
             placement_brake: next.placement_brake,
+            warnings: next.warnings.clone(),
             shutdown: next.shutdown.clone(),
             drains: next.drains.clone(),
         }
@@ -381,6 +389,7 @@ impl Snapshot {
             events: self.events.clone(),
             deployments: self.deployments.clone(),
             placement_brake: self.placement_brake,
+            warnings: self.warnings.clone(),
             shutdown: self.shutdown.clone(),
             drains: self.drains.clone(),
         }

@@ -368,6 +368,7 @@ mod tests {
             events,
             deployments: vec![],
             placement_brake: false,
+            warnings: Vec::new(),
             shutdown: None,
             drains: vec![],
         }

@@ -205,6 +205,7 @@ pub struct SandboxBuilder {
     tls: bool,
     /// Hives get node tokens made from the cluster token instead of the token itself.
     node_tokens: bool,
+    insecure_no_auth: bool,
     /// Hives and workers are given a dead queen first in their list of queens.
     dead_queen_first: bool,
     /// Run this many queens as replicas on the etcd at this endpoint, with this lease.
@@ -229,6 +230,7 @@ impl Default for SandboxBuilder {
             max_stream_clients: None,
             tls: false,
             node_tokens: false,
+            insecure_no_auth: false,
             dead_queen_first: false,
             replicas: None,
         }
@@ -286,6 +288,12 @@ impl SandboxBuilder {
     /// Hives ask the queen to drain them when stopped, waiting up to `d`.
     pub fn drain_on_shutdown(mut self, d: Duration) -> Self {
         self.drain_on_shutdown = d;
+        self
+    }
+    /// The queen is told `--insecure-no-auth` (it still listens on loopback here): what it
+    /// says about itself then can be checked.
+    pub fn insecure_no_auth(mut self) -> Self {
+        self.insecure_no_auth = true;
         self
     }
     pub fn orphan_grace(mut self, d: Duration) -> Self {
@@ -433,14 +441,11 @@ impl Sandbox {
             config.max_stream_clients = n;
         }
         let (cluster, admin, read) = &self.config.tokens;
-        config.tokens = queen::auth::Tokens {
-            cluster: cluster.as_ref().map(lifecycle::Secret::new),
-            admin: admin.as_ref().map(lifecycle::Secret::new),
-            read: read.as_ref().map(lifecycle::Secret::new),
-        };
+        config.tokens = queen::auth::Tokens::single(cluster.as_deref(), admin.as_deref(), read.as_deref());
         if let Some(grace) = self.config.orphan_grace {
             config.orphan_grace = grace;
         }
+        config.insecure_no_auth = self.config.insecure_no_auth;
         if let Some(tls) = &self.tls {
             config.tls = Some(lifecycle::serve::load_tls(&tls.cert, &tls.key)?);
         }

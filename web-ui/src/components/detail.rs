@@ -2,8 +2,6 @@
 
 use contract::{NodeEvent, NodeKind};
 use leptos::prelude::*;
-use wasm_bindgen::JsCast;
-use wasm_bindgen_futures::JsFuture;
 
 use super::widgets::clock;
 use crate::app::Selection;
@@ -15,16 +13,9 @@ async fn fetch_history(kind: NodeKind, id: &str) -> Result<Vec<NodeEvent>, Strin
         NodeKind::Worker => "workers",
         NodeKind::Queen => return Err("the queen has no node history".into()),
     };
-    let window = web_sys::window().ok_or("no window")?;
-    let resp = JsFuture::from(window.fetch_with_str(&crate::hooks::api_url(&format!("/v1/{path}/{id}/events"))))
+    crate::hooks::fetch_json(&format!("/v1/{path}/{id}/events"))
         .await
-        .map_err(|e| format!("{e:?}"))?;
-    let resp: web_sys::Response = resp.dyn_into().map_err(|_| "not a response")?;
-    if !resp.ok() {
-        return Err(format!("queen answered {}", resp.status()));
-    }
-    let text = JsFuture::from(resp.text().map_err(|e| format!("{e:?}"))?).await.map_err(|e| format!("{e:?}"))?;
-    serde_json::from_str(&text.as_string().unwrap_or_default()).map_err(|e| e.to_string())
+        .map_err(|(status, message)| format!("queen answered {status}: {message}"))
 }
 
 #[component]

@@ -1,5 +1,6 @@
 //! The dashboard's components, one per file.
 
+mod audit;
 mod connection;
 mod detail;
 mod drains;
@@ -10,6 +11,7 @@ mod summary;
 mod widgets;
 mod workers;
 
+pub use audit::{AuditPanel, Warnings};
 pub use connection::ConnectionBadge;
 pub use detail::NodeDetail;
 pub use drains::DrainsPanel;

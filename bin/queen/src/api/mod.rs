@@ -83,6 +83,8 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .with_state(Arc::clone(&queen))
         .merge(queen.health.router())
         .merge(dashboard(queen.config().ui_dir.as_deref()))
+        // Inside the redirect: a follower's 307 is no action; the leader records it.
+        .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::audit::record))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), leader_only))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
 }

@@ -199,8 +199,15 @@ mod tests {
         assert_eq!(first, first_id(7), "numbered in the term");
         let other = channels.subscribe(&h2).borrow().id;
 
-        assert_eq!(channels.ack(&h1, ack(u64::MAX)), Err(AckError::NotIssued { hive: h1.clone(), id: u64::MAX, latest: first }));
-        assert_eq!(channels.ack(&h1, ack(first + 1000)).map_err(|_| ()), Err(()), "not 'at least': a later id is forged");
+        assert_eq!(
+            channels.ack(&h1, ack(u64::MAX)),
+            Err(AckError::NotIssued { hive: h1.clone(), id: u64::MAX, latest: first })
+        );
+        assert_eq!(
+            channels.ack(&h1, ack(first + 1000)).map_err(|_| ()),
+            Err(()),
+            "not 'at least': a later id is forged"
+        );
         assert!(channels.ack(&h1, ack(other)).is_err(), "another hive's command");
         assert_eq!(channels.ack(&id("h3"), ack(first)), Err(AckError::NoChannel(id("h3"))));
         assert_eq!(channels.last_ack(&h1), None, "nothing refused was recorded");

@@ -49,11 +49,8 @@ pub(crate) async fn relay_snapshots(queen: Arc<Queen>, peer: Arc<Peer>, stop: Ca
                 return std::future::pending::<()>().await;
             };
             let config = queen.config();
-            let token = [&config.tokens.read, &config.tokens.admin, &config.tokens.cluster]
-                .into_iter()
-                .flatten()
-                .next()
-                .map(|s| s.expose().to_string());
+            let t = &config.tokens;
+            let token = t.read.iter().chain(&t.admin).chain(&t.cluster).next().map(|n| n.secret.expose().to_string());
             let client = match queen_client::QueenClient::new(&leader.url, token, Duration::from_secs(5)) {
                 Ok(c) => c,
                 Err(e) => {

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use contract::{NodeId, QueenRef, TransferAnswer};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, SortOrder, SortTarget, Txn,
-    TxnOp, WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, SortOrder, SortTarget,
+    Txn, TxnOp, WatchOptions,
 };
 use futures_util::StreamExt;
 use lifecycle::http::ApiError;

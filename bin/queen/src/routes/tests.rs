@@ -144,11 +144,7 @@ async fn every_route_method_and_token_gets_what_the_table_says() -> anyhow::Resu
     use tower::ServiceExt;
     let mut config =
         crate::QueenConfig::with_intervals(std::time::Duration::from_secs(1), std::time::Duration::from_secs(1))?;
-    config.tokens = crate::auth::Tokens {
-        cluster: Some(lifecycle::Secret::new("c")),
-        admin: Some(lifecycle::Secret::new("a")),
-        read: Some(lifecycle::Secret::new("r")),
-    };
+    config.tokens = crate::auth::Tokens::single(Some("c"), Some("a"), Some("r"));
     let me = contract::QueenRef { id: "walk".into(), url: "http://127.0.0.1:1".into() };
     let stop = tokio_util::sync::CancellationToken::new();
     let queen = crate::Queen::new(config, me, stop.clone(), tokio_util::task::TaskTracker::new(), None)?;

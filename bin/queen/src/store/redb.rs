@@ -194,7 +194,10 @@ impl Store for RedbStore {
         let mut out = Vec::new();
         for row in table.iter().map_err(backend)?.rev().take(limit) {
             let (k, v) = row.map_err(backend)?;
-            out.push(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("audit {}: {e}", k.value())))?);
+            out.push(
+                serde_json::from_str(v.value())
+                    .map_err(|e| StoreError::Corrupt(format!("audit {}: {e}", k.value())))?,
+            );
         }
         out.reverse();
         Ok(out)
@@ -336,7 +339,10 @@ mod tests {
             store.append_audit(&audit_entry(p))?;
         }
         let last_two = store.audit(2)?;
-        assert_eq!(last_two.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["/v1/placement/strategy", "/v1/cluster/shutdown"]);
+        assert_eq!(
+            last_two.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            ["/v1/placement/strategy", "/v1/cluster/shutdown"]
+        );
         assert_eq!(last_two.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 3]);
         assert_eq!(store.audit(10)?.len(), 3);
         Ok(())

@@ -267,6 +267,60 @@ async fn with_a_read_token_the_dashboard_reads_through_its_page_token() -> anyho
         .send()
         .await?;
     assert_eq!(refused.status().as_u16(), 403);
+    let audit_text = |c: &Client| {
+        let c = c.clone();
+        async move { attr(&c, "#audit", "e.textContent").await.ok().and_then(|v| v.as_str().map(str::to_string)) }
+    };
+    wait_page(&c, "the audit panel asking for the admin token", |c| {
+        Box::pin(async move { audit_text(c).await.filter(|t| t.contains("needs the admin token")) })
+    })
+    .await?;
+
+    // Opened with the admin token, the audit panel lists the admin calls by token name.
+    let strategy = queen_client::http()
+        .put(format!("{}/v1/placement/strategy", sb.queen_url()))
+        .bearer_auth("admin-secret")
+        .json(&json!({"strategy": "round_robin"}))
+        .send()
+        .await?;
+    assert_eq!(strategy.status().as_u16(), 200);
+    c.goto(&format!("{}/?access_token=admin-secret", sb.queen_url())).await?;
+    let shown = wait_page(&c, "the strategy change in the audit panel", |c| {
+        Box::pin(async move { audit_text(c).await.filter(|t| t.contains("PUT /v1/placement/strategy")) })
+    })
+    .await?;
+    assert!(shown.contains("admin") && shown.contains("200 ok"), "{shown}");
+    assert!(!shown.contains("admin-secret"), "{shown}");
+    sb.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queen_open_to_anyone_says_so_on_every_dashboard() -> anyhow::Result<()> {
+    let dist = dashboard_dir()?;
+    let sb =
+        Sandbox::builder().hives(1).snapshot_interval(Duration::from_millis(300)).ui_dir(dist.clone()).start().await?;
+    let (_driver, c, _profile) = browser().await?;
+    c.goto(&format!("{}/", sb.queen_url())).await?;
+    wait_page(&c, "the hive on the page", |c| {
+        Box::pin(async move { (rows(c, "hives").await.ok()?.len() == 1).then_some(()) })
+    })
+    .await?;
+    assert_eq!(attr(&c, "#warnings", "e.textContent").await?, Value::Null, "loopback without tokens says nothing");
+    sb.shutdown().await?;
+
+    let sb = Sandbox::builder()
+        .hives(1)
+        .snapshot_interval(Duration::from_millis(300))
+        .insecure_no_auth()
+        .ui_dir(dist)
+        .start()
+        .await?;
+    c.goto(&format!("{}/", sb.queen_url())).await?;
+    let banner = wait_page(&c, "the open-access banner", |c| {
+        Box::pin(async move { attr(c, "#warnings", "e.textContent").await.ok()?.as_str().map(str::to_string) })
+    })
+    .await?;
+    assert!(banner.contains("no authentication") && banner.contains("--insecure-no-auth"), "{banner}");
     sb.shutdown().await
 }
 
