@@ -16,10 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use contract::{Capacity, Epoch, HiveHeartbeat, HiveStatus, ProcessState, Resources, Seq, SupervisedWorker};
+use contract::{Capacity, HiveHeartbeat, HiveStatus, ProcessState, Resources, SupervisedWorker};
 use lifecycle::health::Health;
 use lifecycle::http::{method_not_allowed_fallback, not_found_fallback};
-use queen_client::{Heartbeater, QueenClient};
+use queen_client::{Heartbeater, QueenClient, Stamp};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,7 +35,6 @@ const FINAL_BEAT_TIMEOUT: Duration = Duration::from_secs(3);
 /// except the resource readings, refreshed by the sampler task.
 struct Identity {
     config: HiveConfig,
-    epoch: Epoch,
     address: String,
     hostname: String,
     resources: Mutex<Resources>,
@@ -50,12 +49,12 @@ impl Identity {
         if self.gated.load(Ordering::SeqCst) { HiveStatus::Draining } else { HiveStatus::Ready }
     }
 
-    fn heartbeat(&self, seq: Seq, status: HiveStatus) -> HiveHeartbeat {
+    fn heartbeat(&self, stamp: Stamp, status: HiveStatus) -> HiveHeartbeat {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone();
         HiveHeartbeat {
             id: self.config.name.clone(),
-            epoch: self.epoch,
-            seq,
+            epoch: stamp.epoch,
+            seq: stamp.seq,
             address: self.address.clone(),
             hostname: self.hostname.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -91,7 +90,6 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     );
     let mut sampler = resources::Sampler::new().map_err(|e| anyhow::anyhow!("cannot read system resources: {e}"))?;
     let identity = Arc::new(Identity {
-        epoch: Epoch::for_new_process(),
         address: format!("http://{addr}"),
         hostname: lifecycle::hostname(),
         resources: Mutex::new(sampler.sample()),
@@ -112,7 +110,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     tasks.spawn(sample_loop(sampler, Arc::clone(&identity), beats.clone()));
     tasks.spawn({
         let (hb, identity, beats) = (Arc::clone(&heartbeater), Arc::clone(&identity), beats.clone());
-        async move { hb.run(|seq| identity.heartbeat(seq, identity.status()), beats).await }
+        async move { hb.run(|stamp| identity.heartbeat(stamp, identity.status()), beats).await }
     });
     let app = health.router().fallback(not_found_fallback).method_not_allowed_fallback(method_not_allowed_fallback);
     let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
@@ -128,7 +126,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     let supervised = tasks.spawn(supervisor.run(desired_rx, supervising.clone()));
     let control_client = client.clone();
     tasks.spawn(control::run(client, identity.config.name.clone(), context, beats.clone()));
-    tracing::info!(hive = %identity.config.name, epoch = %identity.epoch, %addr, queen = %identity.config.queen, "hive started");
+    tracing::info!(hive = %identity.config.name, epoch = %heartbeater.epoch(), %addr, queen = %identity.config.queen, "hive started");
 
     own.cancelled().await;
     tracing::info!("hive stopping");
@@ -145,7 +143,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         tracing::error!(error = %e, "supervisor failed");
     }
     tasks.close();
-    heartbeater.goodbye(|seq| identity.heartbeat(seq, HiveStatus::ShuttingDown), FINAL_BEAT_TIMEOUT).await;
+    heartbeater.goodbye(|stamp| identity.heartbeat(stamp, HiveStatus::ShuttingDown), FINAL_BEAT_TIMEOUT).await;
     let served = server.stop().await;
     tasks.wait().await;
     tracing::info!("hive stopped");

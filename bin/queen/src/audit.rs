@@ -93,55 +93,32 @@ pub(crate) async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{Method, header};
-    use tower::ServiceExt;
-
-    async fn call(router: &axum::Router, method: Method, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-        let mut req = axum::http::Request::builder().method(method).uri(path);
-        if let Some(t) = token {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        if !body.is_empty() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
-        let resp = router
-            .clone()
-            .oneshot(req.body(axum::body::Body::from(body.to_string())).expect("request"))
-            .await
-            .expect("answered");
-        let status = resp.status().as_u16();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.expect("body");
-        (status, String::from_utf8_lossy(&bytes).into_owned())
-    }
+    use axum::http::Method;
 
     #[tokio::test]
     async fn every_admin_action_is_recorded_with_its_caller_and_result() -> anyhow::Result<()> {
-        let mut config =
-            crate::QueenConfig::with_intervals(std::time::Duration::from_secs(1), std::time::Duration::from_secs(1))?;
         let named = |name: &str, v: &str| crate::auth::Named { name: name.into(), secret: crate::auth::Secret::new(v) };
-        config.tokens = crate::auth::Tokens {
-            cluster: vec![named("nodes", "c")],
-            admin: vec![named("alice", "a1"), named("deploy-bot", "a2")],
-            read: vec![named("grafana", "r")],
-        };
-        let me = contract::QueenRef { id: "q-audit".into(), url: "http://127.0.0.1:1".into() };
-        let stop = tokio_util::sync::CancellationToken::new();
-        let queen = crate::Queen::new(config, me, stop.clone(), tokio_util::task::TaskTracker::new(), None)?;
-        let router = crate::api::router(queen);
+        let q = crate::testing::queen(|config| {
+            config.tokens = crate::auth::Tokens {
+                cluster: vec![named("nodes", "c")],
+                admin: vec![named("alice", "a1"), named("deploy-bot", "a2")],
+                read: vec![named("grafana", "r")],
+            };
+        })?;
 
         let strategy = r#"{"strategy":"round_robin"}"#;
-        assert_eq!(call(&router, Method::PUT, "/v1/placement/strategy", Some("a2"), strategy).await.0, 200);
+        assert_eq!(q.call(Method::PUT, "/v1/placement/strategy", Some("a2"), strategy).await.0, 200);
         assert_eq!(
-            call(&router, Method::PUT, "/v1/hives/ghost/eligibility", Some("a1"), r#"{"eligible":false}"#).await.0,
+            q.call(Method::PUT, "/v1/hives/ghost/eligibility", Some("a1"), r#"{"eligible":false}"#).await.0,
             404
         );
         // Refused before it could act, and reads: not admin actions.
-        assert_eq!(call(&router, Method::PUT, "/v1/placement/strategy", Some("c"), strategy).await.0, 403);
-        assert_eq!(call(&router, Method::GET, "/v1/placement/strategy", Some("a1"), "").await.0, 200);
+        assert_eq!(q.call(Method::PUT, "/v1/placement/strategy", Some("c"), strategy).await.0, 403);
+        assert_eq!(q.call(Method::GET, "/v1/placement/strategy", Some("a1"), "").await.0, 200);
 
-        assert_eq!(call(&router, Method::GET, "/v1/audit", Some("r"), "").await.0, 403, "the log is the admin's");
-        assert_eq!(call(&router, Method::GET, "/v1/audit?limit=0", Some("a1"), "").await.0, 400);
-        let (status, body) = call(&router, Method::GET, "/v1/audit", Some("a1"), "").await;
+        assert_eq!(q.call(Method::GET, "/v1/audit", Some("r"), "").await.0, 403, "the log is the admin's");
+        assert_eq!(q.call(Method::GET, "/v1/audit?limit=0", Some("a1"), "").await.0, 400);
+        let (status, body) = q.call(Method::GET, "/v1/audit", Some("a1"), "").await;
         assert_eq!(status, 200, "{body}");
         let log: AuditLog = serde_json::from_str(&body)?;
         let seen: Vec<(u64, &str, &str, &str, u16, &str)> = log
@@ -156,9 +133,8 @@ mod tests {
                 (2, "alice", "PUT", "/v1/hives/ghost/eligibility", 404, "not_found"),
             ]
         );
-        assert!(log.entries.iter().all(|e| e.queen == "q-audit"));
+        assert!(log.entries.iter().all(|e| e.queen == "q-test"));
         assert!(!body.contains("a1") && !body.contains("a2"), "no secret in the log: {body}");
-        stop.cancel();
         Ok(())
     }
 

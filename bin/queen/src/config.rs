@@ -69,6 +69,14 @@ pub struct ServeArgs {
     /// Log filter, like RUST_LOG: `info`, `warn,queen=debug` [default: RUST_LOG, or info].
     #[arg(long, env = "APIARY_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Most nodes (hives and workers) the queen holds; a heartbeat from a new one past it
+    /// gets 503 [default: 1000000].
+    #[arg(long, env = "APIARY_MAX_NODES")]
+    pub max_nodes: Option<usize>,
+    /// New node ids one token may introduce per second (burst: ten seconds' worth); more
+    /// get 429. Not applied in the startup grace, when every node is new [default: 5000].
+    #[arg(long, env = "APIARY_MAX_NEW_NODES_PER_SECOND")]
+    pub max_new_nodes_per_second: Option<u32>,
     /// PEM certificate chain: serve HTTPS instead of HTTP (needs --tls-key).
     #[arg(long, env = "APIARY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -116,6 +124,8 @@ struct FileConfig {
     tls_key: Option<PathBuf>,
     heartbeat_rate_limit: Option<u32>,
     log_level: Option<String>,
+    max_nodes: Option<usize>,
+    max_new_nodes_per_second: Option<u32>,
     store: Option<String>,
     store_prefix: Option<String>,
     lease_ttl: Option<HumanDuration>,
@@ -278,6 +288,10 @@ pub struct QueenConfig {
     pub heartbeat_rate_limit: Option<u32>,
     /// Log filter directives; `None` leaves the process's filter as it is.
     pub log_level: Option<String>,
+    /// Most nodes held at once.
+    pub max_nodes: usize,
+    /// New node ids per token per second.
+    pub max_new_nodes_per_second: u32,
     /// Replicas on etcd; `None` runs one queen on the embedded store.
     pub etcd: Option<EtcdSettings>,
     /// How others reach this queen; `None` derives it from the bound address.
@@ -353,6 +367,14 @@ impl QueenConfig {
         if heartbeat_rate_limit == Some(0) {
             problems.push("heartbeat_rate_limit must be at least 1 per second".into());
         }
+        let max_nodes = args.max_nodes.or(file.max_nodes);
+        if max_nodes == Some(0) {
+            problems.push("max_nodes must be at least 1".into());
+        }
+        let max_new = args.max_new_nodes_per_second.or(file.max_new_nodes_per_second);
+        if max_new == Some(0) {
+            problems.push("max_new_nodes_per_second must be at least 1".into());
+        }
         let log_level = args.log_level.clone().or(file.log_level);
         if let Some(Err(e)) = log_level.as_deref().map(lifecycle::check_log_filter) {
             problems.push(e);
@@ -402,6 +424,12 @@ impl QueenConfig {
         config.tls_files = tls_files;
         config.heartbeat_rate_limit = heartbeat_rate_limit;
         config.log_level = log_level;
+        if let Some(n) = max_nodes {
+            config.max_nodes = n;
+        }
+        if let Some(n) = max_new {
+            config.max_new_nodes_per_second = n;
+        }
         config.etcd = etcd;
         config.advertise_url = advertise_url.map(|u| u.trim_end_matches('/').to_string());
         config.source = Some(args.clone());
@@ -443,7 +471,9 @@ impl QueenConfig {
             strategy,
             max_stream_clients,
             heartbeat_rate_limit,
-            log_level
+            log_level,
+            max_nodes,
+            max_new_nodes_per_second
         );
         // Tokens change live (rotation), but a reload never prints one.
         if self.tokens != new.tokens {
@@ -496,6 +526,8 @@ impl QueenConfig {
                 tls_files: None,
                 heartbeat_rate_limit: None,
                 log_level: None,
+                max_nodes: 1_000_000,
+                max_new_nodes_per_second: 5_000,
                 etcd: None,
                 advertise_url: None,
                 source: None,

@@ -2,6 +2,7 @@
 //! in front of them. Heartbeats come in here and nowhere else; everything the queen knows
 //! about liveness is read from here.
 
+use std::net::IpAddr;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
@@ -16,6 +17,12 @@ pub struct Ingest {
     /// Per-sender heartbeat rate limit, keyed by kind and id; replaced whole when a reload
     /// changes the rate.
     limiter: RwLock<Arc<Limiter>>,
+    /// New node ids per token (by its name), so one leaked token cannot fill the
+    /// registries at line rate.
+    new_ids: RwLock<Arc<Limiter>>,
+    /// Where each hive's last heartbeat came from: a hive that holds only the shared
+    /// cluster token is known by it (its own drain must come from there).
+    hive_peers: dashmap::DashMap<NodeId, IpAddr>,
 }
 
 /// A per-sender limiter allowing `per_second` heartbeats, with a burst of two seconds'
@@ -26,14 +33,24 @@ fn limiter(per_second: u32) -> Limiter {
     governor::RateLimiter::dashmap(governor::Quota::per_second(rate).allow_burst(burst))
 }
 
+/// New ids one token may introduce: `per_second`, with a burst of ten seconds' worth (a
+/// rack of hives starting at once).
+fn new_ids(per_second: u32) -> Limiter {
+    let rate = std::num::NonZeroU32::new(per_second).unwrap_or(std::num::NonZeroU32::MIN);
+    let burst = std::num::NonZeroU32::new(rate.get().saturating_mul(10)).unwrap_or(rate);
+    governor::RateLimiter::dashmap(governor::Quota::per_second(rate).allow_burst(burst))
+}
+
 impl Ingest {
     /// Both registries number their events from `event_seq`, shared with the
     /// orchestrator's, so liveness and placement events form one order.
-    pub fn new(thresholds: Thresholds, event_seq: &Arc<AtomicU64>, per_second: u32) -> Self {
+    pub fn new(thresholds: Thresholds, event_seq: &Arc<AtomicU64>, per_second: u32, new_per_second: u32) -> Self {
         Self {
             hives: HeartbeatRegistry::with_event_seq(thresholds.clone(), Arc::clone(event_seq)),
             workers: HeartbeatRegistry::with_event_seq(thresholds, Arc::clone(event_seq)),
             limiter: RwLock::new(Arc::new(limiter(per_second))),
+            new_ids: RwLock::new(Arc::new(new_ids(new_per_second))),
+            hive_peers: dashmap::DashMap::new(),
         }
     }
 
@@ -41,8 +58,31 @@ impl Ingest {
         Arc::clone(&self.limiter.read().unwrap_or_else(|p| p.into_inner()))
     }
 
+    pub fn new_ids(&self) -> Arc<Limiter> {
+        Arc::clone(&self.new_ids.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
     pub fn set_rate(&self, per_second: u32) {
         *self.limiter.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(limiter(per_second));
+    }
+
+    pub fn set_new_id_rate(&self, per_second: u32) {
+        *self.new_ids.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(new_ids(per_second));
+    }
+
+    /// Every node the queen holds, of both kinds.
+    pub fn known(&self) -> usize {
+        self.hives.len() + self.workers.len()
+    }
+
+    pub fn heard_hive_from(&self, hive: &NodeId, peer: IpAddr) {
+        if self.hive_peers.get(hive).is_none_or(|p| *p != peer) {
+            self.hive_peers.insert(hive.clone(), peer);
+        }
+    }
+
+    pub fn hive_peer(&self, hive: &NodeId) -> Option<IpAddr> {
+        self.hive_peers.get(hive).map(|p| *p)
     }
 
     pub fn set_thresholds(&self, thresholds: &Thresholds) {
@@ -56,11 +96,17 @@ impl Ingest {
         self.workers.sweep();
     }
 
-    /// Forgets nodes gone for long, and the limiter state of senders that went quiet.
-    pub fn forget_old(&self) {
-        self.hives.cleanup_stale();
+    /// Forgets nodes gone for long, and the limiter state of senders that went quiet;
+    /// returns the hives forgotten.
+    pub fn forget_old(&self) -> Vec<NodeId> {
+        let hives = self.hives.cleanup_stale();
+        for h in &hives {
+            self.hive_peers.remove(h);
+        }
         self.workers.cleanup_stale();
         self.limiter().retain_recent();
+        self.new_ids().retain_recent();
+        hives
     }
 
     /// Counts silence from now again (a queen just elected has heard from nobody).
@@ -73,6 +119,7 @@ impl Ingest {
     pub fn clear(&self) {
         self.hives.clear();
         self.workers.clear();
+        self.hive_peers.clear();
     }
 
     pub fn online_hives(&self) -> Vec<NodeId> {

@@ -28,6 +28,7 @@
 //! trait and the embedded redb store), `placement` (the strategies), `summary` (registry
 //! views as contract types), `config`, `reload`, `metrics`.
 
+mod admission;
 pub mod api;
 mod audit;
 pub mod auth;
@@ -47,6 +48,8 @@ mod shutdown;
 mod snapshot;
 pub mod store;
 mod summary;
+#[cfg(test)]
+mod testing;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -70,7 +70,12 @@ impl Queen {
         store: Option<Box<dyn Store>>,
     ) -> anyhow::Result<Arc<Self>> {
         let event_seq = Arc::new(AtomicU64::new(1));
-        let ingest = Ingest::new(config.thresholds.clone(), &event_seq, config.heartbeats_per_second());
+        let ingest = Ingest::new(
+            config.thresholds.clone(),
+            &event_seq,
+            config.heartbeats_per_second(),
+            config.max_new_nodes_per_second,
+        );
         // A shared store is written by its leader only; the strategy is applied once elected.
         let shared = store.is_some();
         let store: Box<dyn Store> = match (store, &config.data_dir) {
@@ -265,6 +270,9 @@ impl Queen {
         }
         if next.heartbeats_per_second() != current.heartbeats_per_second() {
             self.ingest.set_rate(next.heartbeats_per_second());
+        }
+        if next.max_new_nodes_per_second != current.max_new_nodes_per_second {
+            self.ingest.set_new_id_rate(next.max_new_nodes_per_second);
         }
         if next.log_level != current.log_level {
             // Without a level in the config, back to what the process started with.

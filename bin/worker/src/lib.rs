@@ -19,13 +19,13 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use contract::{Epoch, JobRequest, JobResponse, Seq, WorkerHeartbeat, WorkerStatus, paths};
+use contract::{JobRequest, JobResponse, WorkerHeartbeat, WorkerStatus, paths};
 use lifecycle::health::Health;
 use lifecycle::http::{ApiError, JsonBody, method_not_allowed_fallback, not_found_fallback};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use queen_client::{Heartbeater, QueenClient};
+use queen_client::{Heartbeater, QueenClient, Stamp};
 use remembered::{Claim, Remembered};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
@@ -46,7 +46,6 @@ struct JobLabels {
 
 struct Worker {
     config: WorkerConfig,
-    epoch: Epoch,
     address: String,
     health: Arc<Health>,
     in_flight: AtomicU32,
@@ -92,12 +91,12 @@ impl Worker {
         }
     }
 
-    fn heartbeat(&self, seq: Seq, status: WorkerStatus) -> WorkerHeartbeat {
+    fn heartbeat(&self, stamp: Stamp, status: WorkerStatus) -> WorkerHeartbeat {
         WorkerHeartbeat {
             id: self.config.name.clone(),
             hive_id: self.config.hive.clone(),
-            epoch: self.epoch,
-            seq,
+            epoch: stamp.epoch,
+            seq: stamp.seq,
             version: env!("CARGO_PKG_VERSION").to_string(),
             status,
             kind: self.config.kind.clone(),
@@ -214,7 +213,6 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
     let jobs_family = Family::<JobLabels, Counter>::default();
     health.metrics().register("apiary_jobs", "Jobs by kind and outcome", jobs_family.clone());
     let worker = Arc::new(Worker {
-        epoch: Epoch::for_new_process(),
         address: format!("http://{addr}"),
         health: health.build(),
         in_flight: AtomicU32::new(0),
@@ -233,7 +231,7 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
     let beats = stop.child_token();
     tasks.spawn({
         let (hb, worker, beats) = (Arc::clone(&heartbeater), Arc::clone(&worker), beats.clone());
-        async move { hb.run(|seq| worker.heartbeat(seq, worker.status()), beats).await }
+        async move { hb.run(|stamp| worker.heartbeat(stamp, worker.status()), beats).await }
     });
     let app = Router::new()
         .route(
@@ -249,14 +247,14 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
     if worker.job_token.is_none() {
         tracing::warn!("no token: this worker runs jobs for anyone who reaches its port");
     }
-    tracing::info!(worker = %worker.config.name, hive = %worker.config.hive, epoch = %worker.epoch, %addr, "worker started");
+    tracing::info!(worker = %worker.config.name, hive = %worker.config.hive, epoch = %heartbeater.epoch(), %addr, "worker started");
 
     stop.cancelled().await;
     worker.health.set_draining();
     let left = worker.in_flight.load(Ordering::SeqCst);
     tracing::info!(in_flight = left, deadline = ?worker.config.drain_timeout, "worker draining");
     // Tell the queen at once, so it stops routing jobs here before the next interval.
-    if let Err(e) = heartbeater.beat(|seq| worker.heartbeat(seq, WorkerStatus::Draining)).await {
+    if let Err(e) = heartbeater.beat(|stamp| worker.heartbeat(stamp, WorkerStatus::Draining)).await {
         tracing::warn!(error = %e, "could not tell the queen we are draining");
     }
     if tokio::time::timeout(worker.config.drain_timeout, drained(&worker)).await.is_err() {
@@ -267,7 +265,7 @@ pub async fn run(config: WorkerConfig, listener: TcpListener, stop: Cancellation
     }
     beats.cancel();
     tasks.close();
-    heartbeater.goodbye(|seq| worker.heartbeat(seq, WorkerStatus::Stopped), FINAL_BEAT_TIMEOUT).await;
+    heartbeater.goodbye(|stamp| worker.heartbeat(stamp, WorkerStatus::Stopped), FINAL_BEAT_TIMEOUT).await;
     let served = server.stop().await;
     tasks.wait().await;
     tracing::info!("worker stopped");

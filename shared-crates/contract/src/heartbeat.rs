@@ -116,6 +116,11 @@ pub struct HeartbeatResponse {
     /// False when the heartbeat was older than what the queen holds (late or replayed);
     /// it changed nothing.
     pub accepted: bool,
+    /// With `accepted` false: the epoch the queen holds for this node. A node that keeps
+    /// being told its heartbeats are stale (its clock went back, or someone sent a later
+    /// epoch in its name) starts a new epoch after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_epoch: Option<Epoch>,
 }
 
 const MAX_TEXT: usize = 256;
@@ -170,6 +175,13 @@ impl HiveHeartbeat {
         }
         for s in &self.services {
             text("services", s)?;
+        }
+        // Placement trusts it: a hive claiming millions of slots would draw every replica.
+        if self.capacity.max_workers > crate::MAX_REPLICAS {
+            return Err(ContractError::InvalidField {
+                field: "capacity.max_workers",
+                reason: format!("at most {}", crate::MAX_REPLICAS),
+            });
         }
         if self.workers.len() > 10_000 {
             return Err(ContractError::InvalidField { field: "workers", reason: "at most 10000".into() });
@@ -248,6 +260,9 @@ mod tests {
         assert!(hb.validate().is_err());
         let mut hb = hive();
         hb.version = "v".repeat(300);
+        assert!(hb.validate().is_err());
+        let mut hb = hive();
+        hb.capacity.max_workers = u32::MAX;
         assert!(hb.validate().is_err());
     }
 }

@@ -162,7 +162,16 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        // Each request carries the peer's address, as `axum::serve` would give it, for the
+        // handlers that hold what a node claims against where it called from.
+        let with_peer = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            },
+        );
+        let service = TowerToHyperService::new(with_peer);
         let http = http.clone();
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();

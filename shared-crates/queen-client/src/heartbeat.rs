@@ -8,7 +8,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use contract::{HeartbeatResponse, HiveHeartbeat, Seq, WorkerHeartbeat, paths};
+use contract::{Epoch, HeartbeatResponse, HiveHeartbeat, Seq, WorkerHeartbeat, paths};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -36,12 +36,31 @@ pub fn jittered(base: Duration) -> Duration {
     base.mul_f64(0.9 + fastrand::f64() * 0.2)
 }
 
-/// Sends one node's heartbeats; owns its sequence numbers and current interval.
+/// What orders one heartbeat among a node's others: its process's epoch and its seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stamp {
+    pub epoch: Epoch,
+    pub seq: Seq,
+}
+
+/// Stale answers in a row after which a node gives up its epoch for a later one: one
+/// stale answer is a late or repeated beat; several mean the queen holds a later picture
+/// of this node than the node itself (its clock went back, or another sender used its id).
+const STALE_BEFORE_NEW_EPOCH: u32 = 3;
+
+/// The epoch and seq in force, and how many answers in a row said "stale".
+struct Stamped {
+    epoch: Epoch,
+    seq: u64,
+    stale: u32,
+}
+
+/// Sends one node's heartbeats; owns its epoch, sequence numbers and current interval.
 pub struct Heartbeater {
     client: QueenClient,
     /// Allocating a seq and building the payload happen under this lock, so a payload
     /// with a higher seq is always the newer picture of the node.
-    seq: Mutex<u64>,
+    seq: Mutex<Stamped>,
     interval_ms: AtomicU64,
     /// When the queen last accepted a heartbeat; readiness checks read it.
     last_success: Mutex<Option<Instant>>,
@@ -53,7 +72,7 @@ impl Heartbeater {
     pub fn new(client: QueenClient, initial_interval: Duration) -> Self {
         Self {
             client,
-            seq: Mutex::new(0),
+            seq: Mutex::new(Stamped { epoch: Epoch::for_new_process(), seq: 0, stale: 0 }),
             interval_ms: AtomicU64::new(initial_interval.as_millis() as u64),
             last_success: Mutex::new(None),
             sent: Counter::default(),
@@ -90,12 +109,38 @@ impl Heartbeater {
         Duration::from_millis(self.interval_ms.load(Ordering::Relaxed))
     }
 
-    /// Sends one heartbeat now, built by `make` with the next seq.
-    pub async fn beat<B: Beat>(&self, make: impl FnOnce(Seq) -> B) -> Result<HeartbeatResponse, ClientError> {
+    /// This process's epoch as of now (a new one after stale answers, see [`Stamp`]).
+    pub fn epoch(&self) -> Epoch {
+        self.seq.lock().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Takes in whether the queen accepted a heartbeat; after enough stale answers, moves
+    /// to an epoch after the one the queen holds, and says why.
+    fn answered(&self, resp: &HeartbeatResponse) {
+        let mut c = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        if resp.accepted {
+            c.stale = 0;
+            return;
+        }
+        c.stale += 1;
+        if c.stale < STALE_BEFORE_NEW_EPOCH {
+            return;
+        }
+        let held = resp.held_epoch.unwrap_or(c.epoch);
+        let next = Epoch(Epoch::for_new_process().0.max(held.0.saturating_add(1)).max(c.epoch.0.saturating_add(1)));
+        tracing::warn!(
+            ours = %c.epoch, held = %held, next = %next, stale = c.stale,
+            "the queen holds a later picture of this node than ours (our clock went back, or another sender used our id); starting a new epoch"
+        );
+        *c = Stamped { epoch: next, seq: 0, stale: 0 };
+    }
+
+    /// Sends one heartbeat now, built by `make` with the epoch and the next seq.
+    pub async fn beat<B: Beat>(&self, make: impl FnOnce(Stamp) -> B) -> Result<HeartbeatResponse, ClientError> {
         let body = {
-            let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-            *seq += 1;
-            make(Seq(*seq))
+            let mut c = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+            c.seq += 1;
+            make(Stamp { epoch: c.epoch, seq: Seq(c.seq) })
         };
         let resp: HeartbeatResponse = match self.client.post_json(B::PATH, &body).await {
             Ok(r) => r,
@@ -105,6 +150,7 @@ impl Heartbeater {
             }
         };
         self.sent.inc();
+        self.answered(&resp);
         *self.last_success.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         let next = Duration::from_millis(resp.next_interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL);
         self.interval_ms.store(next.as_millis() as u64, Ordering::Relaxed);
@@ -113,7 +159,7 @@ impl Heartbeater {
 
     /// The last heartbeat of a stopping process, built by `make`; waits at most `timeout`
     /// for the queen, and logs rather than fails: the process exits either way.
-    pub async fn goodbye<B: Beat>(&self, make: impl FnOnce(Seq) -> B, timeout: Duration) {
+    pub async fn goodbye<B: Beat>(&self, make: impl FnOnce(Stamp) -> B, timeout: Duration) {
         match tokio::time::timeout(timeout, self.beat(make)).await {
             Ok(Ok(_)) => tracing::info!("queen told we are stopping"),
             Ok(Err(e)) => tracing::warn!(error = %e, "could not tell the queen we are stopping"),
@@ -125,7 +171,7 @@ impl Heartbeater {
     /// While the queen is unreachable it retries with capped, jittered exponential
     /// backoff, capped so that the node is seen again within one interval of the queen's
     /// return.
-    pub async fn run<B: Beat>(&self, make: impl Fn(Seq) -> B, stop: CancellationToken) {
+    pub async fn run<B: Beat>(&self, make: impl Fn(Stamp) -> B, stop: CancellationToken) {
         let mut backoff: Option<backon::ExponentialBackoff> = None;
         let mut failures = 0u64;
         loop {

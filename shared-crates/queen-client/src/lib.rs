@@ -5,7 +5,7 @@
 mod heartbeat;
 pub mod node_token;
 
-pub use heartbeat::{Beat, Heartbeater, jittered, retry_policy};
+pub use heartbeat::{Beat, Heartbeater, Stamp, jittered, retry_policy};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,10 +1,12 @@
 //! Heartbeats in, and the node reads: one generic handler per operation over
 //! [`NodePayload`], implemented for both kinds of heartbeat.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::StatusCode;
 use contract::{
     ApiErrorBody, ContractError, HeartbeatResponse, HiveHeartbeat, HiveSummary, NodeEvent, NodeId, NodeKind,
     WorkerHeartbeat, WorkerSummary,
@@ -13,7 +15,8 @@ use heartbeat_registry::{HeartbeatPayload, HeartbeatRegistry, NodeRef, UpsertOut
 use lifecycle::http::{ApiError, JsonBody, PathParam};
 
 use super::parse_id;
-use crate::auth::NodeIdentity;
+use crate::admission;
+use crate::auth::{Caller, NodeIdentity};
 use crate::metrics::HeartbeatLabels;
 use crate::{Queen, summary};
 
@@ -27,6 +30,11 @@ pub trait NodePayload: HeartbeatPayload<Id = NodeId> + serde::de::DeserializeOwn
     fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> Self::Summary;
     /// Whether a node token with this identity may send this heartbeat.
     fn claimed_by(&self, identity: &NodeIdentity) -> bool;
+    /// What it claims, held against what the queen knows and where it came from
+    /// (`crate::admission`); `Err` says why not.
+    fn admit(&self, queen: &Queen, peer: Option<IpAddr>) -> Result<(), String>;
+    /// Side effects of taking it in, beyond the registry.
+    fn taken(&self, _queen: &Queen, _peer: Option<IpAddr>) {}
 }
 
 impl NodePayload for HiveHeartbeat {
@@ -46,6 +54,14 @@ impl NodePayload for HiveHeartbeat {
         h.eligible = queen.orchestrator.eligible(&h.id);
         h
     }
+    fn admit(&self, _queen: &Queen, peer: Option<IpAddr>) -> Result<(), String> {
+        admission::check_hive(self, peer)
+    }
+    fn taken(&self, queen: &Queen, peer: Option<IpAddr>) {
+        if let Some(peer) = peer {
+            queen.ingest.heard_hive_from(&self.id, peer);
+        }
+    }
 }
 
 impl NodePayload for WorkerHeartbeat {
@@ -62,6 +78,17 @@ impl NodePayload for WorkerHeartbeat {
     }
     fn summary(_: &Queen, node: NodeRef<'_, Self>) -> WorkerSummary {
         summary::worker(node)
+    }
+    fn admit(&self, queen: &Queen, peer: Option<IpAddr>) -> Result<(), String> {
+        if let Some(held) = queen.ingest.workers.get(&self.id).filter(|w| w.liveness.is_up())
+            && let Some(conflict) = admission::worker_conflict(&held.payload, self)
+        {
+            return Err(conflict);
+        }
+        let hive = queen.ingest.hives.get(&self.hive_id);
+        let seen =
+            hive.as_ref().map(|h| admission::HiveSeen { address: &h.payload.address, hostname: &h.payload.hostname });
+        admission::check_worker(self, peer, seen)
     }
 }
 
@@ -100,17 +127,57 @@ pub(crate) async fn timed_heartbeat<T: NodePayload>(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let started = std::time::Instant::now();
     let identity = req.extensions().get::<NodeIdentity>().cloned();
+    let caller = req.extensions().get::<Caller>().map_or_else(|| "anonymous".to_string(), |c| c.who.clone());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let body = JsonBody::<T>::from_request(req, &()).await;
-    let answer = heartbeat::<T>(&queen, body, identity.as_ref());
+    let answer = heartbeat::<T>(&queen, body, Sender { identity: identity.as_ref(), caller: &caller, peer });
     queen.metrics.ingest(T::KIND).observe(started.elapsed().as_secs_f64());
     answer
+}
+
+/// Who sent a heartbeat, as the transport and the auth layer know it.
+struct Sender<'a> {
+    identity: Option<&'a NodeIdentity>,
+    /// The token's name, for the per-token limit on new ids.
+    caller: &'a str,
+    peer: Option<IpAddr>,
+}
+
+/// Checks what does not depend on the body's kind: an epoch from the future, a queen that
+/// is full, a token introducing new ids too fast.
+fn admit_any<T: NodePayload>(queen: &Queen, payload: &T, caller: &str) -> Result<(), (&'static str, ApiError)> {
+    let now = contract::Epoch::for_new_process();
+    if let Err(e) = contract::Epoch(payload.epoch()).check_not_ahead_of(now, admission::MAX_EPOCH_SKEW) {
+        return Err(("epoch_ahead", ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "epoch_ahead", e.to_string())));
+    }
+    if T::registry(queen).get(payload.id()).is_some() {
+        return Ok(());
+    }
+    let config = queen.config();
+    if queen.ingest.known() >= config.max_nodes {
+        let message =
+            format!("this queen holds {} nodes, its --max-nodes; {} is not taken in", config.max_nodes, payload.id());
+        return Err((
+            "cluster_full",
+            ApiError::unavailable("cluster_full", message, std::time::Duration::from_secs(30)),
+        ));
+    }
+    // After a restart every node is new, and all of them must be heard within the grace.
+    if !queen.orchestrator.in_grace()
+        && let Err(not_until) = queen.ingest.new_ids().check_key(&caller.to_string())
+    {
+        let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
+        let message = format!("token {caller} introduces new node ids faster than --max-new-nodes-per-second");
+        return Err(("new_ids_limited", ApiError::too_many("new_ids_limited", message, wait)));
+    }
+    Ok(())
 }
 
 /// A rejected heartbeat changes nothing.
 fn heartbeat<T: NodePayload>(
     queen: &Queen,
     body: Result<JsonBody<T>, ApiError>,
-    identity: Option<&NodeIdentity>,
+    sender: Sender<'_>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let payload = match body
         .and_then(|JsonBody(p)| p.validate().map(|()| p).map_err(|e| ApiError::unprocessable(e.to_string())))
@@ -121,19 +188,31 @@ fn heartbeat<T: NodePayload>(
             return Err(e);
         }
     };
-    if let Some(identity) = identity.filter(|i| !payload.claimed_by(i)) {
+    if let Some(identity) = sender.identity.filter(|i| !payload.claimed_by(i)) {
         count(queen, T::KIND, "token_mismatch");
         return Err(crate::auth::token_mismatch(identity));
+    }
+    if let Err(reason) = payload.admit(queen, sender.peer) {
+        count(queen, T::KIND, "refused_claim");
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "claim_refused", reason));
+    }
+    if let Err((outcome, e)) = admit_any(queen, &payload, sender.caller) {
+        count(queen, T::KIND, outcome);
+        return Err(e);
     }
     if let Err(not_until) = queen.ingest.limiter().check_key(&format!("{}/{}", T::KIND.as_str(), payload.id())) {
         count(queen, T::KIND, "rate_limited");
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));
     }
+    payload.taken(queen, sender.peer);
+    let id = payload.id().clone();
     let outcome = T::registry(queen).upsert(payload);
     let accepted = outcome != UpsertOutcome::Stale;
     count(queen, T::KIND, if accepted { "accepted" } else { "stale" });
-    Ok(Json(HeartbeatResponse { next_interval_ms: queen.next_interval().as_millis() as u64, accepted }))
+    let held_epoch =
+        if accepted { None } else { T::registry(queen).get(&id).map(|v| contract::Epoch(v.payload.epoch())) };
+    Ok(Json(HeartbeatResponse { next_interval_ms: queen.next_interval().as_millis() as u64, accepted, held_epoch }))
 }
 
 pub(super) fn unknown<T: NodePayload>(id: &NodeId) -> ApiError {
@@ -204,3 +283,6 @@ fn events<T: NodePayload>(queen: &Queen, raw: &str) -> Result<Json<Vec<NodeEvent
     let history = T::registry(queen).history(&id).ok_or_else(|| unknown::<T>(&id))?;
     Ok(Json(history.iter().map(|e| summary::node_event(T::KIND, e)).collect()))
 }
+
+#[cfg(test)]
+mod tests;

@@ -268,3 +268,44 @@ async fn a_worker_takes_jobs_only_from_the_queen() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Someone with the cluster token sends a heartbeat in a hive's name with a later epoch:
+/// one far ahead is refused outright; one within the allowed skew makes the real hive's
+/// beats stale, and the hive, told so, starts a new epoch after it and is heard again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_epoch_cannot_lock_a_hive_out() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(1)
+        .heartbeat_interval(Duration::from_millis(200))
+        .tokens("cluster-secret", "admin-secret", "read-secret")
+        .start()
+        .await?;
+    let client = sb.client();
+    let real = client.hive("hive-0").await?.epoch;
+    let now = contract::Epoch::for_new_process().0;
+    let forge = |epoch: u64| {
+        let mut hb = sandbox::samples::hive_beat("hive-0");
+        hb["epoch"] = json!(epoch);
+        hb["seq"] = json!(1_000_000);
+        hb["address"] = json!("http://127.0.0.1:1");
+        queen_client::http()
+            .post(format!("{}/v1/hive-heartbeat", sb.queen_url()))
+            .bearer_auth("cluster-secret")
+            .json(&hb)
+            .send()
+    };
+    let far = forge(now + 86_400_000_000).await?;
+    assert_eq!(far.status().as_u16(), 422, "a day ahead");
+    assert_eq!(far.json::<ApiErrorBody>().await?.code, "epoch_ahead");
+    assert_eq!(client.hive("hive-0").await?.epoch, real, "refused, changed nothing");
+
+    let near = now + 30_000_000;
+    assert!(forge(near).await?.status().is_success(), "thirty seconds ahead is within the skew");
+    let recovered = wait_until("the hive heard again in an epoch after the forged one", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move { client.hive("hive-0").await.ok().filter(|h| h.epoch.0 > near && h.address != "http://127.0.0.1:1") }
+    })
+    .await?;
+    assert!(recovered.epoch.0 > near);
+    sb.shutdown().await
+}

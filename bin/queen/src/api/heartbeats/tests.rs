@@ -1,0 +1,107 @@
+//! What a heartbeat may claim, through the real router: epochs from the future, a full
+//! queen, a token introducing new ids too fast, a worker id another hive holds.
+
+use axum::http::Method;
+use serde_json::{Value, json};
+
+use crate::testing;
+
+fn hive(id: &str, epoch: u64) -> String {
+    let mut v: Value = serde_json::from_str(contract::examples::HIVE_HEARTBEAT).expect("example");
+    v["id"] = json!(id);
+    v["epoch"] = json!(epoch);
+    v["address"] = json!("http://127.0.0.1:1");
+    v.to_string()
+}
+
+fn worker(id: &str, hive: &str, address: &str) -> String {
+    let mut v: Value = serde_json::from_str(contract::examples::WORKER_HEARTBEAT).expect("example");
+    v["id"] = json!(id);
+    v["hive_id"] = json!(hive);
+    v["address"] = json!(address);
+    v["epoch"] = json!(now());
+    v.to_string()
+}
+
+fn now() -> u64 {
+    contract::Epoch::for_new_process().0
+}
+
+fn code(body: &str) -> String {
+    serde_json::from_str::<contract::ApiErrorBody>(body).map(|b| b.code).unwrap_or_else(|_| body.to_string())
+}
+
+#[tokio::test]
+async fn an_epoch_from_the_future_is_refused_and_changes_nothing() -> anyhow::Result<()> {
+    let q = testing::queen(|_| {})?;
+    let day = 86_400 * 1_000_000;
+    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", now() + day)).await;
+    assert_eq!((status, code(&body).as_str()), (422, "epoch_ahead"), "{body}");
+    assert!(body.contains("ahead of the queen's clock"), "{body}");
+    assert!(q.queen.ingest.hives.get(&contract::NodeId::sanitized("h1")).is_none());
+    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", now() + 10_000_000)).await;
+    assert_eq!(status, 200, "ten seconds of clock skew is normal: {body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_full_queen_takes_no_new_node_but_keeps_hearing_the_ones_it_holds() -> anyhow::Result<()> {
+    let q = testing::queen(|c| c.max_nodes = 2)?;
+    for id in ["h1", "h2"] {
+        assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &hive(id, 1)).await.0, 200);
+    }
+    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h3", 1)).await;
+    assert_eq!((status, code(&body).as_str()), (503, "cluster_full"), "{body}");
+    let mut again: Value = serde_json::from_str(&hive("h1", 1))?;
+    again["seq"] = json!(2);
+    assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &again.to_string()).await.0, 200, "a known node");
+    Ok(())
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_token_introduces_new_ids_at_a_bounded_rate_once_the_startup_grace_is_over() -> anyhow::Result<()> {
+    let q = testing::queen(|c| {
+        c.max_new_nodes_per_second = 1;
+        c.tokens = crate::auth::Tokens::single(Some("c"), Some("a"), None);
+    })?;
+    // In the startup grace every node is new: none is refused.
+    for i in 0..30 {
+        assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", Some("c"), &hive(&format!("g{i}"), 1)).await.0, 200);
+    }
+    tokio::time::advance(std::time::Duration::from_secs(60)).await;
+    assert!(!q.queen.orchestrator.in_grace());
+    let mut statuses = Vec::new();
+    for i in 0..15 {
+        statuses.push(q.call(Method::POST, "/v1/hive-heartbeat", Some("c"), &hive(&format!("n{i}"), 1)).await);
+    }
+    let accepted = statuses.iter().filter(|(s, _)| *s == 200).count();
+    assert!((10..15).contains(&accepted), "a burst of ten seconds' worth, then 429: {accepted} taken");
+    let (status, body) = statuses.last().cloned().unwrap_or_default();
+    assert_eq!((status, code(&body).as_str()), (429, "new_ids_limited"), "{body}");
+    assert!(body.contains("token cluster"), "names the token, never its secret: {body}");
+    // Another token (the admin's) has its own budget.
+    assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", Some("a"), &hive("by-admin", 1)).await.0, 200);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_worker_id_stays_with_its_hive_and_points_only_at_its_machine() -> anyhow::Result<()> {
+    let q = testing::queen(|_| {})?;
+    assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", 1)).await.0, 200);
+    assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h2", 1)).await.0, 200);
+    let (status, body) =
+        q.call(Method::POST, "/v1/worker-heartbeat", None, &worker("w1", "h1", "http://127.0.0.1:7001")).await;
+    assert_eq!(status, 200, "{body}");
+    let mut stolen: Value = serde_json::from_str(&worker("w1", "h2", "http://127.0.0.1:7001"))?;
+    stolen["seq"] = json!(99);
+    let (status, body) = q.call(Method::POST, "/v1/worker-heartbeat", None, &stolen.to_string()).await;
+    assert_eq!((status, code(&body).as_str()), (422, "claim_refused"), "{body}");
+    assert!(body.contains("worker of hive h1"), "{body}");
+    let held = q.queen.ingest.workers.get(&contract::NodeId::sanitized("w1")).map(|w| w.payload.hive_id);
+    assert_eq!(held, Some(contract::NodeId::sanitized("h1")), "nothing changed");
+    for address in ["ftp://127.0.0.1:1", "http://user@127.0.0.1:1", "http://0.0.0.0:7001"] {
+        let (status, body) = q.call(Method::POST, "/v1/worker-heartbeat", None, &worker("w9", "h1", address)).await;
+        assert_eq!((status, code(&body).as_str()), (422, "claim_refused"), "{address}: {body}");
+    }
+    Ok(())
+}
