@@ -200,6 +200,14 @@ pub struct DeployArgs {
     /// Environment variable for the replicas, as KEY=VALUE; repeatable.
     #[arg(long = "env")]
     pub env: Vec<String>,
+    /// Environment variable whose value the queen keeps secret (stored, passed to the
+    /// replicas, never shown by any read), as KEY=VALUE; repeatable.
+    #[arg(long = "secret-env")]
+    pub secret_env: Vec<String>,
+    /// File of secret KEY=VALUE lines (blank lines and # comments skipped), like
+    /// --secret-env, so the values stay out of the shell history.
+    #[arg(long = "secret-env-file")]
+    pub secret_env_file: Option<std::path::PathBuf>,
     /// Restarts of one replica before its hive gives up on it.
     #[arg(long)]
     pub max_restarts: Option<u32>,
@@ -221,12 +229,31 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<std::collections::BTree
 }
 
 impl DeployArgs {
+    fn secret_env(&self) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+        use anyhow::Context;
+        let mut items = self.secret_env.clone();
+        if let Some(path) = &self.secret_env_file {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+            items.extend(lines.map(str::to_string));
+        }
+        // The error names the key only: a value never reaches the terminal.
+        items
+            .iter()
+            .map(|kv| match kv.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => anyhow::bail!("a --secret-env entry is not KEY=VALUE"),
+            })
+            .collect()
+    }
+
     pub fn spec(&self) -> anyhow::Result<DeploymentSpec> {
         let spec = DeploymentSpec {
             name: NodeId::new(self.name.clone())?,
             command: self.command.clone(),
             args: self.args.clone(),
             env: pairs(&self.env, "--env")?,
+            secret_env: self.secret_env()?,
             replicas: self.replicas,
             labels_required: pairs(&self.labels, "--label")?,
             max_restarts: self.max_restarts,

@@ -40,16 +40,21 @@ pub struct Tokens {
 }
 
 /// Who made a call: the token's name (`anonymous` where the scope is open and no known
-/// token came), and the node when it was a node token.
+/// token came), the list it is on, and the node when it was a node token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Caller {
     pub who: String,
+    /// `Scope::Cluster` for the cluster token and node tokens, `Admin`, `Read`; `None`
+    /// for a caller without a known token (let through only where the scope is open).
+    pub kind: Option<Scope>,
     pub node: Option<NodeIdentity>,
 }
 
 impl Caller {
-    fn named(who: &str) -> Self {
-        Self { who: who.to_string(), node: None }
+    /// What an operator may do where one of the admin tokens is needed: hold one, or face
+    /// a queen with no admin token at all (loopback development).
+    pub fn is_admin(&self, tokens: &Tokens) -> bool {
+        self.kind == Some(Scope::Admin) || tokens.admin.is_empty()
     }
 }
 
@@ -81,6 +86,15 @@ impl Tokens {
         self.cluster.iter().chain(&self.admin).chain(&self.read)
     }
 
+    /// The caller a configured token (not a node token) is.
+    fn lookup(&self, token: &str) -> Option<Caller> {
+        let lists = [(Scope::Cluster, &self.cluster), (Scope::Admin, &self.admin), (Scope::Read, &self.read)];
+        lists.into_iter().find_map(|(kind, list)| {
+            let n = list.iter().find(|n| n.secret.matches(token))?;
+            Some(Caller { who: n.name.clone(), kind: Some(kind), node: None })
+        })
+    }
+
     /// The node a node token made from one of the cluster tokens names.
     fn node(&self, token: &str) -> Option<NodeIdentity> {
         self.cluster.iter().find_map(|c| node_token::verify(c.secret.expose(), token))
@@ -89,8 +103,8 @@ impl Tokens {
     /// `Ok` with who is calling; otherwise the error to answer with.
     pub fn check(&self, scope: Scope, token: Option<&str>) -> Result<Caller, ApiError> {
         let open = || {
-            let known = token.and_then(|t| self.all().find(|n| n.secret.matches(t)));
-            Ok(Caller::named(known.map_or("anonymous", |n| n.name.as_str())))
+            let known = token.and_then(|t| self.lookup(t));
+            Ok(known.unwrap_or(Caller { who: "anonymous".into(), kind: None, node: None }))
         };
         let allowed: Vec<&Named> = match scope {
             Scope::Open => return open(),
@@ -107,13 +121,17 @@ impl Tokens {
         let Some(token) = token else {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a bearer token is required"));
         };
-        if let Some(n) = allowed.iter().find(|n| n.secret.matches(token)) {
-            return Ok(Caller::named(&n.name));
+        if allowed.iter().any(|n| n.secret.matches(token)) {
+            return self
+                .lookup(token)
+                .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "unknown token"));
         }
         // A node token stands in for the cluster token wherever that one would do.
         let cluster_would_do = matches!(scope, Scope::Read | Scope::Cluster | Scope::ClusterOrAdmin);
         match self.node(token) {
-            Some(identity) if cluster_would_do => Ok(Caller { who: describe(&identity), node: Some(identity) }),
+            Some(identity) if cluster_would_do => {
+                Ok(Caller { who: describe(&identity), kind: Some(Scope::Cluster), node: Some(identity) })
+            }
             Some(_) => Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "a node token may not make this call")),
             None if self.all().any(|n| n.secret.matches(token)) => {
                 Err(ApiError::new(StatusCode::FORBIDDEN, "forbidden", "this token may not make this call"))

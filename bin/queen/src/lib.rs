@@ -146,7 +146,13 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
                     continue;
                 }
                 queen.ingest.sweep();
-                queen.ingest.forget_old();
+                let gone = queen.ingest.forget_old();
+                if !gone.is_empty() {
+                    let forgotten = queen.off_runtime(move |q| q.orchestrator.forget_hives(&gone)).await;
+                    if let Ok(Err(e)) = forgotten {
+                        tracing::warn!(error = %e, "could not drop the marks of forgotten hives; they stay until an operator removes those hives");
+                    }
+                }
                 if let Err(e) = queen.off_runtime(|q| q.reconcile()).await {
                     tracing::error!(error = %e, "reconcile did not finish; the next sweep tries again");
                 }

@@ -399,7 +399,7 @@ impl Queen {
         let tmp = dir.join("final-state.json.tmp");
         let written = serde_json::to_vec_pretty(&state)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| std::fs::write(&tmp, bytes))
+            .and_then(|bytes| crate::store::write_private(&tmp, &bytes))
             .and_then(|()| std::fs::rename(&tmp, &path));
         match written {
             Ok(()) => tracing::info!(path = %path.display(), "final cluster state written"),

@@ -73,6 +73,11 @@ pub struct DeploymentSpec {
     pub args: Vec<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment the replicas get whose values the queen stores but never returns: every
+    /// read (the API, the snapshot, `final-state.json`) shows [`SECRET`] instead. Only the
+    /// hive that starts a replica receives them, on its control channel.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     pub replicas: u32,
     /// A replica only lands on a hive whose labels include all of these.
     #[serde(default)]
@@ -84,6 +89,9 @@ pub struct DeploymentSpec {
 
 /// Most replicas one deployment may ask for.
 pub const MAX_REPLICAS: u32 = 10_000;
+
+/// What a read shows for a secret value.
+pub const SECRET: &str = "<secret>";
 
 impl DeploymentSpec {
     pub fn validate(&self) -> Result<(), ContractError> {
@@ -98,20 +106,33 @@ impl DeploymentSpec {
         if self.args.len() > 256 || self.args.iter().any(|a| a.len() > 4096 || a.contains('\0')) {
             return bad("args", "at most 256 arguments of 4096 bytes, without NUL");
         }
-        if self.env.len() > 256
-            || self.env.iter().any(|(k, v)| {
-                k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || k.starts_with("APIARY_")
-            })
-        {
+        let bad_var = |(k, v): (&String, &String)| {
+            k.is_empty() || k.contains('=') || k.contains('\0') || v.contains('\0') || k.starts_with("APIARY_")
+        };
+        if self.env.len() + self.secret_env.len() > 256 || self.env.iter().chain(&self.secret_env).any(bad_var) {
             return bad(
                 "env",
                 "at most 256 variables; names non-empty, without = or NUL, not APIARY_* (the hive sets those)",
             );
         }
+        if self.secret_env.keys().any(|k| self.env.contains_key(k)) {
+            return bad("secret_env", "a variable is either in env or in secret_env, not both");
+        }
         if self.replicas > MAX_REPLICAS {
             return bad("replicas", "at most 10000");
         }
         Ok(())
+    }
+
+    /// The spec as every read shows it: secret values replaced by [`SECRET`].
+    pub fn redacted(&self) -> Self {
+        let secret_env = self.secret_env.keys().map(|k| (k.clone(), SECRET.to_string())).collect();
+        Self { secret_env, ..self.clone() }
+    }
+
+    /// Everything a replica's process gets, secrets included; for its hive only.
+    pub fn launch_env(&self) -> BTreeMap<String, String> {
+        self.env.iter().chain(&self.secret_env).map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 }
 

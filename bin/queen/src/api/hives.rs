@@ -1,12 +1,13 @@
 //! One hive, as the control channel and operators touch it: commands and ACKs,
 //! eligibility, drains, removal.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use axum::Json;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::{Extension, Json};
 use contract::{
     ApiErrorBody, CommandAck, DrainRequest, DrainStatus, EligibilityBody, HiveCommand, HiveHeartbeat, NodeId,
 };
@@ -14,6 +15,7 @@ use lifecycle::http::{ApiError, JsonBody, PathParam, QueryParams};
 
 use super::heartbeats::unknown;
 use super::{change_and_place, on_store, parse_id, refuse_when_gated, store_error};
+use crate::auth::Caller;
 use crate::metrics::StreamLabels;
 use crate::{Queen, snapshot};
 
@@ -82,6 +84,8 @@ pub(crate) async fn set_eligibility(
 ))]
 pub(crate) async fn start_drain(
     State(queen): State<Arc<Queen>>,
+    caller: Option<Extension<Caller>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     PathParam(raw): PathParam<String>,
     JsonBody(req): JsonBody<DrainRequest>,
 ) -> Result<(StatusCode, Json<DrainStatus>), ApiError> {
@@ -90,6 +94,9 @@ pub(crate) async fn start_drain(
     if queen.ingest.hives.get(&id).is_none() {
         return Err(unknown::<HiveHeartbeat>(&id));
     }
+    if let Some(Extension(caller)) = &caller {
+        may_drain(&queen, caller, &id, peer.map(|Extension(ConnectInfo(p))| p.ip()), req.deadline_ms)?;
+    }
     let deadline =
         req.deadline_ms.map(std::time::Duration::from_millis).unwrap_or(crate::orchestrator::DEFAULT_DRAIN_DEADLINE);
     let hive = id.clone();
@@ -97,6 +104,41 @@ pub(crate) async fn start_drain(
     tracing::warn!(hive = %id, ?deadline, "drain started");
     let status = queen.orchestrator.drain(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
     Ok((StatusCode::ACCEPTED, Json(status)))
+}
+
+/// Who may drain which hive beyond the route's scope: an admin any hive; a hive its own
+/// (a node token is held to its path by the auth layer; the shared cluster token names no
+/// hive, so the call must come from where that hive's heartbeats come from). Forcing one
+/// (deadline 0: everything is stopped at once) is the admin's alone.
+fn may_drain(
+    queen: &Queen,
+    caller: &Caller,
+    hive: &NodeId,
+    peer: Option<IpAddr>,
+    deadline_ms: Option<u64>,
+) -> Result<(), ApiError> {
+    let tokens = &queen.config().tokens;
+    if caller.is_admin(tokens) {
+        return Ok(());
+    }
+    if deadline_ms == Some(0) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "force_needs_admin",
+            "a drain with deadline 0 stops everything at once; it needs the admin token",
+        ));
+    }
+    let shared_token = caller.kind == Some(crate::routes::Scope::Cluster) && caller.node.is_none();
+    if shared_token && queen.ingest.hive_peer(hive).is_none_or(|from| Some(from) != peer) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "not_own_hive",
+            format!(
+                "with the cluster token a hive may drain only itself, from its own machine; {hive}'s heartbeats come from elsewhere (use the admin token, or {hive}'s node token)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A hive's drain, running or ended.
@@ -152,6 +194,7 @@ pub(crate) async fn remove_hive(
     }
     queen.ingest.hives.remove(&id);
     tracing::warn!(hive = %id, "hive removed");
-    change_and_place(&queen, |_| Ok(())).await?;
+    let gone = id.clone();
+    change_and_place(&queen, move |q| q.orchestrator.forget_hives(&[gone]).map(|_| ()).map_err(store_error)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -60,6 +60,31 @@ impl Orchestrator {
         Ok(Self::drain_status(&st, hive))
     }
 
+    /// Drops what the queen keeps about hives it has forgotten (gone for long, or removed
+    /// by an operator): their ineligible marks and drains, which would otherwise pile up
+    /// with every hive name ever seen. Returns how many records went.
+    pub fn forget_hives(&self, gone: &[NodeId]) -> Result<usize, StoreError> {
+        let mut st = self.lock();
+        let mut ineligible = st.ineligible.clone();
+        let mut drains = st.placement.drains.clone();
+        let before = ineligible.len() + drains.len();
+        for hive in gone {
+            ineligible.remove(hive);
+            drains.remove(hive);
+        }
+        let removed = before - ineligible.len() - drains.len();
+        if removed > 0 {
+            self.store.apply(&Batch {
+                ineligible: Some(ineligible.clone()),
+                drains: Some(drains.clone()),
+                ..Default::default()
+            })?;
+            st.ineligible = ineligible;
+            st.placement.drains = drains;
+        }
+        Ok(removed)
+    }
+
     pub fn drain(&self, hive: &NodeId) -> Option<DrainStatus> {
         Self::drain_status(&self.lock(), hive)
     }

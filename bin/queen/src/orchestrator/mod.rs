@@ -85,7 +85,7 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
         deployment: spec.name.clone(),
         command: spec.command.clone(),
         args: spec.args.clone(),
-        env: spec.env.clone(),
+        env: spec.launch_env(),
         max_restarts: spec.max_restarts,
     }
 }
@@ -297,7 +297,7 @@ impl Orchestrator {
         let assignments: Vec<Assignment> =
             st.placement.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
         let running = assignments.iter().filter(|a| Self::running(workers, a)).count() as u32;
-        DeploymentStatus { spec: record.spec.clone(), created_at: record.created_at, assignments, running }
+        DeploymentStatus { spec: record.spec.redacted(), created_at: record.created_at, assignments, running }
     }
 
     pub fn list(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentStatus> {

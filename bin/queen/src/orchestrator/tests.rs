@@ -11,6 +11,7 @@ fn spec(name: &str, replicas: u32) -> DeploymentSpec {
         command: "worker".into(),
         args: vec![],
         env: Default::default(),
+        secret_env: Default::default(),
         replicas,
         labels_required: Default::default(),
         max_restarts: None,

@@ -54,6 +54,7 @@ impl World {
             command: "worker".into(),
             args: vec![],
             env: Default::default(),
+            secret_env: Default::default(),
             replicas,
             labels_required: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             max_restarts: None,

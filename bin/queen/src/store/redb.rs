@@ -24,7 +24,12 @@ impl RedbStore {
     /// Opens (or creates) `<dir>/queen.redb`.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
-        let db = Database::create(dir.join("queen.redb")).map_err(backend)?;
+        let file = dir.join("queen.redb");
+        let db = Database::create(&file).map_err(backend)?;
+        // The store holds every command the hives run and secret environment values.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| backend(format!("cannot make {} private: {e}", file.display())))?;
         // Create the tables up front so reads never meet a missing table.
         let txn = db.begin_write().map_err(backend)?;
         for table in [DEPLOYMENTS, ASSIGNMENTS, META, JOB_ROUTES] {
@@ -218,6 +223,7 @@ mod tests {
                 command: "worker".into(),
                 args: vec![],
                 env: Default::default(),
+                secret_env: Default::default(),
                 replicas: 2,
                 labels_required: Default::default(),
                 max_restarts: None,

@@ -357,3 +357,45 @@ async fn a_keyed_job_whose_worker_is_gone_runs_elsewhere_on_retry() -> anyhow::R
     assert!(ran_on.is_some_and(|w| w != running.as_str()), "it ran again on the other worker");
     sb.shutdown().await
 }
+
+/// A secret environment value reaches the replica's process and no read: not the
+/// deployment API, not the snapshot, not the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_env_value_reaches_the_replica_and_no_read() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(1)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .start()
+        .await?;
+    let client = sb.client();
+    let dir = TempDir::new("secret-env")?;
+    let out = dir.0.join("seen");
+    let spec = json!({
+        "name": "db-user",
+        "command": "/bin/sh",
+        "args": ["-c", "printf %s \"$DB_PASSWORD\" > \"$OUT\"; exec sleep 30"],
+        "env": {"OUT": out.to_string_lossy()},
+        "secret_env": {"DB_PASSWORD": "hunter2-s3cret"},
+        "replicas": 1,
+    });
+    let created: DeploymentStatus = client.post_json("/v1/deployments", &spec).await?;
+    assert_eq!(created.spec.secret_env.get("DB_PASSWORD").map(String::as_str), Some(contract::SECRET));
+    let seen = wait_until("the replica's process wrote what it was given", WAIT, || async {
+        std::fs::read_to_string(&out).ok().filter(|s| !s.is_empty())
+    })
+    .await?;
+    assert_eq!(seen, "hunter2-s3cret", "the process gets the real value");
+    for path in ["/v1/deployments", "/v1/deployments/db-user", "/v1/snapshot", "/v1/assignments"] {
+        let text = queen_client::http().get(format!("{}{path}", sb.queen_url())).send().await?.text().await?;
+        assert!(!text.contains("hunter2-s3cret"), "{path} shows the secret: {text}");
+    }
+    let listed: Vec<DeploymentStatus> = client.get_json("/v1/deployments").await?;
+    assert_eq!(
+        listed[0].spec.secret_env.get("DB_PASSWORD").map(String::as_str),
+        Some(contract::SECRET),
+        "named, not shown"
+    );
+    sb.shutdown().await
+}

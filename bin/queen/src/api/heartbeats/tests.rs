@@ -1,5 +1,6 @@
-//! What a heartbeat may claim, through the real router: epochs from the future, a full
-//! queen, a token introducing new ids too fast, a worker id another hive holds.
+//! What a node may claim and do, through the real router: epochs from the future, a full
+//! queen, a token introducing new ids too fast, a worker id another hive holds, drains of
+//! other hives; and what the queen keeps on disk.
 
 use axum::http::Method;
 use serde_json::{Value, json};
@@ -103,5 +104,66 @@ async fn a_worker_id_stays_with_its_hive_and_points_only_at_its_machine() -> any
         let (status, body) = q.call(Method::POST, "/v1/worker-heartbeat", None, &worker("w9", "h1", address)).await;
         assert_eq!((status, code(&body).as_str()), (422, "claim_refused"), "{address}: {body}");
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_drains_only_its_own_hive_and_only_an_admin_forces_one() -> anyhow::Result<()> {
+    let q = testing::queen(|c| c.tokens = crate::auth::Tokens::single(Some("c"), Some("a"), None))?;
+    for id in ["h1", "h2"] {
+        assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", Some("c"), &hive(id, 1)).await.0, 200);
+    }
+    let h1 = queen_client::node_token::hive_token("c", &contract::NodeId::sanitized("h1"));
+    let drain = |deadline: u64| json!({"deadline_ms": deadline}).to_string();
+    let refused = |(status, body): (u16, String)| (status, code(&body));
+    assert_eq!(
+        refused(q.call(Method::POST, "/v1/hives/h2/drain", Some(&h1), &drain(60_000)).await),
+        (403, "token_mismatch".into())
+    );
+    assert_eq!(
+        refused(q.call(Method::POST, "/v1/hives/h1/drain", Some(&h1), &drain(0)).await),
+        (403, "force_needs_admin".into())
+    );
+    // The shared token names no hive; a drain with it must come from the hive's machine,
+    // and this one came over no socket at all.
+    assert_eq!(
+        refused(q.call(Method::POST, "/v1/hives/h2/drain", Some("c"), &drain(60_000)).await),
+        (403, "not_own_hive".into())
+    );
+    assert!(q.queen.orchestrator.drains().is_empty(), "nothing refused started a drain");
+    assert_eq!(q.call(Method::POST, "/v1/hives/h1/drain", Some(&h1), &drain(60_000)).await.0, 202, "its own");
+    assert_eq!(q.call(Method::POST, "/v1/hives/h2/drain", Some("a"), &drain(0)).await.0, 202, "the admin forces");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_marks_of_a_removed_hive_go_with_it() -> anyhow::Result<()> {
+    let q = testing::queen(|_| {})?;
+    assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", 1)).await.0, 200);
+    assert_eq!(q.call(Method::POST, "/v1/hives/h1/drain", None, &json!({}).to_string()).await.0, 202);
+    assert!(!q.queen.orchestrator.eligible(&contract::NodeId::sanitized("h1")));
+    assert_eq!(q.call(Method::DELETE, "/v1/hives/h1?force=true", None, "").await.0, 204);
+    assert!(q.queen.orchestrator.drains().is_empty() && q.queen.orchestrator.ineligible().is_empty());
+    let stored = q.queen.orchestrator.store().load()?;
+    assert!(stored.drains.is_empty() && stored.ineligible.is_empty(), "gone from the store too");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_final_state_is_private_and_holds_no_secret() -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("queen-final-{}-{}", std::process::id(), now()));
+    let data = dir.clone();
+    let q = testing::queen(move |c| c.data_dir = Some(data))?;
+    let spec = json!({"name": "db", "command": "/bin/true", "replicas": 0, "secret_env": {"PW": "hunter2-s3cret"}});
+    assert_eq!(q.call(Method::POST, "/v1/deployments", None, &spec.to_string()).await.0, 201);
+    q.queen.write_final_state();
+    let path = dir.join("final-state.json");
+    let text = std::fs::read_to_string(&path)?;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+    let store_mode = std::fs::metadata(dir.join("queen.redb"))?.permissions().mode() & 0o777;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!text.contains("hunter2-s3cret") && text.contains(contract::SECRET), "{text}");
+    assert_eq!((mode, store_mode), (0o600, 0o600), "only the queen's user reads what it keeps");
     Ok(())
 }
