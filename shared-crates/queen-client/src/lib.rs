@@ -38,6 +38,8 @@ pub enum ClientError {
     Stream(String),
     #[error("queen answered {status}: {code}: {message}")]
     Api { status: u16, code: String, message: String },
+    #[error("not following the redirect to {target}: {reason}")]
+    Redirect { target: String, reason: String },
 }
 
 /// Cheap to clone; every call has a timeout.
@@ -81,6 +83,28 @@ impl Queens {
         };
         self.current.store(i, Ordering::Relaxed);
     }
+}
+
+/// What a client does with a 307 from `current` to `target`.
+#[derive(Debug, PartialEq, Eq)]
+enum Follow {
+    /// A queen it was given (or a leader it checked before).
+    Yes,
+    /// Unknown: follow only if a queen it knows reports `target` as the leader.
+    IfLeader,
+    No(String),
+}
+
+/// The rules for following a redirect, which carries the token along: same scheme (never
+/// from https down to http), and to a queen the client knows.
+fn judge(current: &str, target: &str, known: &[String]) -> Follow {
+    let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_string());
+    match (scheme(current).as_deref(), scheme(target).as_deref()) {
+        (Some("https"), Some("http")) => return Follow::No("it goes from https down to plain http".into()),
+        (a, b) if a != b => return Follow::No("it changes the scheme".into()),
+        _ => {}
+    }
+    if known.iter().any(|k| k == target) { Follow::Yes } else { Follow::IfLeader }
 }
 
 /// `scheme://host:port` of a redirect's target.
@@ -239,6 +263,7 @@ impl QueenClient {
                     let leader =
                         resp.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(base_of);
                     let Some(leader) = leader else { return Ok(resp) };
+                    self.may_follow(&leader).await?;
                     tracing::info!(%leader, "redirected to the leading queen");
                     self.queens.point_at(&leader);
                     redirects += 1;
@@ -249,6 +274,32 @@ impl QueenClient {
                     tries -= 1;
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Whether a redirect to `target` may be followed (see [`judge`]); for a queen not in
+    /// the client's list, the queen it talks to now must report `target` as the leader.
+    async fn may_follow(&self, target: &str) -> Result<(), ClientError> {
+        let current = self.base_url();
+        let refused = |reason: String| ClientError::Redirect { target: target.to_string(), reason };
+        let known = self.queens.urls().clone();
+        match judge(&current, target, &known) {
+            Follow::Yes => Ok(()),
+            Follow::No(reason) => Err(refused(reason)),
+            Follow::IfLeader => {
+                // Asked without following anything: any queen answers this itself.
+                let req = self.http.get(format!("{current}{}", paths::CLUSTER_LEADER));
+                let info: contract::LeaderInfo = Self::decode(self.authorize(req).send().await?).await?;
+                let reported = info.leader.and_then(|l| base_of(&l.url));
+                if reported.as_deref() == Some(target) {
+                    Ok(())
+                } else {
+                    Err(refused(format!(
+                        "it is not in this client's list of queens, and {current} reports {} as the leader",
+                        reported.unwrap_or_else(|| "nobody".into())
+                    )))
+                }
             }
         }
     }
@@ -448,6 +499,17 @@ impl QueenClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redirects_keep_the_scheme_and_go_to_known_queens() {
+        let known = vec!["https://q1:8500".to_string(), "https://q2:8500".to_string()];
+        assert_eq!(judge("https://q1:8500", "https://q2:8500", &known), Follow::Yes);
+        assert_eq!(judge("https://q1:8500", "https://q9:8500", &known), Follow::IfLeader, "ask the cluster first");
+        assert!(
+            matches!(judge("https://q1:8500", "http://q2:8500", &known), Follow::No(r) if r.contains("down to plain http"))
+        );
+        assert!(matches!(judge("http://q1:8500", "https://q2:8500", &["http://q1:8500".into()]), Follow::No(_)));
+    }
 
     #[test]
     fn a_list_of_queens_is_used_in_turn() {

@@ -85,3 +85,63 @@ async fn the_queen_follows_no_redirect_and_passes_on_no_large_answer() -> anyhow
     assert!(body["message"].as_str().is_some_and(|m| m.contains("more than")), "{body}");
     sb.shutdown().await
 }
+
+/// A "queen" that answers `/v1/cluster/leader` with `leader` and everything else with a
+/// 307 to `target`.
+async fn redirector(target: String, leader: String) -> anyhow::Result<String> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let me = url.clone();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let (target, leader, me) = (target.clone(), leader.clone(), me.clone());
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let n = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut request))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                let head = String::from_utf8_lossy(&request[..n.unwrap_or(0)]).into_owned();
+                let answer = if head.starts_with("GET /v1/cluster/leader") {
+                    let body = json!({"leader": {"id": "q-x", "url": leader}, "is_self": false, "term": 1,
+                                      "answered_by": {"id": "q-r", "url": me}})
+                    .to_string();
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    format!(
+                        "HTTP/1.1 307 Temporary Redirect\r\nlocation: {target}/v1/snapshot\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                    )
+                };
+                let _ = conn.write_all(answer.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            });
+        }
+    });
+    Ok(url)
+}
+
+/// A client given one queen follows a 307 only to a queen it knows or the leader the
+/// cluster reports, so its token never goes to a host a redirect names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_follow_redirects_only_to_a_queen_of_theirs() -> anyhow::Result<()> {
+    let (trap, hits) = canned(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}".to_vec()).await?;
+    let elsewhere = redirector(trap.clone(), "http://10.255.255.1:8500".into()).await?;
+    let client = queen_client::QueenClient::new(&elsewhere, Some("admin-secret".into()), Duration::from_secs(5))?;
+    let refused = client.snapshot().await.expect_err("not followed");
+    assert!(
+        matches!(&refused, queen_client::ClientError::Redirect { reason, .. } if reason.contains("reports http://10.255.255.1:8500")),
+        "{refused}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect's target never saw the token");
+
+    // The same redirect, where the cluster reports the target as its leader, is followed.
+    let (leader, leader_hits) = canned(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n".to_vec()).await?;
+    let follower = redirector(leader.clone(), leader.clone()).await?;
+    let client = queen_client::QueenClient::new(&follower, Some("admin-secret".into()), Duration::from_secs(5))?;
+    let _ = client.snapshot().await;
+    assert!(leader_hits.load(Ordering::SeqCst) >= 1, "followed to the reported leader");
+    Ok(())
+}
