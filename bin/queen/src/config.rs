@@ -97,6 +97,21 @@ pub struct ServeArgs {
     /// URL other queens, hives and workers reach this queen at [default: from --listen].
     #[arg(long, env = "APIARY_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
+    /// PEM CA that signed etcd's certificate: talk to etcd over TLS (https members).
+    #[arg(long, env = "APIARY_ETCD_CA")]
+    pub etcd_ca: Option<PathBuf>,
+    /// PEM client certificate for etcd (with --etcd-key), when etcd checks client certificates.
+    #[arg(long, env = "APIARY_ETCD_CERT", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// PEM private key of --etcd-cert.
+    #[arg(long, env = "APIARY_ETCD_KEY", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// etcd user, when etcd has authentication on (needs a password).
+    #[arg(long, env = "APIARY_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// Password of --etcd-user.
+    #[arg(long, env = "APIARY_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<crate::auth::Secret>,
 }
 
 /// The config file; unknown keys are errors, so a typo is not silently ignored.
@@ -130,6 +145,13 @@ struct FileConfig {
     store_prefix: Option<String>,
     lease_ttl: Option<HumanDuration>,
     advertise_url: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    /// Or in its own file, to keep it out of the config.
+    etcd_password_file: Option<PathBuf>,
+    etcd_password: Option<crate::auth::Secret>,
 }
 
 /// `[[tokens]]` in the config file: `name`, `scope` and the token itself (`secret`, or
@@ -215,11 +237,34 @@ fn gather_tokens(args: &ServeArgs, file: &FileConfig, problems: &mut Vec<String>
 /// Queen replicas on etcd: where it is, this cluster's keys, and the leadership lease.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdSettings {
-    /// `host:port` of each etcd member.
+    /// `http://host:port` (`https://` with TLS) of each etcd member.
     pub endpoints: Vec<String>,
     /// Every key of this cluster starts with it; no trailing slash.
     pub prefix: String,
     pub lease_ttl: Duration,
+    /// TLS to etcd: the CA's PEM, and the client certificate and key when etcd asks for one.
+    pub tls: Option<EtcdTls>,
+    /// etcd user and password, when etcd has authentication on.
+    pub auth: Option<(String, crate::auth::Secret)>,
+}
+
+/// PEM contents, read at start so a missing file is a start-up error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdTls {
+    pub ca: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl EtcdTls {
+    /// Reads the CA and, if given, the client certificate and key.
+    pub fn read(ca: &std::path::Path, identity: Option<(&std::path::Path, &std::path::Path)>) -> Result<Self, String> {
+        let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| format!("etcd tls: {}: {e}", p.display()));
+        let identity = match identity {
+            Some((cert, key)) => Some((read(cert)?, read(key)?)),
+            None => None,
+        };
+        Ok(Self { ca: read(ca)?, identity })
+    }
 }
 
 impl EtcdSettings {
@@ -254,8 +299,57 @@ impl EtcdSettings {
         if lease_ttl < Duration::from_secs(1) || lease_ttl.subsec_nanos() != 0 {
             return Err(format!("lease_ttl {lease_ttl:?}: must be whole seconds, at least 1s"));
         }
-        Ok(Some(Self { endpoints, prefix, lease_ttl }))
+        Ok(Some(Self { endpoints, prefix, lease_ttl, tls: None, auth: None }))
     }
+
+    /// Talks TLS to every member (`https://`).
+    pub fn with_tls(mut self, tls: EtcdTls) -> Self {
+        self.endpoints = self.endpoints.iter().map(|e| e.replacen("http://", "https://", 1)).collect();
+        self.tls = Some(tls);
+        self
+    }
+}
+
+/// The etcd TLS and auth settings of flags and file, checked together.
+fn etcd_security(
+    args: &ServeArgs,
+    file: &FileConfig,
+    problems: &mut Vec<String>,
+) -> (Option<EtcdTls>, Option<(String, crate::auth::Secret)>) {
+    let ca = args.etcd_ca.clone().or(file.etcd_ca.clone());
+    let cert = args.etcd_cert.clone().or(file.etcd_cert.clone());
+    let key = args.etcd_key.clone().or(file.etcd_key.clone());
+    let tls = match (&ca, &cert, &key) {
+        (None, None, None) => None,
+        (Some(ca), None, None) => EtcdTls::read(ca, None).map_err(|e| problems.push(e)).ok(),
+        (Some(ca), Some(cert), Some(key)) => EtcdTls::read(ca, Some((cert, key))).map_err(|e| problems.push(e)).ok(),
+        _ => {
+            problems.push("etcd_cert and etcd_key go together, and with etcd_ca".into());
+            None
+        }
+    };
+    let password = match (args.etcd_password.clone().or(file.etcd_password.clone()), &file.etcd_password_file) {
+        (Some(p), _) => Some(p),
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(text) => {
+                text.parse().map_err(|e| problems.push(format!("etcd_password_file {}: {e}", path.display()))).ok()
+            }
+            Err(e) => {
+                problems.push(format!("etcd_password_file {}: {e}", path.display()));
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let auth = match (args.etcd_user.clone().or(file.etcd_user.clone()), password) {
+        (Some(user), Some(password)) => Some((user, password)),
+        (None, None) => None,
+        _ => {
+            problems.push("etcd_user and etcd_password go together".into());
+            None
+        }
+    };
+    (tls, auth)
 }
 
 /// A validated queen configuration.
@@ -363,6 +457,7 @@ impl QueenConfig {
         // Everything wrong is reported together, not one problem per attempt.
         let mut problems = built.as_ref().err().map(|e| e.problems.clone()).unwrap_or_default();
         let tokens = gather_tokens(args, &file, &mut problems);
+        let (etcd_tls, etcd_auth) = etcd_security(args, &file, &mut problems);
         let heartbeat_rate_limit = args.heartbeat_rate_limit.or(file.heartbeat_rate_limit);
         if heartbeat_rate_limit == Some(0) {
             problems.push("heartbeat_rate_limit must be at least 1 per second".into());
@@ -390,8 +485,15 @@ impl QueenConfig {
         let store = args.store.clone().or(file.store).unwrap_or_else(|| "embedded".into());
         let lease_ttl = args.lease_ttl.or(file.lease_ttl).map(Into::into);
         let prefix = args.store_prefix.clone().or(file.store_prefix);
-        let etcd =
-            EtcdSettings::parse(&store, prefix.as_deref(), lease_ttl).map_err(|e| problems.push(e)).ok().flatten();
+        let etcd = EtcdSettings::parse(&store, prefix.as_deref(), lease_ttl)
+            .map_err(|e| problems.push(e))
+            .ok()
+            .flatten()
+            .map(|e| EtcdSettings { auth: etcd_auth, ..e })
+            .map(|e| match etcd_tls {
+                Some(tls) => e.with_tls(tls),
+                None => e,
+            });
         let advertise_url = args.advertise_url.clone().or(file.advertise_url);
         if let Some(url) = &advertise_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
@@ -668,6 +770,34 @@ mod tests {
         let _ = (std::fs::remove_file(path), std::fs::remove_file(&secret_file));
         assert!(err.to_string().contains("given twice") && err.to_string().contains("same secret"), "{err}");
         assert!(!err.to_string().contains("c-old"), "no secret in the error: {err}");
+    }
+
+    #[test]
+    fn etcd_tls_and_auth_are_checked_and_turn_members_to_https() {
+        let ca = std::env::temp_dir().join(format!("queen-etcd-ca-{}-{}", std::process::id(), fastrand_name()));
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").expect("write");
+        let store = Some("etcd://127.0.0.1:2379".to_string());
+        let user_only = ServeArgs { store: store.clone(), etcd_user: Some("queen".into()), ..Default::default() };
+        assert!(QueenConfig::load(&user_only).expect_err("no password").to_string().contains("etcd_password"));
+        let cert_only = ServeArgs {
+            store: store.clone(),
+            etcd_cert: Some(ca.clone()),
+            etcd_key: Some(ca.clone()),
+            ..Default::default()
+        };
+        assert!(QueenConfig::load(&cert_only).expect_err("no ca").to_string().contains("etcd_ca"));
+        let good = ServeArgs {
+            store,
+            etcd_ca: Some(ca.clone()),
+            etcd_user: Some("queen".into()),
+            etcd_password: Some(crate::auth::Secret::new("pw")),
+            ..Default::default()
+        };
+        let etcd = QueenConfig::load(&good).expect("valid").etcd.expect("etcd");
+        let _ = std::fs::remove_file(&ca);
+        assert_eq!(etcd.endpoints, ["https://127.0.0.1:2379"]);
+        assert!(etcd.tls.is_some_and(|t| t.identity.is_none()));
+        assert_eq!(etcd.auth.map(|(u, _)| u).as_deref(), Some("queen"));
     }
 
     #[test]

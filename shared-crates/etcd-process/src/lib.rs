@@ -19,8 +19,20 @@ pub struct Etcd {
     child: Option<Child>,
     client_port: u16,
     peer_port: u16,
+    /// Plain-HTTP `/health` (and `/metrics`), so readiness is known without a TLS client.
+    metrics_port: u16,
     dir: PathBuf,
     temporary: bool,
+    tls: Option<TlsFiles>,
+}
+
+/// PEM files for an etcd that serves clients over TLS and asks each for a certificate
+/// signed by `ca`.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// A loopback port nothing listens on right now.
@@ -43,9 +55,30 @@ impl Etcd {
         Self::start_in(dir, false)
     }
 
+    /// Starts etcd serving clients over TLS only, with client certificates required, and a
+    /// temporary data dir.
+    pub fn start_tls(tls: TlsFiles) -> anyhow::Result<Self> {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!("apiary-etcd-tls-{}-{nanos}", std::process::id()));
+        Self::start_with(dir, true, Some(tls))
+    }
+
     fn start_in(dir: PathBuf, temporary: bool) -> anyhow::Result<Self> {
+        Self::start_with(dir, temporary, None)
+    }
+
+    fn start_with(dir: PathBuf, temporary: bool, tls: Option<TlsFiles>) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut etcd = Self { child: None, client_port: free_port()?, peer_port: free_port()?, dir, temporary };
+        let mut etcd = Self {
+            child: None,
+            client_port: free_port()?,
+            peer_port: free_port()?,
+            metrics_port: free_port()?,
+            dir,
+            temporary,
+            tls,
+        };
         etcd.launch()?;
         Ok(etcd)
     }
@@ -66,7 +99,9 @@ impl Etcd {
     }
 
     fn launch(&mut self) -> anyhow::Result<()> {
-        let client = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", self.client_port);
+        let metrics = format!("http://127.0.0.1:{}", self.metrics_port);
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("etcd.log"))?;
         let mut cmd = Command::new("etcd");
@@ -74,7 +109,12 @@ impl Etcd {
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("ETCD_")) {
             cmd.env_remove(k);
         }
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            cmd.arg("--trusted-ca-file").arg(&tls.ca).arg("--client-cert-auth");
+        }
         let child = cmd
+            .args(["--listen-metrics-urls", &metrics])
             .args(["--name", "apiary", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -91,7 +131,7 @@ impl Etcd {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             // A bare HTTP/1 request to /health: no client library needed to know it is up.
-            let healthy = answers_healthy(self.client_port);
+            let healthy = answers_healthy(self.metrics_port);
             if healthy {
                 return Ok(());
             }

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use contract::{NodeId, QueenRef, TransferAnswer};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, LeaderKey, PutOptions, SortOrder, SortTarget,
-    Txn, TxnOp, WatchOptions,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Identity, LeaderKey, PutOptions,
+    SortOrder, SortTarget, TlsOptions, Txn, TxnOp, WatchOptions,
 };
 use futures_util::StreamExt;
 use lifecycle::http::ApiError;
@@ -138,11 +138,15 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl Peer {
     /// Connects to etcd (its own runtime does the I/O) and checks that it answers.
     pub async fn connect(settings: EtcdSettings, me: QueenRef) -> anyhow::Result<Arc<Self>> {
-        let runtime =
-            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("etcd").enable_all().build()?;
+        // Wrapped at once: a connect that fails drops it inside the caller's runtime.
+        let runtime = EtcdRuntime(Some(
+            tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("etcd").enable_all().build()?,
+        ));
+        let rt = runtime.0.as_ref().ok_or_else(|| anyhow::anyhow!("etcd runtime"))?;
         let endpoints = settings.endpoints.clone();
+        let (tls, auth) = (settings.tls.clone(), settings.auth.clone());
         let connect = |timeout: Option<Duration>| {
-            let endpoints = endpoints.clone();
+            let (endpoints, tls, auth) = (endpoints.clone(), tls.clone(), auth.clone());
             async move {
                 // HTTP/2 pings find a dead connection under a long campaign; etcd closes
                 // connections that ping more often than every 5 s (`too_many_pings`).
@@ -152,11 +156,22 @@ impl Peer {
                 if let Some(t) = timeout {
                     options = options.with_timeout(t);
                 }
+                // etcd holds the commands every hive runs: who can write it can run anything.
+                if let Some(tls) = tls {
+                    let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca));
+                    if let Some((cert, key)) = &tls.identity {
+                        config = config.identity(Identity::from_pem(cert, key));
+                    }
+                    options = options.with_tls(config);
+                }
+                if let Some((user, password)) = auth {
+                    options = options.with_user(user, password.expose());
+                }
                 Client::connect(endpoints, Some(options)).await
             }
         };
-        let client = runtime.spawn(connect(Some(CALL_TIMEOUT))).await??;
-        let campaigner = runtime.spawn(connect(None)).await??;
+        let client = rt.spawn(connect(Some(CALL_TIMEOUT))).await??;
+        let campaigner = rt.spawn(connect(None)).await??;
         let peer = Arc::new(Self {
             keys: Keys::new(&settings.prefix),
             settings,
@@ -167,7 +182,7 @@ impl Peer {
             role: watch::channel(Role::default()).0,
             resign: Notify::new(),
             abandoned: Mutex::new(Vec::new()),
-            runtime: EtcdRuntime(Some(runtime)),
+            runtime,
         });
         peer.ping().map_err(|e| anyhow::anyhow!("etcd at {}: {e}", peer.settings.endpoints.join(",")))?;
         Ok(peer)

@@ -389,3 +389,76 @@ async fn a_drain_survives_a_leader_change() -> anyhow::Result<()> {
     anyhow::ensure!(after.values().all(|h| *h != drained), "nothing left on {drained}: {after:?}");
     sb.shutdown().await
 }
+
+/// A CA, and a certificate it signs for `sans` (`client` for a client's).
+fn signed(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>, sans: &[&str], client: bool) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+    params.extended_key_usages = vec![if client {
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth
+    } else {
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth
+    }];
+    Ok((params.signed_by(&key, issuer)?.pem(), key.serialize_pem()))
+}
+
+/// etcd holds every command the hives run, so a queen can reach one that serves TLS only
+/// and asks for client certificates, and one with users and passwords; without them, it
+/// cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queen_reaches_an_etcd_that_wants_tls_or_a_password_and_nothing_else_does() -> anyhow::Result<()> {
+    use queen::config::EtcdTls;
+    let dir = sandbox::TempDir::new("etcd-pki")?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key)?;
+    let (server_cert, server_key) = signed(&ca, &["127.0.0.1", "localhost"], false)?;
+    let (client_cert, client_key) = signed(&ca, &["apiary-queen"], true)?;
+    let file = |name: &str, text: &str| -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.0.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    };
+    let files = etcd_process::TlsFiles {
+        ca: file("ca.pem", &ca.pem())?,
+        cert: file("server.pem", &server_cert)?,
+        key: file("server-key.pem", &server_key)?,
+    };
+    let (cert, key) = (file("client.pem", &client_cert)?, file("client-key.pem", &client_key)?);
+    let etcd = Etcd::start_tls(files.clone())?;
+    let plain = EtcdSettings::parse(&format!("etcd://{}", etcd.endpoint()), Some("/tls-test"), Some(TTL))
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
+    let me = QueenRef { id: "q:1".into(), url: "http://q:1".into() };
+    let connect = |settings: EtcdSettings| {
+        let me = me.clone();
+        async move { tokio::time::timeout(Duration::from_secs(15), Peer::connect(settings, me)).await }
+    };
+    assert!(!matches!(connect(plain.clone()).await, Ok(Ok(_))), "plain HTTP to a TLS-only etcd");
+    let no_cert = plain.clone().with_tls(EtcdTls::read(&files.ca, None).map_err(anyhow::Error::msg)?);
+    assert!(!matches!(connect(no_cert).await, Ok(Ok(_))), "TLS without the client certificate etcd asks for");
+    let full = plain.with_tls(EtcdTls::read(&files.ca, Some((&cert, &key))).map_err(anyhow::Error::msg)?);
+    let peer = connect(full).await??;
+    let stored = tokio::task::spawn_blocking(move || peer.load()).await??;
+    assert!(stored.deployments.is_empty(), "reads over TLS");
+    drop(etcd);
+
+    // Authentication on, as an operator turns it on.
+    let etcd = Etcd::start()?;
+    let mut admin = etcd_client::Client::connect([format!("http://{}", etcd.endpoint())], None).await?;
+    admin.user_add("root", "root-pw", None).await?;
+    admin.user_grant_role("root", "root").await?;
+    admin.auth_enable().await?;
+    let plain = EtcdSettings::parse(&format!("etcd://{}", etcd.endpoint()), Some("/auth-test"), Some(TTL))
+        .map_err(anyhow::Error::msg)?
+        .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
+    assert!(!matches!(connect(plain.clone()).await, Ok(Ok(_))), "no user");
+    let wrong = EtcdSettings { auth: Some(("root".into(), lifecycle::Secret::new("guess"))), ..plain.clone() };
+    assert!(!matches!(connect(wrong).await, Ok(Ok(_))), "a wrong password");
+    let right = EtcdSettings { auth: Some(("root".into(), lifecycle::Secret::new("root-pw"))), ..plain };
+    let peer = connect(right).await??;
+    let stored = tokio::task::spawn_blocking(move || peer.load()).await??;
+    assert!(stored.deployments.is_empty(), "reads as its user");
+    Ok(())
+}
