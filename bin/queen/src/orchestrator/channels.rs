@@ -172,6 +172,24 @@ impl Channels {
         Ok(())
     }
 
+    /// Drops the channels nobody needs: of a hive the queen does not know (`known` says),
+    /// with nothing asked of it and no stream open on it. Without this every control-channel
+    /// request for a made-up id would leave an entry behind for good.
+    pub fn prune(&self, known: impl Fn(&NodeId) -> bool) -> usize {
+        let mut inner = self.lock();
+        let Inner { channels, phase_orders } = &mut *inner;
+        let before = channels.len();
+        channels.retain(|hive, ch| {
+            known(hive) || !ch.desired.is_empty() || ch.tx.receiver_count() > 0 || phase_orders.contains_key(hive)
+        });
+        before - channels.len()
+    }
+
+    /// How many channels are held.
+    pub fn count(&self) -> usize {
+        self.lock().channels.len()
+    }
+
     /// The last ACK a hive sent.
     pub fn last_ack(&self, hive: &NodeId) -> Option<CommandAck> {
         self.lock().channels.get(hive).and_then(|c| c.acked.clone())
@@ -234,6 +252,33 @@ mod tests {
         assert_eq!(channels.ack(&h1, ack(ids[&h1])), Ok(()));
         assert_eq!(channels.ack(&h1, ack(old)), Ok(()), "still one of the last sent");
         assert_eq!(channels.last_ack(&h1).map(|a| a.command_id), Some(ids[&h1]), "the late ACK did not replace it");
+    }
+
+    #[test]
+    fn channels_of_unknown_hives_with_nothing_to_say_go() {
+        let channels = Channels::default();
+        for i in 0..100 {
+            drop(channels.subscribe(&id(&format!("made-up-{i}"))));
+        }
+        let held = channels.subscribe(&id("listening"));
+        channels.publish(BTreeMap::from([(id("has-work"), vec![launch("w1")])]));
+        drop(channels.subscribe(&id("known")));
+        assert_eq!(channels.count(), 103);
+        assert_eq!(channels.prune(|h| h.as_str() == "known"), 100);
+        assert_eq!(channels.count(), 3, "the known hive, the one with work, the one with a stream open");
+        drop(held);
+        assert_eq!(channels.prune(|h| h.as_str() == "known"), 1);
+    }
+
+    fn launch(name: &str) -> WorkerLaunch {
+        WorkerLaunch {
+            name: id(name),
+            deployment: id("web"),
+            command: "true".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            max_restarts: None,
+        }
     }
 
     fn test_order() -> PhaseOrder {

@@ -194,6 +194,10 @@ struct Case {
     code: &'static str,
 }
 
+fn far_future_epoch() -> u64 {
+    contract::Epoch::for_new_process().0 + 365 * 86_400 * 1_000_000
+}
+
 fn case(name: &'static str, path: &'static str, body: String, status: u16, code: &'static str) -> Case {
     Case { name, path, content_type: Some("application/json"), body, status, code }
 }
@@ -250,6 +254,36 @@ async fn bad_heartbeats_get_a_clear_json_error_and_change_nothing() -> anyhow::R
         case("zero max concurrent", w, with(wb(), "/max_concurrent", json!(0)), 422, "invalid_body"),
         case("duplicate id key", h, hb().to_string().replacen("{", "{\"id\":\"twin\",", 1), 422, "invalid_body"),
         case("array instead of object", w, "[1,2,3]".into(), 422, "invalid_body"),
+        case(
+            "max workers beyond any hive",
+            h,
+            with(hb(), "/capacity/max_workers", json!(u32::MAX)),
+            422,
+            "invalid_body",
+        ),
+        case("epoch a year ahead", h, with(hb(), "/epoch", json!(far_future_epoch())), 422, "epoch_ahead"),
+        case(
+            "worker address at a metadata service",
+            w,
+            with(wb(), "/address", json!("http://169.254.169.254/latest")),
+            422,
+            "claim_refused",
+        ),
+        case("worker address not http", w, with(wb(), "/address", json!("file:///etc/passwd")), 422, "claim_refused"),
+        case(
+            "worker address with user info",
+            w,
+            with(wb(), "/address", json!("http://a@127.0.0.1:1")),
+            422,
+            "claim_refused",
+        ),
+        case(
+            "hive address on another machine",
+            h,
+            with(hb(), "/address", json!("http://10.1.2.3:9")),
+            422,
+            "claim_refused",
+        ),
     ];
     assert!(cases.len() >= 15);
 
