@@ -148,6 +148,10 @@ mod tests {
             "a worker token names the hive that made it"
         );
         assert_eq!(worker_token("cluster-secret", &id("w1")), None, "the plain cluster token is passed on as is");
+        assert_eq!(worker_token(&worker, &id("w2")), None, "a worker token mints nothing");
+        let shaped = format!("hive:h1:{}", worker.rsplit(':').next().unwrap_or_default());
+        let minted = worker_token(&shaped, &id("w2")).expect("any hive-shaped text makes a token");
+        assert_eq!(verify("cluster-secret", &minted), None, "but one made from a worker's key verifies as nobody");
         for garbage in ["", "hive:", "hive:h1:zz", "hive:h1:abc", "worker:h1:w1", "hive:bad id:00"] {
             assert_eq!(verify("cluster-secret", garbage), None, "{garbage:?}");
         }
