@@ -218,11 +218,13 @@ pub struct DeployArgs {
     pub remote: Remote,
 }
 
-fn pairs(items: &[String], what: &str) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+/// `KEY=VALUE` items as a map; the error quotes the item unless it may hold a secret.
+fn pairs(items: &[String], what: &str, secret: bool) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     items
         .iter()
         .map(|kv| match kv.split_once('=') {
             Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ if secret => anyhow::bail!("a {what} entry is not KEY=VALUE"),
             _ => anyhow::bail!("{what} {kv:?} is not KEY=VALUE"),
         })
         .collect()
@@ -237,14 +239,7 @@ impl DeployArgs {
             let lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
             items.extend(lines.map(str::to_string));
         }
-        // The error names the key only: a value never reaches the terminal.
-        items
-            .iter()
-            .map(|kv| match kv.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => anyhow::bail!("a --secret-env entry is not KEY=VALUE"),
-            })
-            .collect()
+        pairs(&items, "--secret-env", true)
     }
 
     pub fn spec(&self) -> anyhow::Result<DeploymentSpec> {
@@ -252,10 +247,10 @@ impl DeployArgs {
             name: NodeId::new(self.name.clone())?,
             command: self.command.clone(),
             args: self.args.clone(),
-            env: pairs(&self.env, "--env")?,
+            env: pairs(&self.env, "--env", false)?,
             secret_env: self.secret_env()?,
             replicas: self.replicas,
-            labels_required: pairs(&self.labels, "--label")?,
+            labels_required: pairs(&self.labels, "--label", false)?,
             max_restarts: self.max_restarts,
         };
         spec.validate()?;

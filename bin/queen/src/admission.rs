@@ -55,6 +55,29 @@ pub fn http_host(address: &str) -> Result<Host, String> {
     }
 }
 
+/// Where a heartbeat came from: the peer's address (`None` only for requests that never
+/// crossed a socket: in-process tests), and whether that is this machine — a loopback
+/// peer, or one whose address is the queen's own end of the connection (a process here
+/// calling the queen's LAN address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub ip: Option<IpAddr>,
+    pub this_machine: bool,
+}
+
+impl Origin {
+    pub fn of(peer: Option<std::net::SocketAddr>, local: Option<std::net::SocketAddr>) -> Self {
+        let ip = peer.map(|p| p.ip());
+        let this_machine = match (ip, local) {
+            (None, _) => true,
+            (Some(p), _) if p.is_loopback() => true,
+            (Some(p), Some(l)) => p == l.ip(),
+            (Some(_), None) => false,
+        };
+        Self { ip, this_machine }
+    }
+}
+
 fn same_machine(host: &Host, peer: Option<IpAddr>, hostname: &str) -> bool {
     match host {
         Host::Ip(ip) => peer == Some(*ip),
@@ -63,8 +86,8 @@ fn same_machine(host: &Host, peer: Option<IpAddr>, hostname: &str) -> bool {
 }
 
 /// A hive's address: its own machine (the peer, or its hostname), or loopback.
-/// `peer` is `None` only for requests that never crossed a socket (in-process tests).
-pub fn check_hive(hb: &HiveHeartbeat, peer: Option<IpAddr>) -> Result<(), String> {
+pub fn check_hive(hb: &HiveHeartbeat, from: Origin) -> Result<(), String> {
+    let peer = from.ip;
     let host = http_host(&hb.address)?;
     if peer.is_none() || host.is_loopback() || same_machine(&host, peer, &hb.hostname) {
         return Ok(());
@@ -84,14 +107,18 @@ pub struct HiveSeen<'a> {
 }
 
 /// A worker's address: the machine its heartbeat came from, or its hive's host.
-pub fn check_worker(hb: &WorkerHeartbeat, peer: Option<IpAddr>, hive: Option<HiveSeen<'_>>) -> Result<(), String> {
+pub fn check_worker(hb: &WorkerHeartbeat, from: Origin, hive: Option<HiveSeen<'_>>) -> Result<(), String> {
+    let peer = from.ip;
     let host = http_host(&hb.address)?;
-    let peer_is_local = peer.is_none_or(|p| p.is_loopback());
     if host.is_loopback() {
-        return if peer_is_local {
+        return if from.this_machine {
             Ok(())
         } else {
-            Err(format!("address {:?} is loopback, but the worker calls from {}", hb.address, display(peer)))
+            Err(format!(
+                "address {:?} is loopback, but the worker calls from another machine ({})",
+                hb.address,
+                display(peer)
+            ))
         };
     }
     if peer.is_none() || same_machine(&host, peer, "") {
@@ -155,8 +182,9 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> Option<IpAddr> {
-        s.parse().ok()
+    fn ip(s: &str) -> Origin {
+        let peer: Option<std::net::SocketAddr> = format!("{s}:40000").parse().ok();
+        Origin::of(peer, "10.0.0.1:8500".parse().ok())
     }
 
     #[test]
@@ -189,6 +217,10 @@ mod tests {
         assert!(refused("http://localhost:2379"));
         assert!(refused("http://internal.example:80"));
         assert!(check_worker(&worker("http://127.0.0.1:8080"), ip("127.0.0.1"), None).is_ok(), "a local worker");
+        assert!(
+            check_worker(&worker("http://127.0.0.1:8080"), ip("10.0.0.1"), None).is_ok(),
+            "a worker on the queen's machine calling its LAN address"
+        );
     }
 
     #[test]

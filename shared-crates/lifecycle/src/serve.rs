@@ -80,6 +80,11 @@ pub fn tls_config(
     Ok(Arc::new(config))
 }
 
+/// The listener's end of the connection a request came on (beside axum's `ConnectInfo`,
+/// the peer's end): a peer whose address equals it calls from this machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalAddr(pub std::net::SocketAddr);
+
 /// An HTTP server whose stop is separate from the process's stop: a process first turns
 /// unready and drains while still answering `/readyz`, and only then stops serving.
 pub struct HttpServer {
@@ -162,12 +167,17 @@ async fn accept_loop(
             },
         };
         let _ = tcp.set_nodelay(true);
-        // Each request carries the peer's address, as `axum::serve` would give it, for the
-        // handlers that hold what a node claims against where it called from.
+        // Each request carries both ends of its connection (the peer's as `axum::serve`
+        // would give it), for the handlers that hold what a node claims against where it
+        // called from.
+        let local = tcp.local_addr().ok();
         let with_peer = tower::ServiceExt::map_request(
             app.clone(),
             move |mut req: axum::extract::Request<hyper::body::Incoming>| {
                 req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                if let Some(local) = local {
+                    req.extensions_mut().insert(LocalAddr(local));
+                }
                 req
             },
         );
@@ -204,4 +214,41 @@ async fn accept_loop(
         tracing::warn!(grace = ?options.stop_grace, "connections still open after the stop grace; dropping them");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Handlers see both ends of the connection their request came on.
+    #[tokio::test]
+    async fn every_request_carries_both_ends_of_its_connection() -> Result<(), Box<dyn std::error::Error>> {
+        use axum::extract::ConnectInfo;
+        use std::net::SocketAddr;
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(
+                |ConnectInfo(peer): ConnectInfo<SocketAddr>,
+                 axum::Extension(LocalAddr(local)): axum::Extension<LocalAddr>| async move {
+                    format!("{peer} {local}")
+                },
+            ),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let tasks = TaskTracker::new();
+        let server = HttpServer::spawn(&tasks, listener, app);
+        let (mine, answer) = tokio::task::spawn_blocking(move || -> std::io::Result<(SocketAddr, String)> {
+            use std::io::{Read, Write};
+            let mut conn = std::net::TcpStream::connect(addr)?;
+            conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer)?;
+            Ok((conn.local_addr()?, answer))
+        })
+        .await??;
+        assert!(answer.ends_with(&format!("{mine} {addr}")), "{answer}");
+        server.stop().await?;
+        Ok(())
+    }
 }

@@ -32,7 +32,7 @@ pub trait NodePayload: HeartbeatPayload<Id = NodeId> + serde::de::DeserializeOwn
     fn claimed_by(&self, identity: &NodeIdentity) -> bool;
     /// What it claims, held against what the queen knows and where it came from
     /// (`crate::admission`); `Err` says why not.
-    fn admit(&self, queen: &Queen, peer: Option<IpAddr>) -> Result<(), String>;
+    fn admit(&self, queen: &Queen, from: admission::Origin) -> Result<(), String>;
     /// Side effects of taking it in, beyond the registry.
     fn taken(&self, _queen: &Queen, _peer: Option<IpAddr>) {}
 }
@@ -54,8 +54,8 @@ impl NodePayload for HiveHeartbeat {
         h.eligible = queen.orchestrator.eligible(&h.id);
         h
     }
-    fn admit(&self, _queen: &Queen, peer: Option<IpAddr>) -> Result<(), String> {
-        admission::check_hive(self, peer)
+    fn admit(&self, _queen: &Queen, from: admission::Origin) -> Result<(), String> {
+        admission::check_hive(self, from)
     }
     fn taken(&self, queen: &Queen, peer: Option<IpAddr>) {
         if let Some(peer) = peer {
@@ -79,7 +79,7 @@ impl NodePayload for WorkerHeartbeat {
     fn summary(_: &Queen, node: NodeRef<'_, Self>) -> WorkerSummary {
         summary::worker(node)
     }
-    fn admit(&self, queen: &Queen, peer: Option<IpAddr>) -> Result<(), String> {
+    fn admit(&self, queen: &Queen, from: admission::Origin) -> Result<(), String> {
         if let Some(held) = queen.ingest.workers.get(&self.id).filter(|w| w.liveness.is_up())
             && let Some(conflict) = admission::worker_conflict(&held.payload, self)
         {
@@ -88,7 +88,7 @@ impl NodePayload for WorkerHeartbeat {
         let hive = queen.ingest.hives.get(&self.hive_id);
         let seen =
             hive.as_ref().map(|h| admission::HiveSeen { address: &h.payload.address, hostname: &h.payload.hostname });
-        admission::check_worker(self, peer, seen)
+        admission::check_worker(self, from, seen)
     }
 }
 
@@ -128,9 +128,11 @@ pub(crate) async fn timed_heartbeat<T: NodePayload>(
     let started = std::time::Instant::now();
     let identity = req.extensions().get::<NodeIdentity>().cloned();
     let caller = req.extensions().get::<Caller>().map_or_else(|| "anonymous".to_string(), |c| c.who.clone());
-    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let local = req.extensions().get::<lifecycle::serve::LocalAddr>().map(|l| l.0);
     let body = JsonBody::<T>::from_request(req, &()).await;
-    let answer = heartbeat::<T>(&queen, body, Sender { identity: identity.as_ref(), caller: &caller, peer });
+    let from = admission::Origin::of(peer, local);
+    let answer = heartbeat::<T>(&queen, body, Sender { identity: identity.as_ref(), caller: &caller, from });
     queen.metrics.ingest(T::KIND).observe(started.elapsed().as_secs_f64());
     answer
 }
@@ -140,7 +142,7 @@ struct Sender<'a> {
     identity: Option<&'a NodeIdentity>,
     /// The token's name, for the per-token limit on new ids.
     caller: &'a str,
-    peer: Option<IpAddr>,
+    from: admission::Origin,
 }
 
 /// Checks what does not depend on the body's kind: an epoch from the future, a queen that
@@ -192,7 +194,7 @@ fn heartbeat<T: NodePayload>(
         count(queen, T::KIND, "token_mismatch");
         return Err(crate::auth::token_mismatch(identity));
     }
-    if let Err(reason) = payload.admit(queen, sender.peer) {
+    if let Err(reason) = payload.admit(queen, sender.from) {
         count(queen, T::KIND, "refused_claim");
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "claim_refused", reason));
     }
@@ -205,7 +207,7 @@ fn heartbeat<T: NodePayload>(
         let wait = not_until.wait_time_from(governor::clock::Clock::now(&governor::clock::DefaultClock::default()));
         return Err(ApiError::too_many("rate_limited", format!("{} sends heartbeats too fast", payload.id()), wait));
     }
-    payload.taken(queen, sender.peer);
+    payload.taken(queen, sender.from.ip);
     let id = payload.id().clone();
     let outcome = T::registry(queen).upsert(payload);
     let accepted = outcome != UpsertOutcome::Stale;
