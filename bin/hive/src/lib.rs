@@ -173,7 +173,7 @@ async fn sample_loop(mut sampler: resources::Sampler, identity: Arc<Identity>, s
 /// hive stops its workers itself.
 async fn drain_first(client: &QueenClient, config: &HiveConfig) {
     let deadline = config.drain_on_shutdown;
-    if let Err(e) = client.drain(&config.name, Some(deadline)).await {
+    if let Err(e) = client.drain_on_shutdown(&config.name, deadline).await {
         tracing::warn!(error = %e, "could not ask the queen to drain this hive; stopping workers here");
         return;
     }

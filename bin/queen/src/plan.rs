@@ -31,6 +31,8 @@ pub struct HiveView {
     pub silent_for: Duration,
     /// Worker processes the hive last reported.
     pub processes: usize,
+    /// The hive process's epoch.
+    pub epoch: u64,
     /// Set when the hive could take a replica now (online, steady, ready); its labels,
     /// capacity and load.
     pub candidate: Option<Candidate>,
@@ -146,10 +148,14 @@ pub fn plan(
     }
 
     create_slots(deployments, assignments, now);
+    end_own_drains(drains, observed, &mut batch, &mut decisions);
 
     // What each hive could still take, counting what it holds.
+    let held_out = |v: &HiveView, c: &Candidate| {
+        ineligible.contains(&c.id) || drains.get(&c.id).is_some_and(|d| d.holds_out(v.epoch))
+    };
     let mut candidates: Vec<Candidate> =
-        observed.hives.values().filter_map(|v| v.candidate.clone()).filter(|c| !ineligible.contains(&c.id)).collect();
+        observed.hives.values().filter_map(|v| v.candidate.clone().filter(|c| !held_out(v, c))).collect();
     for a in assignments.values() {
         for h in a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive)) {
             if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
@@ -163,6 +169,30 @@ pub fn plan(
 
     place(deployments, assignments, placer, &mut candidates, now, &mut batch, &mut decisions);
     Plan { next, batch, decisions }
+}
+
+/// A hive that drained itself on its way down and is back as a newer process is eligible
+/// again: its own drain ends here (an operator's cordon is `ineligible`, and stays).
+fn end_own_drains(
+    drains: &mut BTreeMap<NodeId, DrainRecord>,
+    observed: &Observed<'_>,
+    batch: &mut Batch,
+    decisions: &mut Vec<Decision>,
+) {
+    let back: Vec<NodeId> = drains
+        .iter()
+        .filter(|(h, d)| d.own_epoch.is_some() && observed.hives.get(*h).is_some_and(|v| !d.holds_out(v.epoch)))
+        .map(|(h, _)| h.clone())
+        .collect();
+    if back.is_empty() {
+        return;
+    }
+    for hive in back {
+        drains.remove(&hive);
+        let reason = "back as a new process after draining itself on its way down: eligible again".to_string();
+        decisions.push(Decision { node: NodeKind::Hive, id: hive, kind: EventKind::Eligible, reason });
+    }
+    batch.drains = Some(drains.clone());
 }
 
 /// Creates the slots that have no assignment yet, pending.

@@ -414,7 +414,7 @@ impl Queen {
         let (mut eligible, mut capacity) = (0, 0u64);
         self.ingest.hives.visit(|h| {
             *hives_by_liveness.entry(summary::liveness(h.liveness).as_str().to_string()).or_insert(0) += 1;
-            if h.liveness.is_up() && !ineligible.contains(&h.payload.id) {
+            if h.liveness.is_up() && self.orchestrator.eligible(&h.payload.id, h.payload.epoch.0) {
                 eligible += 1;
                 capacity += u64::from(h.payload.capacity.max_workers);
             }

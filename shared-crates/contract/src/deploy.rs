@@ -213,6 +213,10 @@ pub struct DrainRequest {
     /// Whatever has not moved by then is stopped anyway [default: 5 min].
     #[serde(default)]
     pub deadline_ms: Option<u64>,
+    /// Sent by a hive draining itself as it stops (SIGTERM): it is not an operator's
+    /// cordon, so the hive is eligible again once it comes back as a new process.
+    #[serde(default)]
+    pub on_shutdown: bool,
 }
 
 /// A drain of one hive, as it stands.
@@ -238,6 +242,9 @@ pub struct DrainStatus {
     /// Each replica the drain concerns: waiting, moving (new instance starting), moved.
     #[serde(default)]
     pub replicas: BTreeMap<NodeId, String>,
+    /// The hive's own drain on its way down (see `DrainRequest::on_shutdown`).
+    #[serde(default)]
+    pub on_shutdown: bool,
 }
 
 impl DrainStatus {

@@ -65,6 +65,8 @@ pub enum EventKind {
     Acked,
     /// A hive reported it could not do a phase, or did not answer in time.
     AckFailed,
+    /// A hive may take new replicas again (back as a new process after draining itself).
+    Eligible,
 }
 
 /// One entry of the event log; `reason` answers "why".

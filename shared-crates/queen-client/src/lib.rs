@@ -387,8 +387,15 @@ impl QueenClient {
         Ok(())
     }
 
+    /// An operator's drain: the hive stays ineligible until an operator says otherwise.
     pub async fn drain(&self, hive: &NodeId, deadline: Option<Duration>) -> Result<DrainStatus, ClientError> {
-        let req = DrainRequest { deadline_ms: deadline.map(|d| d.as_millis() as u64) };
+        let req = DrainRequest { deadline_ms: deadline.map(|d| d.as_millis() as u64), on_shutdown: false };
+        self.post_json(&format!("{}/{hive}/drain", paths::HIVES), &req).await
+    }
+
+    /// A hive's own drain as it stops: eligible again once it comes back.
+    pub async fn drain_on_shutdown(&self, hive: &NodeId, deadline: Duration) -> Result<DrainStatus, ClientError> {
+        let req = DrainRequest { deadline_ms: Some(deadline.as_millis() as u64), on_shutdown: true };
         self.post_json(&format!("{}/{hive}/drain", paths::HIVES), &req).await
     }
 

@@ -51,7 +51,7 @@ impl NodePayload for HiveHeartbeat {
     }
     fn summary(queen: &Queen, node: NodeRef<'_, Self>) -> HiveSummary {
         let mut h = summary::hive(node);
-        h.eligible = queen.orchestrator.eligible(&h.id);
+        h.eligible = queen.orchestrator.eligible(&h.id, h.epoch.0);
         h
     }
     fn admit(&self, _queen: &Queen, from: admission::Origin) -> Result<(), String> {

@@ -100,7 +100,10 @@ pub(crate) async fn start_drain(
     let deadline =
         req.deadline_ms.map(std::time::Duration::from_millis).unwrap_or(crate::orchestrator::DEFAULT_DRAIN_DEADLINE);
     let hive = id.clone();
-    change_and_place(&queen, move |q| q.orchestrator.start_drain(&hive, deadline).map_err(store_error)).await?;
+    // A hive's own drain on its way down names the process it ends, not the hive for good.
+    let own_epoch = req.on_shutdown.then(|| queen.ingest.hives.get(&id).map(|h| h.payload.epoch.0)).flatten();
+    change_and_place(&queen, move |q| q.orchestrator.start_drain(&hive, deadline, own_epoch).map_err(store_error))
+        .await?;
     tracing::warn!(hive = %id, ?deadline, "drain started");
     let status = queen.orchestrator.drain(&id).ok_or_else(|| unknown::<HiveHeartbeat>(&id))?;
     Ok((StatusCode::ACCEPTED, Json(status)))

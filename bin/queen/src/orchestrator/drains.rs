@@ -18,11 +18,23 @@ impl Orchestrator {
     /// Starts draining a hive: ineligible at once (and durably), then, at each reconcile,
     /// its replicas are started elsewhere a few at a time and the old ones stopped once
     /// the new ones heartbeat. Starting one that runs returns its status unchanged.
-    pub fn start_drain(&self, hive: &NodeId, deadline: Duration) -> Result<DrainStatus, StoreError> {
+    ///
+    /// `own_epoch`: the hive drains itself on its way down (the epoch of that process).
+    /// Then no operator's mark is set: the drain holds the hive out only until a newer
+    /// process of it heartbeats, so a rolling restart leaves every hive eligible. An
+    /// operator's drain (`None`) makes it ineligible until an operator says otherwise.
+    pub fn start_drain(
+        &self,
+        hive: &NodeId,
+        deadline: Duration,
+        own_epoch: Option<u64>,
+    ) -> Result<DrainStatus, StoreError> {
         // A deadline of centuries would overflow the clocks (a panic, found by schemathesis
         // with 121645100408831999 ms); a year is as good as forever for a drain.
         let deadline = deadline.min(Duration::from_secs(365 * 24 * 3600));
-        self.set_eligible(hive, false)?;
+        if own_epoch.is_none() {
+            self.set_eligible(hive, false)?;
+        }
         let mut st = self.lock();
         let running = st.placement.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
         if !running {
@@ -37,6 +49,7 @@ impl Orchestrator {
                     cancelled: false,
                     done: false,
                     notes: Vec::new(),
+                    own_epoch,
                 },
             );
             self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
@@ -119,6 +132,7 @@ impl Orchestrator {
             cancelled: d.cancelled,
             notes: d.notes.clone(),
             replicas,
+            on_shutdown: d.own_epoch.is_some(),
         })
     }
 }
@@ -138,5 +152,6 @@ fn empty_drain(hive: &NodeId) -> DrainStatus {
         cancelled: false,
         notes: vec![],
         replicas: BTreeMap::new(),
+        on_shutdown: false,
     }
 }

@@ -258,8 +258,11 @@ impl Orchestrator {
         Ok(())
     }
 
-    pub fn eligible(&self, hive: &NodeId) -> bool {
-        !self.lock().ineligible.contains(hive)
+    /// Whether new replicas may go to `hive`, whose process is `epoch`: no operator's mark,
+    /// and no drain of its own by this process (or an older one's that it has not outlived).
+    pub fn eligible(&self, hive: &NodeId, epoch: u64) -> bool {
+        let st = self.lock();
+        !st.ineligible.contains(hive) && !st.placement.drains.get(hive).is_some_and(|d| d.holds_out(epoch))
     }
 
     pub fn ineligible(&self) -> BTreeSet<NodeId> {
@@ -404,7 +407,13 @@ fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> BTreeMap<NodeId, HiveVie
         });
         views.insert(
             p.id.clone(),
-            HiveView { liveness: h.liveness, silent_for: h.silent_for, processes: p.workers.len(), candidate },
+            HiveView {
+                liveness: h.liveness,
+                silent_for: h.silent_for,
+                processes: p.workers.len(),
+                epoch: p.epoch.0,
+                candidate,
+            },
         );
     });
     views

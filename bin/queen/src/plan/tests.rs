@@ -76,6 +76,7 @@ impl World {
             liveness: Liveness::Online,
             silent_for: Duration::ZERO,
             processes: 0,
+            epoch: 1,
             candidate: Some(candidate),
         };
         self.hives.insert(id(name), view);
@@ -118,17 +119,25 @@ impl World {
 
     fn drain(&mut self, hive: &str, deadline: OffsetDateTime) {
         self.ineligible.insert(id(hive));
-        self.placement.drains.insert(
-            id(hive),
-            DrainRecord {
-                started_at: at(0),
-                deadline,
-                moved: BTreeSet::new(),
-                cancelled: false,
-                done: false,
-                notes: vec![],
-            },
-        );
+        self.placement.drains.insert(id(hive), drain_record(deadline, None));
+    }
+
+    /// The hive drains itself on its way down: no operator's mark.
+    fn own_drain(&mut self, hive: &str, deadline: OffsetDateTime) {
+        let epoch = self.hives[&id(hive)].epoch;
+        self.placement.drains.insert(id(hive), drain_record(deadline, Some(epoch)));
+    }
+}
+
+fn drain_record(deadline: OffsetDateTime, own_epoch: Option<u64>) -> DrainRecord {
+    DrainRecord {
+        started_at: at(0),
+        deadline,
+        moved: BTreeSet::new(),
+        cancelled: false,
+        done: false,
+        notes: vec![],
+        own_epoch,
     }
 }
 
@@ -371,4 +380,48 @@ fn planning_changes_nothing_it_was_given() {
 fn worker_names_carry_the_generation_after_the_first() {
     assert_eq!(worker_name(&id("web"), 3, 0).as_str(), "web-3");
     assert_eq!(worker_name(&id("web"), 3, 2).as_str(), "web-3.2");
+}
+
+#[test]
+fn a_hive_that_drained_itself_is_eligible_again_once_back_as_a_new_process() {
+    let mut w = World::new(PlacementStrategy::RoundRobin).hive("a", 8, &[]).deploy("web", 2, &[]);
+    w.pass(at(1));
+    w = w.hive("b", 8, &[]);
+    w.hives.get_mut(&id("a")).expect("a").processes = 2;
+    w.own_drain("a", at(300));
+    for t in 2..6 {
+        w.pass(at(t));
+        let moving: Vec<NodeId> =
+            w.placement.assignments.values().filter(|a| a.retiring.is_some()).map(|a| a.worker.clone()).collect();
+        w.available.extend(moving);
+    }
+    w.hives.get_mut(&id("a")).expect("a").processes = 0;
+    w.pass(at(6));
+    assert!(w.placement.drains[&id("a")].done);
+    assert!(w.ineligible.is_empty(), "no operator's mark was set");
+    w = w.deploy("more", 1, &[]);
+    w.pass(at(7));
+    assert!(w.on("a").is_empty(), "the same process of a, done draining, takes nothing new");
+
+    // The hive restarts: a newer process of it heartbeats.
+    w.hives.get_mut(&id("a")).expect("a").epoch = 2;
+    w = w.deploy("more", 4, &[]);
+    let plan = w.pass(at(8));
+    assert!(plan.decisions.iter().any(|d| d.kind == EventKind::Eligible && d.id == id("a")), "{:?}", kinds(&plan));
+    assert!(!w.placement.drains.contains_key(&id("a")), "its own drain ended");
+    assert!(plan.batch.drains.as_ref().is_some_and(|d| !d.contains_key(&id("a"))), "and the end is stored");
+    assert!(!w.on("a").is_empty(), "a takes replicas again: {:?}", w.placement.assignments.keys().collect::<Vec<_>>());
+}
+
+#[test]
+fn an_operators_drain_outlives_the_hives_restart() {
+    let mut w = World::new(PlacementStrategy::RoundRobin).hive("a", 8, &[]).hive("b", 8, &[]).deploy("web", 1, &[]);
+    w.pass(at(1));
+    w.drain("a", at(300));
+    w.hives.get_mut(&id("a")).expect("a").epoch = 2;
+    w = w.deploy("more", 4, &[]);
+    let plan = w.pass(at(2));
+    assert!(!plan.decisions.iter().any(|d| d.kind == EventKind::Eligible));
+    assert!(w.placement.drains.contains_key(&id("a")));
+    assert!(w.on("a").iter().all(|worker| worker.starts_with("web")), "nothing new on a cordoned hive");
 }

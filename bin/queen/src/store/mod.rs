@@ -39,6 +39,17 @@ pub struct DrainRecord {
     pub cancelled: bool,
     pub done: bool,
     pub notes: Vec<String>,
+    /// For a hive's own drain on its way down: the epoch of the process that asked. It holds
+    /// the hive out of placement until a newer process of it heartbeats; it is no cordon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub own_epoch: Option<u64>,
+}
+
+impl DrainRecord {
+    /// Whether this drain keeps a hive whose process is `epoch` out of placement.
+    pub fn holds_out(&self, epoch: u64) -> bool {
+        self.own_epoch.is_some_and(|e| epoch <= e)
+    }
 }
 
 /// Everything the queen keeps across restarts.

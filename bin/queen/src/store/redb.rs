@@ -290,6 +290,7 @@ mod tests {
             cancelled: false,
             done: false,
             notes: vec!["cannot move web-1: no other hive with room".into()],
+            own_epoch: None,
         }
     }
 

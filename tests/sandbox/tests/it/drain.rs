@@ -1,5 +1,5 @@
 //! Draining one hive: work moves before it stops, under load, without hanging; the hive
-//! stays ineligible across restarts; removal of offline hives.
+//! stays ineligible across restarts after an operator's drain, not after its own; removal of offline hives.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -231,5 +231,56 @@ async fn sigterm_drains_a_hive_first_and_drains_can_be_cancelled_and_hives_remov
         2,
         "nothing stopped by a cancelled drain"
     );
+    sb.shutdown().await
+}
+
+/// A rolling restart: each hive in turn gets SIGTERM (it drains itself first) and comes
+/// back. Every hive is eligible afterwards and new work is placed; an operator's drain of
+/// one, by contrast, survives its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_the_hives_leaves_every_hive_eligible() -> anyhow::Result<()> {
+    let mut sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .drain_on_shutdown(Duration::from_secs(10))
+        .start()
+        .await?;
+    let client = sb.client();
+    deploy_on_hive0(&sb, &client, 2, &["hive-1"]).await?;
+    for name in ["hive-0", "hive-1"] {
+        let id = NodeId::new(name)?;
+        let before = hive(&client, name).await?.epoch;
+        sb.stop_hive(&id).await?;
+        let drain = client.drain_status(&id).await?;
+        assert!(drain.done && drain.on_shutdown, "{name} drained itself on the way down: {drain:?}");
+        assert!(!hive(&client, name).await?.eligible, "{name} takes nothing new while it is away");
+        sb.add_hive(id.clone())?;
+        wait_until(&format!("{name} back, a new process, eligible"), WAIT, || async {
+            let h = hive(&client, name).await.ok()?;
+            (h.epoch > before && h.available && h.eligible).then_some(())
+        })
+        .await?;
+    }
+    let stats: contract::ClusterStats = client.get_json("/v1/cluster/stats").await?;
+    assert_eq!((stats.hives_eligible, stats.hives_ineligible), (2, 0), "{stats:?}");
+    // Placement goes on: a scale-up lands on both hives.
+    client.scale("web", 4).await?;
+    wait_until("four replicas up", WAIT, || async {
+        (client.workers().await.ok()?.iter().filter(|w| w.available).count() == 4).then_some(())
+    })
+    .await?;
+
+    // An operator's drain is a cordon: the hive stays ineligible across its restart.
+    let hive1 = NodeId::new("hive-1")?;
+    client.drain(&hive1, Some(Duration::from_secs(10))).await?;
+    let before = hive(&client, "hive-1").await?.epoch;
+    sb.stop_hive(&hive1).await?;
+    sb.add_hive(hive1.clone())?;
+    let back = wait_until("hive-1 back", WAIT, || async {
+        hive(&client, "hive-1").await.ok().filter(|h| h.epoch > before && h.available)
+    })
+    .await?;
+    assert!(!back.eligible, "an operator's drain outlives the restart");
     sb.shutdown().await
 }

@@ -141,7 +141,7 @@ async fn the_marks_of_a_removed_hive_go_with_it() -> anyhow::Result<()> {
     let q = testing::queen(|_| {})?;
     assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", 1)).await.0, 200);
     assert_eq!(q.call(Method::POST, "/v1/hives/h1/drain", None, &json!({}).to_string()).await.0, 202);
-    assert!(!q.queen.orchestrator.eligible(&contract::NodeId::sanitized("h1")));
+    assert!(!q.queen.orchestrator.eligible(&contract::NodeId::sanitized("h1"), 1));
     assert_eq!(q.call(Method::DELETE, "/v1/hives/h1?force=true", None, "").await.0, 204);
     assert!(q.queen.orchestrator.drains().is_empty() && q.queen.orchestrator.ineligible().is_empty());
     let stored = q.queen.orchestrator.store().load()?;
