@@ -19,6 +19,8 @@ use crate::supervisor::{Desired, DrainOutcome};
 
 /// Longest wait between reconnects.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// A stream the queen ended after this long is followed by an immediate reconnect.
+const QUICK_RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
 /// What carrying out commands needs from the rest of the hive.
 pub struct Context {
@@ -105,6 +107,7 @@ async fn run_hooks(hooks: &[StorageHook]) -> (bool, String) {
 pub async fn run(client: QueenClient, hive: NodeId, context: Context, stop: CancellationToken) {
     let mut backoff = retry_policy(MAX_RECONNECT).build();
     loop {
+        let opened = std::time::Instant::now();
         let session = async {
             let mut commands = std::pin::pin!(client.commands(&hive).await?);
             tracing::info!("control channel open");
@@ -125,10 +128,20 @@ pub async fn run(client: QueenClient, hive: NodeId, context: Context, stop: Canc
             _ = stop.cancelled() => return,
             ended = session => ended,
         };
-        if let Err(e) = ended {
-            tracing::warn!(error = %e, "control channel down; reconnecting");
-        }
-        let delay = backoff.next().unwrap_or(MAX_RECONNECT);
+        // The queen ended a stream that had been up a while (it stopped leading): the
+        // leader is ready now, so reconnect at once (50 ms ±10 %, so a
+        // fleet does not arrive in one instant). Anything else backs off.
+        let delay = match ended {
+            Ok(()) if opened.elapsed() > QUICK_RECONNECT_AFTER => {
+                tracing::info!("control channel ended by the queen; reconnecting");
+                queen_client::jittered(Duration::from_millis(50))
+            }
+            Ok(()) => backoff.next().unwrap_or(MAX_RECONNECT),
+            Err(e) => {
+                tracing::warn!(error = %e, "control channel down; reconnecting");
+                backoff.next().unwrap_or(MAX_RECONNECT)
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}

@@ -52,6 +52,10 @@ pub struct Queen {
     /// cancels it itself); open SSE streams end on it so shutdown never waits on a browser
     /// tab.
     pub stop: CancellationToken,
+    /// Fires when this queen stops leading (and when it stops): the control channels it
+    /// holds end then, so hives reconnect to the leader instead of listening to a queen
+    /// that has nothing more to tell them. Replaced at each deposition.
+    leading: std::sync::Mutex<CancellationToken>,
     /// Every task the queen spawns, awaited on the way out.
     pub tasks: TaskTracker,
     /// This queen as others refer to it.
@@ -138,6 +142,7 @@ impl Queen {
             config,
             metrics,
             health,
+            leading: std::sync::Mutex::new(stop.child_token()),
             stop,
             tasks,
             me,
@@ -158,6 +163,11 @@ impl Queen {
     ) -> Result<T, Blocked> {
         let queen = Arc::clone(self);
         tokio::task::spawn_blocking(move || f(&queen)).await.map_err(|e| Blocked(e.to_string()))
+    }
+
+    /// What a stream that only the leader should hold ends on (see `leading`).
+    pub fn leadership(&self) -> CancellationToken {
+        self.leading.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The configuration as of now (a reload may replace it at any time).
@@ -324,6 +334,10 @@ impl Queen {
     #[cfg(feature = "etcd")]
     pub(crate) fn on_deposed(self: &Arc<Self>) {
         self.metrics.leader.set(0);
+        let ended =
+            std::mem::replace(&mut *self.leading.lock().unwrap_or_else(|p| p.into_inner()), self.stop.child_token());
+        ended.cancel();
+        tracing::info!("no longer leading: control channels closed, hives reconnect to the leader");
         self.ingest.clear();
         // What it holds in memory may include writes the fence refused: take the store's.
         self.follow_stored_state();

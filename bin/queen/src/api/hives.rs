@@ -33,7 +33,8 @@ pub(crate) async fn commands(
     tracing::info!(hive = %id, "control channel open");
     let rx = queen.orchestrator.channels.subscribe(&id);
     let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "commands" }).clone();
-    Ok(snapshot::watch_sse(rx, queen.stop.clone(), (), sent, |cmd: &HiveCommand| {
+    // Ends when this queen stops leading: the hive then reconnects and is sent to the leader.
+    Ok(snapshot::watch_sse(rx, queen.leadership(), (), sent, |cmd: &HiveCommand| {
         snapshot::sse_event("command", cmd.id, &serde_json::to_string(cmd).unwrap_or_default()).0
     }))
 }

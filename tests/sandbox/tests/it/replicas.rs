@@ -462,3 +462,39 @@ async fn a_queen_reaches_an_etcd_that_wants_tls_or_a_password_and_nothing_else_d
     assert!(stored.deployments.is_empty(), "reads as its user");
     Ok(())
 }
+
+/// After a planned transfer the ex-leader is alive and sends nothing more: the control
+/// channels it held end the moment it stops leading, the hives reconnect to the new leader,
+/// and a scale-up right after the transfer runs on them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_transfer_the_hives_hear_the_new_leader() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let sb = Sandbox::builder()
+        .replicas(2, &etcd, TTL)
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .start()
+        .await?;
+    let leader = sb.leader_url(WAIT).await?;
+    let other = other_than(&sb.queen_urls(), &leader)?;
+    let spec = json!({"name": "web", "command": worker_bin().await?, "args": ["--heartbeat-interval", "300ms"], "replicas": 2});
+    client(&leader)?.post_json::<_, Value>("/v1/deployments", &spec).await?;
+    let running = |url: String, n: usize| async move {
+        let workers = client(&url).ok()?.workers().await.ok()?;
+        (workers.iter().filter(|w| w.available).count() == n).then_some(())
+    };
+    wait_until("two replicas up", WAIT, || running(leader.clone(), 2)).await?;
+
+    let answer: TransferAnswer = client(&leader)?.post_json("/v1/cluster/leader/transfer", &json!({})).await?;
+    anyhow::ensure!(answer.to.url == other, "{answer:?}");
+    wait_until("the other queen leads", WAIT, || async {
+        client(&other).ok()?.leader().await.ok().filter(|l| l.is_self).map(|_| ())
+    })
+    .await?;
+    let started = Instant::now();
+    client(&other)?.scale("web", 4).await?;
+    wait_until("four replicas up under the new leader", WAIT, || running(other.clone(), 4)).await?;
+    println!("after the transfer, the scale-up ran in {:?}", started.elapsed());
+    sb.shutdown().await
+}
