@@ -197,6 +197,7 @@ impl Http {
         }
         let mut resp = match (method, body) {
             ("GET", _) => self.agent.get(url).call()?,
+            ("PATCH", Some(b)) => self.agent.patch(url).content_type("application/json").send(b.to_string())?,
             (_, Some(b)) => post.content_type("application/json").send(b.to_string())?,
             (_, None) => post.send_empty()?,
         };
@@ -216,11 +217,15 @@ impl Http {
 
     /// A write sent to the leader, following a follower's redirect.
     fn post_leader(&self, queens: &[String], path: &str, body: &Value) -> anyhow::Result<Answer> {
+        self.send_leader("POST", queens, path, body)
+    }
+
+    fn send_leader(&self, method: &str, queens: &[String], path: &str, body: &Value) -> anyhow::Result<Answer> {
         let mut last = None;
         for q in queens {
             let mut url = format!("{q}{path}");
             for _ in 0..3 {
-                match self.call("POST", &url, Some(body)) {
+                match self.call(method, &url, Some(body)) {
                     Ok(a) if a.status == 307 => match &a.location {
                         Some(l) => url = l.clone(),
                         None => break,
@@ -335,6 +340,8 @@ struct Cluster {
     netns: Option<Netns>,
     worker_bin: PathBuf,
     logs: PathBuf,
+    /// The deployment's replica count as last set (a "then scale" fault changes it).
+    replicas: usize,
 }
 
 /// Who leads according to each queen that answers: (queen index, leader id, term).
@@ -386,18 +393,19 @@ impl Cluster {
         if snapshot["hives_online"].as_u64() != Some(hives) {
             return Err(format!("{} of {hives} hives online", snapshot["hives_online"]));
         }
-        if snapshot["workers_available"].as_u64() != Some(REPLICAS as u64) {
-            return Err(format!("{} of {REPLICAS} workers available", snapshot["workers_available"]));
+        let replicas = self.replicas;
+        if snapshot["workers_available"].as_u64() != Some(replicas as u64) {
+            return Err(format!("{} of {replicas} workers available", snapshot["workers_available"]));
         }
         let assignments = self.http.get_any(&self.urls, "/v1/assignments").ok_or("no assignments")?;
         let placed: Vec<&Value> =
             assignments.as_array().map(|a| a.iter().filter(|a| a["hive"].is_string()).collect()).unwrap_or_default();
-        if placed.len() != REPLICAS {
-            return Err(format!("{} of {REPLICAS} replicas placed", placed.len()));
+        if placed.len() != replicas {
+            return Err(format!("{} of {replicas} replicas placed", placed.len()));
         }
         let processes = self.worker_processes();
-        if processes != REPLICAS {
-            return Err(format!("{processes} worker processes for {REPLICAS} replicas"));
+        if processes != replicas {
+            return Err(format!("{processes} worker processes for {replicas} replicas"));
         }
         Ok(())
     }
@@ -523,6 +531,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         netns,
         worker_bin,
         logs,
+        replicas: REPLICAS,
     };
 
     let result = chaos(&mut cluster, &args);
@@ -630,6 +639,9 @@ enum Fault {
     KillWorker,
     Partition,
     RestartEtcd,
+    TransferThenScale,
+    FreezeThenScale,
+    LeaseLossThenScale,
 }
 
 const FAULTS: &[Fault] = &[
@@ -640,6 +652,9 @@ const FAULTS: &[Fault] = &[
     Fault::KillWorker,
     Fault::Partition,
     Fault::RestartEtcd,
+    Fault::TransferThenScale,
+    Fault::FreezeThenScale,
+    Fault::LeaseLossThenScale,
 ];
 
 impl Fault {
@@ -652,6 +667,9 @@ impl Fault {
             Fault::KillWorker => "kill -9 a worker",
             Fault::Partition => "cut a hive off the queens, heal",
             Fault::RestartEtcd => "kill -9 etcd, restart it",
+            Fault::TransferThenScale => "leader transfer, then scale up",
+            Fault::FreezeThenScale => "SIGSTOP the leader past its lease, SIGCONT, then scale up",
+            Fault::LeaseLossThenScale => "etcd away past the lease (the leader's lease lost), then scale up",
         }
     }
 }
@@ -749,6 +767,50 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
             failover = Some(started.elapsed());
             note = format!("etcd down 1 s; leader queen-{}", next.0);
         }
+        Fault::TransferThenScale => {
+            let moved = cluster.http.post_leader(&cluster.urls.clone(), "/v1/cluster/leader/transfer", &json!({}))?;
+            if moved.status != 202 {
+                bail!("transfer refused: {} {}", moved.status, moved.body);
+            }
+            let (next, _) = cluster.wait_leader(Some(leader), Duration::from_secs(10)).context("no new leader")?;
+            failover = Some(started.elapsed());
+            let ran = scale_and_time(cluster)?;
+            note = format!(
+                "queen-{leader} → queen-{next}; the hives ran the new set {:.2} s after the scale",
+                ran.as_secs_f64()
+            );
+        }
+        Fault::FreezeThenScale => {
+            cluster.queens[leader].signal(Signal::SIGSTOP);
+            let next = cluster.wait_leader(Some(leader), ttl * 5);
+            failover = next.map(|_| started.elapsed());
+            std::thread::sleep((ttl * 2).saturating_sub(started.elapsed()));
+            cluster.queens[leader].signal(Signal::SIGCONT);
+            let next = next.context("no new leader while the leader was frozen")?;
+            std::thread::sleep(Duration::from_millis(300));
+            let ran = scale_and_time(cluster)?;
+            note = format!(
+                "queen-{leader} → queen-{} (thawed); the hives ran the new set {:.2} s after the scale",
+                next.0,
+                ran.as_secs_f64()
+            );
+        }
+        Fault::LeaseLossThenScale => {
+            // Renewals fail for longer than the lease: the leader steps down on its own,
+            // alive and answering, and leads again or not once etcd is back.
+            cluster.etcd.kill();
+            std::thread::sleep(ttl + Duration::from_secs(1));
+            cluster.etcd.restart()?;
+            let next = cluster.wait_leader(None, ttl * 10).context("no leader after etcd returned")?;
+            failover = Some(started.elapsed());
+            let ran = scale_and_time(cluster)?;
+            note = format!(
+                "etcd down {:.0} s; leader queen-{}; the hives ran the new set {:.2} s after the scale",
+                (ttl + Duration::from_secs(1)).as_secs_f64(),
+                next.0,
+                ran.as_secs_f64()
+            );
+        }
     }
     let converged = cluster.wait_converged().map(|_| started.elapsed()).map_err(|e| e.to_string());
     // Events published up to a little after convergence.
@@ -767,6 +829,26 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
     let after = cluster.placement();
     let moved = before.iter().filter(|(slot, hive)| after.get(*slot).is_some_and(|h| h != *hive)).count();
     Ok(Row { fault: fault.name().into(), failover, converged, false_offline, moved, note })
+}
+
+/// Scales the deployment up by two through the leader and measures until the hives run the
+/// new set (every replica placed, heartbeating, one process each), then scales it back.
+fn scale_and_time(cluster: &mut Cluster) -> anyhow::Result<Duration> {
+    let urls = cluster.urls.clone();
+    let scale = |cluster: &mut Cluster, replicas: usize| -> anyhow::Result<()> {
+        let a = cluster.http.send_leader("PATCH", &urls, "/v1/deployments/chaos", &json!({ "replicas": replicas }))?;
+        if a.status >= 300 {
+            bail!("scale to {replicas} refused: {} {}", a.status, a.body);
+        }
+        cluster.replicas = replicas;
+        Ok(())
+    };
+    let started = Instant::now();
+    scale(cluster, REPLICAS + 2)?;
+    cluster.wait_converged().context("the hives did not run the scaled-up set")?;
+    let ran = started.elapsed();
+    scale(cluster, REPLICAS)?;
+    Ok(ran)
 }
 
 /// How often each job key was run, from the workers' "keyed job ran" lines in the core
