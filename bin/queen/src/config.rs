@@ -30,7 +30,8 @@ pub struct ServeArgs {
     /// Silence after which a node is offline [default: three heartbeat intervals].
     #[arg(long, env = "APIARY_OFFLINE_AFTER")]
     pub offline_after: Option<HumanDuration>,
-    /// Where durable state (deployments, assignments, strategy) lives [default: ./apiary-data].
+    /// Where durable state (deployments, assignments, strategy) lives [default:
+    /// /var/lib/apiary as root, else $XDG_STATE_HOME/apiary or ~/.local/state/apiary].
     #[arg(long, env = "APIARY_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// How long a hive stays offline (past --offline-after) before its replicas are placed
@@ -512,7 +513,10 @@ impl QueenConfig {
             _ => return Err(ConfigError { problems }),
         };
         config.ui_dir = args.ui_dir.clone().or(file.ui_dir).or_else(default_ui_dir);
-        config.data_dir = Some(args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("apiary-data")));
+        config.data_dir = match args.data_dir.clone().or(file.data_dir) {
+            Some(dir) => Some(dir),
+            None => Some(default_data_dir().map_err(|e| ConfigError { problems: vec![e] })?),
+        };
         if let Some(grace) = args.orphan_grace.or(file.orphan_grace) {
             config.orphan_grace = grace.into();
         }
@@ -653,6 +657,37 @@ impl QueenConfig {
     /// node is noticed promptly, and never busier than every 10 ms.
     pub fn sweep_interval(&self) -> Duration {
         (self.heartbeat_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// Where a queen keeps its state unless told: the same place wherever it is started from
+/// (a relative default made a queen started in another directory forget every
+/// deployment). As root the system's state dir, otherwise the user's (XDG).
+pub fn default_data_dir() -> Result<PathBuf, String> {
+    state_dir(running_as_root(), std::env::var_os("XDG_STATE_HOME"), std::env::var_os("HOME"))
+}
+
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // /proc/self belongs to the process's effective user.
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn state_dir(
+    root: bool,
+    xdg_state: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Result<PathBuf, String> {
+    if root {
+        return Ok(PathBuf::from("/var/lib/apiary"));
+    }
+    let absolute = |p: std::ffi::OsString| Some(PathBuf::from(p)).filter(|p| p.is_absolute());
+    if let Some(state) = xdg_state.and_then(absolute) {
+        return Ok(state.join("apiary"));
+    }
+    match home.and_then(absolute) {
+        Some(home) => Ok(home.join(".local/state/apiary")),
+        None => Err("no --data-dir, and no HOME to put the state under: give --data-dir".into()),
     }
 }
 
@@ -798,6 +833,18 @@ mod tests {
         assert_eq!(etcd.endpoints, ["https://127.0.0.1:2379"]);
         assert!(etcd.tls.is_some_and(|t| t.identity.is_none()));
         assert_eq!(etcd.auth.map(|(u, _)| u).as_deref(), Some("queen"));
+    }
+
+    #[test]
+    fn the_default_data_dir_is_absolute_wherever_the_queen_starts() {
+        let os = |s: &str| Some(std::ffi::OsString::from(s));
+        assert_eq!(state_dir(true, os("/x"), os("/home/a")), Ok(PathBuf::from("/var/lib/apiary")));
+        assert_eq!(state_dir(false, os("/x/state"), os("/home/a")), Ok(PathBuf::from("/x/state/apiary")));
+        assert_eq!(state_dir(false, None, os("/home/a")), Ok(PathBuf::from("/home/a/.local/state/apiary")));
+        assert_eq!(state_dir(false, os("relative"), os("/home/a")), Ok(PathBuf::from("/home/a/.local/state/apiary")));
+        assert!(state_dir(false, None, None).is_err());
+        let loaded = QueenConfig::load(&ServeArgs::default()).expect("defaults").data_dir.expect("a data dir");
+        assert!(loaded.is_absolute(), "{}", loaded.display());
     }
 
     #[test]

@@ -25,7 +25,20 @@ impl RedbStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| backend(format!("cannot create {}: {e}", dir.display())))?;
         let file = dir.join("queen.redb");
-        let db = Database::create(&file).map_err(backend)?;
+        // A store file that exists but holds nothing lost its contents: starting on it as
+        // if new would tell every hive to run nothing.
+        if std::fs::metadata(&file).is_ok_and(|m| m.len() == 0) {
+            return Err(StoreError::Corrupt(format!(
+                "{} is empty: this queen's state is gone; restore it, or move the file away to start with no deployments",
+                file.display()
+            )));
+        }
+        let db = Database::create(&file).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{} cannot be opened as a store: {e}; restore it, or move it away to start with no deployments",
+                file.display()
+            ))
+        })?;
         // The store holds every command the hives run and secret environment values.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
@@ -369,6 +382,33 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(next?, term + 1, "a restarted queen never reuses a term");
         assert_eq!(kept?.len(), 3, "the audit log is durable");
+        Ok(())
+    }
+
+    #[test]
+    fn an_empty_truncated_or_corrupt_store_is_refused_by_name() -> Result<(), StoreError> {
+        let dir = temp_dir("broken");
+        {
+            let store = RedbStore::open(&dir)?;
+            store.apply(&Batch { put_deployments: vec![record("web")], ..Default::default() })?;
+        }
+        let file = dir.join("queen.redb");
+        let whole = std::fs::read(&file).map_err(backend)?;
+        let cases: [(&str, Vec<u8>); 3] = [
+            ("empty", Vec::new()),
+            ("truncated", whole[..whole.len() / 3].to_vec()),
+            ("corrupt", whole.iter().map(|b| b ^ 0x5a).collect()),
+        ];
+        for (what, bytes) in cases {
+            std::fs::write(&file, &bytes).map_err(backend)?;
+            let opened = RedbStore::open(&dir).and_then(|s| s.load());
+            match opened {
+                Err(StoreError::Corrupt(m)) => assert!(m.contains("queen.redb"), "{what}: {m}"),
+                Err(e) => panic!("{what}: refused, but not as a broken store: {e}"),
+                Ok(p) => assert!(!p.deployments.is_empty(), "{what}: opened as a new, empty store"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
 }

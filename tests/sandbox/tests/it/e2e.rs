@@ -64,8 +64,13 @@ async fn real_processes_a_killed_hive_goes_offline_and_sigterm_stops_cleanly() -
     let listen = format!("127.0.0.1:{port}");
     let url = format!("http://{listen}");
     let fast = ["--heartbeat-interval", "300ms"];
-    let mut queen =
-        spawn(&dir, "queen", &["serve", "--listen", &listen, "--snapshot-interval", "200ms", fast[0], fast[1]])?;
+    let data = sandbox::TempDir::new("e2e-queen")?;
+    let data_dir = data.0.to_string_lossy().into_owned();
+    let mut queen = spawn(
+        &dir,
+        "queen",
+        &["serve", "--listen", &listen, "--snapshot-interval", "200ms", "--data-dir", &data_dir, fast[0], fast[1]],
+    )?;
     let mut hive_a = spawn(&dir, "hive", &["--queen", &url, "--name", "e2e-hive-a", fast[0], fast[1]])?;
     let hive_b = spawn(&dir, "hive", &["--queen", &url, "--name", "e2e-hive-b", fast[0], fast[1]])?;
     let mut worker =
