@@ -42,6 +42,64 @@ struct Proc {
     last_exit: String,
 }
 
+/// Longest report of one process's last exit: the queen takes 256 bytes of text per field,
+/// and one over it would make every heartbeat of this hive invalid.
+const MAX_REPORT: usize = 200;
+
+/// What an operator reads of a process's end: control characters (a path or an error may
+/// carry newlines or worse) become spaces, and a long one loses its middle (a long path),
+/// keeping how it starts and why it ended, cut at character boundaries.
+pub fn report_text(text: &str) -> String {
+    let clean: String = text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if clean.len() <= MAX_REPORT {
+        return clean;
+    }
+    let half = (MAX_REPORT - '…'.len_utf8()) / 2;
+    let mut head = half;
+    while !clean.is_char_boundary(head) {
+        head -= 1;
+    }
+    let mut tail = clean.len() - half;
+    while !clean.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{}…{}", &clean[..head], &clean[tail..])
+}
+
+/// Why `command` cannot be started, said in words before trying (started through
+/// `setpriv`, a missing program would only show as exit status 127): not found on PATH,
+/// no such file, a directory, not executable, or neither a program nor a script.
+pub fn cannot_start(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let found = if command.contains('/') {
+        std::path::PathBuf::from(command)
+    } else {
+        let dirs = path_var.map(std::env::split_paths).into_iter().flatten();
+        match dirs.map(|d| d.join(command)).find(|p| p.is_file()) {
+            Some(p) => p,
+            None => return Some(format!("{command}: not found on PATH")),
+        }
+    };
+    let meta = match std::fs::metadata(&found) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(format!("{command}: no such file")),
+        Err(e) => return Some(format!("{command}: {e}")),
+    };
+    if meta.is_dir() {
+        return Some(format!("{command}: is a directory"));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Some(format!("{command}: not executable (permission denied)"));
+    }
+    let mut head = [0u8; 4];
+    let read = std::fs::File::open(&found).and_then(|mut f| std::io::Read::read(&mut f, &mut head));
+    match read {
+        Ok(n) if head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!") => None,
+        Ok(_) => Some(format!("{command}: exec format error (neither a program nor a #! script)")),
+        Err(e) => Some(format!("{command}: cannot be read: {e}")),
+    }
+}
+
 /// Signals a worker's whole process group (it leads its own), so that a shell script
 /// and what it started stop together.
 fn signal_group(pid: Option<u32>, signal: Signal) {
@@ -187,7 +245,10 @@ impl Supervisor {
     }
 
     fn start(&mut self, name: &NodeId, launch: &WorkerLaunch, now: Instant) {
-        let spawned = self.spawn(launch);
+        let spawned = match cannot_start(&launch.command, std::env::var_os("PATH").as_deref()) {
+            Some(why) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, why)),
+            None => self.spawn(launch),
+        };
         let proc = self.procs.entry(name.clone()).or_insert_with(|| Proc {
             launch: launch.clone(),
             child: None,
@@ -209,7 +270,7 @@ impl Supervisor {
                 tracing::info!(worker = %name, pid = ?proc.pid, "worker started");
             }
             Err(e) => {
-                proc.last_exit = format!("could not start {}: {e}", launch.command);
+                proc.last_exit = format!("cannot start: {e}");
                 tracing::warn!(worker = %name, error = %e, "worker did not start");
                 Self::after_exit(proc, now);
             }
@@ -314,7 +375,7 @@ impl Supervisor {
                 state: p.state,
                 pid: p.pid,
                 restarts: p.restarts,
-                last_exit: p.last_exit.clone(),
+                last_exit: report_text(&p.last_exit),
             })
             .collect();
         *self.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
@@ -357,6 +418,47 @@ mod tests {
             restarts: 5,
             last_exit: "exit status 1".into(),
         }
+    }
+
+    #[test]
+    fn a_report_is_always_valid_for_the_queen() {
+        let hostile = format!("cannot start: /opt/{}\u{7}\nx: no such file", "ä".repeat(300));
+        let text = report_text(&hostile);
+        assert!(text.len() <= MAX_REPORT && !text.chars().any(char::is_control), "{text}");
+        assert!(text.starts_with("cannot start: /opt/") && text.ends_with("x: no such file"), "both ends kept: {text}");
+        let mut report = worker("web-0", ProcessState::Restarting);
+        report.last_exit = text;
+        let hb = contract::HiveHeartbeat {
+            workers: vec![report],
+            ..serde_json::from_str(contract::examples::HIVE_HEARTBEAT).expect("example")
+        };
+        assert!(hb.validate().is_ok(), "the hive's heartbeat stays valid");
+    }
+
+    #[test]
+    fn a_command_that_cannot_start_is_said_in_words() {
+        let dir = std::env::temp_dir().join(format!("hive-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = |name: &str, bytes: &[u8], mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).expect("write");
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+            p.to_string_lossy().into_owned()
+        };
+        let script = file("ok.sh", b"#!/bin/sh\n", 0o755);
+        let plain = file("plain.sh", b"#!/bin/sh\n", 0o644);
+        let data = file("data.bin", b"PK\x03\x04", 0o755);
+        let path = Some(std::ffi::OsStr::new("/usr/bin:/bin"));
+        assert_eq!(cannot_start(&script, path), None);
+        assert_eq!(cannot_start("sh", path), None, "found on PATH");
+        let said = |c: &str| cannot_start(c, path).unwrap_or_default();
+        assert!(said("/no/such/binary").ends_with("no such file"));
+        assert!(said("no-such-program-here").ends_with("not found on PATH"));
+        assert!(said(&plain).contains("not executable"));
+        assert!(said(&data).contains("exec format error"));
+        assert!(said(&dir.to_string_lossy()).ends_with("is a directory"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

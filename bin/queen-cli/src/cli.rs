@@ -356,8 +356,10 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
         Command::Node { command } => return node(command).await,
         Command::Top(remote) => return crate::top::run(remote.client()?).await,
         Command::Deploy(args) => {
-            let status = args.remote.client()?.deploy(&args.spec()?).await?;
-            print!("{}", render_deployments(&[status]));
+            let client = args.remote.client()?;
+            let status = client.deploy(&args.spec()?).await?;
+            print!("{}", render_deployments(std::slice::from_ref(&status)));
+            warn_if_it_cannot_start(&client, &status).await;
         }
         Command::Deployments(remote) => print!("{}", render_deployments(&remote.client()?.deployments().await?)),
         Command::Scale { name, replicas, remote } => {
@@ -385,6 +387,34 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Watches a new deployment for a few seconds and says at once if a hive reports that its
+/// command cannot start (a missing binary, one not executable), rather than leaving the
+/// operator to find `0 running` later.
+async fn warn_if_it_cannot_start(client: &QueenClient, created: &contract::DeploymentStatus) {
+    let path = format!("{}/{}", contract::paths::DEPLOYMENTS, created.spec.name);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(status) = client.get_json::<contract::DeploymentStatus>(&path).await else { return };
+        let failing: Vec<String> = status
+            .assignments
+            .iter()
+            .filter(|a| a.last_exit.starts_with("cannot start"))
+            .map(|a| format!("{} on {}: {}", a.worker, a.hive.as_ref().map(NodeId::as_str).unwrap_or("-"), a.last_exit))
+            .collect();
+        if !failing.is_empty() {
+            eprintln!("warning: the command does not start:");
+            for f in failing {
+                eprintln!("  {f}");
+            }
+            return;
+        }
+        if status.running >= status.spec.replicas {
+            return;
+        }
+    }
 }
 
 fn ms(d: Option<lifecycle::HumanDuration>) -> Option<u64> {

@@ -9,7 +9,18 @@ pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
         out.push_str(&format!("{:<20} {:>8} {:>8}  {}\n", d.spec.name, d.spec.replicas, d.running, d.spec.command));
         for a in &d.assignments {
             let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
-            out.push_str(&format!("  {:<24} {:<16} {:<9} since {}\n", a.worker, hive, a.state.as_str(), a.since));
+            out.push_str(&format!(
+                "  {:<24} {:<16} {:<9} since {}",
+                a.worker,
+                hive,
+                a.state.as_str(),
+                rfc3339(a.since)
+            ));
+            // What its hive says when the process is not running: why, and how often.
+            if let Some(p) = a.process.filter(|p| *p != contract::ProcessState::Running) {
+                out.push_str(&format!("  {} ({} restarts): {}", p.as_str(), a.restarts, a.last_exit));
+            }
+            out.push('\n');
         }
     }
     out

@@ -215,6 +215,8 @@ fn create_slots(
                 restarts: 0,
                 generation: 0,
                 retiring: None,
+                process: None,
+                last_exit: String::new(),
             });
         }
     }

@@ -181,6 +181,13 @@ pub struct Assignment {
     /// The instance a drain is replacing: it keeps running until the new one heartbeats.
     #[serde(default)]
     pub retiring: Option<Retiring>,
+    /// The replica's process as its hive last reported it; read from the hive's report
+    /// when answered, never stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessState>,
+    /// Why that process last ended or could not start, in the hive's words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub last_exit: String,
 }
 
 impl Assignment {

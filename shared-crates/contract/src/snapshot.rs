@@ -67,6 +67,9 @@ pub enum EventKind {
     AckFailed,
     /// A hive may take new replicas again (back as a new process after draining itself).
     Eligible,
+    /// A replica's process could not be started (its hive says why: a missing binary, one
+    /// not executable); the hive keeps trying with backoff.
+    StartFailed,
 }
 
 /// One entry of the event log; `reason` answers "why".

@@ -16,15 +16,33 @@ use crate::Queen;
 /// Every deployment with where its replicas run.
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<DeploymentStatus>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
-    Json(queen.orchestrator.list(&queen.ingest.workers))
+    let mut list = queen.orchestrator.list(&queen.ingest.workers);
+    for d in &mut list {
+        join_reports(&queen, &mut d.assignments);
+    }
+    Json(list)
 }
 
 fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiError> {
-    queen
+    let mut status = queen
         .orchestrator
         .get(name, &queen.ingest.workers)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))
+        .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))?;
+    join_reports(queen, &mut status.assignments);
+    Ok(Json(status))
+}
+
+/// What the hives last said of each replica's process: restarts, state, why it last ended.
+/// The hive's to count and say; joined in at read time.
+fn join_reports(queen: &Queen, assignments: &mut [Assignment]) {
+    for a in assignments {
+        let Some(h) = a.hive.as_ref().and_then(|h| queen.ingest.hives.get(h)) else { continue };
+        if let Some(w) = h.payload.workers.iter().find(|w| w.name == a.worker) {
+            a.restarts = w.restarts;
+            a.process = Some(w.state);
+            a.last_exit = w.last_exit.clone();
+        }
+    }
 }
 
 /// One deployment.
@@ -88,12 +106,7 @@ pub(crate) async fn delete_deployment(
 #[utoipa::path(get, path = "/v1/assignments", tag = "deployments", responses((status = 200, body = Vec<Assignment>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn assignments(State(queen): State<Arc<Queen>>) -> Json<Vec<Assignment>> {
     let mut list = queen.orchestrator.assignments();
-    // Restarts are the hive's to count; join them in from its last report.
-    for a in &mut list {
-        if let Some(h) = a.hive.as_ref().and_then(|h| queen.ingest.hives.get(h)) {
-            a.restarts = h.payload.workers.iter().find(|w| w.name == a.worker).map(|w| w.restarts).unwrap_or(0);
-        }
-    }
+    join_reports(&queen, &mut list);
     Json(list)
 }
 

@@ -61,6 +61,7 @@ impl NodePayload for HiveHeartbeat {
         if let Some(peer) = peer {
             queen.ingest.heard_hive_from(&self.id, peer);
         }
+        start_failures(queen, self);
     }
 }
 
@@ -89,6 +90,26 @@ impl NodePayload for WorkerHeartbeat {
         let seen =
             hive.as_ref().map(|h| admission::HiveSeen { address: &h.payload.address, hostname: &h.payload.hostname });
         admission::check_worker(self, from, seen)
+    }
+}
+
+/// An event for each replica this heartbeat newly says could not start (a missing binary,
+/// one not executable), so that a deployment that cannot run is visible where operators
+/// look, once per reason rather than once per beat.
+fn start_failures(queen: &Queen, hb: &HiveHeartbeat) {
+    let held = queen.ingest.hives.get(&hb.id);
+    for w in hb.workers.iter().filter(|w| w.state != contract::ProcessState::Running) {
+        if !w.last_exit.starts_with("cannot start") {
+            continue;
+        }
+        let said_before = held
+            .as_ref()
+            .and_then(|h| h.payload.workers.iter().find(|o| o.name == w.name))
+            .is_some_and(|o| o.last_exit == w.last_exit);
+        if !said_before {
+            let reason = format!("hive {} {}", hb.id, w.last_exit);
+            queen.orchestrator.event(&queen.ingest.workers, &w.name, contract::EventKind::StartFailed, reason);
+        }
     }
 }
 

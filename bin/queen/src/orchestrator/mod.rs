@@ -115,7 +115,13 @@ impl Orchestrator {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn event(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>, worker: &NodeId, kind: EventKind, reason: String) {
+    pub fn event(
+        &self,
+        workers: &HeartbeatRegistry<WorkerHeartbeat>,
+        worker: &NodeId,
+        kind: EventKind,
+        reason: String,
+    ) {
         tracing::info!(worker = %worker, ?kind, %reason, "placement");
         // The worker's own liveness as the queen last saw it; a replica not yet started
         // has none and counts as offline.

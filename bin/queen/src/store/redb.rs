@@ -257,6 +257,8 @@ mod tests {
             restarts: 0,
             generation: 0,
             retiring: None,
+            process: None,
+            last_exit: String::new(),
         }
     }
 

@@ -399,3 +399,45 @@ async fn a_secret_env_value_reaches_the_replica_and_no_read() -> anyhow::Result<
     );
     sb.shutdown().await
 }
+
+/// A command that cannot run is said in words where an operator looks, and its hive
+/// stays online: a missing binary with a 300-byte path (its report would once have made
+/// every heartbeat of the hive invalid) and a file that is not executable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_that_cannot_start_is_visible_and_harms_no_hive() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(1)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .start()
+        .await?;
+    let client = sb.client();
+    let dir = TempDir::new("not-executable")?;
+    let plain = dir.0.join("plain.sh");
+    std::fs::write(&plain, "#!/bin/sh\nsleep 30\n")?;
+    let missing = format!("/nonexistent/{}", "a".repeat(300));
+    for (name, command, said) in
+        [("missing", missing.as_str(), "no such file"), ("plain", &*plain.to_string_lossy(), "not executable")]
+    {
+        let spec = json!({"name": name, "command": command, "replicas": 1});
+        client.post_json::<_, DeploymentStatus>("/v1/deployments", &spec).await?;
+        let path = format!("/v1/deployments/{name}");
+        let a = wait_until(&format!("{name}: its hive says why it does not start"), WAIT, || async {
+            let d: DeploymentStatus = client.get_json(&path).await.ok()?;
+            d.assignments.first().filter(|a| a.last_exit.contains(said)).cloned()
+        })
+        .await?;
+        assert_eq!(a.process, Some(ProcessState::Restarting), "{a:?}");
+        assert!(a.last_exit.starts_with("cannot start:") && a.last_exit.len() <= 256, "{}", a.last_exit);
+        wait_until(&format!("{name}: a start_failed event"), WAIT, || async {
+            let events = sb.snapshot().await.ok()?.events;
+            events.iter().any(|e| e.kind == EventKind::StartFailed && e.id.as_str().starts_with(name)).then_some(())
+        })
+        .await?;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let hive = client.hive("hive-0").await?;
+    assert!(hive.available, "the hive's heartbeats stay valid: {hive:?}");
+    sb.shutdown().await
+}
