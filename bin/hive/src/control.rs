@@ -115,9 +115,24 @@ pub async fn run(client: QueenClient, hive: NodeId, context: Context, stop: Canc
             backoff = retry_policy(MAX_RECONNECT).build();
             while let Some(command) = commands.next().await {
                 let command = command?;
-                let CommandKind::Assign { workers, shutdown } = command.kind;
-                tracing::info!(command = command.id, workers = workers.len(), phase = ?shutdown.as_ref().map(|o| o.phase), "command received");
-                let Some(ack) = context.apply(command.id, workers, shutdown).await else { continue };
+                let ack = match command.kind {
+                    CommandKind::Assign { workers, shutdown } => {
+                        tracing::info!(command = command.id, workers = workers.len(), phase = ?shutdown.as_ref().map(|o| o.phase), "command received");
+                        let Some(ack) = context.apply(command.id, workers, shutdown).await else { continue };
+                        ack
+                    }
+                    CommandKind::Hold => {
+                        tracing::warn!(
+                            command = command.id,
+                            "the queen knows no deployments: keeping what runs, starting and stopping nothing"
+                        );
+                        CommandAck {
+                            command_id: command.id,
+                            ok: true,
+                            detail: "holding: what runs keeps running".into(),
+                        }
+                    }
+                };
                 if let Err(e) = client.ack(&hive, &ack).await {
                     tracing::warn!(error = %e, command = command.id, "could not ACK; the queen will resend");
                 }

@@ -164,6 +164,9 @@ pub enum LeaderCommand {
 pub enum ClusterCommand {
     /// Shut the whole cluster down in order: GATE, DRAIN, STORAGE, PERSIST, INFRA.
     Shutdown(ShutdownArgs),
+    /// Confirm that replicas the hives run, unknown to a queen whose store had no
+    /// deployments, should stop (until then it stops nothing).
+    StopUnknown(Remote),
 }
 
 #[derive(clap::Args, Debug)]
@@ -370,6 +373,16 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             println!("{name}: replicas stopping");
         }
         Command::Cluster { command: ClusterCommand::Shutdown(args) } => return shutdown(args).await,
+        Command::Cluster { command: ClusterCommand::StopUnknown(remote) } => {
+            let answer: contract::UnknownReplicas = remote
+                .client()?
+                .post_json("/v1/cluster/unknown-replicas/stop", &serde_json::json!({}))
+                .await
+                .with_context(|| format!("asking {}", remote.queen))?;
+            print_as(remote.output, &answer, |a| {
+                format!("{} hives told to stop the replicas unknown to the queen\n", a.hives)
+            })?;
+        }
         Command::Audit { limit, remote } => {
             let log: contract::AuditLog = remote
                 .client()?

@@ -24,6 +24,14 @@ use crate::snapshot::{self, Snapshots};
 use crate::store::{MemoryStore, RedbStore, Store};
 use crate::summary;
 
+/// What readiness, the snapshot and the dashboard say while hives run replicas a queen
+/// with an empty store does not know.
+pub fn unknown_replicas_text(hives: usize) -> String {
+    format!(
+        "unknown replicas on {hives} hives: this queen's store had no deployments, so it stops nothing they run; declare the deployments again, or confirm with `queen cluster stop-unknown` (POST /v1/cluster/unknown-replicas/stop)"
+    )
+}
+
 /// A call handed to [`Queen::off_runtime`] did not come back (it panicked, or the
 /// runtime is shutting down).
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +121,11 @@ impl Queen {
             } else {
                 Err(format!("no snapshot for {} ms: the snapshot ticker is stuck", age.as_millis()))
             }
+        });
+        let unknown = Arc::clone(&orchestrator);
+        builder = builder.check("unknown_replicas", move || match unknown.unknown_hives() {
+            0 => Ok("every replica the hives run is known".to_string()),
+            n => Err(unknown_replicas_text(n)),
         });
         if config.borrow().insecure_no_auth {
             // Passes (the queen works), but every readiness report says what it is.

@@ -151,6 +151,7 @@ static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
         row(M::GET, "/v1/cluster/leader", Read, ANY_QUEEN, READ, || routes!(cluster::leader)),
         row(M::POST, "/v1/cluster/leader/transfer", Admin, LEADER, NONE, || routes!(cluster::transfer_leader)),
         row(M::GET, "/v1/audit", Admin, LEADER, NONE, || routes!(crate::audit::list)),
+        row(M::POST, "/v1/cluster/unknown-replicas/stop", Admin, LEADER, NONE, || routes!(cluster::stop_unknown)),
         row(M::GET, "/v1/openapi.json", Read, ANY_QUEEN, READ, || routes!(cluster::openapi_document)),
         // Served by the health router every process shares.
         health("/healthz"),

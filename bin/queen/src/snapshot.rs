@@ -212,6 +212,10 @@ fn warnings(queen: &Queen) -> Vec<String> {
             config.listen
         ));
     }
+    match queen.orchestrator.unknown_hives() {
+        0 => {}
+        n => out.push(crate::queen::unknown_replicas_text(n)),
+    }
     out
 }
 

@@ -297,6 +297,10 @@ pub enum CommandKind {
         #[serde(default)]
         shutdown: Option<crate::PhaseOrder>,
     },
+    /// The queen does not know what should run here (its store held no deployments when it
+    /// started or was elected): keep running what runs, start and stop nothing, until an
+    /// operator declares deployments or confirms that what runs should stop.
+    Hold,
 }
 
 /// One message on `GET /v1/hives/{id}/commands` (SSE `event: command`).
@@ -307,6 +311,14 @@ pub struct HiveCommand {
     pub id: u64,
     #[serde(flatten)]
     pub kind: CommandKind,
+}
+
+/// `POST /v1/cluster/unknown-replicas/stop`: how many hives ran replicas the queen did not
+/// know, and are now told to run nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UnknownReplicas {
+    pub hives: usize,
 }
 
 /// `POST /v1/hives/{id}/acks`.

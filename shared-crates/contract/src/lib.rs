@@ -23,7 +23,8 @@ pub use audit::{AuditEntry, AuditLog};
 pub use deploy::{
     Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentSpec, DeploymentStatus, DrainRequest,
     DrainStatus, EligibilityBody, HiveCommand, LeaderInfo, LeaderTransfer, MAX_REPLICAS, PlacementStrategy,
-    ProcessState, QueenRef, Retiring, SECRET, ScaleBody, StrategyBody, SupervisedWorker, TransferAnswer, WorkerLaunch,
+    ProcessState, QueenRef, Retiring, SECRET, ScaleBody, StrategyBody, SupervisedWorker, TransferAnswer,
+    UnknownReplicas, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};

@@ -41,6 +41,24 @@ pub(crate) async fn get_shutdown(State(queen): State<Arc<Queen>>) -> Result<Json
     queen.shutdown.current().map(Json).ok_or_else(|| ApiError::not_found("no cluster shutdown has been started"))
 }
 
+/// Confirms that the replicas hives run unknown to this queen should stop. A queen whose
+/// store held no deployments when it started or was elected tells no hive to stop what it
+/// runs (the store may have lost them) until this call or a new deployment.
+#[utoipa::path(post, path = "/v1/cluster/unknown-replicas/stop", tag = "cluster", responses(
+    (status = 200, body = contract::UnknownReplicas, description = "the hives that ran unknown replicas are told to run nothing"),
+    (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"),
+))]
+pub(crate) async fn stop_unknown(State(queen): State<Arc<Queen>>) -> Result<Json<contract::UnknownReplicas>, ApiError> {
+    let hives = super::on_store(&queen, |q| {
+        let hives = q.orchestrator.stop_unknown();
+        q.reconcile();
+        Ok(hives)
+    })
+    .await?;
+    tracing::warn!(hives, "operator confirmed: replicas unknown to this queen stop");
+    Ok(Json(contract::UnknownReplicas { hives }))
+}
+
 /// Which queen acts for the cluster (places work, sequences shutdowns) and whether it is
 /// the one answering.
 #[utoipa::path(get, path = "/v1/cluster/leader", tag = "cluster", responses((status = 200, body = contract::LeaderInfo), (status = "4XX", body = ApiErrorBody, description = "refused")))]

@@ -63,6 +63,8 @@ struct Inner {
 
 pub struct Channels {
     inner: Mutex<Inner>,
+    /// Hives are sent `Hold` rather than an empty set (see `CommandKind::Hold`).
+    holding: std::sync::atomic::AtomicBool,
     /// Command ids grow across every hive's channel, so an ACK names one command exactly.
     next_command: AtomicU64,
     /// Woken by every ACK, so a shutdown phase ends as soon as its last ACK is in.
@@ -71,7 +73,12 @@ pub struct Channels {
 
 impl Default for Channels {
     fn default() -> Self {
-        Self { inner: Mutex::default(), next_command: AtomicU64::new(1), acks: tokio::sync::Notify::new() }
+        Self {
+            inner: Mutex::default(),
+            holding: std::sync::atomic::AtomicBool::new(false),
+            next_command: AtomicU64::new(1),
+            acks: tokio::sync::Notify::new(),
+        }
     }
 }
 
@@ -92,10 +99,24 @@ impl Channels {
     }
 
     fn command(&self, inner: &Inner, hive: &NodeId, workers: Vec<WorkerLaunch>) -> HiveCommand {
-        HiveCommand {
-            id: self.next_command.fetch_add(1, Ordering::Relaxed),
-            kind: CommandKind::Assign { workers, shutdown: inner.phase_orders.get(hive).cloned() },
-        }
+        let shutdown = inner.phase_orders.get(hive).cloned();
+        // Only "run nothing" is held back: a shutdown's phase orders and real work go out.
+        let kind = if self.holding() && workers.is_empty() && shutdown.is_none() {
+            CommandKind::Hold
+        } else {
+            CommandKind::Assign { workers, shutdown }
+        };
+        HiveCommand { id: self.next_command.fetch_add(1, Ordering::Relaxed), kind }
+    }
+
+    pub fn holding(&self) -> bool {
+        self.holding.load(Ordering::SeqCst)
+    }
+
+    /// Holds back "run nothing" from every hive, or stops holding it back; a hive told to
+    /// hold gets its set (an empty one, if so) at the next publish.
+    pub fn set_holding(&self, on: bool) {
+        self.holding.store(on, Ordering::SeqCst);
     }
 
     /// Sends `command` on `hive`'s channel, opening it if the hive never connected.
@@ -115,7 +136,9 @@ impl Channels {
         let hives: BTreeSet<NodeId> = inner.channels.keys().cloned().chain(desired.keys().cloned()).collect();
         for hive in hives {
             let want = desired.remove(&hive).unwrap_or_default();
-            if inner.channels.get(&hive).is_some_and(|ch| ch.desired == want) {
+            // A hive told to hold is sent its set once holding ends, even an unchanged one.
+            let held = |ch: &Channel| matches!(ch.tx.borrow().kind, CommandKind::Hold);
+            if inner.channels.get(&hive).is_some_and(|ch| ch.desired == want && (self.holding() || !held(ch))) {
                 continue;
             }
             let command = self.command(&inner, &hive, want.clone());

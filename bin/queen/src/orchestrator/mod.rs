@@ -12,7 +12,7 @@ mod channels;
 mod drains;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -75,6 +75,8 @@ pub struct Orchestrator {
     /// A queen that just started has not heard from every hive yet: a hive it does not
     /// know is not taken for gone until the orphan threshold has passed since the start.
     started: Mutex<tokio::time::Instant>,
+    /// See [`Orchestrator::unknown_hives`]; counted at each reconcile.
+    unknown_hives: AtomicUsize,
     /// Placement decisions by kind, for `/metrics`.
     pub decisions: Family<DecisionLabels, Counter>,
 }
@@ -93,6 +95,10 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
 impl Orchestrator {
     pub fn open(store: Box<dyn Store>, orphan_after: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
         let Persisted { deployments, assignments, strategy, shutdown: _, ineligible, drains } = store.load()?;
+        let channels = Channels::default();
+        // A store with no deployments may be a store that lost them: hives are not told to
+        // stop what they run until an operator says so (or declares something).
+        channels.set_holding(deployments.is_empty());
         Ok(Self {
             state: Mutex::new(State {
                 deployments,
@@ -100,7 +106,8 @@ impl Orchestrator {
                 ineligible,
             }),
             store,
-            channels: Channels::default(),
+            channels,
+            unknown_hives: AtomicUsize::new(0),
             event_seq,
             events: Mutex::new(VecDeque::new()),
             orphan_after,
@@ -185,9 +192,12 @@ impl Orchestrator {
         let Persisted { deployments, assignments, strategy, shutdown, ineligible, drains } = self.store.load()?;
         let mut st = self.lock();
         let strategy = strategy.unwrap_or(st.placement.placer.strategy);
+        let empty = deployments.is_empty();
         st.deployments = deployments;
         st.placement = Placement { assignments, drains, placer: Placer::new(strategy) };
         st.ineligible = ineligible;
+        drop(st);
+        self.channels.set_holding(empty);
         Ok(shutdown)
     }
 
@@ -208,6 +218,19 @@ impl Orchestrator {
     }
 
     /// Whether this queen started (or was elected) too recently to know every node.
+    /// Hives that run replicas this queen knows nothing of, held rather than stopped (its
+    /// store had no deployments when it started or was elected).
+    pub fn unknown_hives(&self) -> usize {
+        self.unknown_hives.load(Ordering::Relaxed)
+    }
+
+    /// An operator confirms that what the hives run unknown to this queen should stop.
+    pub fn stop_unknown(&self) -> usize {
+        let unknown = self.unknown_hives.swap(0, Ordering::Relaxed);
+        self.channels.set_holding(false);
+        unknown
+    }
+
     pub fn in_grace(&self) -> bool {
         self.started.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < self.orphan_after
     }
@@ -240,6 +263,9 @@ impl Orchestrator {
         let record = DeploymentRecord { spec, created_at: OffsetDateTime::now_utc() };
         self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
         st.deployments.insert(record.spec.name.clone(), record);
+        drop(st);
+        // An operator declared what runs: whatever else the hives run is theirs to stop.
+        self.channels.set_holding(false);
         Ok(())
     }
 
@@ -351,6 +377,8 @@ impl Orchestrator {
         let now = OffsetDateTime::now_utc();
         let views = observe(hives);
         self.set_brake(&views);
+        let unknown = if self.channels.holding() { views.values().filter(|v| v.processes > 0).count() } else { 0 };
+        self.unknown_hives.store(unknown, Ordering::Relaxed);
         if self.gated() {
             // Frozen: a shutting-down cluster moves no work; hives get their phase orders.
             return Ok(());

@@ -44,8 +44,44 @@ async fn a_failed_store_write_changes_nothing_in_memory() -> anyhow::Result<()> 
     assert_eq!(store.load()?.assignments.len(), 2, "and now both agree");
     assert!(commands.has_changed()?);
     let command = Arc::clone(&commands.borrow_and_update());
-    let CommandKind::Assign { workers: told, .. } = &command.kind;
+    let CommandKind::Assign { workers: told, .. } = &command.kind else { anyhow::bail!("{command:?}") };
     assert_eq!(told.len(), 2);
+    Ok(())
+}
+
+/// A queen whose store has no deployments while a hive runs replicas tells it to hold,
+/// never to run nothing, until an operator confirms (or declares a deployment).
+#[tokio::test]
+async fn an_empty_store_stops_nothing_until_an_operator_confirms() -> anyhow::Result<()> {
+    let o = Orchestrator::open(
+        Box::new(crate::store::MemoryStore::default()),
+        Duration::from_secs(60),
+        Arc::new(AtomicU64::new(1)),
+    )?;
+    let (hives, workers) = registries()?;
+    let mut report: HiveHeartbeat = serde_json::from_str(contract::examples::HIVE_HEARTBEAT)?;
+    report.id = NodeId::sanitized("hive-1");
+    report.seq = contract::Seq(report.seq.0 + 1);
+    report.workers = vec![contract::SupervisedWorker {
+        name: NodeId::sanitized("web-0"),
+        deployment: NodeId::sanitized("web"),
+        state: contract::ProcessState::Running,
+        pid: Some(42),
+        restarts: 0,
+        last_exit: String::new(),
+    }];
+    hives.upsert(report);
+    let mut commands = o.channels.subscribe(&NodeId::sanitized("hive-1"));
+    o.reconcile(&hives, &workers)?;
+    assert!(matches!(commands.borrow_and_update().kind, CommandKind::Hold), "not 'run nothing'");
+    assert_eq!(o.unknown_hives(), 1, "said in readiness and the snapshot");
+
+    assert_eq!(o.stop_unknown(), 1);
+    o.reconcile(&hives, &workers)?;
+    assert!(commands.has_changed()?, "the confirmation reaches the hive");
+    let command = Arc::clone(&commands.borrow_and_update());
+    assert!(matches!(&command.kind, CommandKind::Assign { workers, .. } if workers.is_empty()), "{command:?}");
+    assert_eq!(o.unknown_hives(), 0);
     Ok(())
 }
 
