@@ -410,11 +410,11 @@ impl Queen {
 
     /// PERSIST: who ran what and how each phase ended, as JSON beside the store (the
     /// store itself is written on every change, so this is the human-readable record).
-    pub(crate) fn write_final_state(&self) {
+    pub(crate) fn write_final_state(&self) -> Result<(), String> {
         let config = self.config();
         let Some(dir) = &config.data_dir else {
             tracing::info!("no data dir: the final cluster state is only in the log");
-            return;
+            return Ok(());
         };
         let state = summary::FinalState {
             written_at: time::OffsetDateTime::now_utc(),
@@ -424,13 +424,22 @@ impl Queen {
         };
         let path = dir.join("final-state.json");
         let tmp = dir.join("final-state.json.tmp");
+        // Written whole to a temporary file, synced, renamed over the old one, and the
+        // rename synced: a crash leaves the old record or the new one, never half of one.
         let written = serde_json::to_vec_pretty(&state)
             .map_err(std::io::Error::other)
             .and_then(|bytes| crate::store::write_private(&tmp, &bytes))
-            .and_then(|()| std::fs::rename(&tmp, &path));
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .and_then(|()| std::fs::File::open(dir)?.sync_all());
         match written {
-            Ok(()) => tracing::info!(path = %path.display(), "final cluster state written"),
-            Err(e) => tracing::error!(error = %e, path = %path.display(), "could not write the final cluster state"),
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "final cluster state written");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, path = %path.display(), "could not write the final cluster state");
+                Err(format!("{}: {e}", path.display()))
+            }
         }
     }
 

@@ -261,8 +261,11 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
     match phase {
         Phase::Gate => queen.orchestrator.set_gate(),
         Phase::Persist => {
-            if let Err(e) = queen.off_runtime(|q| q.write_final_state()).await {
-                tracing::error!(error = %e, "the final cluster state was not written");
+            let written = queen.off_runtime(|q| q.write_final_state()).await.map_err(|e| e.to_string()).and_then(|w| w);
+            if let Err(why) = written
+                && !persist_failed(queen, why).await
+            {
+                return false;
             }
         }
         _ => {}
@@ -280,6 +283,37 @@ async fn run_phase(queen: &Arc<Queen>, phase: Phase) -> bool {
         return false;
     }
     end_phase(queen, phase, started, timeout).await
+}
+
+/// PERSIST could not write the final state: the record of who ran what is what the phase is
+/// for, so the sequence stops here unless forced (then it goes on, and says so).
+async fn persist_failed(queen: &Arc<Queen>, why: String) -> bool {
+    let failure = format!("PERSIST: the final state was not written: {why}");
+    let told = failure.clone();
+    let stopped = update_durably(queen, move |_, s| {
+        if s.force {
+            return false;
+        }
+        if let Some(r) = report(s, Phase::Persist) {
+            r.status = PhaseStatus::Failed;
+        }
+        s.status = ShutdownStatus::Failed;
+        s.failure = told.clone();
+        true
+    })
+    .await;
+    match stopped {
+        Some((_, false)) => {
+            phase_event(queen, EventKind::PhaseDone, format!("{failure}; forced on"));
+            true
+        }
+        _ => {
+            tracing::error!(%failure, "cluster shutdown stopped");
+            phase_event(queen, EventKind::PhaseFailed, format!("shutdown stopped at {failure}"));
+            publish(queen).await;
+            false
+        }
+    }
 }
 
 /// Takes in ACKs as they come until every hive answered or `deadline`; false when this
@@ -451,6 +485,38 @@ mod tests {
         let waited = began.elapsed();
         assert!(waited >= Duration::from_secs(60) && waited <= Duration::from_secs(62), "waited {waited:?}");
         assert!(queen.orchestrator.gated(), "GATE's own part ran before the wait");
+        Ok(())
+    }
+
+    /// A data dir where the final state cannot be written (its temporary file's name is
+    /// taken by a directory) fails PERSIST instead of going on as if it had been written.
+    #[tokio::test(start_paused = true)]
+    async fn a_final_state_that_cannot_be_written_fails_persist() -> anyhow::Result<()> {
+        let dir = std::env::temp_dir().join(format!(
+            "queen-persist-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(dir.join("final-state.json.tmp"))?;
+        let mut config = crate::QueenConfig::with_intervals(Duration::from_secs(1), Duration::from_secs(1))?;
+        config.data_dir = Some(dir.clone());
+        let me = contract::QueenRef { id: "q".into(), url: "http://127.0.0.1:1".into() };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let queen = Queen::new(config, me, stop.clone(), tokio_util::task::TaskTracker::new(), None)?;
+        start(&queen, ShutdownRequest { phase_timeout_ms: Some(1_000), ..Default::default() })
+            .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+        while queen.shutdown.current().is_some_and(|s| s.status == ShutdownStatus::Running) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let state = queen.shutdown.current().expect("recorded");
+        stop.cancel();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(state.status, ShutdownStatus::Failed, "{state:?}");
+        assert!(state.failure.starts_with("PERSIST: the final state was not written"), "{}", state.failure);
+        assert!(
+            state.phases.iter().all(|p| p.phase != Phase::Infra || p.status == PhaseStatus::Pending),
+            "INFRA never ran"
+        );
         Ok(())
     }
 

@@ -156,7 +156,7 @@ async fn the_final_state_is_private_and_holds_no_secret() -> anyhow::Result<()> 
     let q = testing::queen(move |c| c.data_dir = Some(data))?;
     let spec = json!({"name": "db", "command": "/bin/true", "replicas": 0, "secret_env": {"PW": "hunter2-s3cret"}});
     assert_eq!(q.call(Method::POST, "/v1/deployments", None, &spec.to_string()).await.0, 201);
-    q.queen.write_final_state();
+    q.queen.write_final_state().map_err(anyhow::Error::msg)?;
     let path = dir.join("final-state.json");
     let text = std::fs::read_to_string(&path)?;
     use std::os::unix::fs::PermissionsExt;
