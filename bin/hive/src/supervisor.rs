@@ -316,6 +316,9 @@ impl Supervisor {
                 _ => None,
             };
             if let Some(status) = exited {
+                // The replica is its main process: what that left behind in its group (a
+                // child that ignored SIGTERM, say) goes with it, stopped or crashed.
+                signal_group(proc.pid, Signal::SIGKILL);
                 if proc.kill_at.is_some() {
                     let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
                     if !drain.killed.contains(name) {
@@ -394,9 +397,10 @@ impl Supervisor {
             let deadline = proc.kill_at.unwrap_or(now);
             if tokio::time::timeout_at(deadline, child.wait()).await.is_err() {
                 tracing::warn!(worker = %name, "worker did not stop in time; killing it");
-                signal_group(proc.pid, Signal::SIGKILL);
                 let _ = child.kill().await;
             }
+            // Whatever it left in its group goes with it.
+            signal_group(proc.pid, Signal::SIGKILL);
             proc.child = None;
             proc.pid = None;
         }

@@ -485,3 +485,29 @@ async fn a_queen_with_an_empty_store_stops_nothing_until_told() -> anyhow::Resul
     wait_running(&client, 0, "the unknown replicas stopped once confirmed").await?;
     sb.shutdown().await
 }
+
+/// A replica that forks a child which ignores SIGTERM: when the replica is stopped, the
+/// child goes too (the hive signals the replica's whole process group, SIGKILL at the
+/// deadline), so nothing a replica started outlives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_takes_its_stubborn_children_with_it() -> anyhow::Result<()> {
+    let sb =
+        Sandbox::builder().hives(1).workers_per_hive(0).heartbeat_interval(Duration::from_millis(300)).start().await?;
+    let client = sb.client();
+    let dir = TempDir::new("process-tree")?;
+    let pidfile = dir.0.join("child.pid");
+    let script = format!("sh -c 'trap \"\" TERM; echo $$ > {}; while :; do sleep 1; done' & wait", pidfile.display());
+    let spec = json!({"name": "tree", "command": "/bin/sh", "args": ["-c", script], "replicas": 1});
+    client.post_json::<_, DeploymentStatus>("/v1/deployments", &spec).await?;
+    let child: i32 = wait_until("the replica's child running", WAIT, || async {
+        std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    })
+    .await?;
+    assert!(alive(child as u32));
+    client.scale("tree", 0).await?;
+    wait_until("the child that ignores SIGTERM gone with its replica", WAIT, || async {
+        (!alive(child as u32)).then_some(())
+    })
+    .await?;
+    sb.shutdown().await
+}
