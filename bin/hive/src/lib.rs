@@ -87,7 +87,9 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
             ca: config.ca.clone(),
         },
         config.worker_stop_timeout,
-    );
+    )
+    // A replica that starts, fails or cannot start is told to the queen at once.
+    .on_change(heartbeater.nudger());
     let mut sampler = resources::Sampler::new().map_err(|e| anyhow::anyhow!("cannot read system resources: {e}"))?;
     let identity = Arc::new(Identity {
         address: format!("http://{addr}"),

@@ -170,6 +170,9 @@ pub struct Supervisor {
     procs: BTreeMap<NodeId, Proc>,
     report: Arc<Mutex<Vec<SupervisedWorker>>>,
     drain: Arc<Mutex<DrainOutcome>>,
+    /// Told when a process's state or last exit changes (not its pid or restart count
+    /// alone), so the hive's next heartbeat carries it at once.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl Supervisor {
@@ -180,7 +183,14 @@ impl Supervisor {
             procs: BTreeMap::new(),
             report: Arc::new(Mutex::new(Vec::new())),
             drain: Arc::new(Mutex::new(DrainOutcome::default())),
+            changed: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Tells `changed` whenever a process's state or last exit changes.
+    pub fn on_change(mut self, changed: Arc<tokio::sync::Notify>) -> Self {
+        self.changed = changed;
+        self
     }
 
     /// How the cluster-shutdown drain is going.
@@ -380,8 +390,17 @@ impl Supervisor {
                 restarts: p.restarts,
                 last_exit: report_text(&p.last_exit),
             })
-            .collect();
-        *self.report.lock().unwrap_or_else(|p| p.into_inner()) = report;
+            .collect::<Vec<_>>();
+        let mut held = self.report.lock().unwrap_or_else(|p| p.into_inner());
+        let shape = |r: &[SupervisedWorker]| {
+            r.iter().map(|w| (w.name.clone(), w.state, w.last_exit.clone())).collect::<Vec<_>>()
+        };
+        let changed = shape(&held) != shape(&report);
+        *held = report;
+        drop(held);
+        if changed {
+            self.changed.notify_one();
+        }
     }
 
     /// SIGTERM to every child, SIGKILL to those still there at the deadline; returns when

@@ -66,7 +66,13 @@ pub struct Heartbeater {
     last_success: Mutex<Option<Instant>>,
     sent: Counter,
     failed: Counter,
+    /// Woken when what the node reports changed in a way the queen should hear at once.
+    nudge: std::sync::Arc<tokio::sync::Notify>,
 }
+
+/// Soonest a nudged heartbeat follows the one before it, so a node whose report changes
+/// often still beats a bounded number of times (well under the queen's per-node limit).
+const NUDGE_GAP: Duration = Duration::from_millis(250);
 
 impl Heartbeater {
     pub fn new(client: QueenClient, initial_interval: Duration) -> Self {
@@ -77,6 +83,7 @@ impl Heartbeater {
             last_success: Mutex::new(None),
             sent: Counter::default(),
             failed: Counter::default(),
+            nudge: std::sync::Arc::new(tokio::sync::Notify::new()),
         }
     }
 
@@ -102,6 +109,12 @@ impl Heartbeater {
                 None => Err("the queen has not answered yet".into()),
             }
         }
+    }
+
+    /// Wakes [`Heartbeater::run`] for a heartbeat now rather than at the next interval (a
+    /// replica that cannot start, say); heartbeats stay at least 250 ms apart.
+    pub fn nudger(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        std::sync::Arc::clone(&self.nudge)
     }
 
     /// The interval in force: the node's own until the queen answers, then the queen's.
@@ -199,9 +212,16 @@ impl Heartbeater {
                     backoff.get_or_insert_with(|| retry_policy(interval).build()).next().unwrap_or(interval)
                 }
             };
+            let beat_at = tokio::time::Instant::now();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
+                _ = self.nudge.notified() => {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep_until(beat_at + NUDGE_GAP) => {}
+                    }
+                }
             }
         }
     }

@@ -511,3 +511,22 @@ async fn a_stopped_replica_takes_its_stubborn_children_with_it() -> anyhow::Resu
     .await?;
     sb.shutdown().await
 }
+
+/// The hive tells the queen at once when a replica cannot start, not at its next heartbeat:
+/// with a 30 s interval the report still arrives within seconds (what `queen deploy`'s
+/// warning waits for).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_cannot_start_is_reported_before_the_next_interval() -> anyhow::Result<()> {
+    let sb =
+        Sandbox::builder().hives(1).workers_per_hive(0).heartbeat_interval(Duration::from_secs(30)).start().await?;
+    let client = sb.client();
+    wait_until("the hive heard", WAIT, || async { client.hive("hive-0").await.ok() }).await?;
+    let spec = json!({"name": "typo", "command": "/usr/bin/no-such-program", "replicas": 1});
+    client.post_json::<_, DeploymentStatus>("/v1/deployments", &spec).await?;
+    wait_until("the hive's word, long before its next interval", Duration::from_secs(10), || async {
+        let d: DeploymentStatus = client.get_json("/v1/deployments/typo").await.ok()?;
+        d.assignments.first().filter(|a| a.last_exit.contains("no such file")).map(|_| ())
+    })
+    .await?;
+    sb.shutdown().await
+}
