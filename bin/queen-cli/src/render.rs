@@ -7,6 +7,9 @@ pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
     let mut out = format!("{:<20} {:>8} {:>8}  {}\n", "DEPLOYMENT", "REPLICAS", "RUNNING", "COMMAND");
     for d in deployments {
         out.push_str(&format!("{:<20} {:>8} {:>8}  {}\n", d.spec.name, d.spec.replicas, d.running, d.spec.command));
+        if let Some(why) = &d.failed {
+            out.push_str(&format!("  FAILED: {why}\n"));
+        }
         for a in &d.assignments {
             let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
             out.push_str(&format!(

@@ -272,6 +272,23 @@ pub struct DeploymentStatus {
     pub assignments: Vec<Assignment>,
     /// Replicas whose worker heartbeats and is up.
     pub running: u32,
+    /// Set when no replica runs and every placed one's hive says its command cannot start:
+    /// the deployment is failed, not merely starting (its hives keep retrying with backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+}
+
+impl DeploymentStatus {
+    /// `failed` as the assignments (with their hives' reports joined in) say.
+    pub fn judge_failed(&mut self) {
+        let placed: Vec<&Assignment> = self.assignments.iter().filter(|a| a.hive.is_some()).collect();
+        let cannot = |a: &&Assignment| a.last_exit.starts_with("cannot start");
+        self.failed = (self.running == 0 && !placed.is_empty() && placed.iter().all(cannot)).then(|| {
+            let hives: std::collections::BTreeSet<&str> =
+                placed.iter().filter_map(|a| a.hive.as_ref()).map(NodeId::as_str).collect();
+            format!("no replica can start on {} hive(s): {}", hives.len(), placed[0].last_exit)
+        });
+    }
 }
 
 /// What a hive should run: the whole desired set, so a command is idempotent and a
@@ -421,4 +438,61 @@ pub struct LeaderTransfer {
 pub struct TransferAnswer {
     pub from: QueenRef,
     pub to: QueenRef,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assignment(slot: u32, hive: Option<&str>, last_exit: &str) -> Assignment {
+        Assignment {
+            deployment: NodeId::sanitized("web"),
+            slot,
+            worker: NodeId::sanitized(&format!("web-{slot}")),
+            hive: hive.map(NodeId::sanitized),
+            state: if hive.is_some() { AssignmentState::Placed } else { AssignmentState::Pending },
+            since: OffsetDateTime::UNIX_EPOCH,
+            moves: 0,
+            restarts: 3,
+            generation: 0,
+            retiring: None,
+            process: Some(ProcessState::Restarting),
+            last_exit: last_exit.into(),
+        }
+    }
+
+    #[test]
+    fn a_deployment_is_failed_only_when_no_placed_replica_can_start() {
+        let spec = DeploymentSpec {
+            name: NodeId::sanitized("web"),
+            command: "/x".into(),
+            args: vec![],
+            env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
+            replicas: 3,
+            labels_required: BTreeMap::new(),
+            max_restarts: None,
+        };
+        let cannot = "cannot start: /x: no such file";
+        let mut status = DeploymentStatus {
+            spec,
+            created_at: OffsetDateTime::UNIX_EPOCH,
+            assignments: vec![
+                assignment(0, Some("h1"), cannot),
+                assignment(1, Some("h2"), cannot),
+                assignment(2, None, ""),
+            ],
+            running: 0,
+            failed: None,
+        };
+        status.judge_failed();
+        assert_eq!(status.failed.as_deref(), Some("no replica can start on 2 hive(s): cannot start: /x: no such file"));
+        status.assignments[1].last_exit = "exit status: 1".into();
+        status.judge_failed();
+        assert_eq!(status.failed, None, "one crashes rather than cannot start: not failed");
+        status.assignments[1].last_exit = cannot.into();
+        status.running = 1;
+        status.judge_failed();
+        assert_eq!(status.failed, None, "one runs");
+    }
 }

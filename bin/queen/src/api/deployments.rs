@@ -19,6 +19,7 @@ pub(crate) async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Ve
     let mut list = queen.orchestrator.list(&queen.ingest.workers);
     for d in &mut list {
         join_reports(&queen, &mut d.assignments);
+        d.judge_failed();
     }
     Json(list)
 }
@@ -29,6 +30,7 @@ fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiErro
         .get(name, &queen.ingest.workers)
         .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))?;
     join_reports(queen, &mut status.assignments);
+    status.judge_failed();
     Ok(Json(status))
 }
 

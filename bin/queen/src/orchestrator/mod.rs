@@ -332,7 +332,13 @@ impl Orchestrator {
         let assignments: Vec<Assignment> =
             st.placement.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
         let running = assignments.iter().filter(|a| Self::running(workers, a)).count() as u32;
-        DeploymentStatus { spec: record.spec.redacted(), created_at: record.created_at, assignments, running }
+        DeploymentStatus {
+            spec: record.spec.redacted(),
+            created_at: record.created_at,
+            assignments,
+            running,
+            failed: None,
+        }
     }
 
     pub fn list(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentStatus> {

@@ -433,6 +433,8 @@ async fn a_command_that_cannot_start_is_visible_and_harms_no_hive() -> anyhow::R
         })
         .await?;
         assert_eq!(a.process, Some(ProcessState::Restarting), "{a:?}");
+        let d: DeploymentStatus = client.get_json(&path).await?;
+        assert!(d.failed.as_deref().is_some_and(|f| f.contains(said)), "marked failed, not starting: {:?}", d.failed);
         assert!(a.last_exit.starts_with("cannot start:") && a.last_exit.len() <= 256, "{}", a.last_exit);
         wait_until(&format!("{name}: a start_failed event"), WAIT, || async {
             let events = sb.snapshot().await.ok()?.events;
