@@ -147,7 +147,7 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
                 }
                 queen.ingest.sweep();
                 let gone = queen.ingest.forget_old();
-                queen.orchestrator.channels.prune(|h| queen.ingest.hives.get(h).is_some());
+                queen.orchestrator.channels.prune(|h| queen.ingest.hives.contains(h));
                 if !gone.is_empty() {
                     let forgotten = queen.off_runtime(move |q| q.orchestrator.forget_hives(&gone)).await;
                     if let Ok(Err(e)) = forgotten {

@@ -318,6 +318,26 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
         self.entries.get(id).map(|e| self.view(&e, now))
     }
 
+    /// Reads one node without cloning its payload (the heartbeat path's checks);
+    /// `f` must not call back into this registry.
+    pub fn inspect<R>(&self, id: &T::Id, f: impl FnOnce(NodeRef<'_, T>) -> R) -> Option<R> {
+        let now = Instant::now();
+        self.entries.get(id).map(|e| {
+            f(NodeRef {
+                payload: &e.payload,
+                liveness: e.liveness,
+                available: e.available(),
+                flapping: e.flapping,
+                last_seen: self.wall(e.last_seen),
+                silent_for: now.saturating_duration_since(e.last_seen),
+            })
+        })
+    }
+
+    pub fn contains(&self, id: &T::Id) -> bool {
+        self.entries.contains_key(id)
+    }
+
     /// Liveness changes of one node, oldest first.
     pub fn history(&self, id: &T::Id) -> Option<Vec<LivenessEvent<T::Id>>> {
         self.entries.get(id).map(|e| e.history.iter().cloned().collect())

@@ -81,15 +81,18 @@ impl NodePayload for WorkerHeartbeat {
         summary::worker(node)
     }
     fn admit(&self, queen: &Queen, from: admission::Origin) -> Result<(), String> {
-        if let Some(held) = queen.ingest.workers.get(&self.id).filter(|w| w.liveness.is_up())
-            && let Some(conflict) = admission::worker_conflict(&held.payload, self)
-        {
+        let conflict = queen.ingest.workers.inspect(&self.id, |held| {
+            held.liveness.is_up().then(|| admission::worker_conflict(held.payload, self)).flatten()
+        });
+        if let Some(conflict) = conflict.flatten() {
             return Err(conflict);
         }
-        let hive = queen.ingest.hives.get(&self.hive_id);
-        let seen =
-            hive.as_ref().map(|h| admission::HiveSeen { address: &h.payload.address, hostname: &h.payload.hostname });
-        admission::check_worker(self, from, seen)
+        // Read in place: no copy of the hive's payload on every worker heartbeat.
+        let check = |h: NodeRef<'_, HiveHeartbeat>| {
+            let seen = admission::HiveSeen { address: &h.payload.address, hostname: &h.payload.hostname };
+            admission::check_worker(self, from, Some(seen))
+        };
+        queen.ingest.hives.inspect(&self.hive_id, check).unwrap_or_else(|| admission::check_worker(self, from, None))
     }
 }
 
@@ -97,15 +100,16 @@ impl NodePayload for WorkerHeartbeat {
 /// one not executable), so that a deployment that cannot run is visible where operators
 /// look, once per reason rather than once per beat.
 fn start_failures(queen: &Queen, hb: &HiveHeartbeat) {
-    let held = queen.ingest.hives.get(&hb.id);
-    for w in hb.workers.iter().filter(|w| w.state != contract::ProcessState::Running) {
-        if !w.last_exit.starts_with("cannot start") {
-            continue;
-        }
-        let said_before = held
-            .as_ref()
-            .and_then(|h| h.payload.workers.iter().find(|o| o.name == w.name))
-            .is_some_and(|o| o.last_exit == w.last_exit);
+    let cannot = |w: &&contract::SupervisedWorker| {
+        w.state != contract::ProcessState::Running && w.last_exit.starts_with("cannot start")
+    };
+    // The common heartbeat says nothing of the kind and costs no lookup.
+    for w in hb.workers.iter().filter(cannot) {
+        let said_before = queen
+            .ingest
+            .hives
+            .inspect(&hb.id, |h| h.payload.workers.iter().any(|o| o.name == w.name && o.last_exit == w.last_exit))
+            .unwrap_or(false);
         if !said_before {
             let reason = format!("hive {} {}", hb.id, w.last_exit);
             queen.orchestrator.event(&queen.ingest.workers, &w.name, contract::EventKind::StartFailed, reason);
@@ -173,7 +177,7 @@ fn admit_any<T: NodePayload>(queen: &Queen, payload: &T, caller: &str) -> Result
     if let Err(e) = contract::Epoch(payload.epoch()).check_not_ahead_of(now, admission::MAX_EPOCH_SKEW) {
         return Err(("epoch_ahead", ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "epoch_ahead", e.to_string())));
     }
-    if T::registry(queen).get(payload.id()).is_some() {
+    if T::registry(queen).contains(payload.id()) {
         return Ok(());
     }
     let config = queen.config();
@@ -234,7 +238,7 @@ fn heartbeat<T: NodePayload>(
     let accepted = outcome != UpsertOutcome::Stale;
     count(queen, T::KIND, if accepted { "accepted" } else { "stale" });
     let held_epoch =
-        if accepted { None } else { T::registry(queen).get(&id).map(|v| contract::Epoch(v.payload.epoch())) };
+        if accepted { None } else { T::registry(queen).inspect(&id, |v| contract::Epoch(v.payload.epoch())) };
     Ok(Json(HeartbeatResponse { next_interval_ms: queen.next_interval().as_millis() as u64, accepted, held_epoch }))
 }
 
