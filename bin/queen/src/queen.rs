@@ -111,8 +111,10 @@ impl Queen {
         let frames = snapshots.subscribe();
         let (config, config_rx) = watch::channel(Arc::new(config));
         let store_check = Arc::clone(&orchestrator);
-        let mut builder = Health::builder()
-            .check("store", move || store_check.ping().map(|()| "reachable".to_string()).map_err(|e| e.to_string()));
+        let mut builder = Health::builder().check("store", move || match store_check.ping() {
+            Ok(()) => Ok("reachable, taking writes".to_string()),
+            Err(e) => Err(store_check.store_failure().map_or_else(|| e.to_string(), |f| f.text())),
+        });
         builder = builder.check("snapshot_fresh", move || {
             let max_age = config_rx.borrow().snapshot_interval * 3;
             let age = frames.borrow().built_at.elapsed();

@@ -212,6 +212,9 @@ fn warnings(queen: &Queen) -> Vec<String> {
             config.listen
         ));
     }
+    if let Some(failure) = queen.orchestrator.store_failure() {
+        out.push(failure.text());
+    }
     match queen.orchestrator.unknown_hives() {
         0 => {}
         n => out.push(crate::queen::unknown_replicas_text(n)),

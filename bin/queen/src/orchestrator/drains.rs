@@ -9,7 +9,7 @@ use time::OffsetDateTime;
 
 use super::{Orchestrator, State};
 use crate::plan;
-use crate::store::{Batch, DrainRecord, StoreError};
+use crate::store::{Batch, DrainRecord, Store, StoreError};
 
 /// How long a drain may take unless told otherwise.
 pub const DEFAULT_DRAIN_DEADLINE: Duration = Duration::from_secs(300);

@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 use crate::metrics::DecisionLabels;
 use crate::placement::{Candidate, Placer};
 use crate::plan::{self, HiveView, Observed, Placement};
-use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError};
+use crate::store::{Batch, DeploymentRecord, Persisted, Store, StoreError, Watched, WriteFailure};
 
 pub use channels::Channels;
 pub use drains::DEFAULT_DRAIN_DEADLINE;
@@ -57,7 +57,7 @@ struct State {
 
 pub struct Orchestrator {
     state: Mutex<State>,
-    store: Box<dyn Store>,
+    store: Watched,
     /// Each hive's command channel and the ACKs.
     pub channels: Channels,
     /// Shared with the registries so replica events and liveness events form one order.
@@ -105,7 +105,7 @@ impl Orchestrator {
                 placement: Placement { assignments, drains, placer: Placer::new(strategy.unwrap_or_default()) },
                 ineligible,
             }),
-            store,
+            store: Watched::new(store),
             channels,
             unknown_hives: AtomicUsize::new(0),
             event_seq,
@@ -237,7 +237,12 @@ impl Orchestrator {
 
     /// For the records the orchestrator does not manage itself (keyed jobs' routes).
     pub fn store(&self) -> &dyn Store {
-        &*self.store
+        &self.store
+    }
+
+    /// A store write that failed and has not succeeded since.
+    pub fn store_failure(&self) -> Option<WriteFailure> {
+        self.store.failure()
     }
 
     pub fn brake_engaged(&self) -> bool {

@@ -9,6 +9,7 @@
 
 mod memory;
 mod redb;
+mod watched;
 
 use std::collections::BTreeMap;
 
@@ -18,6 +19,7 @@ use time::OffsetDateTime;
 
 pub use memory::MemoryStore;
 pub use redb::RedbStore;
+pub use watched::{Watched, WriteFailure};
 
 /// A deployment as stored: the operator's spec and when it was made.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -134,6 +136,11 @@ pub trait Store: Send + Sync {
     fn apply(&self, batch: &Batch) -> Result<(), StoreError>;
     /// Whether the store answers; a readiness check.
     fn ping(&self) -> Result<(), StoreError>;
+    /// Whether a write would succeed now, by making one nothing reads; asked only after a
+    /// write failed, so readiness recovers by itself when the store does.
+    fn probe(&self) -> Result<(), StoreError> {
+        self.ping()
+    }
     fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError>;
     /// Durable before returning, like [`Store::apply`].
     fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError>;
@@ -163,6 +170,10 @@ impl<S: Store + ?Sized> Store for std::sync::Arc<S> {
 
     fn ping(&self) -> Result<(), StoreError> {
         (**self).ping()
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        (**self).probe()
     }
 
     fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
@@ -221,6 +232,9 @@ pub(crate) mod testing {
         }
         fn ping(&self) -> Result<(), StoreError> {
             Ok(())
+        }
+        fn probe(&self) -> Result<(), StoreError> {
+            if self.fail.load(Ordering::SeqCst) { Err(StoreError::Backend("disk full".into())) } else { Ok(()) }
         }
         fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
             self.inner.job_route(key)

@@ -1,7 +1,9 @@
 //! The embedded default: one redb file, `<data dir>/queen.redb`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use contract::NodeId;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -17,7 +19,13 @@ const JOB_ROUTES: TableDefinition<&str, &str> = TableDefinition::new("job_routes
 const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
 pub struct RedbStore {
-    db: Database,
+    file: PathBuf,
+    /// `None` only while being reopened.
+    db: RwLock<Option<Database>>,
+    /// A call failed in the backend: redb refuses everything after an I/O error ("close and
+    /// re-open"), so the next call reopens the file first. This is how a queen whose disk
+    /// filled up recovers by itself once there is room again.
+    broken: AtomicBool,
 }
 
 impl RedbStore {
@@ -33,12 +41,7 @@ impl RedbStore {
                 file.display()
             )));
         }
-        let db = Database::create(&file).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "{} cannot be opened as a store: {e}; restore it, or move it away to start with no deployments",
-                file.display()
-            ))
-        })?;
+        let db = Self::open_file(&file)?;
         // The store holds every command the hives run and secret environment values.
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
@@ -50,7 +53,37 @@ impl RedbStore {
         }
         txn.open_table(AUDIT).map_err(backend)?;
         txn.commit().map_err(backend)?;
-        Ok(Self { db })
+        Ok(Self { file, db: RwLock::new(Some(db)), broken: AtomicBool::new(false) })
+    }
+
+    fn open_file(file: &Path) -> Result<Database, StoreError> {
+        Database::create(file).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "{} cannot be opened as a store: {e}; restore it, or move it away to start with no deployments",
+                file.display()
+            ))
+        })
+    }
+
+    /// Runs `f` on the database, reopening it first if an earlier call failed in the
+    /// backend.
+    fn with<T>(&self, f: impl FnOnce(&Database) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if self.broken.load(Ordering::Acquire) {
+            let mut slot = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if self.broken.load(Ordering::Acquire) {
+                // The old handle holds the file's lock: it goes before the new one opens.
+                slot.take();
+                *slot = Some(Self::open_file(&self.file)?);
+                self.broken.store(false, Ordering::Release);
+            }
+        }
+        let slot = self.db.read().unwrap_or_else(|p| p.into_inner());
+        let db = slot.as_ref().ok_or_else(|| backend(format!("{} could not be reopened", self.file.display())))?;
+        let out = f(db);
+        if matches!(out, Err(StoreError::Backend(_))) {
+            self.broken.store(true, Ordering::Release);
+        }
+        out
     }
 }
 
@@ -75,150 +108,176 @@ fn read_table<T: for<'de> Deserialize<'de>>(
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Persisted, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let deployments = read_table(&txn, DEPLOYMENTS)?;
-        let assignments = read_table(&txn, ASSIGNMENTS)?;
-        let meta = txn.open_table(META).map_err(backend)?;
-        let strategy = match meta.get("strategy").map_err(backend)? {
-            Some(v) => Some(v.value().parse().map_err(StoreError::Corrupt)?),
-            None => None,
-        };
-        let shutdown = match meta.get("shutdown").map_err(backend)? {
-            Some(v) => {
-                Some(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("shutdown: {e}")))?)
-            }
-            None => None,
-        };
-        let ineligible = match meta.get("ineligible").map_err(backend)? {
-            Some(v) => serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("ineligible: {e}")))?,
-            None => Default::default(),
-        };
-        let drains = match meta.get("drains").map_err(backend)? {
-            Some(v) => serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("drains: {e}")))?,
-            None => Default::default(),
-        };
-        Ok(Persisted { deployments, assignments, strategy, shutdown, ineligible, drains })
+        self.with(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let deployments = read_table(&txn, DEPLOYMENTS)?;
+            let assignments = read_table(&txn, ASSIGNMENTS)?;
+            let meta = txn.open_table(META).map_err(backend)?;
+            let strategy = match meta.get("strategy").map_err(backend)? {
+                Some(v) => Some(v.value().parse().map_err(StoreError::Corrupt)?),
+                None => None,
+            };
+            let shutdown = match meta.get("shutdown").map_err(backend)? {
+                Some(v) => {
+                    Some(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("shutdown: {e}")))?)
+                }
+                None => None,
+            };
+            let ineligible = match meta.get("ineligible").map_err(backend)? {
+                Some(v) => {
+                    serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("ineligible: {e}")))?
+                }
+                None => Default::default(),
+            };
+            let drains = match meta.get("drains").map_err(backend)? {
+                Some(v) => serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("drains: {e}")))?,
+                None => Default::default(),
+            };
+            Ok(Persisted { deployments, assignments, strategy, shutdown, ineligible, drains })
+        })
     }
 
     fn apply(&self, batch: &Batch) -> Result<(), StoreError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let txn = self.db.begin_write().map_err(backend)?;
-        {
-            let mut deployments = txn.open_table(DEPLOYMENTS).map_err(backend)?;
-            for d in &batch.put_deployments {
-                deployments.insert(d.spec.name.as_str(), encode(d)?.as_str()).map_err(backend)?;
+        self.with(|db| {
+            if batch.is_empty() {
+                return Ok(());
             }
-            for name in &batch.delete_deployments {
-                deployments.remove(name.as_str()).map_err(backend)?;
+            let txn = db.begin_write().map_err(backend)?;
+            {
+                let mut deployments = txn.open_table(DEPLOYMENTS).map_err(backend)?;
+                for d in &batch.put_deployments {
+                    deployments.insert(d.spec.name.as_str(), encode(d)?.as_str()).map_err(backend)?;
+                }
+                for name in &batch.delete_deployments {
+                    deployments.remove(name.as_str()).map_err(backend)?;
+                }
+                let mut assignments = txn.open_table(ASSIGNMENTS).map_err(backend)?;
+                for a in &batch.put_assignments {
+                    assignments.insert(a.key().as_str(), encode(a)?.as_str()).map_err(backend)?;
+                }
+                for w in &batch.delete_assignments {
+                    assignments.remove(w.as_str()).map_err(backend)?;
+                }
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                if let Some(s) = batch.strategy {
+                    meta.insert("strategy", s.as_str()).map_err(backend)?;
+                }
+                if let Some(s) = &batch.shutdown {
+                    meta.insert("shutdown", encode(s)?.as_str()).map_err(backend)?;
+                }
+                if let Some(set) = &batch.ineligible {
+                    meta.insert("ineligible", encode(set)?.as_str()).map_err(backend)?;
+                }
+                if let Some(drains) = &batch.drains {
+                    meta.insert("drains", encode(drains)?.as_str()).map_err(backend)?;
+                }
             }
-            let mut assignments = txn.open_table(ASSIGNMENTS).map_err(backend)?;
-            for a in &batch.put_assignments {
-                assignments.insert(a.key().as_str(), encode(a)?.as_str()).map_err(backend)?;
-            }
-            for w in &batch.delete_assignments {
-                assignments.remove(w.as_str()).map_err(backend)?;
-            }
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            if let Some(s) = batch.strategy {
-                meta.insert("strategy", s.as_str()).map_err(backend)?;
-            }
-            if let Some(s) = &batch.shutdown {
-                meta.insert("shutdown", encode(s)?.as_str()).map_err(backend)?;
-            }
-            if let Some(set) = &batch.ineligible {
-                meta.insert("ineligible", encode(set)?.as_str()).map_err(backend)?;
-            }
-            if let Some(drains) = &batch.drains {
-                meta.insert("drains", encode(drains)?.as_str()).map_err(backend)?;
-            }
-        }
-        txn.commit().map_err(backend)
+            txn.commit().map_err(backend)
+        })
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.db.begin_read().map(|_| ()).map_err(backend)
+        self.with(|db| db.begin_read().map(|_| ()).map_err(backend))
+    }
+
+    fn probe(&self) -> Result<(), StoreError> {
+        self.with(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(META).map_err(backend)?.insert("probe", "").map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
     }
 
     fn job_route(&self, key: &str) -> Result<Option<JobRoute>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(JOB_ROUTES).map_err(backend)?;
-        match table.get(key).map_err(backend)? {
-            Some(v) => {
-                Ok(Some(serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("job {key}: {e}")))?))
+        self.with(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(JOB_ROUTES).map_err(backend)?;
+            match table.get(key).map_err(backend)? {
+                Some(v) => Ok(Some(
+                    serde_json::from_str(v.value()).map_err(|e| StoreError::Corrupt(format!("job {key}: {e}")))?,
+                )),
+                None => Ok(None),
             }
-            None => Ok(None),
-        }
+        })
     }
 
     fn put_job_route(&self, key: &str, route: &JobRoute) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        txn.open_table(JOB_ROUTES).map_err(backend)?.insert(key, encode(route)?.as_str()).map_err(backend)?;
-        txn.commit().map_err(backend)
+        self.with(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            txn.open_table(JOB_ROUTES).map_err(backend)?.insert(key, encode(route)?.as_str()).map_err(backend)?;
+            txn.commit().map_err(backend)
+        })
     }
 
     fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let mut table = txn.open_table(JOB_ROUTES).map_err(backend)?;
-        // A record that does not decode is dropped too: it could only stop a retry.
-        let old = |v: &str| serde_json::from_str::<JobRoute>(v).map_or(true, |r| r.at < before);
-        let mut removed = 0;
-        for row in table.extract_if(|_, v| old(v)).map_err(backend)? {
-            row.map_err(backend)?;
-            removed += 1;
-        }
-        drop(table);
-        txn.commit().map_err(backend)?;
-        Ok(removed)
+        self.with(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let mut table = txn.open_table(JOB_ROUTES).map_err(backend)?;
+            // A record that does not decode is dropped too: it could only stop a retry.
+            let old = |v: &str| serde_json::from_str::<JobRoute>(v).map_or(true, |r| r.at < before);
+            let mut removed = 0;
+            for row in table.extract_if(|_, v| old(v)).map_err(backend)? {
+                row.map_err(backend)?;
+                removed += 1;
+            }
+            drop(table);
+            txn.commit().map_err(backend)?;
+            Ok(removed)
+        })
     }
 
     fn next_term(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let term = {
-            let mut meta = txn.open_table(META).map_err(backend)?;
-            let last = match meta.get("term").map_err(backend)? {
-                Some(v) => v.value().parse::<u64>().map_err(|e| StoreError::Corrupt(format!("meta term: {e}")))?,
-                None => 0,
+        self.with(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let term = {
+                let mut meta = txn.open_table(META).map_err(backend)?;
+                let last = match meta.get("term").map_err(backend)? {
+                    Some(v) => v.value().parse::<u64>().map_err(|e| StoreError::Corrupt(format!("meta term: {e}")))?,
+                    None => 0,
+                };
+                let term = last + 1;
+                meta.insert("term", term.to_string().as_str()).map_err(backend)?;
+                term
             };
-            let term = last + 1;
-            meta.insert("term", term.to_string().as_str()).map_err(backend)?;
-            term
-        };
-        txn.commit().map_err(backend)?;
-        Ok(term)
+            txn.commit().map_err(backend)?;
+            Ok(term)
+        })
     }
 
     fn append_audit(&self, entry: &contract::AuditEntry) -> Result<u64, StoreError> {
-        let txn = self.db.begin_write().map_err(backend)?;
-        let seq = {
-            let mut table = txn.open_table(AUDIT).map_err(backend)?;
-            let seq = table.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
-            table.insert(seq, encode(&contract::AuditEntry { seq, ..entry.clone() })?.as_str()).map_err(backend)?;
-            if let Some(drop_below) = seq.checked_sub(super::AUDIT_KEPT) {
-                for row in table.extract_from_if(..=drop_below, |_, _| true).map_err(backend)? {
-                    row.map_err(backend)?;
+        self.with(|db| {
+            let txn = db.begin_write().map_err(backend)?;
+            let seq = {
+                let mut table = txn.open_table(AUDIT).map_err(backend)?;
+                let seq = table.last().map_err(backend)?.map_or(0, |(k, _)| k.value()) + 1;
+                table.insert(seq, encode(&contract::AuditEntry { seq, ..entry.clone() })?.as_str()).map_err(backend)?;
+                if let Some(drop_below) = seq.checked_sub(super::AUDIT_KEPT) {
+                    for row in table.extract_from_if(..=drop_below, |_, _| true).map_err(backend)? {
+                        row.map_err(backend)?;
+                    }
                 }
-            }
-            seq
-        };
-        txn.commit().map_err(backend)?;
-        Ok(seq)
+                seq
+            };
+            txn.commit().map_err(backend)?;
+            Ok(seq)
+        })
     }
 
     fn audit(&self, limit: usize) -> Result<Vec<contract::AuditEntry>, StoreError> {
-        let txn = self.db.begin_read().map_err(backend)?;
-        let table = txn.open_table(AUDIT).map_err(backend)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(backend)?.rev().take(limit) {
-            let (k, v) = row.map_err(backend)?;
-            out.push(
-                serde_json::from_str(v.value())
-                    .map_err(|e| StoreError::Corrupt(format!("audit {}: {e}", k.value())))?,
-            );
-        }
-        out.reverse();
-        Ok(out)
+        self.with(|db| {
+            let txn = db.begin_read().map_err(backend)?;
+            let table = txn.open_table(AUDIT).map_err(backend)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(backend)?.rev().take(limit) {
+                let (k, v) = row.map_err(backend)?;
+                out.push(
+                    serde_json::from_str(v.value())
+                        .map_err(|e| StoreError::Corrupt(format!("audit {}: {e}", k.value())))?,
+                );
+            }
+            out.reverse();
+            Ok(out)
+        })
     }
 }
 

@@ -498,3 +498,43 @@ async fn after_a_transfer_the_hives_hear_the_new_leader() -> anyhow::Result<()> 
     println!("after the transfer, the scale-up ran in {:?}", started.elapsed());
     sb.shutdown().await
 }
+
+/// etcd stopped under a lone queen: changes are refused whole with a 503 while it is away,
+/// readiness says the store is the problem, and the queen takes changes again by itself
+/// once etcd is back, with what it stored before intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_stopped_changes_are_refused_whole_and_resume_by_themselves() -> anyhow::Result<()> {
+    let mut etcd = Etcd::start()?;
+    let sb = Sandbox::builder().replicas(1, &etcd, TTL).hives(0).start().await?;
+    let url = sb.leader_url(WAIT).await?;
+    let spec = |name: &str| json!({"name": name, "command": "/bin/true", "replicas": 0});
+    client(&url)?.post_json::<_, Value>("/v1/deployments", &spec("before")).await?;
+
+    etcd.kill();
+    let http = queen_client::http();
+    let refused = wait_until("a change refused with 503", WAIT, || async {
+        let resp = client(&url).ok()?.post_json::<_, Value>("/v1/deployments", &spec("during")).await;
+        match resp {
+            Err(ClientError::Api { status: 503, code, .. }) => Some(code),
+            _ => None,
+        }
+    })
+    .await?;
+    anyhow::ensure!(refused == "store_unavailable" || refused == "no_leader", "the store's absence is said: {refused}");
+    println!("with etcd stopped, a change was refused: 503 {refused}");
+    let ready = http.get(format!("{url}/readyz")).send().await?;
+    anyhow::ensure!(ready.status() == 503, "readiness is degraded while etcd is away");
+
+    etcd.restart()?;
+    wait_until("the queen takes changes again", WAIT, || async {
+        client(&url).ok()?.post_json::<_, Value>("/v1/deployments", &spec("after")).await.ok().map(|_| ())
+    })
+    .await?;
+    let names: Vec<String> = client(&url)?.deployments().await?.into_iter().map(|d| d.spec.name.to_string()).collect();
+    anyhow::ensure!(names == ["after", "before"], "nothing half-made, nothing lost: {names:?}");
+    wait_until("readiness recovers", WAIT, || async {
+        (http.get(format!("{url}/readyz")).send().await.ok()?.status() == 200).then_some(())
+    })
+    .await?;
+    sb.shutdown().await
+}
