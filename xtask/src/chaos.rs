@@ -508,6 +508,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             .map(String::from)
             .chain(["--max-workers", "4", "--drain-on-shutdown", "0s", "--worker-stop-timeout", "2s"].map(String::from))
             .chain(["--label".into(), format!("zone={zone}")])
+            // Its own cgroup names: a restarted hive kills what its killed run left there,
+            // and must never meet another cluster's on this machine.
+            .chain(["--cgroup".into(), format!("apiary-chaos-{}-{name}", std::process::id())])
             .collect()
     };
     // The deployment's workers run on these two, and log every keyed job they run here.

@@ -119,13 +119,26 @@ pub fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     for h in 1..=args.hives {
         let hive = format!("hive-{h}");
+        // Another dev cluster on this machine has hives of the same names.
+        let cgroup = format!("apiary-dev-{}-{hive}", std::process::id());
         procs.push(spawn(
             &dir,
             "hive",
             hive.clone(),
             // The whole dev cluster stops at once on Ctrl-C: a hive asking to have its work
             // moved onto hives that are stopping too would only wait out its drain.
-            &["--queen", &url, "--name", &hive, "--max-workers", &max_workers, "--drain-on-shutdown", "0s"],
+            &[
+                "--queen",
+                &url,
+                "--name",
+                &hive,
+                "--max-workers",
+                &max_workers,
+                "--drain-on-shutdown",
+                "0s",
+                "--cgroup",
+                &cgroup,
+            ],
         )?);
     }
     // Deploy once every hive has joined, so the replicas spread over all of them.

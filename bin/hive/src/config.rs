@@ -51,6 +51,11 @@ pub struct HiveArgs {
     #[arg(long, env = "APIARY_STORAGE_HOOK_TIMEOUT")]
     pub storage_hook_timeout: Option<HumanDuration>,
     /// Label used for placement, as key=value; repeatable.
+    /// The cgroup (v2) each replica's process tree runs in, one per replica beneath this
+    /// one, itself beneath the hive's own cgroup; `off` keeps to process groups
+    /// [default: apiary-hive-<name>].
+    #[arg(long, env = "APIARY_CGROUP")]
+    pub cgroup: Option<String>,
     #[arg(long = "label", env = "APIARY_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
 }
@@ -67,6 +72,7 @@ struct FileConfig {
     max_workers: Option<u32>,
     worker_stop_timeout: Option<HumanDuration>,
     drain_on_shutdown: Option<HumanDuration>,
+    cgroup: Option<String>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     /// `[[storage_hooks]] command = "..." timeout = "10s"`
@@ -102,6 +108,8 @@ pub struct HiveConfig {
     pub storage_hooks: Vec<StorageHook>,
     /// How long a stopping hive waits for the queen to move its work; zero: it does not ask.
     pub drain_on_shutdown: Duration,
+    /// The name of the cgroup holding the replicas' cgroups; `None`: process groups only.
+    pub cgroup: Option<String>,
 }
 
 impl HiveConfig {
@@ -119,6 +127,8 @@ impl HiveConfig {
             worker_stop_timeout: Duration::from_secs(10),
             storage_hooks: Vec::new(),
             drain_on_shutdown: Duration::from_secs(60),
+            // Tests name their own: hives of concurrent tests may share an id.
+            cgroup: None,
         }
     }
 
@@ -151,6 +161,11 @@ impl HiveConfig {
             }
         }
         let max_workers = args.max_workers.or(file.max_workers).unwrap_or_else(default_max_workers);
+        let cgroup = match args.cgroup.clone().or(file.cgroup) {
+            Some(off) if off == "off" => None,
+            Some(name) => Some(name),
+            None => Some(format!("apiary-hive-{name}")),
+        };
         if !problems.is_empty() {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         }
@@ -163,6 +178,7 @@ impl HiveConfig {
             heartbeat_interval: interval,
             listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
             max_workers,
+            cgroup,
             labels,
             drain_on_shutdown: args
                 .drain_on_shutdown

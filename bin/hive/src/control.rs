@@ -29,6 +29,8 @@ pub struct Context {
     /// Set from GATE on; heartbeats then say `draining`.
     pub gated: Arc<AtomicBool>,
     pub storage_hooks: Vec<StorageHook>,
+    /// Where the hooks' process trees run, so a hook's children end with it.
+    pub cgroups: Option<Arc<crate::cgroup::Cgroups>>,
     /// Cancelled at INFRA: the hive exits.
     pub exit: CancellationToken,
 }
@@ -60,7 +62,7 @@ impl Context {
                 }
             }
             Some(Phase::Storage) => {
-                let (ok, detail) = run_hooks(&self.storage_hooks).await;
+                let (ok, detail) = run_hooks(&self.storage_hooks, self.cgroups.as_deref()).await;
                 ack(ok, detail)
             }
             Some(Phase::Persist) => ack(true, "no hive-local state to flush".into()),
@@ -84,20 +86,34 @@ impl Context {
 
 /// Runs the storage-stop hooks in order, each with its timeout; all of them run even if
 /// one fails, and the detail says how each ended.
-async fn run_hooks(hooks: &[StorageHook]) -> (bool, String) {
+async fn run_hooks(hooks: &[StorageHook], cgroups: Option<&crate::cgroup::Cgroups>) -> (bool, String) {
     if hooks.is_empty() {
         return (true, "no storage hooks configured".into());
     }
     let mut ok = true;
     let mut lines = Vec::new();
     for hook in hooks {
-        let run = tokio::process::Command::new("sh").arg("-c").arg(&hook.command).kill_on_drop(true).status();
-        let result = match tokio::time::timeout(hook.timeout, run).await {
-            Ok(Ok(status)) if status.success() => "ok".to_string(),
-            Ok(Ok(status)) => format!("failed ({status})"),
-            Ok(Err(e)) => format!("could not run: {e}"),
-            Err(_) => format!("timed out after {:?}", hook.timeout),
+        const GROUP: &str = "storage-hook";
+        let command = match cgroups {
+            Some(c) => c.command(GROUP, std::ffi::OsStr::new("sh")),
+            None => Ok(tokio::process::Command::new("sh")),
         };
+        let result = match command {
+            Ok(mut command) => {
+                let run = command.arg("-c").arg(&hook.command).kill_on_drop(true).status();
+                match tokio::time::timeout(hook.timeout, run).await {
+                    Ok(Ok(status)) if status.success() => "ok".to_string(),
+                    Ok(Ok(status)) => format!("failed ({status})"),
+                    Ok(Err(e)) => format!("could not run: {e}"),
+                    Err(_) => format!("timed out after {:?}", hook.timeout),
+                }
+            }
+            Err(e) => format!("could not run: {e}"),
+        };
+        // What the hook started (a backgrounded child, a timed-out tree) ends with it.
+        if let Some(c) = cgroups {
+            c.kill(GROUP);
+        }
         ok &= result == "ok";
         lines.push(format!("{}: {result}", hook.command));
     }

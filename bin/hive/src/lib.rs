@@ -7,6 +7,7 @@
 //!
 //! Entry point: [`run`] with an already-bound listener.
 
+pub mod cgroup;
 pub mod config;
 mod control;
 pub mod resources;
@@ -79,6 +80,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     let addr = listener.local_addr()?;
     let client = QueenClient::for_node(&config.queen, config.token.as_ref().map(|t| t.expose()), config.ca.as_deref())?;
     let heartbeater = Arc::new(Heartbeater::new(client.clone(), config.heartbeat_interval));
+    let (cgroups, containment) = contain(config.cgroup.as_deref());
     let supervisor = supervisor::Supervisor::new(
         supervisor::ChildEnv {
             queen: config.queen.clone(),
@@ -89,7 +91,8 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         config.worker_stop_timeout,
     )
     // A replica that starts, fails or cannot start is told to the queen at once.
-    .on_change(heartbeater.nudger());
+    .on_change(heartbeater.nudger())
+    .contain(cgroups.clone());
     let mut sampler = resources::Sampler::new().map_err(|e| anyhow::anyhow!("cannot read system resources: {e}"))?;
     let identity = Arc::new(Identity {
         address: format!("http://{addr}"),
@@ -103,7 +106,8 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     let report = supervisor.report();
     let mut health = Health::builder()
         .check("queen_contact", heartbeater.contact_check())
-        .check("supervisor", move || supervisor::health(&report.lock().unwrap_or_else(|p| p.into_inner())));
+        .check("supervisor", move || supervisor::health(&report.lock().unwrap_or_else(|p| p.into_inner())))
+        .check("containment", move || Ok(containment.clone()));
     heartbeater.register_metrics(health.metrics());
     let health = health.build();
 
@@ -122,6 +126,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         drain: supervisor.drain_outcome(),
         gated: Arc::clone(&identity.gated),
         storage_hooks: identity.config.storage_hooks.clone(),
+        cgroups,
         exit: own.clone(),
     };
     let supervising = CancellationToken::new();
@@ -151,6 +156,31 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     tracing::info!("hive stopped");
     served?;
     Ok(())
+}
+
+/// The replicas' cgroups, if this hive can make them (after killing what a `kill -9`ed
+/// run of it left in them), and what readiness says about it.
+fn contain(name: Option<&str>) -> (Option<Arc<cgroup::Cgroups>>, String) {
+    let Some(name) = name else {
+        return (
+            None,
+            "process groups only (cgroup off): a child that leaves its group can outlive its replica".into(),
+        );
+    };
+    match cgroup::Cgroups::open(name) {
+        Ok(cgroups) => {
+            let left = cgroups.clear_leftovers();
+            if left > 0 {
+                tracing::warn!(killed = left, cgroup = %cgroups.root().display(), "killed processes an earlier run of this hive left behind");
+            }
+            let text = format!("each replica's process tree in its own cgroup under {}", cgroups.root().display());
+            (Some(Arc::new(cgroups)), text)
+        }
+        Err(why) => {
+            tracing::warn!(%why, "no cgroup for the replicas: a child that leaves its process group can outlive its replica");
+            (None, format!("process groups only ({why}): a child that leaves its group can outlive its replica"))
+        }
+    }
 }
 
 /// Refreshes the resource readings the heartbeats carry. CPU usage needs two readings

@@ -20,6 +20,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::Cgroups;
+
 /// How often child exits and due restarts are looked at.
 const TICK: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
@@ -108,6 +110,14 @@ fn signal_group(pid: Option<u32>, signal: Signal) {
     }
 }
 
+/// Kills what is left of a replica's tree in its cgroup once its main process is gone
+/// (children that left its process group included).
+fn kill_tree(cgroups: Option<&Cgroups>, name: &NodeId) {
+    if let Some(killed) = cgroups.map(|c| c.kill(name.as_str())).filter(|n| *n > 0) {
+        tracing::info!(worker = %name, killed, "killed what the replica left in its cgroup");
+    }
+}
+
 impl Supervisor {
     /// The token a child gets: a hive holding a node token makes one for each worker (so
     /// the worker can act only as itself, of this hive); the shared cluster token is passed
@@ -173,6 +183,10 @@ pub struct Supervisor {
     /// Told when a process's state or last exit changes (not its pid or restart count
     /// alone), so the hive's next heartbeat carries it at once.
     changed: Arc<tokio::sync::Notify>,
+    /// Each replica's process tree in a cgroup of its own, where the hive can make one.
+    cgroups: Option<Arc<Cgroups>>,
+    /// Cgroups of replicas gone whose processes were still dying: removed when empty.
+    emptying: std::collections::BTreeSet<NodeId>,
 }
 
 impl Supervisor {
@@ -184,7 +198,15 @@ impl Supervisor {
             report: Arc::new(Mutex::new(Vec::new())),
             drain: Arc::new(Mutex::new(DrainOutcome::default())),
             changed: Arc::new(tokio::sync::Notify::new()),
+            cgroups: None,
+            emptying: Default::default(),
         }
+    }
+
+    /// Runs each replica's processes in a cgroup of its own under `cgroups`.
+    pub fn contain(mut self, cgroups: Option<Arc<Cgroups>>) -> Self {
+        self.cgroups = cgroups;
+        self
     }
 
     /// Tells `changed` whenever a process's state or last exit changes.
@@ -224,16 +246,21 @@ impl Supervisor {
         }
         self.stop_all().await;
         self.publish();
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.close();
+        }
     }
 
     fn spawn(&self, launch: &WorkerLaunch) -> std::io::Result<Child> {
-        let mut cmd = if std::path::Path::new(SETPRIV).exists() {
-            let mut c = Command::new(SETPRIV);
-            c.args(["--pdeathsig", "KILL", "--"]).arg(&launch.command);
-            c
-        } else {
-            Command::new(&launch.command)
+        let setpriv = std::path::Path::new(SETPRIV).exists();
+        let program = if setpriv { std::ffi::OsStr::new(SETPRIV) } else { std::ffi::OsStr::new(&launch.command) };
+        let mut cmd = match &self.cgroups {
+            Some(cgroups) => cgroups.command(launch.name.as_str(), program)?,
+            None => Command::new(program),
         };
+        if setpriv {
+            cmd.args(["--pdeathsig", "KILL", "--"]).arg(&launch.command);
+        }
         // The hive's own APIARY_* settings (its listen address, say) are not the child's.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("APIARY_") {
@@ -319,6 +346,7 @@ impl Supervisor {
         let now = Instant::now();
         let wanted: BTreeMap<&NodeId, &WorkerLaunch> = want.iter().map(|l| (&l.name, l)).collect();
         let mut gone = Vec::new();
+        let cgroups = self.cgroups.clone();
         for (name, proc) in self.procs.iter_mut() {
             let exited = match proc.child.as_mut().map(Child::try_wait) {
                 Some(Ok(Some(status))) => Some(status.to_string()),
@@ -329,6 +357,7 @@ impl Supervisor {
                 // The replica is its main process: what that left behind in its group (a
                 // child that ignored SIGTERM, say) goes with it, stopped or crashed.
                 signal_group(proc.pid, Signal::SIGKILL);
+                kill_tree(cgroups.as_deref(), name);
                 if proc.kill_at.is_some() {
                     let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
                     if !drain.killed.contains(name) {
@@ -355,6 +384,7 @@ impl Supervisor {
             {
                 tracing::warn!(worker = %name, "worker did not stop in time; killing it");
                 signal_group(proc.pid, Signal::SIGKILL);
+                kill_tree(cgroups.as_deref(), name);
                 let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
                 if !drain.killed.contains(name) {
                     drain.killed.push(name.clone());
@@ -363,6 +393,11 @@ impl Supervisor {
         }
         for name in gone {
             self.procs.remove(&name);
+            self.emptying.insert(name);
+        }
+        if let Some(cgroups) = &cgroups {
+            // A replica started again under its name reuses its cgroup.
+            self.emptying.retain(|name| !self.procs.contains_key(name) && !cgroups.remove(name.as_str()));
         }
         if gated {
             return;
@@ -418,8 +453,9 @@ impl Supervisor {
                 tracing::warn!(worker = %name, "worker did not stop in time; killing it");
                 let _ = child.kill().await;
             }
-            // Whatever it left in its group goes with it.
+            // Whatever it left in its group, or anywhere in its cgroup, goes with it.
             signal_group(proc.pid, Signal::SIGKILL);
+            kill_tree(self.cgroups.as_deref(), name);
             proc.child = None;
             proc.pid = None;
         }
@@ -482,6 +518,65 @@ mod tests {
         assert!(said(&data).contains("exec format error"));
         assert!(said(&dir.to_string_lossy()).ends_with("is a directory"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Runs one replica whose main process backgrounds a grandchild that leaves its
+    /// process group (`setsid`) and ignores SIGTERM, then stops the replica; whether the
+    /// grandchild is still alive afterwards (it is then killed here).
+    async fn grandchild_outlives_its_replica(cgroups: Option<Arc<Cgroups>>, tag: &str) -> bool {
+        let pidfile = std::env::temp_dir().join(format!("hive-grandchild-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_file(&pidfile);
+        let script =
+            format!("setsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec sleep 600", pidfile.display());
+        let launch = WorkerLaunch {
+            name: NodeId::sanitized("web-0"),
+            deployment: NodeId::sanitized("web"),
+            command: "sh".into(),
+            args: vec!["-c".into(), script],
+            env: Default::default(),
+            max_restarts: None,
+        };
+        let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
+        let supervisor = Supervisor::new(env, Duration::from_secs(5)).contain(cgroups);
+        let report = supervisor.report();
+        let (desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(rx, stop.clone()));
+        let mut grandchild = 0;
+        crate::cgroup::tests::until("the grandchild runs", || {
+            grandchild = std::fs::read_to_string(&pidfile).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0);
+            grandchild > 0
+        })
+        .await;
+        let main = report.lock().unwrap_or_else(|p| p.into_inner()).first().and_then(|w| w.pid).unwrap_or(0);
+        assert_ne!(
+            nix::unistd::getpgid(Some(Pid::from_raw(grandchild))).ok(),
+            Some(Pid::from_raw(main as i32)),
+            "it left the group"
+        );
+
+        desired.send_replace(Desired::default());
+        crate::cgroup::tests::until("the replica is stopped", || {
+            report.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let outlived = !crate::cgroup::tests::dead(grandchild);
+        let _ = kill(Pid::from_raw(grandchild), Signal::SIGKILL);
+        stop.cancel();
+        let _ = running.await;
+        let _ = std::fs::remove_file(&pidfile);
+        outlived
+    }
+
+    #[tokio::test]
+    async fn a_replicas_grandchildren_die_with_it_even_when_they_leave_its_group() {
+        let Some(cgroups) = crate::cgroup::tests::for_test("supervisor") else { return };
+        let cgroups = Arc::new(cgroups);
+        // Without a cgroup the process group is all the hive has, and the grandchild left it.
+        assert!(grandchild_outlives_its_replica(None, "bare").await, "the case this is for");
+        assert!(!grandchild_outlives_its_replica(Some(Arc::clone(&cgroups)), "contained").await);
+        assert!(!cgroups.root().exists(), "the supervisor removes its cgroups when it stops");
     }
 
     #[test]

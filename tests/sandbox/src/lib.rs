@@ -329,6 +329,11 @@ impl SandboxBuilder {
             hives: Vec::new(),
             workers: Vec::new(),
             tls,
+            cgroups: {
+                static SANDBOXES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+                let n = SANDBOXES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                format!("apiary-test-{}-{n}-", std::process::id())
+            },
         };
         sandbox.start_queen(SocketAddr::from(([127, 0, 0, 1], 0)))?;
         for _ in 1..self.replicas.as_ref().map_or(1, |r| r.0) {
@@ -360,6 +365,18 @@ pub struct Sandbox {
     hives: Vec<Node>,
     workers: Vec<Node>,
     tls: Option<TlsFiles>,
+    /// The prefix of this sandbox's hives' cgroups: stable across a restart of a hive (which
+    /// then kills what its killed run left), never shared with another sandbox's hive of
+    /// the same id, and cleared when the sandbox goes.
+    cgroups: String,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.workers.clear();
+        self.hives.clear();
+        hive::cgroup::clear_all(&self.cgroups);
+    }
 }
 
 /// A self-signed certificate for `localhost` and `127.0.0.1`, and its key, on disk.
@@ -540,6 +557,7 @@ impl Sandbox {
 
     pub fn add_hive(&mut self, id: NodeId) -> anyhow::Result<()> {
         let mut config = hive::HiveConfig::new(&self.queens_for_nodes(), id.clone(), self.config.heartbeat_interval);
+        config.cgroup = Some(format!("{}{id}", self.cgroups));
         config.max_workers = self.config.max_workers;
         config.token = self.hive_token(&id).map(lifecycle::Secret::new);
         config.ca = self.ca().map(Into::into);

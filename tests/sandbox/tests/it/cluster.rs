@@ -358,9 +358,15 @@ async fn node_endpoints_answer_in_json_and_metrics_count() -> anyhow::Result<()>
     let hive_ready: contract::ReadinessReport = http.get(format!("{hive_url}/readyz")).send().await?.json().await?;
     let worker_url = sb.worker_url(&NodeId::new("worker-0-0")?).expect("worker url");
     let worker_ready: contract::ReadinessReport = http.get(format!("{worker_url}/readyz")).send().await?.json().await?;
-    for (report, checks) in
-        [(&hive_ready, ["queen_contact", "supervisor"]), (&worker_ready, ["queen_contact", "job_executor"])]
-    {
+    let containment = hive_ready.checks.iter().find(|c| c.name == "containment").map(|c| c.detail.clone());
+    assert!(
+        containment.as_deref().is_some_and(|d| d.contains("cgroup")),
+        "the hive says how it contains replicas: {containment:?}"
+    );
+    for (report, checks) in [
+        (&hive_ready, &["queen_contact", "supervisor", "containment"][..]),
+        (&worker_ready, &["queen_contact", "job_executor"][..]),
+    ] {
         assert_eq!(report.status, contract::ReadinessStatus::Ready, "{report:?}");
         let names: Vec<&str> = report.checks.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, checks);

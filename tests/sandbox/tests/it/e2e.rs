@@ -44,13 +44,26 @@ impl Drop for Proc {
 }
 
 fn spawn(dir: &std::path::Path, name: &'static str, args: &[&str]) -> anyhow::Result<Proc> {
+    // Hives of concurrent test runs on this machine may share a name: never their cgroups.
+    static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let child = Command::new(dir.join(name))
         .args(args)
+        .env("APIARY_CGROUP", format!("apiary-e2e-{}-{n}", std::process::id()))
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .spawn()
         .with_context(|| format!("starting {name}"))?;
     Ok(Proc { name, child })
+}
+
+/// Clears the cgroups of this test's hives when it ends (they were killed, or stopped).
+struct Cgroups;
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        hive::cgroup::clear_all(&format!("apiary-e2e-{}-", std::process::id()));
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -59,6 +72,7 @@ fn free_port() -> anyhow::Result<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_processes_a_killed_hive_goes_offline_and_sigterm_stops_cleanly() -> anyhow::Result<()> {
+    let _cgroups = Cgroups;
     let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
@@ -203,6 +217,7 @@ async fn a_queen_killed_mid_write_loses_no_acknowledged_deployment_and_never_cor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hive_killed_with_sigkill_leaves_no_worker_process_behind() -> anyhow::Result<()> {
+    let _cgroups = Cgroups;
     let dir = tokio::task::spawn_blocking(sandbox::built_binaries).await??;
     let data = sandbox::TempDir::new("orphans")?;
     let port = free_port()?;
