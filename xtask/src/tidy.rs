@@ -87,6 +87,16 @@ fn there_is_one_registry() {
     assert!(others.is_empty(), "a second registry type: {others:?}; use HeartbeatRegistry<T>");
 }
 
+/// What the queen decides by date (drain deadlines, keyed-job routes, the planner's `now`)
+/// reads its own reckoning (`clock::Wall`), which a step of the system clock does not move.
+#[test]
+fn the_queens_dated_decisions_read_its_own_clock() {
+    for file in ["bin/queen/src/plan.rs", "bin/queen/src/orchestrator/drains.rs", "bin/queen/src/jobs.rs"] {
+        let text = read(&root().join(file));
+        assert!(!text.contains("now_utc()"), "{file} reads the system clock; use the orchestrator's `now()`");
+    }
+}
+
 #[test]
 fn the_registry_knows_nothing_of_the_wire() {
     let manifest = read(&root().join("shared-crates/heartbeat-registry/Cargo.toml"));

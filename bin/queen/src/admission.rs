@@ -15,9 +15,12 @@ use std::time::Duration;
 use contract::{HiveHeartbeat, WorkerHeartbeat};
 
 /// How far a heartbeat's epoch (microseconds since the Unix epoch at the sender's start)
-/// may be ahead of the queen's clock: clocks a little apart are normal; an epoch a day
-/// ahead would lock the node's real heartbeats out as stale until then.
-pub const MAX_EPOCH_SKEW: Duration = Duration::from_secs(60);
+/// may be ahead of the queen's clock. Clocks step (a day forward on a badly set machine,
+/// the queen's an hour back): refusing such a node would kill it. A future epoch held
+/// for a node costs that node nothing, since after three stale answers it moves to the
+/// held epoch + 1; the bound only keeps an epoch far from the counter's end, where + 1
+/// could no longer get past it.
+pub const MAX_EPOCH_SKEW: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The host of an http(s) URL with nothing else in it that could redirect a call.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -209,7 +209,7 @@ async fn recorded(queen: &Arc<Queen>, key: &str) -> Result<Option<JobRoute>, Api
 /// Stores where a keyed job goes, before it goes: a retry after this leader is gone must
 /// find it.
 async fn record(queen: &Arc<Queen>, key: &str, worker: &NodeId, address: &str) -> Result<(), ApiError> {
-    let route = JobRoute { worker: worker.clone(), address: address.to_string(), at: time::OffsetDateTime::now_utc() };
+    let route = JobRoute { worker: worker.clone(), address: address.to_string(), at: queen.orchestrator.now() };
     let key = key.to_string();
     on_store(queen, move |store| store.put_job_route(&key, &route)).await.map_err(store_error)
 }
@@ -225,7 +225,7 @@ pub async fn forget_old_routes(queen: Arc<Queen>, stop: tokio_util::sync::Cancel
         if !queen.is_leader() {
             continue;
         }
-        let before = time::OffsetDateTime::now_utc() - contract::IDEMPOTENCY_WINDOW;
+        let before = queen.orchestrator.now() - contract::IDEMPOTENCY_WINDOW;
         match on_store(&queen, move |store| store.forget_job_routes(before)).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(forgotten = n, "old job routes forgotten"),

@@ -32,6 +32,7 @@ mod admission;
 pub mod api;
 mod audit;
 pub mod auth;
+pub mod clock;
 pub mod config;
 mod ingest;
 mod jobs;

@@ -81,6 +81,18 @@ impl Queen {
         tasks: TaskTracker,
         store: Option<Box<dyn Store>>,
     ) -> anyhow::Result<Arc<Self>> {
+        Self::with_wall(config, me, stop, tasks, store, crate::clock::Wall::system())
+    }
+
+    /// As [`Queen::new`], deciding dates by `wall` (a test's stepped clock).
+    pub(crate) fn with_wall(
+        config: QueenConfig,
+        me: contract::QueenRef,
+        stop: CancellationToken,
+        tasks: TaskTracker,
+        store: Option<Box<dyn Store>>,
+        wall: crate::clock::Wall,
+    ) -> anyhow::Result<Arc<Self>> {
         let event_seq = Arc::new(AtomicU64::new(1));
         let ingest = Ingest::new(
             config.thresholds.clone(),
@@ -95,8 +107,12 @@ impl Queen {
             (None, Some(dir)) => Box::new(RedbStore::open(dir)?),
             (None, None) => Box::new(MemoryStore::default()),
         };
-        let orchestrator =
-            Arc::new(Orchestrator::open(store, config.thresholds.offline_after + config.orphan_grace, event_seq)?);
+        let orchestrator = Arc::new(Orchestrator::open_with(
+            store,
+            config.thresholds.offline_after + config.orphan_grace,
+            event_seq,
+            wall,
+        )?);
         if !shared {
             // Alone, this queen leads from now: its commands are numbered in a term no
             // earlier start of it used, so a hive never takes an old id for a new command.

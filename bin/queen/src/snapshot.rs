@@ -212,6 +212,7 @@ fn warnings(queen: &Queen) -> Vec<String> {
             config.listen
         ));
     }
+    out.extend(queen.orchestrator.clock_step());
     if let Some(failure) = queen.orchestrator.store_failure() {
         out.push(failure.text());
     }

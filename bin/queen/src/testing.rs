@@ -23,11 +23,16 @@ impl Drop for TestQueen {
 
 /// One-second intervals, everything else as `tune` leaves it.
 pub fn queen(tune: impl FnOnce(&mut QueenConfig)) -> anyhow::Result<TestQueen> {
+    queen_on(crate::clock::Wall::system(), tune)
+}
+
+/// As [`queen`], deciding dates by `wall`.
+pub fn queen_on(wall: crate::clock::Wall, tune: impl FnOnce(&mut QueenConfig)) -> anyhow::Result<TestQueen> {
     let mut config = QueenConfig::with_intervals(Duration::from_secs(1), Duration::from_secs(1))?;
     tune(&mut config);
     let me = contract::QueenRef { id: "q-test".into(), url: "http://127.0.0.1:1".into() };
     let stop = tokio_util::sync::CancellationToken::new();
-    let queen = Queen::new(config, me, stop.clone(), tokio_util::task::TaskTracker::new(), None)?;
+    let queen = Queen::with_wall(config, me, stop.clone(), tokio_util::task::TaskTracker::new(), None, wall)?;
     let router = crate::api::router(Arc::clone(&queen));
     Ok(TestQueen { queen, router, stop })
 }

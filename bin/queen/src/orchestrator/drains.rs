@@ -38,7 +38,7 @@ impl Orchestrator {
         let mut st = self.lock();
         let running = st.placement.drains.get(hive).is_some_and(|d| !d.done && !d.cancelled);
         if !running {
-            let now = OffsetDateTime::now_utc();
+            let now = self.now();
             let mut drains = st.placement.drains.clone();
             drains.insert(
                 hive.clone(),
@@ -55,7 +55,7 @@ impl Orchestrator {
             self.store.apply(&Batch { drains: Some(drains.clone()), ..Default::default() })?;
             st.placement.drains = drains;
         }
-        Ok(Self::drain_status(&st, hive).unwrap_or_else(|| empty_drain(hive)))
+        Ok(Self::drain_status(&st, hive).unwrap_or_else(|| empty_drain(hive, self.now())))
     }
 
     /// Stops a drain where it stands; the hive stays ineligible. `None`: no drain of it.
@@ -139,8 +139,7 @@ impl Orchestrator {
 
 /// What `start_drain` answers if the drain it just recorded cannot be read back (it always
 /// can; this keeps the signature free of an `Option` nobody could act on).
-fn empty_drain(hive: &NodeId) -> DrainStatus {
-    let now = OffsetDateTime::now_utc();
+fn empty_drain(hive: &NodeId, now: OffsetDateTime) -> DrainStatus {
     DrainStatus {
         hive: hive.clone(),
         started_at: now,

@@ -25,6 +25,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use time::OffsetDateTime;
 
+use crate::clock::Wall;
 use crate::metrics::DecisionLabels;
 use crate::placement::{Candidate, Placer};
 use crate::plan::{self, HiveView, Observed, Placement};
@@ -79,6 +80,8 @@ pub struct Orchestrator {
     unknown_hives: AtomicUsize,
     /// Placement decisions by kind, for `/metrics`.
     pub decisions: Family<DecisionLabels, Counter>,
+    /// The date drains and keyed-job routes are decided by (see `clock`).
+    wall: Wall,
 }
 
 fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
@@ -94,6 +97,15 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
 
 impl Orchestrator {
     pub fn open(store: Box<dyn Store>, orphan_after: Duration, event_seq: Arc<AtomicU64>) -> Result<Self, StoreError> {
+        Self::open_with(store, orphan_after, event_seq, Wall::system())
+    }
+
+    pub fn open_with(
+        store: Box<dyn Store>,
+        orphan_after: Duration,
+        event_seq: Arc<AtomicU64>,
+        wall: Wall,
+    ) -> Result<Self, StoreError> {
         let Persisted { deployments, assignments, strategy, shutdown: _, ineligible, drains } = store.load()?;
         let channels = Channels::default();
         // A store with no deployments may be a store that lost them: hives are not told to
@@ -115,6 +127,7 @@ impl Orchestrator {
             gate: AtomicBool::new(false),
             started: Mutex::new(tokio::time::Instant::now()),
             decisions: Family::default(),
+            wall,
         })
     }
 
@@ -236,6 +249,16 @@ impl Orchestrator {
     }
 
     /// For the records the orchestrator does not manage itself (keyed jobs' routes).
+    /// The date by this queen's reckoning: what deadlines and route ages are judged by.
+    pub fn now(&self) -> OffsetDateTime {
+        self.wall.now()
+    }
+
+    /// What the banner says about a step of the system clock, if any.
+    pub fn clock_step(&self) -> Option<String> {
+        self.wall.step_text()
+    }
+
     pub fn store(&self) -> &dyn Store {
         &self.store
     }
@@ -385,7 +408,7 @@ impl Orchestrator {
         hives: &HeartbeatRegistry<HiveHeartbeat>,
         workers: &HeartbeatRegistry<WorkerHeartbeat>,
     ) -> Result<(), StoreError> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.wall.now();
         let views = observe(hives);
         self.set_brake(&views);
         let unknown = if self.channels.holding() { views.values().filter(|v| v.processes > 0).count() } else { 0 };

@@ -97,3 +97,48 @@ async fn the_startup_grace_runs_on_tokio_time() -> anyhow::Result<()> {
     assert!(o.in_grace(), "a new leader has heard from nobody yet");
     Ok(())
 }
+
+/// A drain's deadline is a date (the next leader must read it), but the system clock
+/// stepping a day forward or an hour back while the queen runs neither ends it early nor
+/// stretches it: only ten minutes by the queen's own clock do.
+#[tokio::test(start_paused = true)]
+async fn a_stepped_system_clock_neither_ends_a_drain_early_nor_stretches_it() -> anyhow::Result<()> {
+    let system = crate::clock::testing::Stepped::new();
+    let wall = crate::clock::Wall::new(system.clone());
+    let o = Orchestrator::open_with(
+        Box::new(MemoryStore::default()),
+        Duration::from_secs(60),
+        Arc::new(AtomicU64::new(1)),
+        wall,
+    )?;
+    let (hives, workers) = registries()?;
+    let hive = NodeId::sanitized("hive-1");
+    o.create(spec("web", 1))?;
+    o.reconcile(&hives, &workers)?;
+    let on_hive = |o: &Orchestrator| o.assignments().iter().filter(|a| a.hive.as_ref() == Some(&hive)).count();
+    assert_eq!(on_hive(&o), 1);
+    // The only hive: its replica has nowhere to go and stays until the deadline.
+    o.start_drain(&hive, Duration::from_secs(600), None)?;
+    let mut seq = 10;
+    let mut beat = |hives: &HeartbeatRegistry<HiveHeartbeat>| -> anyhow::Result<()> {
+        let mut hb: HiveHeartbeat = serde_json::from_str(contract::examples::HIVE_HEARTBEAT)?;
+        seq += 1;
+        hb.seq = contract::Seq(seq);
+        hives.upsert(hb);
+        Ok(())
+    };
+    for step in [time::Duration::days(1), -time::Duration::days(1) - time::Duration::hours(1)] {
+        system.step(step);
+        tokio::time::advance(Duration::from_secs(60)).await;
+        beat(&hives)?;
+        o.reconcile(&hives, &workers)?;
+        let drain = o.drain(&hive).ok_or_else(|| anyhow::anyhow!("drain"))?;
+        assert!(!drain.done && on_hive(&o) == 1, "a clock step of {step} moved the deadline: {drain:?}");
+    }
+    assert!(o.clock_step().is_some_and(|t| t.contains("stepped back by 3600 s")), "{:?}", o.clock_step());
+    tokio::time::advance(Duration::from_secs(481)).await;
+    beat(&hives)?;
+    o.reconcile(&hives, &workers)?;
+    assert_eq!(on_hive(&o), 0, "ten minutes by the queen's clock: what could not move is stopped");
+    Ok(())
+}

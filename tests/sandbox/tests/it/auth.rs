@@ -294,13 +294,14 @@ async fn a_forged_epoch_cannot_lock_a_hive_out() -> anyhow::Result<()> {
             .json(&hb)
             .send()
     };
-    let far = forge(now + 86_400_000_000).await?;
-    assert_eq!(far.status().as_u16(), 422, "a day ahead");
+    let day = 86_400_000_000;
+    let far = forge(now + 60 * day).await?;
+    assert_eq!(far.status().as_u16(), 422, "sixty days ahead");
     assert_eq!(far.json::<ApiErrorBody>().await?.code, "epoch_ahead");
     assert_eq!(client.hive("hive-0").await?.epoch, real, "refused, changed nothing");
 
-    let near = now + 30_000_000;
-    assert!(forge(near).await?.status().is_success(), "thirty seconds ahead is within the skew");
+    let near = now + day;
+    assert!(forge(near).await?.status().is_success(), "a day ahead is within the skew (clocks step)");
     let recovered = wait_until("the hive heard again in an epoch after the forged one", Duration::from_secs(10), || {
         let client = client.clone();
         async move { client.hive("hive-0").await.ok().filter(|h| h.epoch.0 > near && h.address != "http://127.0.0.1:1") }

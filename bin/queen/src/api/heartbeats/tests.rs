@@ -36,12 +36,12 @@ fn code(body: &str) -> String {
 async fn an_epoch_from_the_future_is_refused_and_changes_nothing() -> anyhow::Result<()> {
     let q = testing::queen(|_| {})?;
     let day = 86_400 * 1_000_000;
-    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", now() + day)).await;
+    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", now() + 60 * day)).await;
     assert_eq!((status, code(&body).as_str()), (422, "epoch_ahead"), "{body}");
     assert!(body.contains("ahead of the queen's clock"), "{body}");
     assert!(q.queen.ingest.hives.get(&contract::NodeId::sanitized("h1")).is_none());
-    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", now() + 10_000_000)).await;
-    assert_eq!(status, 200, "ten seconds of clock skew is normal: {body}");
+    let (status, body) = q.call(Method::POST, "/v1/hive-heartbeat", None, &hive("h1", now() + day)).await;
+    assert_eq!(status, 200, "a machine whose clock stepped a day forward is still heard: {body}");
     Ok(())
 }
 
