@@ -11,14 +11,63 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
     serde_json::to_vec(v).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
+/// Keys per page to start with; a page too large for one answer is asked again halved.
+const PAGE: i64 = 512;
+
+/// The first key after every key that starts with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the keyspace.
+    vec![0]
+}
+
+/// Whether etcd's answer was refused for its size (the client takes 4 MiB at most).
+fn too_large(e: &etcd_client::Error) -> bool {
+    // gRPC's codes: RESOURCE_EXHAUSTED (8) from the server, OUT_OF_RANGE (11) from the
+    // client's decoder.
+    matches!(e, etcd_client::Error::GRpcStatus(s) if matches!(s.code() as i32, 8 | 11))
+}
+
+/// Every key under `prefix`, in pages read at one revision: one answer is capped in size,
+/// and the state (a deployment may carry a megabyte of arguments) or tens of thousands of
+/// job routes pass that cap.
+async fn range_all(mut c: Client, prefix: String) -> Result<Vec<etcd_client::KeyValue>, StoreError> {
+    let end = prefix_end(prefix.as_bytes());
+    let mut start = prefix.into_bytes();
+    let (mut out, mut revision, mut limit) = (Vec::new(), 0, PAGE);
+    loop {
+        let options = GetOptions::new().with_range(end.clone()).with_limit(limit).with_revision(revision);
+        match c.get(start.clone(), Some(options)).await {
+            Ok(mut resp) => {
+                if revision == 0 {
+                    revision = resp.header().map_or(0, |h| h.revision());
+                }
+                let more = resp.more();
+                let kvs = resp.take_kvs();
+                if let Some(last) = kvs.last() {
+                    start = last.key().to_vec();
+                    start.push(0);
+                }
+                out.extend(kvs);
+                if !more {
+                    return Ok(out);
+                }
+            }
+            Err(e) if limit > 1 && too_large(&e) => limit /= 2,
+            Err(e) => return Err(backend(e)),
+        }
+    }
+}
+
 impl Store for Peer {
     fn load(&self) -> Result<Persisted, StoreError> {
-        let mut c = self.client.clone();
-        let prefix = self.keys.state.clone();
-        let kvs = self.call(async move {
-            let mut resp = c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(backend)?;
-            Ok(resp.take_kvs())
-        })?;
+        let kvs = self.call(range_all(self.client.clone(), self.keys.state.clone()))?;
         let mut out = Persisted::default();
         for kv in kvs {
             let key = String::from_utf8_lossy(kv.key()).into_owned();
@@ -93,11 +142,7 @@ impl Store for Peer {
     }
 
     fn forget_job_routes(&self, before: OffsetDateTime) -> Result<usize, StoreError> {
-        let mut c = self.client.clone();
-        let prefix = self.keys.jobs.clone();
-        let kvs = self.call(async move {
-            Ok(c.get(prefix, Some(GetOptions::new().with_prefix())).await.map_err(backend)?.take_kvs())
-        })?;
+        let kvs = self.call(range_all(self.client.clone(), self.keys.jobs.clone()))?;
         // A record that does not decode is dropped too: it could only stop a retry.
         let ops: Vec<TxnOp> = kvs
             .iter()

@@ -538,3 +538,66 @@ async fn with_etcd_stopped_changes_are_refused_whole_and_resume_by_themselves() 
     .await?;
     sb.shutdown().await
 }
+
+/// What a queen reads from etcd is read in pages: a state of megabyte deployments past the
+/// 4 MiB an answer may hold loads whole, and 40 000 keyed-job routes (over 5 MB) are all
+/// forgotten once old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_and_routes_past_one_etcd_answer_are_read_whole() -> anyhow::Result<()> {
+    let etcd = Etcd::start()?;
+    let prefix = "/paging-test";
+    // Nothing renews the lease here: long enough for the whole test.
+    let settings =
+        EtcdSettings::parse(&format!("etcd://{}", etcd.endpoint()), Some(prefix), Some(Duration::from_secs(60)))
+            .map_err(anyhow::Error::msg)?
+            .ok_or_else(|| anyhow::anyhow!("etcd settings"))?;
+    let a = Peer::connect(settings, QueenRef { id: "a:1".into(), url: "http://a".into() }).await?;
+    let lease = a.grant_lease().await?;
+    let key = a.campaign(lease).await?.ok_or_else(|| anyhow::anyhow!("not elected"))?;
+    a.take_lead(&key);
+
+    // Six deployments of a megabyte of arguments each: one write apiece (etcd takes 1.5 MiB
+    // per request), 6 MiB to read back.
+    let big = |i: usize| queen::store::DeploymentRecord {
+        spec: serde_json::from_value(json!({
+            "name": format!("big-{i}"), "command": "/bin/true", "replicas": 0,
+            "args": vec!["x".repeat(4000); 256],
+        }))
+        .expect("a valid spec"),
+        created_at: time::OffsetDateTime::UNIX_EPOCH,
+    };
+    let writer = Arc::clone(&a);
+    tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+        for i in 0..6 {
+            writer.apply(&Batch { put_deployments: vec![big(i)], ..Default::default() })?;
+        }
+        Ok(())
+    })
+    .await??;
+    let reader = Arc::clone(&a);
+    let loaded = tokio::task::spawn_blocking(move || reader.load()).await??;
+    anyhow::ensure!(loaded.deployments.len() == 6, "{} deployments loaded", loaded.deployments.len());
+    anyhow::ensure!(loaded.deployments.values().all(|d| d.spec.args.len() == 256), "whole records");
+
+    // 40 000 routes, written straight to etcd a hundred per transaction.
+    let mut c = etcd_client::Client::connect([etcd.endpoint()], None).await?;
+    let old = serde_json::to_vec(&JobRoute {
+        worker: contract::NodeId::new("w1")?,
+        address: "http://127.0.0.1:1".into(),
+        at: time::OffsetDateTime::UNIX_EPOCH,
+    })?;
+    for chunk in 0..400 {
+        let ops: Vec<etcd_client::TxnOp> = (0..100)
+            .map(|i| etcd_client::TxnOp::put(format!("{prefix}/jobs/key-{chunk}-{i}"), old.clone(), None))
+            .collect();
+        c.txn(etcd_client::Txn::new().and_then(ops)).await?;
+    }
+    let reader = Arc::clone(&a);
+    let forgotten =
+        tokio::task::spawn_blocking(move || reader.forget_job_routes(time::OffsetDateTime::now_utc())).await??;
+    anyhow::ensure!(forgotten == 40_000, "{forgotten} routes forgotten");
+    let left =
+        c.get(format!("{prefix}/jobs/"), Some(etcd_client::GetOptions::new().with_prefix().with_count_only())).await?;
+    anyhow::ensure!(left.count() == 0, "{} routes left", left.count());
+    Ok(())
+}
