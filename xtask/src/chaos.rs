@@ -33,12 +33,15 @@ pub struct ChaosArgs {
     /// Leadership lease of the queens.
     #[arg(long, default_value_t = 2)]
     lease_ttl_secs: u64,
+    /// Only the faults whose name contains this (`lone` for the lone queen's).
+    #[arg(long)]
+    only: Option<String>,
 }
 
 impl ChaosArgs {
     /// One round with a 2 s lease: what CI runs.
     pub fn bounded() -> Self {
-        Self { rounds: 1, lease_ttl_secs: 2 }
+        Self { rounds: 1, lease_ttl_secs: 2, only: None }
     }
 }
 
@@ -47,7 +50,7 @@ const REPLICAS: usize = 4;
 const HEARTBEAT: &str = "500ms";
 const JOB_DEADLINE: Duration = Duration::from_secs(60);
 /// The log filter under which workers log each keyed job they run.
-const WORKER_RUNS: &str = "warn,worker=debug";
+const WORKER_RUNS: &str = "info,worker=debug";
 const CONVERGE: Duration = Duration::from_secs(60);
 const NETNS: &str = "apiary-chaos";
 const HOST_IP: &str = "10.231.0.1";
@@ -102,9 +105,14 @@ impl Proc {
     }
 
     fn stop(&mut self) {
+        self.stop_within(Duration::from_secs(10));
+    }
+
+    /// SIGTERM, then SIGKILL if it has not exited within `grace`.
+    fn stop_within(&mut self, grace: Duration) {
         if let Some(mut c) = self.child.take() {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + grace;
             while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -197,6 +205,7 @@ impl Http {
         }
         let mut resp = match (method, body) {
             ("GET", _) => self.agent.get(url).call()?,
+            ("DELETE", _) => self.agent.delete(url).call()?,
             ("PATCH", Some(b)) => self.agent.patch(url).content_type("application/json").send(b.to_string())?,
             (_, Some(b)) => post.content_type("application/json").send(b.to_string())?,
             (_, None) => post.send_empty()?,
@@ -336,7 +345,8 @@ struct Cluster {
     queens: Vec<Proc>,
     urls: Vec<String>,
     hives: Vec<Proc>,
-    etcd: etcd_process::Etcd,
+    /// `None` for the lone queen on its embedded store.
+    etcd: Option<etcd_process::Etcd>,
     netns: Option<Netns>,
     worker_bin: PathBuf,
     logs: PathBuf,
@@ -393,6 +403,11 @@ impl Cluster {
         if snapshot["hives_online"].as_u64() != Some(hives) {
             return Err(format!("{} of {hives} hives online", snapshot["hives_online"]));
         }
+        self.running(&snapshot)
+    }
+
+    /// The replicas as set: every one placed once, available, one process each.
+    fn running(&self, snapshot: &Value) -> Result<(), String> {
         let replicas = self.replicas;
         if snapshot["workers_available"].as_u64() != Some(replicas as u64) {
             return Err(format!("{} of {replicas} workers available", snapshot["workers_available"]));
@@ -423,6 +438,67 @@ impl Cluster {
         bail!("did not converge in {CONVERGE:?}: {why}")
     }
 
+    fn stop_all(&mut self) {
+        for h in &mut self.hives {
+            h.stop();
+        }
+        for q in &mut self.queens {
+            q.stop();
+        }
+    }
+
+    /// Declares a deployment through the leader.
+    fn deploy(&self, spec: &Value) -> anyhow::Result<()> {
+        let a = self.http.post_leader(&self.urls, "/v1/deployments", spec)?;
+        if a.status >= 300 {
+            bail!("deploy refused: {} {}", a.status, a.body);
+        }
+        Ok(())
+    }
+
+    /// Each worker process of this cluster by the replica it runs (`APIARY_NAME`).
+    fn worker_pids(&self) -> BTreeMap<String, i32> {
+        worker_processes(&self.worker_bin).into_iter().map(|(pid, name)| (name, pid.as_raw())).collect()
+    }
+
+    /// Hives the queens hold ineligible for placement.
+    fn ineligible(&self) -> Vec<String> {
+        let snapshot = self.http.get_any(&self.urls, "/v1/snapshot").unwrap_or(Value::Null);
+        snapshot["hives"]
+            .as_array()
+            .map(|hives| {
+                hives
+                    .iter()
+                    .filter(|h| h["eligible"] == false)
+                    .filter_map(|h| h["id"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The epoch of hive `name`'s process as the queens last heard it.
+    fn hive_epoch(&self, name: &str) -> Option<u64> {
+        self.http.get_any(&self.urls, &format!("/v1/hives/{name}")).and_then(|h| h["epoch"].as_u64())
+    }
+
+    /// Waits until hive `name` is back as a process later than `before`, online, steady
+    /// and eligible.
+    fn wait_hive_back(&self, name: &str, before: Option<u64>) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CONVERGE;
+        while Instant::now() < deadline {
+            let h = self.http.get_any(&self.urls, &format!("/v1/hives/{name}")).unwrap_or(Value::Null);
+            let back = h["epoch"].as_u64() > before
+                && h["liveness"] == "online"
+                && h["flapping"] == false
+                && h["eligible"] == true;
+            if back {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("hive {name} did not come back online and eligible")
+    }
+
     /// Slot → hive of every placed replica.
     fn placement(&self) -> BTreeMap<String, String> {
         self.http
@@ -444,7 +520,23 @@ struct Row {
     converged: Result<Duration, String>,
     false_offline: Vec<String>,
     moved: usize,
+    /// The fault moves replicas on purpose (a hive draining on its way down).
+    planned_moves: bool,
+    /// Worker processes that ended though the fault did not ask for it.
+    stopped_unasked: Vec<String>,
+    /// Hives left out of placement afterwards.
+    ineligible: Vec<String>,
     note: String,
+}
+
+impl Row {
+    fn bad(&self) -> bool {
+        self.converged.is_err()
+            || !self.false_offline.is_empty()
+            || (self.moved > 0 && !self.planned_moves)
+            || !self.stopped_unasked.is_empty()
+            || !self.ineligible.is_empty()
+    }
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -506,7 +598,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         [&hive_bin, "--queen", &queen_list, "--name", name, "--heartbeat-interval", HEARTBEAT]
             .into_iter()
             .map(String::from)
-            .chain(["--max-workers", "4", "--drain-on-shutdown", "0s", "--worker-stop-timeout", "2s"].map(String::from))
+            .chain(
+                ["--max-workers", "4", "--drain-on-shutdown", "30s", "--worker-stop-timeout", "2s"].map(String::from),
+            )
             .chain(["--label".into(), format!("zone={zone}")])
             // Its own cgroup names: a restarted hive kills what its killed run left there,
             // and must never meet another cluster's on this machine.
@@ -530,7 +624,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         queens,
         urls,
         hives,
-        etcd,
+        etcd: Some(etcd),
         netns,
         worker_bin,
         logs,
@@ -538,16 +632,37 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     };
 
     let result = chaos(&mut cluster, &args);
-    for h in &mut cluster.hives {
-        h.stop();
+    // Nothing left to move: a hive stopping at the end does not wait out a drain.
+    let _ = cluster.http.send_leader("DELETE", &cluster.urls.clone(), "/v1/deployments/chaos", &json!({}));
+    cluster.stop_all();
+    let logs = cluster.logs.clone();
+    drop(cluster);
+    let mut findings = result?;
+    if findings.failure.is_none() && args.only.as_ref().is_none_or(|only| "lone queen".contains(only.as_str())) {
+        let counts = Arc::clone(&findings.counts);
+        match lone_queen(&dir, &logs, counts) {
+            Ok(rows) => {
+                let bad = rows.iter().any(Row::bad);
+                findings.rows.extend(rows);
+                if bad {
+                    findings.failure = Some(anyhow::anyhow!("a lone-queen fault went wrong (table above)"));
+                }
+            }
+            Err(e) => findings.failure = Some(e.context("the lone queen's faults")),
+        }
     }
-    for q in &mut cluster.queens {
-        q.stop();
-    }
-    result
+    judge(findings, &logs)
 }
 
-fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
+/// What the faults found: the table's rows, the jobs' fate, and the error that stopped
+/// the run early, if one did.
+struct Findings {
+    rows: Vec<Row>,
+    counts: Arc<JobCounts>,
+    failure: Option<anyhow::Error>,
+}
+
+fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<Findings> {
     let ttl = Duration::from_secs(args.lease_ttl_secs);
     cluster.wait_leader(None, Duration::from_secs(20)).context("no queen was elected")?;
     let spec = json!({
@@ -587,6 +702,9 @@ fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
             if *fault == Fault::Partition && cluster.netns.is_none() {
                 continue;
             }
+            if args.only.as_ref().is_some_and(|only| !fault.name().contains(only.as_str())) {
+                continue;
+            }
             eprintln!("xtask chaos: round {round}: {}", fault.name());
             let row = match inject(cluster, *fault, ttl, &events) {
                 Ok(row) => row,
@@ -595,7 +713,7 @@ fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
                     break 'rounds;
                 }
             };
-            let bad = row.converged.is_err() || !row.false_offline.is_empty() || row.moved > 0;
+            let bad = row.bad();
             rows.push(row);
             if bad {
                 break 'rounds;
@@ -607,7 +725,13 @@ fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    let runs = keyed_runs(&cluster.logs)?;
+    Ok(Findings { rows, counts, failure })
+}
+
+/// The table from every row, and the verdict: no lost or twice-run job, no bad row.
+fn judge(findings: Findings, logs: &Path) -> anyhow::Result<()> {
+    let Findings { rows, counts, failure } = findings;
+    let runs = keyed_runs(logs)?;
     let duplicated: u64 = runs.values().map(|&n| n.saturating_sub(1)).sum();
     let report = render(&rows, &counts, runs.len(), duplicated);
     println!("{report}");
@@ -624,10 +748,8 @@ fn chaos(cluster: &mut Cluster, args: &ChaosArgs) -> anyhow::Result<()> {
             counts.completed.load(Ordering::Relaxed)
         );
     }
-    let losses = counts.lost.load(Ordering::Relaxed)
-        + duplicated
-        + rows.iter().map(|r| r.false_offline.len() as u64 + r.moved as u64).sum::<u64>();
-    if losses > 0 || rows.iter().any(|r| r.converged.is_err()) {
+    let losses = counts.lost.load(Ordering::Relaxed) + duplicated;
+    if losses > 0 || rows.iter().any(Row::bad) {
         bail!("chaos found losses or duplicates (table above)");
     }
     Ok(())
@@ -645,6 +767,8 @@ enum Fault {
     TransferThenScale,
     FreezeThenScale,
     LeaseLossThenScale,
+    RollingRestartHives,
+    RollingRestartQueens,
 }
 
 const FAULTS: &[Fault] = &[
@@ -658,6 +782,8 @@ const FAULTS: &[Fault] = &[
     Fault::TransferThenScale,
     Fault::FreezeThenScale,
     Fault::LeaseLossThenScale,
+    Fault::RollingRestartHives,
+    Fault::RollingRestartQueens,
 ];
 
 impl Fault {
@@ -673,30 +799,47 @@ impl Fault {
             Fault::TransferThenScale => "leader transfer, then scale up",
             Fault::FreezeThenScale => "SIGSTOP the leader past its lease, SIGCONT, then scale up",
             Fault::LeaseLossThenScale => "etcd away past the lease (the leader's lease lost), then scale up",
+            Fault::RollingRestartHives => "rolling restart of every hive (SIGTERM, start again), under job load",
+            Fault::RollingRestartQueens => "rolling restart of every queen (SIGTERM, start again)",
         }
     }
 }
 
-/// A worker process of the cluster (the first found) and the replica it runs, from the
-/// `APIARY_NAME` its hive gave it.
+/// The worker processes of the cluster and the replica each runs, from the `APIARY_NAME`
+/// its hive gave it.
+fn worker_processes(worker_bin: &Path) -> Vec<(Pid, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            std::fs::read_link(e.path().join("exe")).ok().filter(|x| x == worker_bin)?;
+            let environ = std::fs::read(e.path().join("environ")).ok()?;
+            let name = environ
+                .split(|b| *b == 0)
+                .find_map(|kv| kv.strip_prefix(b"APIARY_NAME="))
+                .map(|n| String::from_utf8_lossy(n).into_owned())?;
+            Some((Pid::from_raw(pid), name))
+        })
+        .collect()
+}
+
 fn some_worker(worker_bin: &Path) -> Option<(Pid, String)> {
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
-        let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
-        std::fs::read_link(e.path().join("exe")).ok().filter(|x| x == worker_bin)?;
-        let environ = std::fs::read(e.path().join("environ")).ok()?;
-        let name = environ
-            .split(|b| *b == 0)
-            .find_map(|kv| kv.strip_prefix(b"APIARY_NAME="))
-            .map(|n| String::from_utf8_lossy(n).into_owned())?;
-        Some((Pid::from_raw(pid), name))
-    })
+    worker_processes(worker_bin).into_iter().next()
+}
+
+/// Whether process `pid` is gone (a zombie counts).
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_or(true, |stat| stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
 }
 
 fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex<Events>>) -> anyhow::Result<Row> {
     let before = cluster.placement();
+    let pids = cluster.worker_pids();
     let (leader, _) = cluster.wait_leader(None, Duration::from_secs(20)).context("no leader before the fault")?;
     let started = Instant::now();
     let mut failover = None;
+    let mut planned_moves = false;
     // Nodes a fault may rightly take down: their offline events are not false.
     let mut expected: BTreeSet<String> = BTreeSet::new();
     let note;
@@ -763,9 +906,10 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
             note = "cut for 4 s".into();
         }
         Fault::RestartEtcd => {
-            cluster.etcd.kill();
+            let etcd = cluster.etcd.as_mut().context("no etcd")?;
+            etcd.kill();
             std::thread::sleep(Duration::from_secs(1));
-            cluster.etcd.restart()?;
+            etcd.restart()?;
             let next = cluster.wait_leader(None, ttl * 10).context("no leader after etcd returned")?;
             failover = Some(started.elapsed());
             note = format!("etcd down 1 s; leader queen-{}", next.0);
@@ -801,9 +945,10 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
         Fault::LeaseLossThenScale => {
             // Renewals fail for longer than the lease: the leader steps down on its own,
             // alive and answering, and leads again or not once etcd is back.
-            cluster.etcd.kill();
+            let etcd = cluster.etcd.as_mut().context("no etcd")?;
+            etcd.kill();
             std::thread::sleep(ttl + Duration::from_secs(1));
-            cluster.etcd.restart()?;
+            etcd.restart()?;
             let next = cluster.wait_leader(None, ttl * 10).context("no leader after etcd returned")?;
             failover = Some(started.elapsed());
             let ran = scale_and_time(cluster)?;
@@ -813,6 +958,53 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
                 next.0,
                 ran.as_secs_f64()
             );
+        }
+        Fault::RollingRestartHives => {
+            // What `systemctl restart` of each hive in turn does: each drains itself on
+            // SIGTERM (its replicas start anew elsewhere first), exits, starts again and is
+            // eligible again at once. The old instances stop because the drain asked.
+            planned_moves = true;
+            expected.extend(pids.keys().cloned());
+            let mut took = Vec::new();
+            for i in 0..cluster.hives.len() {
+                let name = cluster.hives[i].name.trim_start_matches("hive-").to_string();
+                let t = Instant::now();
+                let epoch = cluster.hive_epoch(&name);
+                cluster.hives[i].stop_within(Duration::from_secs(40));
+                let stopped = t.elapsed();
+                let drain =
+                    cluster.http.get_any(&cluster.urls, &format!("/v1/hives/{name}/drain")).unwrap_or(Value::Null);
+                cluster.hives[i].restart()?;
+                cluster.wait_hive_back(&name, epoch)?;
+                cluster.wait_converged().with_context(|| format!("after restarting hive {name}"))?;
+                took.push(format!(
+                    "{name} stopped in {:.1} s having moved {} ({}), back and converged {:.1} s later",
+                    stopped.as_secs_f64(),
+                    drain["moved"],
+                    drain["notes"]
+                        .as_array()
+                        .map(|n| n.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("; "))
+                        .unwrap_or_default(),
+                    (t.elapsed() - stopped).as_secs_f64()
+                ));
+            }
+            note = format!("each drained, stopped, started, converged: {}", took.join(", "));
+        }
+        Fault::RollingRestartQueens => {
+            let mut took = Vec::new();
+            for i in 0..cluster.queens.len() {
+                let t = Instant::now();
+                cluster.queens[i].stop();
+                cluster.wait_leader(Some(i), ttl * 5).with_context(|| format!("no leader with queen-{i} stopped"))?;
+                cluster.queens[i].restart()?;
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while leader_of(&cluster.quick, &cluster.urls[i]).is_none() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                cluster.wait_converged().with_context(|| format!("after restarting queen-{i}"))?;
+                took.push(format!("queen-{i} {:.1} s", t.elapsed().as_secs_f64()));
+            }
+            note = format!("each stopped, started, converged: {}", took.join(", "));
         }
     }
     let converged = cluster.wait_converged().map(|_| started.elapsed()).map_err(|e| e.to_string());
@@ -824,14 +1016,33 @@ fn inject(cluster: &mut Cluster, fault: Fault, ttl: Duration, events: &Arc<Mutex
         .iter()
         .filter(|(at, _)| *at >= started)
         .filter(|(_, e)| e["kind"] == "offline" || e["kind"] == "orphaned")
-        .filter_map(|(_, e)| e["id"].as_str().map(str::to_string))
-        .filter(|id| !expected.iter().any(|x| id == x || id.starts_with(&format!("{x}."))))
+        .filter_map(|(_, e)| Some((e["id"].as_str()?, e)))
+        .filter(|(id, _)| !expected.iter().any(|x| id == x || id.starts_with(&format!("{x}."))))
+        .map(|(id, e)| format!("{id} {}: {}", e["kind"].as_str().unwrap_or("?"), e["reason"].as_str().unwrap_or("")))
         .collect();
     drop(ev);
     // No fault here keeps a hive away past the orphan grace: nothing should move.
     let after = cluster.placement();
     let moved = before.iter().filter(|(slot, hive)| after.get(*slot).is_some_and(|h| h != *hive)).count();
-    Ok(Row { fault: fault.name().into(), failover, converged, false_offline, moved, note })
+    let stopped_unasked = stopped_unasked(&pids, &expected);
+    let ineligible = cluster.ineligible();
+    Ok(Row {
+        fault: fault.name().into(),
+        failover,
+        converged,
+        false_offline,
+        moved,
+        planned_moves,
+        stopped_unasked,
+        ineligible,
+        note,
+    })
+}
+
+/// Replicas whose worker process (as it was before a fault) has ended, other than those
+/// the fault was expected to take down.
+fn stopped_unasked(pids: &BTreeMap<String, i32>, expected: &BTreeSet<String>) -> Vec<String> {
+    pids.iter().filter(|(name, pid)| !expected.contains(*name) && gone(**pid)).map(|(name, _)| name.clone()).collect()
 }
 
 /// Scales the deployment up by two through the leader and measures until the hives run the
@@ -848,8 +1059,18 @@ fn scale_and_time(cluster: &mut Cluster) -> anyhow::Result<Duration> {
     };
     let started = Instant::now();
     scale(cluster, REPLICAS + 2)?;
-    cluster.wait_converged().context("the hives did not run the scaled-up set")?;
-    let ran = started.elapsed();
+    // The new set running, whatever else is still settling (a hive reconnecting).
+    let ran = loop {
+        let snapshot = cluster.http.get_any(&urls, "/v1/snapshot").unwrap_or(Value::Null);
+        if cluster.running(&snapshot).is_ok() {
+            break started.elapsed();
+        }
+        if started.elapsed() > CONVERGE {
+            bail!("the hives did not run the scaled-up set in {CONVERGE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    cluster.wait_converged().context("after the scale-up")?;
     scale(cluster, REPLICAS)?;
     Ok(ran)
 }
@@ -860,7 +1081,7 @@ fn keyed_runs(logs: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut runs = BTreeMap::new();
     for entry in std::fs::read_dir(logs)? {
         let path = entry?.path();
-        let is_hive = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("hive-core"));
+        let is_hive = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("hive-"));
         if !is_hive {
             continue;
         }
@@ -876,7 +1097,7 @@ fn keyed_runs(logs: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
 
 fn render(rows: &[Row], jobs: &JobCounts, ran: usize, duplicated: u64) -> String {
     let mut out = String::from(
-        "| fault | leader failover | converged after | false offline | replicas moved | note |\n|---|---|---|---|---|---|\n",
+        "| fault | leader failover | converged after | false offline | replicas moved | stopped unasked | left ineligible | note |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let failover = r.failover.map(|d| format!("{:.2} s", d.as_secs_f64())).unwrap_or_else(|| "–".into());
@@ -889,9 +1110,15 @@ fn render(rows: &[Row], jobs: &JobCounts, ran: usize, duplicated: u64) -> String
         } else {
             format!("{} ({})", r.false_offline.len(), r.false_offline.join(", "))
         };
+        let list =
+            |v: &[String]| if v.is_empty() { "0".to_string() } else { format!("{} ({})", v.len(), v.join(", ")) };
+        let moved = if r.planned_moves { format!("{} (drains)", r.moved) } else { r.moved.to_string() };
         out.push_str(&format!(
-            "| {} | {failover} | {converged} | {false_offline} | {} | {} |\n",
-            r.fault, r.moved, r.note
+            "| {} | {failover} | {converged} | {false_offline} | {moved} | {} | {} | {} |\n",
+            r.fault,
+            list(&r.stopped_unasked),
+            list(&r.ineligible),
+            r.note
         ));
     }
     let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -905,4 +1132,237 @@ fn render(rows: &[Row], jobs: &JobCounts, ran: usize, duplicated: u64) -> String
     ));
     out.push_str("replicas: lost or duplicated would have shown as a cluster that did not converge (every slot placed once, one worker process each)\n");
     out
+}
+
+/// A small tmpfs, so a data dir's disk can fill up; unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(dir: &Path, bytes: u64) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!("mount: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(Self(dir.to_path_buf()))
+    }
+
+    /// Writes a file until the filesystem is full; its path.
+    fn fill(&self) -> anyhow::Result<PathBuf> {
+        use std::io::Write;
+        let path = self.0.join("filler");
+        let mut file = std::fs::File::create(&path)?;
+        let chunk = vec![0x55u8; 64 * 1024];
+        loop {
+            match file.write_all(&chunk).and_then(|()| file.sync_all()) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => return Ok(path),
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A lone queen on its embedded store, one hive, a deployment of two: the store's disk
+/// filling up under job load, and the queen restarted on an empty data dir.
+fn lone_queen(dir: &Path, logs: &Path, counts: Arc<JobCounts>) -> anyhow::Result<Vec<Row>> {
+    let port = etcd_process::free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let small = SmallFs::mount(&logs.join("lone-data"), 16 << 20);
+    let data = match &small {
+        Ok(fs) => fs.0.join("data"),
+        Err(e) => {
+            eprintln!("xtask chaos: no tmpfs for the lone queen ({e:#}); the full-disk fault is skipped");
+            logs.join("lone-data").join("data")
+        }
+    };
+    let queen_bin = dir.join("queen").to_string_lossy().into_owned();
+    let program = |data: &Path| -> Vec<String> {
+        let listen = format!("127.0.0.1:{port}");
+        [queen_bin.as_str(), "serve", "--listen", &listen, "--heartbeat-interval", HEARTBEAT]
+            .into_iter()
+            .map(String::from)
+            .chain(["--snapshot-interval", "500ms", "--orphan-grace", "5s", "--data-dir"].map(String::from))
+            .chain([data.to_string_lossy().into_owned()])
+            .collect()
+    };
+    let hive_program: Vec<String> = [dir.join("hive").to_string_lossy().as_ref(), "--queen", &url, "--name", "lone"]
+        .into_iter()
+        .map(String::from)
+        .chain(["--heartbeat-interval", HEARTBEAT, "--max-workers", "4", "--drain-on-shutdown", "0s"].map(String::from))
+        .chain(["--cgroup".to_string(), format!("apiary-chaos-{}-lone", std::process::id())])
+        .collect();
+    let mut cluster = Cluster {
+        http: Http::new(),
+        quick: Http::with_timeout(Duration::from_millis(300)),
+        queens: vec![Proc::start("queen-lone", program(&data), logs)?],
+        urls: vec![url.clone()],
+        hives: vec![Proc::start_logging("hive-lone", hive_program, logs, WORKER_RUNS)?],
+        etcd: None,
+        netns: None,
+        worker_bin: dir.join("worker").canonicalize()?,
+        logs: logs.to_path_buf(),
+        replicas: 2,
+    };
+    let result = (|| {
+        let spec = json!({
+            "name": "lone",
+            "command": cluster.worker_bin.to_string_lossy(),
+            "args": ["--heartbeat-interval", HEARTBEAT],
+            "replicas": 2,
+        });
+        cluster.wait_leader(None, Duration::from_secs(20)).context("the lone queen did not start")?;
+        cluster.deploy(&spec)?;
+        cluster.wait_converged().context("the lone queen's deployment did not converge")?;
+        let mut rows = Vec::new();
+        if let Ok(fs) = &small {
+            rows.push(full_disk(&mut cluster, fs, &counts)?);
+        }
+        let empty = logs.join("lone-empty");
+        let _ = std::fs::remove_dir_all(&empty);
+        rows.push(empty_data_dir(&mut cluster, program(&empty), &spec)?);
+        Ok(rows)
+    })();
+    let _ = cluster.http.call("DELETE", &format!("{url}/v1/deployments/lone"), None);
+    cluster.stop_all();
+    result
+}
+
+/// The data dir's disk fills up under job load: changes are refused with 503
+/// `store_unavailable` and readiness says why, nothing that runs is stopped, and once there
+/// is room the queen takes changes again without a restart.
+fn full_disk(cluster: &mut Cluster, fs: &SmallFs, counts: &Arc<JobCounts>) -> anyhow::Result<Row> {
+    let url = cluster.urls[0].clone();
+    let pids = cluster.worker_pids();
+    let before = cluster.placement();
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (http, queens, counts, stop) =
+            (cluster.http.clone(), cluster.urls.clone(), Arc::clone(counts), Arc::clone(&stop));
+        std::thread::spawn(move || job_load(2, http, queens, counts, stop))
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
+    let filler = fs.fill()?;
+    let http = cluster.http.clone();
+    let scale = |n: usize| http.call("PATCH", &format!("{url}/v1/deployments/lone"), Some(&json!({ "replicas": n })));
+    // Small writes fit in pages the store already holds (redb reuses its freed pages), so
+    // what runs into the full disk is the store growing: deployments of 60 KB each, until
+    // one is refused.
+    let big = |i: usize| json!({"name": format!("fill-{i}"), "command": "/bin/true", "replicas": 0, "args": vec!["x".repeat(4000); 15]});
+    let mut refused = None;
+    let mut taken = 0;
+    for i in 0..400 {
+        let a = http.call("POST", &format!("{url}/v1/deployments"), Some(&big(i)))?;
+        if a.status == 503 {
+            refused = Some(a);
+            break;
+        }
+        taken += 1;
+    }
+    let refused = refused.context("no change was refused with the disk full")?;
+    let ready = cluster.http.call("GET", &format!("{url}/readyz"), None)?;
+    // Full for a while, under job load.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::remove_file(filler)?;
+    let room = Instant::now();
+    for i in 0..taken {
+        let _ = http.call("DELETE", &format!("{url}/v1/deployments/fill-{i}"), None);
+    }
+    let mut accepted = None;
+    while room.elapsed() < Duration::from_secs(10) {
+        if scale(3)?.status < 300 {
+            accepted = Some(room.elapsed());
+            cluster.replicas = 3;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let converged = cluster.wait_converged().map(|_| started.elapsed()).map_err(|e| e.to_string());
+    if scale(2)?.status < 300 {
+        cluster.replicas = 2;
+    }
+    cluster.wait_converged().context("scaled back")?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = load.join();
+    let note = format!(
+        "{taken} deployments of 60 KB taken, then one refused: {} {}; /readyz {}; a scale accepted {} after room",
+        refused.status,
+        refused.body["code"].as_str().unwrap_or("?"),
+        ready.status,
+        accepted.map_or("NEVER".to_string(), |d| format!("{:.1} s", d.as_secs_f64()))
+    );
+    if refused.body["code"] != "store_unavailable" || ready.status != 503 || accepted.is_none() {
+        bail!("{note}");
+    }
+    let after = cluster.placement();
+    Ok(Row {
+        fault: "lone queen: its data dir's disk full under job load, then room".into(),
+        failover: None,
+        converged,
+        false_offline: Vec::new(),
+        moved: before.iter().filter(|(slot, hive)| after.get(*slot).is_some_and(|h| h != *hive)).count(),
+        planned_moves: false,
+        stopped_unasked: stopped_unasked(&pids, &BTreeSet::new()),
+        ineligible: cluster.ineligible(),
+        note,
+    })
+}
+
+/// The queen is killed and started on an empty data dir: it stops nothing its hive runs
+/// (it holds, and readiness says `unknown replicas`), and once the deployment is declared
+/// again the running processes are adopted as they are.
+fn empty_data_dir(cluster: &mut Cluster, program: Vec<String>, spec: &Value) -> anyhow::Result<Row> {
+    let url = cluster.urls[0].clone();
+    let pids = cluster.worker_pids();
+    let before = cluster.placement();
+    let started = Instant::now();
+    cluster.queens[0].kill9();
+    cluster.queens[0].program = program;
+    cluster.queens[0].restart()?;
+    let mut said = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        if let Ok(a) = cluster.http.call("GET", &format!("{url}/readyz"), None)
+            && a.status == 503
+            && a.body.to_string().contains("unknown replicas on 1 hives")
+        {
+            said = Some(started.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let said = said.context("readiness never said `unknown replicas on 1 hives`")?;
+    // Several sweeps of a queen that knows no deployment.
+    std::thread::sleep(Duration::from_secs(3));
+    let held = stopped_unasked(&pids, &BTreeSet::new());
+    cluster.deploy(spec)?;
+    let converged = cluster.wait_converged().map(|_| started.elapsed()).map_err(|e| e.to_string());
+    let stopped = stopped_unasked(&pids, &BTreeSet::new());
+    let after = cluster.placement();
+    Ok(Row {
+        fault: "lone queen: kill -9, started again on an empty data dir".into(),
+        failover: None,
+        converged,
+        false_offline: Vec::new(),
+        moved: before.iter().filter(|(slot, hive)| after.get(*slot).is_some_and(|h| h != *hive)).count(),
+        planned_moves: false,
+        stopped_unasked: stopped,
+        ineligible: cluster.ineligible(),
+        note: format!(
+            "readiness said `unknown replicas on 1 hives` {:.1} s after the start; {} stopped while it held; declared again, {} processes adopted as they ran",
+            said.as_secs_f64(),
+            held.len(),
+            pids.len()
+        ),
+    })
 }

@@ -19,6 +19,8 @@ use crate::supervisor::{Desired, DrainOutcome};
 
 /// Longest wait between reconnects.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
+/// How soon a hive asks again while the queens elect a leader.
+const NO_LEADER_RETRY: Duration = Duration::from_millis(250);
 /// A stream the queen ended after this long is followed by an immediate reconnect.
 const QUICK_RECONNECT_AFTER: Duration = Duration::from_secs(1);
 
@@ -140,7 +142,7 @@ pub async fn run(client: QueenClient, hive: NodeId, context: Context, stop: Canc
                     CommandKind::Hold => {
                         tracing::warn!(
                             command = command.id,
-                            "the queen knows no deployments: keeping what runs, starting and stopping nothing"
+                            "the queen has not said what should run here (it knows no deployments, or has not placed yet): keeping what runs, starting and stopping nothing"
                         );
                         CommandAck {
                             command_id: command.id,
@@ -168,6 +170,17 @@ pub async fn run(client: QueenClient, hive: NodeId, context: Context, stop: Canc
                 queen_client::jittered(Duration::from_millis(50))
             }
             Ok(()) => backoff.next().unwrap_or(MAX_RECONNECT),
+            // Leadership is changing: an election under way (503 `no_leader`), or a queen
+            // still pointing at a leader that has just stepped down (a 307 that could not be
+            // followed). It settles in milliseconds after a resignation and within a lease
+            // after a crash; the new leader's set is wanted then, not after a backoff that
+            // grew while the queens voted.
+            Err(queen_client::ClientError::Api { status, ref code, .. })
+                if (status == 503 && code == "no_leader") || status == 307 =>
+            {
+                tracing::info!(code = %code, "leadership is changing; asking again shortly");
+                queen_client::jittered(NO_LEADER_RETRY)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "control channel down; reconnecting");
                 backoff.next().unwrap_or(MAX_RECONNECT)

@@ -112,7 +112,11 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     let health = health.build();
 
     let tasks = TaskTracker::new();
-    let beats = own.child_token();
+    // Heartbeats, readings and the control channel outlive the stop signal: a hive draining
+    // itself must stay heard (silence would be a false death), and must keep hearing the
+    // queen, which stops each old instance once its replacement runs elsewhere. They end
+    // after the drain, below.
+    let beats = CancellationToken::new();
     tasks.spawn(sample_loop(sampler, Arc::clone(&identity), beats.clone()));
     tasks.spawn({
         let (hb, identity, beats) = (Arc::clone(&heartbeater), Arc::clone(&identity), beats.clone());

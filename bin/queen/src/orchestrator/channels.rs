@@ -96,6 +96,10 @@ impl Channels {
     /// followed by a larger one).
     pub fn begin_term(&self, term: u64) {
         self.next_command.fetch_max(first_id(term), Ordering::SeqCst);
+        // What an earlier term of this queen told the hives is stale now (replicas moved
+        // under other leaders meanwhile); its streams ended when it stopped leading. Every
+        // hive starts afresh, held until this term's first reconcile says what it runs.
+        self.lock().channels.clear();
     }
 
     fn command(&self, inner: &Inner, hive: &NodeId, workers: Vec<WorkerLaunch>) -> HiveCommand {
@@ -169,7 +173,11 @@ impl Channels {
         if let Some(ch) = inner.channels.get(hive) {
             return ch.tx.subscribe();
         }
-        let (channel, rx) = Channel::new(self.command(&inner, hive, Vec::new()), Vec::new());
+        // Nothing decided for this hive yet (a queen just started or elected, before its
+        // first reconcile): "run nothing" would stop every replica it runs, so it holds
+        // until the set is published (which is sent even if it is empty).
+        let hold = HiveCommand { id: self.next_command.fetch_add(1, Ordering::Relaxed), kind: CommandKind::Hold };
+        let (channel, rx) = Channel::new(hold, Vec::new());
         inner.channels.insert(hive.clone(), channel);
         rx
     }
@@ -273,8 +281,31 @@ mod tests {
         let ids = channels.order_phase(std::slice::from_ref(&h1), test_order());
         assert!(ids[&h1] >= first_id(2), "a later term's ids are larger, and a term never goes back");
         assert_eq!(channels.ack(&h1, ack(ids[&h1])), Ok(()));
-        assert_eq!(channels.ack(&h1, ack(old)), Ok(()), "still one of the last sent");
+        assert!(channels.ack(&h1, ack(old)).is_err(), "an earlier term's command is no longer one to ACK");
         assert_eq!(channels.last_ack(&h1).map(|a| a.command_id), Some(ids[&h1]), "the late ACK did not replace it");
+    }
+
+    /// A hive that connects before this queen has placed anything (just started, just
+    /// elected) is told to hold, never to run nothing; the first published set follows
+    /// even when it is empty.
+    #[test]
+    fn a_hive_heard_before_the_first_reconcile_holds_until_it_is_told() {
+        let channels = Channels::default();
+        channels.begin_term(3);
+        let h1 = id("h1");
+        let mut rx = channels.subscribe(&h1);
+        assert!(matches!(rx.borrow_and_update().kind, CommandKind::Hold));
+        channels.publish(BTreeMap::from([(h1.clone(), vec![launch("w1")])]));
+        assert!(matches!(&rx.borrow_and_update().kind, CommandKind::Assign { workers, .. } if workers.len() == 1));
+        // A new term starts every hive afresh: held again until that term publishes.
+        channels.begin_term(4);
+        let mut rx = channels.subscribe(&h1);
+        assert!(matches!(rx.borrow_and_update().kind, CommandKind::Hold), "not the last term's set");
+        channels.publish(BTreeMap::new());
+        assert!(
+            matches!(&rx.borrow_and_update().kind, CommandKind::Assign { workers, .. } if workers.is_empty()),
+            "an empty set, decided, is sent"
+        );
     }
 
     #[test]

@@ -415,6 +415,11 @@ impl Orchestrator {
         self.unknown_hives.store(unknown, Ordering::Relaxed);
         if self.gated() {
             // Frozen: a shutting-down cluster moves no work; hives get their phase orders.
+            // Beside them, what they run as stored (a leader elected mid-shutdown has told
+            // no hive yet, and a phase order with an empty set would stop its replicas
+            // before DRAIN says so).
+            let desired = desired_sets(&self.lock());
+            self.channels.publish(desired);
             return Ok(());
         }
         let available = RegistryWorkers(workers);

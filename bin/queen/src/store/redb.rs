@@ -18,6 +18,9 @@ const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const JOB_ROUTES: TableDefinition<&str, &str> = TableDefinition::new("job_routes");
 const AUDIT: TableDefinition<u64, &str> = TableDefinition::new("audit");
 
+/// Free space below which readiness says the store's disk is full.
+const MIN_FREE_BYTES: u64 = 1 << 20;
+
 pub struct RedbStore {
     file: PathBuf,
     /// `None` only while being reopened.
@@ -177,7 +180,22 @@ impl Store for RedbStore {
     }
 
     fn ping(&self) -> Result<(), StoreError> {
-        self.with(|db| db.begin_read().map(|_| ()).map_err(backend))
+        self.with(|db| db.begin_read().map(|_| ()).map_err(backend))?;
+        // A store that cannot grow refuses its next large write; say so before that.
+        let dir = self.file.parent().unwrap_or(Path::new("."));
+        match nix::sys::statvfs::statvfs(dir) {
+            Ok(fs) => {
+                let free = fs.blocks_available().saturating_mul(fs.fragment_size());
+                if free < MIN_FREE_BYTES {
+                    return Err(backend(format!(
+                        "the disk holding {} has {free} bytes free: the store cannot grow",
+                        self.file.display()
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) => Err(backend(format!("cannot read the free space of {}: {e}", dir.display()))),
+        }
     }
 
     fn probe(&self) -> Result<(), StoreError> {

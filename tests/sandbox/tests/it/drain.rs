@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use contract::EventKind;
 use contract::{DrainStatus, HiveSummary, NodeId};
 use queen_client::QueenClient;
 use sandbox::{Sandbox, TempDir, wait_until};
@@ -254,13 +255,30 @@ async fn a_rolling_restart_of_the_hives_leaves_every_hive_eligible() -> anyhow::
         sb.stop_hive(&id).await?;
         let drain = client.drain_status(&id).await?;
         assert!(drain.done && drain.on_shutdown, "{name} drained itself on the way down: {drain:?}");
-        assert!(!hive(&client, name).await?.eligible, "{name} takes nothing new while it is away");
+        assert_eq!(drain.moved, 2, "{name}'s replicas moved to the hive that came back before it: {drain:?}");
+        let away = hive(&client, name).await?;
+        assert!(!away.eligible, "{name} takes nothing new while it is away");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let away = hive(&client, name).await?;
+        assert_eq!(away.liveness, contract::Liveness::Stopped, "{name} said goodbye: stopped, not offline");
         sb.add_hive(id.clone())?;
         wait_until(&format!("{name} back, a new process, eligible"), WAIT, || async {
             let h = hive(&client, name).await.ok()?;
             (h.epoch > before && h.available && h.eligible).then_some(())
         })
         .await?;
+    }
+    for name in ["hive-0", "hive-1"] {
+        // A hive draining itself keeps beating (and keeps its replicas) until its work runs
+        // elsewhere: silence there would be a false death.
+        let silent: Vec<String> = client
+            .hive_events(name)
+            .await?
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Suspect | EventKind::Offline))
+            .map(|e| e.reason.clone())
+            .collect();
+        assert!(silent.is_empty(), "{name} went silent while draining itself: {silent:?}");
     }
     let stats: contract::ClusterStats = client.get_json("/v1/cluster/stats").await?;
     assert_eq!((stats.hives_eligible, stats.hives_ineligible), (2, 0), "{stats:?}");
