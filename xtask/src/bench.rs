@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Print the table without writing BENCHMARKS.md.
     #[arg(long)]
     no_write: bool,
+    /// Only the stalled-queen run (printed, not written).
+    #[arg(long)]
+    only_stall: bool,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -92,6 +95,42 @@ fn f(v: &Value, path: &str) -> f64 {
     v.pointer(path).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
+/// False offline transitions when the queen is paused (SIGSTOP, as a VM pause or a swap
+/// storm does) for 10 s past a 6 s threshold, while 200 hives × 5 workers beat every 2 s
+/// throughout: every node is alive, so every offline is false.
+fn stalled_queen(bin: &Path) -> anyhow::Result<(f64, usize, f64)> {
+    let port = free_port()?;
+    let q = queen(bin, port, &["--heartbeat-interval", "2s", "--offline-after", "6s"])?;
+    let fleet_args: Vec<String> = [
+        "fleet",
+        "--queen",
+        &format!("http://127.0.0.1:{port}"),
+        "--hives",
+        "200",
+        "--workers-per-hive",
+        "5",
+        "--interval",
+        "2s",
+        "--duration",
+        "40s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let fleet_bin = bin.to_path_buf();
+    let fleet = std::thread::spawn(move || sim(&fleet_bin, &fleet_args));
+    // Past the startup grace (the offline threshold), everyone joined.
+    std::thread::sleep(Duration::from_secs(15));
+    let pid = nix::unistd::Pid::from_raw(q.0.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
+    std::thread::sleep(Duration::from_secs(10));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT)?;
+    fleet.join().map_err(|_| anyhow::anyhow!("fleet thread panicked"))??;
+    let offline = metric(port, "apiary_liveness_transitions_total{kind=\"hive\",event=\"offline\"} ")?
+        + metric(port, "apiary_liveness_transitions_total{kind=\"worker\",event=\"offline\"} ")?;
+    let deaf = metric(port, "apiary_queen_deaf_seconds_total ")?;
+    Ok((offline, 200 * 6, deaf))
+}
+
 pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     run(cargo().args(["build", "--release", "-p", "queen-cli", "-p", "sim"]))?;
@@ -101,6 +140,19 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("  {what}: {value}  (target {target})");
         rows.push((what.to_string(), value, target.to_string()));
     };
+    let stalled = |row: &mut dyn FnMut(&str, String, &str)| -> anyhow::Result<()> {
+        let (offline, nodes, deaf) = stalled_queen(&bin)?;
+        row(
+            "false offline, queen paused 10 s past a 6 s threshold (200 hives × 5 workers at 2 s)",
+            format!("{offline:.0} of {nodes} (the queen counted {deaf:.1} s not listening)"),
+            "0",
+        );
+        Ok(())
+    };
+    if args.only_stall {
+        return stalled(&mut row);
+    }
+    stalled(&mut row)?;
 
     // 1. Ingest at saturation: the empty handler, then the queen, same load.
     let flood = |url: String| -> anyhow::Result<Value> {

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
 use contract::{HiveHeartbeat, NodeId, WorkerHeartbeat};
-use heartbeat_registry::{HeartbeatRegistry, Thresholds};
+use heartbeat_registry::{HeartbeatRegistry, Listening, Thresholds};
 
 type Limiter = governor::DefaultKeyedRateLimiter<String>;
 
@@ -23,7 +23,20 @@ pub struct Ingest {
     /// Where each hive's last heartbeat came from: a hive that holds only the shared
     /// cluster token is known by it (its own drain must come from there).
     hive_peers: dashmap::DashMap<NodeId, IpAddr>,
+    /// The queen's listening clock: both registries measure silence on it, and the probe
+    /// task (`listen`) ticks it.
+    pub listening: Arc<Listening>,
 }
+
+/// How often the probe ticks the listening clock, and the lateness that is ordinary
+/// scheduling on a busy machine rather than a queen that cannot hear.
+pub const PROBE_PERIOD: std::time::Duration = std::time::Duration::from_millis(100);
+pub const PROBE_ALLOWANCE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// A stall shorter than this is not worth a banner (it still extends every deadline).
+pub const DEAF_SAID: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long readiness and the banner go on saying that the queen was not listening.
+pub const DEAF_SAID_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A per-sender limiter allowing `per_second` heartbeats, with a burst of two seconds'
 /// worth to absorb a node's restart or a reconnect.
@@ -45,13 +58,40 @@ impl Ingest {
     /// Both registries number their events from `event_seq`, shared with the
     /// orchestrator's, so liveness and placement events form one order.
     pub fn new(thresholds: Thresholds, event_seq: &Arc<AtomicU64>, per_second: u32, new_per_second: u32) -> Self {
+        let listening = Arc::new(Listening::new(PROBE_PERIOD, PROBE_ALLOWANCE));
+        let hives = HeartbeatRegistry::with_event_seq(thresholds.clone(), Arc::clone(event_seq));
+        let workers = HeartbeatRegistry::with_event_seq(thresholds, Arc::clone(event_seq));
+        hives.listen_with(Arc::clone(&listening));
+        workers.listen_with(Arc::clone(&listening));
         Self {
-            hives: HeartbeatRegistry::with_event_seq(thresholds.clone(), Arc::clone(event_seq)),
-            workers: HeartbeatRegistry::with_event_seq(thresholds, Arc::clone(event_seq)),
+            hives,
+            workers,
             limiter: RwLock::new(Arc::new(limiter(per_second))),
             new_ids: RwLock::new(Arc::new(new_ids(new_per_second))),
             hive_peers: dashmap::DashMap::new(),
+            listening,
         }
+    }
+
+    /// What readiness and the banner say while the queen could not hear, or recently
+    /// could not: `None` when it has been listening.
+    pub fn deafness(&self) -> Option<String> {
+        let overdue = self.listening.overdue();
+        if overdue >= DEAF_SAID {
+            return Some(format!(
+                "this queen has not been listening for {:.1} s (paused, or starved of CPU): no node is judged on that silence",
+                overdue.as_secs_f64()
+            ));
+        }
+        let last = self.listening.last_episode()?;
+        let ago = last.ended.elapsed();
+        (last.deaf >= DEAF_SAID && ago < DEAF_SAID_FOR).then(|| {
+            format!(
+                "this queen was not listening for {:.1} s, {} s ago (paused, or starved of CPU): every node's deadline was extended by that much; the nodes were not at fault",
+                last.deaf.as_secs_f64(),
+                ago.as_secs()
+            )
+        })
     }
 
     pub fn limiter(&self) -> Arc<Limiter> {

@@ -98,6 +98,7 @@ pub async fn run(config: QueenConfig, listener: TcpListener, stop: CancellationT
     }
 
     tasks.spawn(snapshot::tick(Arc::clone(&queen), stop.child_token()));
+    tasks.spawn(listen(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(sweep_loop(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(jobs::forget_old_routes(Arc::clone(&queen), stop.child_token()));
     tasks.spawn(count_events(Arc::clone(&queen), NodeKind::Hive, queen.ingest.hives.subscribe(), stop.child_token()));
@@ -158,6 +159,29 @@ async fn sweep_loop(queen: Arc<Queen>, stop: CancellationToken) {
                 if let Err(e) = queen.off_runtime(|q| q.reconcile()).await {
                     tracing::error!(error = %e, "reconcile did not finish; the next sweep tries again");
                 }
+            }
+        }
+    }
+}
+
+/// Ticks the listening clock on the runtime that takes heartbeats in: a tick that comes
+/// late says the queen could not hear for that long (see `heartbeat_registry::Listening`).
+pub(crate) async fn listen(queen: Arc<Queen>, stop: CancellationToken) {
+    let listening = Arc::clone(&queen.ingest.listening);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(listening.period()) => {}
+        }
+        let lost = listening.tick();
+        if !lost.is_zero() {
+            queen.metrics.deaf_seconds.inc_by(lost.as_secs_f64());
+            queen.metrics.deaf_stalls.inc();
+            if lost >= ingest::DEAF_SAID {
+                tracing::warn!(
+                    not_listening_s = lost.as_secs_f64(),
+                    "this queen could not hear its nodes (paused, or starved of CPU); their deadlines were extended by as much"
+                );
             }
         }
     }

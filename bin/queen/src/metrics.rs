@@ -83,6 +83,9 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Times this queen became the leader.
     pub elected: Counter,
+    /// Time the queen could not hear its nodes (the listening clock's stalls).
+    pub deaf_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
+    pub deaf_stalls: Counter,
 }
 
 impl Metrics {
@@ -109,6 +112,8 @@ impl Metrics {
             snapshot_bytes: Gauge::default(),
             leader: Gauge::default(),
             elected: Counter::default(),
+            deaf_seconds: Counter::default(),
+            deaf_stalls: Counter::default(),
         };
         registry.register(
             "apiary_heartbeats_received",
@@ -153,6 +158,16 @@ impl Metrics {
             m.leader.clone(),
         );
         registry.register("apiary_elected", "Times this queen was elected leader", m.elected.clone());
+        registry.register(
+            "apiary_queen_deaf_seconds",
+            "Time this queen could not hear its nodes (paused or starved); node deadlines were extended by it",
+            m.deaf_seconds.clone(),
+        );
+        registry.register(
+            "apiary_queen_deaf_stalls",
+            "Stalls of this queen past the probe's allowance",
+            m.deaf_stalls.clone(),
+        );
         m
     }
 

@@ -140,6 +140,25 @@ impl Queen {
                 Err(format!("no snapshot for {} ms: the snapshot ticker is stuck", age.as_millis()))
             }
         });
+        let listening = Arc::clone(&ingest.listening);
+        builder = builder.check("listening", move || {
+            let text = |l: &heartbeat_registry::Listening| {
+                format!(
+                    "{:.1} s not listening in {} stalls since the start",
+                    l.deaf_total().as_secs_f64(),
+                    l.episodes()
+                )
+            };
+            let overdue = listening.overdue();
+            let recent = listening
+                .last_episode()
+                .filter(|e| e.deaf >= crate::ingest::DEAF_SAID && e.ended.elapsed() < crate::ingest::DEAF_SAID_FOR);
+            if overdue >= crate::ingest::DEAF_SAID || recent.is_some() {
+                Err(format!("degraded: the queen could not hear its nodes (paused or starved); {}", text(&listening)))
+            } else {
+                Ok(text(&listening))
+            }
+        });
         let unknown = Arc::clone(&orchestrator);
         builder = builder.check("unknown_replicas", move || match unknown.unknown_hives() {
             0 => Ok("every replica the hives run is known".to_string()),

@@ -213,6 +213,7 @@ fn warnings(queen: &Queen) -> Vec<String> {
         ));
     }
     out.extend(queen.orchestrator.clock_step());
+    out.extend(queen.ingest.deafness());
     if let Some(failure) = queen.orchestrator.store_failure() {
         out.push(failure.text());
     }

@@ -34,6 +34,11 @@ pub fn queen_on(wall: crate::clock::Wall, tune: impl FnOnce(&mut QueenConfig)) -
     let stop = tokio_util::sync::CancellationToken::new();
     let queen = Queen::with_wall(config, me, stop.clone(), tokio_util::task::TaskTracker::new(), None, wall)?;
     let router = crate::api::router(Arc::clone(&queen));
+    // Without its probe the listening clock would stand still, and no node would ever be
+    // silent (see `heartbeat_registry::Listening`).
+    if tokio::runtime::Handle::try_current().is_ok() {
+        tokio::spawn(crate::listen(Arc::clone(&queen), stop.clone()));
+    }
     Ok(TestQueen { queen, router, stop })
 }
 

@@ -10,10 +10,12 @@
 //! sent it, in which epoch and sequence, and whether it may take work.
 
 mod events;
+mod listening;
 mod registry;
 mod thresholds;
 
 pub use events::{EventKind, LivenessEvent};
+pub use listening::{Episode, Listening};
 pub use registry::{HeartbeatRegistry, NodeRef, NodeView, UpsertOutcome};
 pub use thresholds::{ThresholdError, Thresholds};
 

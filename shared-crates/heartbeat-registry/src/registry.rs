@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 
 use crate::events::{EventLog, secs};
-use crate::{EventKind, HeartbeatPayload, Liveness, LivenessEvent, Thresholds};
+use crate::{EventKind, HeartbeatPayload, Listening, Liveness, LivenessEvent, Thresholds};
 
 /// Events kept across all nodes of one registry.
 const RECENT_EVENTS: usize = 1024;
@@ -35,6 +35,10 @@ struct Entry<T: HeartbeatPayload> {
     /// Monotonic (and mockable in tests) time of the last accepted heartbeat; liveness is
     /// derived from it.
     last_seen: Instant,
+    /// The owner's listening clock at the last accepted heartbeat (see `Listening`):
+    /// silence is measured on it, so time the owner could not hear is not held against
+    /// the node.
+    heard: Duration,
     /// Damped after coming back from offline too often; see `Thresholds::flap_limit`.
     flapping: bool,
     /// When the node last came back from offline, within the flap window.
@@ -91,6 +95,8 @@ pub struct HeartbeatRegistry<T: HeartbeatPayload> {
     events: EventLog<T::Id>,
     /// Liveness changes kept per node; fixed at construction.
     history_len: usize,
+    /// The owner's listening clock, once it has one; until then silence is plain time.
+    listening: std::sync::OnceLock<Arc<Listening>>,
 }
 
 impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
@@ -109,7 +115,25 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
             created_wall: SystemTime::now(),
             events: EventLog::new(RECENT_EVENTS, next_seq),
             history_len: thresholds.history_len.max(1),
+            listening: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Measures silence on `listening` from now on (set once; later calls are ignored).
+    pub fn listen_with(&self, listening: Arc<Listening>) {
+        let _ = self.listening.set(listening);
+    }
+
+    /// The clock silence is measured on, as of `now`.
+    fn heard_time(&self, now: Instant) -> Duration {
+        match self.listening.get() {
+            Some(l) => l.heard_time(now),
+            None => now.saturating_duration_since(self.created),
+        }
+    }
+
+    fn silence(e: &Entry<T>, heard_now: Duration) -> Duration {
+        heard_now.saturating_sub(e.heard)
     }
 
     pub fn thresholds(&self) -> Thresholds {
@@ -147,6 +171,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                     payload,
                     liveness: if final_beat { Liveness::Stopped } else { Liveness::Online },
                     last_seen: now,
+                    heard: self.heard_time(now),
                     flapping: false,
                     returns: VecDeque::new(),
                     online_since: now,
@@ -170,10 +195,12 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                     return UpsertOutcome::Stale;
                 }
                 let was = entry.liveness;
-                let silent = now.saturating_duration_since(entry.last_seen);
+                let heard = self.heard_time(now);
+                let silent = Self::silence(entry, heard);
                 let final_beat = payload.is_final();
                 entry.payload = payload;
                 entry.last_seen = now;
+                entry.heard = heard;
                 entry.liveness = if final_beat { Liveness::Stopped } else { Liveness::Online };
                 if was != Liveness::Online && entry.liveness == Liveness::Online {
                     entry.online_since = now;
@@ -255,11 +282,12 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
         let t = self.thresholds();
         let grace_from = *self.grace_from.read().unwrap_or_else(|p| p.into_inner());
         let may_declare_offline = now.saturating_duration_since(grace_from) >= t.startup_grace;
+        let heard = self.heard_time(now);
         let mut changed = 0;
         for mut item in self.entries.iter_mut() {
             let id = item.key().clone();
             let entry = item.value_mut();
-            let silent = now.saturating_duration_since(entry.last_seen);
+            let silent = Self::silence(entry, heard);
             if entry.liveness.is_up() && silent >= t.offline_after && may_declare_offline {
                 entry.liveness = Liveness::Offline;
                 self.emit(entry, id, EventKind::Offline, format!("no heartbeat for {}", secs(silent)));
@@ -287,9 +315,10 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     pub fn cleanup_stale(&self) -> Vec<T::Id> {
         let now = Instant::now();
         let t = self.thresholds();
+        let heard = self.heard_time(now);
         let mut removed = Vec::new();
         self.entries.retain(|id, entry| {
-            let silent = now.saturating_duration_since(entry.last_seen);
+            let silent = Self::silence(entry, heard);
             let stale = !entry.liveness.is_up() && silent >= t.remove_after;
             if stale {
                 self.events.record(
@@ -307,21 +336,21 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
 
     /// Forgets one node now (an operator's decision); its events stay in the log.
     pub fn remove(&self, id: &T::Id) -> Option<NodeView<T>> {
-        let now = Instant::now();
+        let heard = self.heard_time(Instant::now());
         let (id, entry) = self.entries.remove(id)?;
         self.events.record(id, EventKind::Removed, entry.liveness, "removed by operator".into());
-        Some(self.view(&entry, now))
+        Some(self.view(&entry, heard))
     }
 
     pub fn get(&self, id: &T::Id) -> Option<NodeView<T>> {
-        let now = Instant::now();
-        self.entries.get(id).map(|e| self.view(&e, now))
+        let heard = self.heard_time(Instant::now());
+        self.entries.get(id).map(|e| self.view(&e, heard))
     }
 
     /// Reads one node without cloning its payload (the heartbeat path's checks);
     /// `f` must not call back into this registry.
     pub fn inspect<R>(&self, id: &T::Id, f: impl FnOnce(NodeRef<'_, T>) -> R) -> Option<R> {
-        let now = Instant::now();
+        let heard = self.heard_time(Instant::now());
         self.entries.get(id).map(|e| {
             f(NodeRef {
                 payload: &e.payload,
@@ -329,7 +358,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 available: e.available(),
                 flapping: e.flapping,
                 last_seen: self.wall(e.last_seen),
-                silent_for: now.saturating_duration_since(e.last_seen),
+                silent_for: Self::silence(&e, heard),
             })
         })
     }
@@ -347,21 +376,21 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
         self.created_wall + at.saturating_duration_since(self.created)
     }
 
-    fn view(&self, e: &Entry<T>, now: Instant) -> NodeView<T> {
+    fn view(&self, e: &Entry<T>, heard: Duration) -> NodeView<T> {
         NodeView {
             payload: e.payload.clone(),
             liveness: e.liveness,
             available: e.available(),
             flapping: e.flapping,
             last_seen: self.wall(e.last_seen),
-            silent_for: now.saturating_duration_since(e.last_seen),
+            silent_for: Self::silence(e, heard),
         }
     }
 
     /// Calls `f` for every node, in no particular order, without cloning payloads.
     /// `f` must not call back into this registry.
     pub fn visit(&self, mut f: impl FnMut(NodeRef<'_, T>)) {
-        let now = Instant::now();
+        let heard = self.heard_time(Instant::now());
         for item in self.entries.iter() {
             let e = item.value();
             f(NodeRef {
@@ -370,15 +399,15 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 available: e.available(),
                 flapping: e.flapping,
                 last_seen: self.wall(e.last_seen),
-                silent_for: now.saturating_duration_since(e.last_seen),
+                silent_for: Self::silence(e, heard),
             });
         }
     }
 
     fn list_where(&self, keep: impl Fn(&Entry<T>) -> bool) -> Vec<NodeView<T>> {
-        let now = Instant::now();
+        let heard = self.heard_time(Instant::now());
         let mut out: Vec<NodeView<T>> =
-            self.entries.iter().filter(|e| keep(e.value())).map(|e| self.view(e.value(), now)).collect();
+            self.entries.iter().filter(|e| keep(e.value())).map(|e| self.view(e.value(), heard)).collect();
         out.sort_by(|a, b| a.payload.id().cmp(b.payload.id()));
         out
     }

@@ -316,3 +316,80 @@ mod ordering {
         }
     }
 }
+
+/// The queen's scenario at small scale: 2 s interval, offline after 6 s, the owner paused
+/// for 10 s. `listening` is whether the registry measures silence on a listening clock.
+/// Returns the nodes declared offline by the first sweep after the pause, and when (in
+/// real time after its last heartbeat) the node that really died was declared offline.
+async fn paused_owner(listening: bool) -> (Vec<String>, Option<Duration>) {
+    let interval = Duration::from_secs(2);
+    let r = HeartbeatRegistry::<Beat>::new(Thresholds::for_interval(interval, None).expect("valid"));
+    let probe = Arc::new(Listening::new(Duration::from_millis(100), Duration::from_millis(200)));
+    if listening {
+        r.listen_with(Arc::clone(&probe));
+    }
+    // Past the startup grace, everyone beating.
+    let (mut seq, mut t) = (0, Duration::ZERO);
+    let beat_all = |r: &HeartbeatRegistry<Beat>, seq: u64, ids: &[&str]| {
+        for id in ids {
+            r.upsert(beat(id, 1, seq));
+        }
+    };
+    while t < Duration::from_secs(8) {
+        seq += 1;
+        beat_all(&r, seq, &["alive", "dies"]);
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            probe.tick();
+            r.sweep();
+        }
+        t += interval;
+    }
+    let died_at = Instant::now();
+    // Paused for 10 s: no tick, no sweep, no heartbeat taken in.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    r.sweep();
+    let first: Vec<String> =
+        ["alive", "dies"].into_iter().filter(|id| liveness(&r, id) == Liveness::Offline).map(str::to_string).collect();
+    // Listening again: the queued heartbeats of the live node arrive, the dead one stays
+    // silent; the probe ticks (late once), sweeps run.
+    probe.tick();
+    let mut offline_after = None;
+    for _ in 0..100 {
+        seq += 1;
+        beat_all(&r, seq, &["alive"]);
+        for _ in 0..20 {
+            tokio::time::advance(Duration::from_millis(100)).await;
+            probe.tick();
+            r.sweep();
+            if offline_after.is_none() && liveness(&r, "dies") == Liveness::Offline {
+                offline_after = Some(Instant::now() - died_at);
+            }
+        }
+        if offline_after.is_some() {
+            break;
+        }
+    }
+    assert_eq!(liveness(&r, "alive"), Liveness::Online, "the live node stays online");
+    (first, offline_after)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_paused_owner_declares_nobody_offline_and_the_really_dead_on_time_after() {
+    let (first, dead_after) = paused_owner(true).await;
+    assert!(first.is_empty(), "nobody judged on silence the owner could not hear: {first:?}");
+    // Its last beat was 2 s (one interval) before the pause at most; 6 s of listening
+    // silence, plus the 10 s pause, less the 0.3 s of it ordinary scheduling covers.
+    let dead_after = dead_after.expect("the dead node is declared offline");
+    assert!(
+        dead_after >= Duration::from_secs(10) + Duration::from_millis(3_700)
+            && dead_after <= Duration::from_secs(10) + Duration::from_secs(6) + Duration::from_millis(500),
+        "declared offline {dead_after:?} after the pause began"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_listening_clock_a_pause_kills_everyone() {
+    let (first, _) = paused_owner(false).await;
+    assert_eq!(first, ["alive", "dies"], "the failure the listening clock is for");
+}

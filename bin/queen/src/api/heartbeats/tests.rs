@@ -2,6 +2,8 @@
 //! queen, a token introducing new ids too fast, a worker id another hive holds, drains of
 //! other hives; and what the queen keeps on disk.
 
+use std::time::Duration;
+
 use axum::http::Method;
 use serde_json::{Value, json};
 
@@ -165,5 +167,48 @@ async fn the_final_state_is_private_and_holds_no_secret() -> anyhow::Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!text.contains("hunter2-s3cret") && text.contains(contract::SECRET), "{text}");
     assert_eq!((mode, store_mode), (0o600, 0o600), "only the queen's user reads what it keeps");
+    Ok(())
+}
+
+/// The queen stalls (here: tokio's clock jumps 10 s with nothing run, as on SIGCONT after
+/// a SIGSTOP): it judges nobody on silence it could not hear, says it was deaf in
+/// readiness and in the banner, and still declares a really silent hive offline once it
+/// has been silent long enough while the queen listened.
+#[tokio::test(start_paused = true)]
+async fn a_stalled_queen_blames_itself_not_its_nodes() -> anyhow::Result<()> {
+    let q = testing::queen(|_| {})?;
+    let epoch = now();
+    let beat = |seq: u64| {
+        let mut v: Value = serde_json::from_str(&hive("h1", epoch)).expect("json");
+        v["seq"] = json!(seq);
+        v.to_string()
+    };
+    let h1 = contract::NodeId::sanitized("h1");
+    let liveness = |q: &testing::TestQueen| q.queen.ingest.hives.get(&h1).map(|h| h.liveness);
+    // Past the startup grace, beating every second.
+    for seq in 1..=5 {
+        assert_eq!(q.call(Method::POST, "/v1/hive-heartbeat", None, &beat(seq)).await.0, 200);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        q.queen.ingest.sweep();
+    }
+    tokio::time::advance(Duration::from_secs(10)).await;
+    q.queen.ingest.sweep();
+    assert_eq!(liveness(&q), Some(heartbeat_registry::Liveness::Online), "not judged on the stall");
+    let (status, ready) = q.call(Method::GET, "/readyz", None, "").await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("could not hear its nodes"), "{ready}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    q.queen.publish_snapshot();
+    let (_, snapshot) = q.call(Method::GET, "/v1/snapshot", None, "").await;
+    assert!(snapshot.contains("was not listening for 9."), "the banner: {snapshot}");
+    // Listening again, and the hive says nothing more: offline after the threshold (3 s).
+    let mut waited = Duration::ZERO;
+    while liveness(&q) != Some(heartbeat_registry::Liveness::Offline) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        q.queen.ingest.sweep();
+        waited += Duration::from_millis(100);
+        assert!(waited < Duration::from_secs(5), "still not offline after {waited:?} of listening");
+    }
+    assert!(waited >= Duration::from_secs(1), "offline after {waited:?} more of listening, not at once");
     Ok(())
 }
