@@ -120,6 +120,10 @@ fn stalled_queen(bin: &Path) -> anyhow::Result<(f64, usize, f64)> {
     let fleet = std::thread::spawn(move || sim(&fleet_bin, &fleet_args));
     // Past the startup grace (the offline threshold), everyone joined.
     std::thread::sleep(Duration::from_secs(15));
+    // Every node heard before the stall, or the zero below would prove nothing.
+    let online = metric(port, "apiary_nodes{kind=\"hive\",liveness=\"online\"} ")?
+        + metric(port, "apiary_nodes{kind=\"worker\",liveness=\"online\"} ")?;
+    anyhow::ensure!(online as usize == 200 * 6, "only {online} of 1200 simulated nodes online before the stall");
     let pid = nix::unistd::Pid::from_raw(q.0.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP)?;
     std::thread::sleep(Duration::from_secs(10));
@@ -174,6 +178,12 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     let ingest = flood(format!("http://127.0.0.1:{port}/v1/hive-heartbeat"))?;
     drop(q);
     let (base_rate, queen_rate) = (f(&base, "/per_second"), f(&ingest, "/per_second"));
+    // A queen that refuses the simulated heartbeats answers fast: that is not ingest.
+    anyhow::ensure!(
+        f(&ingest, "/errors") <= f(&ingest, "/sent").max(1.0) * 0.01,
+        "the queen refused {} of the flood's heartbeats",
+        f(&ingest, "/errors")
+    );
     row(
         "ingest, empty-handler baseline (64 connections, keep-alive)",
         format!("{base_rate:.0} req/s, p99 {:.2} ms", f(&base, "/latency_ms/p99")),
@@ -238,10 +248,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_secs(10));
         let rss_streaming = rss(&q.0)?;
         let s = handle.join().map_err(|_| anyhow::anyhow!("streams thread panicked"))??;
+        let shed = metric(port, "apiary_stream_clients_shed_total ")?;
         row(
             &format!("fan-out: {clients} stream clients, detail={detail}"),
             format!(
-                "{:.0} connected, lag p50 {:.0} ms / p99 {:.0} ms, queen RSS {:.0} MB",
+                "{:.0} connected ({shed:.0} shed so far, told to read ?delta=true), lag p50 {:.0} ms / p99 {:.0} ms, queen RSS {:.0} MB",
                 f(&s, "/connected"),
                 f(&s, "/lag_ms/p50"),
                 f(&s, "/lag_ms/p99"),
@@ -255,6 +266,11 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     fan("full", 20)?;
     let fleet = fleet.join().map_err(|_| anyhow::anyhow!("fleet thread panicked"))??;
     let nodes = args.hives * (1 + args.workers_per_hive);
+    anyhow::ensure!(
+        f(&fleet, "/errors") <= f(&fleet, "/sent").max(1.0) * 0.01,
+        "the queen refused {} of the fleet's heartbeats",
+        f(&fleet, "/errors")
+    );
     let offline_after_fan_out = offline_total()? - offline_steady;
     let build_sum = metric(port, "apiary_snapshot_build_seconds_sum ")?;
     let build_count = metric(port, "apiary_snapshot_build_seconds_count ")?;

@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// Most clients on the heartbeat stream at once; more get 503 [default: 10000].
     #[arg(long, env = "APIARY_MAX_STREAM_CLIENTS")]
     pub max_stream_clients: Option<usize>,
+    /// Bytes of whole snapshots per tick the stream may send to clients of the full
+    /// snapshot (`?detail=full` without `delta`); a client past it gets 503 pointing at
+    /// `?delta=true` [default: 256 MiB].
+    #[arg(long, env = "APIARY_MAX_FULL_STREAM_BYTES")]
+    pub max_full_stream_bytes: Option<u64>,
     /// Token hives and workers present (heartbeats, control channel, jobs) [default: none,
     /// open].
     #[arg(long, env = "APIARY_TOKEN", hide_env_values = true)]
@@ -136,6 +141,7 @@ struct FileConfig {
     #[serde(default)]
     insecure_no_auth: bool,
     max_stream_clients: Option<usize>,
+    max_full_stream_bytes: Option<u64>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     heartbeat_rate_limit: Option<u32>,
@@ -375,6 +381,8 @@ pub struct QueenConfig {
     /// `/readyz`.
     pub insecure_no_auth: bool,
     pub max_stream_clients: usize,
+    /// See `--max-full-stream-bytes`.
+    pub max_full_stream_bytes: u64,
     /// Serve HTTPS with this; `None` serves plain HTTP.
     pub tls: Option<lifecycle::serve::TlsConfig>,
     /// The certificate and key files `tls` was read from.
@@ -524,6 +532,9 @@ impl QueenConfig {
         if let Some(n) = args.max_stream_clients.or(file.max_stream_clients) {
             config.max_stream_clients = n;
         }
+        if let Some(n) = args.max_full_stream_bytes.or(file.max_full_stream_bytes) {
+            config.max_full_stream_bytes = n;
+        }
         config.tokens = tokens;
         config.insecure_no_auth = insecure_no_auth;
         config.tls = tls;
@@ -576,6 +587,7 @@ impl QueenConfig {
             thresholds,
             strategy,
             max_stream_clients,
+            max_full_stream_bytes,
             heartbeat_rate_limit,
             log_level,
             max_nodes,
@@ -628,6 +640,7 @@ impl QueenConfig {
                 tokens: crate::auth::Tokens::default(),
                 insecure_no_auth: false,
                 max_stream_clients: 10_000,
+                max_full_stream_bytes: 256 << 20,
                 tls: None,
                 tls_files: None,
                 heartbeat_rate_limit: None,

@@ -86,6 +86,10 @@ pub struct Metrics {
     /// Time the queen could not hear its nodes (the listening clock's stalls).
     pub deaf_seconds: Counter<f64, std::sync::atomic::AtomicU64>,
     pub deaf_stalls: Counter,
+    /// Clients of the whole snapshot on the stream now, and those turned away past the
+    /// byte budget.
+    pub full_stream_clients: Gauge,
+    pub streams_shed: Counter,
 }
 
 impl Metrics {
@@ -114,6 +118,8 @@ impl Metrics {
             elected: Counter::default(),
             deaf_seconds: Counter::default(),
             deaf_stalls: Counter::default(),
+            full_stream_clients: Gauge::default(),
+            streams_shed: Counter::default(),
         };
         registry.register(
             "apiary_heartbeats_received",
@@ -162,6 +168,16 @@ impl Metrics {
             "apiary_queen_deaf_seconds",
             "Time this queen could not hear its nodes (paused or starved); node deadlines were extended by it",
             m.deaf_seconds.clone(),
+        );
+        registry.register(
+            "apiary_full_stream_clients",
+            "Clients of the whole snapshot on the stream (not delta, not summary)",
+            m.full_stream_clients.clone(),
+        );
+        registry.register(
+            "apiary_stream_clients_shed",
+            "Full-snapshot stream clients turned away past --max-full-stream-bytes (told to read ?delta=true)",
+            m.streams_shed.clone(),
         );
         registry.register(
             "apiary_queen_deaf_stalls",

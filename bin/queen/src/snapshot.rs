@@ -328,7 +328,14 @@ pub(crate) async fn stream(
             Duration::from_secs(5),
         ));
     }
-    let guard = ClientGuard::new(&queen.metrics.sse_clients);
+    let whole = query.detail == StreamDetail::Full && !query.delta;
+    if whole {
+        shed_past_budget(&queen)?;
+    }
+    let guard = (
+        ClientGuard::new(&queen.metrics.sse_clients),
+        whole.then(|| ClientGuard::new(&queen.metrics.full_stream_clients)),
+    );
     let sent = queen.metrics.sse_bytes.get_or_create(&StreamLabels { stream: "snapshots" }).clone();
     // The seq this client holds, in delta mode: a delta goes out only if it follows it.
     let mut held: Option<u64> = None;
@@ -347,6 +354,29 @@ pub(crate) async fn stream(
     Ok(watch_sse(queen.snapshots.subscribe(), queen.stop.clone(), guard, sent, pick))
 }
 
+/// Ingest comes first: every client of the whole snapshot costs its full size every tick
+/// (37 MB at 110 000 nodes), so past `--max-full-stream-bytes` a new one is turned away
+/// towards the delta stream, which costs a whole snapshot once and then what changed. One
+/// client is always let in, however large the snapshot.
+fn shed_past_budget(queen: &Queen) -> Result<(), ApiError> {
+    let frame = queen.snapshots.subscribe().borrow().full.len() as u64;
+    let clients = queen.metrics.full_stream_clients.get().max(0) as u64;
+    let budget = queen.config().max_full_stream_bytes;
+    if clients == 0 || (clients + 1).saturating_mul(frame) <= budget {
+        return Ok(());
+    }
+    queen.metrics.streams_shed.inc();
+    Err(ApiError::unavailable(
+        "stream_shed",
+        format!(
+            "the whole snapshot is {} KB and {clients} clients already take it every tick, past this queen's budget of {} KB (--max-full-stream-bytes); read /v1/heartbeats/stream?delta=true (the whole snapshot once, then what changed) or ?detail=summary",
+            frame / 1000,
+            budget / 1000
+        ),
+        Duration::from_secs(30),
+    ))
+}
+
 /// An SSE response following a watch channel: the reconnect delay, the current value at
 /// once, then each new value, until `stop` fires; a comment line when idle so proxies keep
 /// the connection. `pick` turns a value into its ready-made SSE bytes (shared, not copied);
@@ -360,7 +390,10 @@ pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
 ) -> Response {
     let body = async_stream::stream! {
         let _guard = guard;
-        yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {}\n\n", CLIENT_RETRY.as_millis())));
+        // The reconnect delay is a field of the first event (no blank line after it): on its
+        // own it would be an event block without data, which some clients surface as an
+        // empty event before the first snapshot.
+        yield Ok::<Bytes, Infallible>(Bytes::from(format!("retry: {}\n", CLIENT_RETRY.as_millis())));
         let first = pick(&rx.borrow_and_update());
         sent.inc_by(first.len() as u64);
         yield Ok(first);
@@ -388,4 +421,61 @@ pub(crate) fn watch_sse<T: Send + Sync + 'static, G: Send + 'static>(
         axum::body::Body::from_stream(body),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::{Request, StatusCode};
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use crate::testing;
+
+    async fn open(q: &testing::TestQueen, query: &str) -> axum::response::Response {
+        let req =
+            Request::get(format!("/v1/heartbeats/stream{query}")).body(axum::body::Body::empty()).expect("request");
+        q.router.clone().oneshot(req).await.expect("answered")
+    }
+
+    /// Past the byte budget a client of the whole snapshot is sent to the delta stream;
+    /// delta and summary clients are never shed, and one whole client always gets in.
+    #[tokio::test]
+    async fn whole_snapshot_clients_past_the_budget_are_sent_to_the_delta_stream() -> anyhow::Result<()> {
+        let q = testing::queen(|c| c.max_full_stream_bytes = 1)?;
+        q.queen.publish_snapshot();
+        let first = open(&q, "").await;
+        assert_eq!(first.status(), StatusCode::OK, "one client always gets in");
+        let second = open(&q, "?detail=full").await;
+        assert_eq!(second.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(second.headers().contains_key("retry-after"));
+        let body = String::from_utf8(second.into_body().collect().await?.to_bytes().to_vec())?;
+        assert!(body.contains("stream_shed") && body.contains("?delta=true"), "{body}");
+        for cheap in ["?delta=true", "?detail=summary"] {
+            assert_eq!(open(&q, cheap).await.status(), StatusCode::OK, "{cheap} is not shed");
+        }
+        assert_eq!(q.queen.metrics.streams_shed.get(), 1);
+        assert_eq!(q.queen.metrics.full_stream_clients.get(), 1);
+        drop(first);
+        assert_eq!(q.queen.metrics.full_stream_clients.get(), 0, "a client that goes frees its share");
+        assert_eq!(open(&q, "").await.status(), StatusCode::OK);
+        Ok(())
+    }
+
+    /// The reconnect delay travels as a field of the first event, not as an event block of
+    /// its own (which some clients surface as an empty event).
+    #[tokio::test]
+    async fn the_stream_opens_with_its_first_snapshot() -> anyhow::Result<()> {
+        let q = testing::queen(|_| {})?;
+        q.queen.publish_snapshot();
+        let mut body = open(&q, "").await.into_body();
+        let mut text = String::new();
+        while !text.contains("data: ") {
+            let frame = body.frame().await.ok_or_else(|| anyhow::anyhow!("stream ended"))??;
+            if let Ok(bytes) = frame.into_data() {
+                text.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        assert!(text.starts_with("retry: 1000\nevent: heartbeat\nid: "), "{text:.80}");
+        Ok(())
+    }
 }
