@@ -42,8 +42,22 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn sim(bin: &Path, args: &[String]) -> anyhow::Result<Value> {
-    eprintln!("$ apiary-sim {}", args.join(" "));
-    let out = Command::new(bin.join("apiary-sim")).args(args).stderr(Stdio::inherit()).output()?;
+    sim_at(bin, args, 0)
+}
+
+/// `apiary-sim` at `nice` priority: the stream clients are load on the queen, not what is
+/// measured, and on a machine they share with the fleet's senders they must not starve
+/// those (late heartbeats from a starved generator would read as the queen's false deaths).
+fn sim_at(bin: &Path, args: &[String], nice: i32) -> anyhow::Result<Value> {
+    eprintln!("$ apiary-sim {}{}", args.join(" "), if nice > 0 { format!(" (nice {nice})") } else { String::new() });
+    let mut cmd = if nice > 0 {
+        let mut c = Command::new("nice");
+        c.args(["-n", &nice.to_string()]).arg(bin.join("apiary-sim"));
+        c
+    } else {
+        Command::new(bin.join("apiary-sim"))
+    };
+    let out = cmd.args(args).stderr(Stdio::inherit()).output()?;
     anyhow::ensure!(out.status.success(), "apiary-sim {} failed", args.join(" "));
     Ok(serde_json::from_slice(&out.stdout)?)
 }
@@ -232,6 +246,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             + metric(port, "apiary_liveness_transitions_total{kind=\"worker\",event=\"offline\"} ")?)
     };
     let offline_steady = offline_total()?;
+    let deaf_before_fan_out = metric(port, "apiary_queen_deaf_seconds_total ")?;
     // 3. Fan-out: many stream clients on the same queen (the fleet still beating).
     let mut fan = |detail: &str, clients: usize| -> anyhow::Result<()> {
         let mut a: Vec<String> = vec!["streams".into(), "--queen".into(), format!("http://127.0.0.1:{port}")];
@@ -244,7 +259,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             detail.into(),
         ]);
         let sim_bin = bin.clone();
-        let handle = std::thread::spawn(move || sim(&sim_bin, &a));
+        let handle = std::thread::spawn(move || sim_at(&sim_bin, &a, 19));
         std::thread::sleep(Duration::from_secs(10));
         let rss_streaming = rss(&q.0)?;
         let s = handle.join().map_err(|_| anyhow::anyhow!("streams thread panicked"))??;
@@ -290,7 +305,10 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     row("fleet: false offline transitions, steady state", format!("{offline_steady:.0}"), "0");
     row(
         "fleet: false offline transitions while the fan-out loads the machine",
-        format!("{offline_after_fan_out:.0}"),
+        format!(
+            "{offline_after_fan_out:.0} (the queen counted {:.1} s not listening meanwhile)",
+            metric(port, "apiary_queen_deaf_seconds_total ")? - deaf_before_fan_out
+        ),
         "0",
     );
     let registry = sim(&bin, &["registry-memory".into(), "--entries".into(), "100000".into()])?;
