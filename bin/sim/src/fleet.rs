@@ -107,6 +107,7 @@ async fn send_share(
             None => (&hive_url, body::hive(&node.id, node.epoch, node.seq, config.workers_per_hive as u32)),
             Some(h) => (&worker_url, body::worker(&node.id, &format!("sim-hive-{h}"), node.epoch, node.seq)),
         };
+        tally.record_late(Instant::now().saturating_duration_since(at));
         let sent = std::time::Instant::now();
         let outcome = post(&http, url, config.token.as_deref(), text).await;
         tally.record(sent.elapsed(), outcome);

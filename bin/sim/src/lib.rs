@@ -48,6 +48,10 @@ pub struct Report {
     pub elapsed_s: f64,
     pub per_second: f64,
     pub latency_ms: Percentiles,
+    /// How late each heartbeat left against its node's schedule (fleet mode): a sender
+    /// waits for each answer, so a slow queen or a starved simulator shows here, and a
+    /// heartbeat sent late reads as the node's silence.
+    pub late_ms: Percentiles,
     /// Hives the run silenced for a while (fleet mode).
     pub silenced_hives: usize,
 }
@@ -55,15 +59,21 @@ pub struct Report {
 /// Counts and a latency histogram of one sender; merged at the end.
 pub(crate) struct Tally {
     latency_us: Histogram<u64>,
+    late_us: Histogram<u64>,
     report: Report,
 }
 
 impl Tally {
     pub(crate) fn new() -> Self {
         // 1 µs to 60 s at 3 significant digits.
-        let latency_us =
-            Histogram::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 sig"));
-        Self { latency_us, report: Report::default() }
+        let histogram =
+            || Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).expect("3 sig"));
+        Self { latency_us: histogram(), late_us: histogram(), report: Report::default() }
+    }
+
+    /// How late a heartbeat left against its schedule.
+    pub(crate) fn record_late(&mut self, late: Duration) {
+        let _ = self.late_us.record((late.as_micros() as u64).max(1));
     }
 
     pub(crate) fn record(&mut self, took: Duration, outcome: Outcome) {
@@ -79,6 +89,7 @@ impl Tally {
 
     pub(crate) fn merge(&mut self, other: Tally) {
         let _ = self.latency_us.add(&other.latency_us);
+        let _ = self.late_us.add(&other.late_us);
         let (a, b) = (&mut self.report, other.report);
         a.sent += b.sent;
         a.accepted += b.accepted;
@@ -88,8 +99,13 @@ impl Tally {
     }
 
     pub(crate) fn finish(mut self, elapsed: Duration) -> Report {
-        let ms = |q: f64| self.latency_us.value_at_quantile(q) as f64 / 1000.0;
-        self.report.latency_ms = Percentiles { p50: ms(0.5), p90: ms(0.9), p99: ms(0.99), max: ms(1.0) };
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let percentiles =
+            |h: &Histogram<u64>| Percentiles { p50: ms(h, 0.5), p90: ms(h, 0.9), p99: ms(h, 0.99), max: ms(h, 1.0) };
+        self.report.latency_ms = percentiles(&self.latency_us);
+        if !self.late_us.is_empty() {
+            self.report.late_ms = percentiles(&self.late_us);
+        }
         self.report.elapsed_s = elapsed.as_secs_f64();
         self.report.per_second = self.report.sent as f64 / elapsed.as_secs_f64().max(1e-9);
         self.report
