@@ -362,7 +362,7 @@ fn shed_past_budget(queen: &Queen) -> Result<(), ApiError> {
     let frame = queen.snapshots.subscribe().borrow().full.len() as u64;
     let clients = queen.metrics.full_stream_clients.get().max(0) as u64;
     let budget = queen.config().max_full_stream_bytes;
-    if clients == 0 || (clients + 1).saturating_mul(frame) <= budget {
+    if admits_whole(clients, frame, budget) {
         return Ok(());
     }
     queen.metrics.streams_shed.inc();
@@ -375,6 +375,12 @@ fn shed_past_budget(queen: &Queen) -> Result<(), ApiError> {
         ),
         Duration::from_secs(30),
     ))
+}
+
+/// Whether one more client of the whole snapshot fits: `clients` already take `frame`
+/// bytes each per tick, against `budget`; the first always fits.
+fn admits_whole(clients: u64, frame: u64, budget: u64) -> bool {
+    clients == 0 || clients.saturating_add(1).saturating_mul(frame) <= budget
 }
 
 /// An SSE response following a watch channel: the reconnect delay, the current value at
@@ -435,6 +441,13 @@ mod tests {
         let req =
             Request::get(format!("/v1/heartbeats/stream{query}")).body(axum::body::Body::empty()).expect("request");
         q.router.clone().oneshot(req).await.expect("answered")
+    }
+
+    #[test]
+    fn the_budget_admits_whole_snapshot_clients_while_they_fit_and_always_one() {
+        assert!(super::admits_whole(0, 40_000_000, 1), "the first, however large");
+        assert!(super::admits_whole(5, 40, 240) && !super::admits_whole(6, 40, 240));
+        assert!(!super::admits_whole(u64::MAX, 2, u64::MAX - 1), "no overflow into a yes");
     }
 
     /// Past the byte budget a client of the whole snapshot is sent to the delta stream;

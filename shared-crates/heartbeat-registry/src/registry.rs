@@ -351,16 +351,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     /// `f` must not call back into this registry.
     pub fn inspect<R>(&self, id: &T::Id, f: impl FnOnce(NodeRef<'_, T>) -> R) -> Option<R> {
         let heard = self.heard_time(Instant::now());
-        self.entries.get(id).map(|e| {
-            f(NodeRef {
-                payload: &e.payload,
-                liveness: e.liveness,
-                available: e.available(),
-                flapping: e.flapping,
-                last_seen: self.wall(e.last_seen),
-                silent_for: Self::silence(&e, heard),
-            })
-        })
+        self.entries.get(id).map(|e| f(self.node_ref(&e, heard)))
     }
 
     pub fn contains(&self, id: &T::Id) -> bool {
@@ -376,9 +367,11 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
         self.created_wall + at.saturating_duration_since(self.created)
     }
 
-    fn view(&self, e: &Entry<T>, heard: Duration) -> NodeView<T> {
-        NodeView {
-            payload: e.payload.clone(),
+    /// One node as callers see it, its silence measured against `heard` (the listening
+    /// clock read once for a whole pass).
+    fn node_ref<'a>(&self, e: &'a Entry<T>, heard: Duration) -> NodeRef<'a, T> {
+        NodeRef {
+            payload: &e.payload,
             liveness: e.liveness,
             available: e.available(),
             flapping: e.flapping,
@@ -387,20 +380,24 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
         }
     }
 
+    fn view(&self, e: &Entry<T>, heard: Duration) -> NodeView<T> {
+        let r = self.node_ref(e, heard);
+        NodeView {
+            payload: r.payload.clone(),
+            liveness: r.liveness,
+            available: r.available,
+            flapping: r.flapping,
+            last_seen: r.last_seen,
+            silent_for: r.silent_for,
+        }
+    }
+
     /// Calls `f` for every node, in no particular order, without cloning payloads.
     /// `f` must not call back into this registry.
     pub fn visit(&self, mut f: impl FnMut(NodeRef<'_, T>)) {
         let heard = self.heard_time(Instant::now());
         for item in self.entries.iter() {
-            let e = item.value();
-            f(NodeRef {
-                payload: &e.payload,
-                liveness: e.liveness,
-                available: e.available(),
-                flapping: e.flapping,
-                last_seen: self.wall(e.last_seen),
-                silent_for: Self::silence(e, heard),
-            });
+            f(self.node_ref(item.value(), heard));
         }
     }
 

@@ -100,7 +100,20 @@ async fn healthz() -> axum::Json<serde_json::Value> {
     (status = 503, description = "degraded or draining", body = ReadinessReport),
 ))]
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    let report = health.readiness();
+    // Checks may touch a disk or a store (a probe write, free space): off the runtime that
+    // serves requests.
+    let report = match tokio::task::spawn_blocking(move || health.readiness()).await {
+        Ok(report) => report,
+        Err(e) => ReadinessReport {
+            status: ReadinessStatus::Degraded,
+            checks: vec![CheckReport {
+                name: "checks".into(),
+                ok: false,
+                latency_ms: 0.0,
+                detail: format!("the checks did not finish: {e}"),
+            }],
+        },
+    };
     let code = if report.status == ReadinessStatus::Ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (code, axum::Json(report))
 }
@@ -121,7 +134,8 @@ pub struct HealthBuilder {
 
 impl HealthBuilder {
     /// A readiness check: `Ok(detail)` passes, `Err(detail)` degrades. Checks run on every
-    /// `/readyz`, so they must be cheap and must not block.
+    /// `/readyz`, on a blocking thread: they may read a disk or ask a store, and must stay
+    /// quick.
     pub fn check(mut self, name: &str, f: impl Fn() -> Result<String, String> + Send + Sync + 'static) -> Self {
         self.checks.push((name.to_string(), Box::new(f)));
         self
