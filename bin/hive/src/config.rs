@@ -12,6 +12,9 @@ use serde::Deserialize;
 #[derive(clap::Parser, Debug, Default, Clone)]
 #[command(name = "hive", version, about = "The Apiary node agent: one per machine, heartbeats to the queen")]
 pub struct HiveArgs {
+    /// Completions and man pages instead of running.
+    #[command(subcommand)]
+    pub extra: Option<cli_tools::Extra>,
     /// TOML file with any of the keys below (snake_case).
     #[arg(long, env = "APIARY_CONFIG")]
     pub config: Option<PathBuf>,

@@ -13,7 +13,13 @@ use queen::config::ServeArgs;
 use crate::render::*;
 
 #[derive(Parser, Debug)]
-#[command(name = "queen", version, about = "The Apiary hub: heartbeats, live cluster snapshot, node API")]
+#[command(
+    name = "queen",
+    version,
+    about = "The Apiary hub: heartbeats, live cluster snapshot, node API",
+    after_help = "Exit status: 0 done; 1 failed (the queen refused, or the operation did not finish); \
+2 usage error; 3 the queen could not be reached (connection refused, timed out, no such host)."
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -46,13 +52,13 @@ wait until the old name stops appearing.")]
         cluster_token: lifecycle::Secret,
     },
     /// Print the cluster summary.
-    Status(Remote),
+    Status(Watchable),
     /// List hives and workers with their liveness.
-    Nodes(Remote),
+    Nodes(Watchable),
     /// Run replicas of a command on the cluster's hives.
     Deploy(DeployArgs),
     /// List deployments and where their replicas run.
-    Deployments(Remote),
+    Deployments(Watchable),
     /// Change a deployment's replica count.
     Scale {
         name: String,
@@ -103,6 +109,8 @@ wait until the old name stops appearing.")]
         #[command(flatten)]
         remote: Remote,
     },
+    #[command(flatten)]
+    Extra(cli_tools::Extra),
 }
 
 #[derive(Subcommand, Debug)]
@@ -277,6 +285,19 @@ pub struct Remote {
     pub ca: Option<std::path::PathBuf>,
 }
 
+/// A read that can be redrawn until interrupted.
+#[derive(clap::Args, Debug)]
+pub struct Watchable {
+    #[command(flatten)]
+    pub remote: Remote,
+    /// Ask again every --interval until Ctrl-C: the table redrawn, or one JSON document
+    /// per line.
+    #[arg(long)]
+    pub watch: bool,
+    #[arg(long, default_value = "2s")]
+    pub interval: lifecycle::HumanDuration,
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Output {
     Table,
@@ -292,6 +313,31 @@ fn print_as<T: serde::Serialize>(output: Output, value: &T, render: impl FnOnce(
     Ok(())
 }
 
+/// How the process ends: documented in `queen --help`.
+pub mod exit {
+    pub const FAILED: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const UNREACHABLE: u8 = 3;
+}
+
+/// The exit status for a failed command: [`exit::UNREACHABLE`] when the queen could not be
+/// reached at all, so a script can tell "down" from "said no".
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    let unreachable = |e: &reqwest::Error| e.is_connect() || e.is_timeout();
+    let reached_nothing = err.chain().any(|cause| {
+        if let Some(queen_client::ClientError::Transport(e)) = cause.downcast_ref::<queen_client::ClientError>() {
+            return unreachable(e);
+        }
+        cause.downcast_ref::<reqwest::Error>().is_some_and(unreachable)
+    });
+    if reached_nothing { exit::UNREACHABLE } else { exit::FAILED }
+}
+
+/// A usage mistake found after parsing (clap exits with [`exit::USAGE`] for the rest).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
 impl Remote {
     pub fn client(&self) -> anyhow::Result<QueenClient> {
         Ok(QueenClient::with_ca(&self.queen, self.token.clone(), Duration::from_secs(10), self.ca.as_deref())?)
@@ -302,18 +348,12 @@ impl Remote {
 pub async fn run_remote(command: Command) -> anyhow::Result<()> {
     use anyhow::Context;
     match command {
-        Command::Serve(_) => anyhow::bail!("serve is not a remote command"),
+        Command::Serve(_) | Command::Extra(_) => anyhow::bail!("not a remote command"),
         Command::Token { hive, cluster_token } => {
             let hive = NodeId::new(hive)?;
             println!("{}", queen_client::node_token::hive_token(cluster_token.expose(), &hive));
         }
-        Command::Status(remote) => {
-            let client = remote.client()?;
-            let snapshot = client.snapshot().await.with_context(|| format!("asking {}", remote.queen))?;
-            print!("{}", render_status(&snapshot));
-            let leader = client.leader().await?;
-            println!("{}", render_leader(&leader));
-        }
+        Command::Status(w) => return watch(&w, View::Status).await,
         Command::Leader { command: LeaderCommand::Show(remote) } => {
             let leader = remote.client()?.leader().await.with_context(|| format!("asking {}", remote.queen))?;
             print_as(remote.output, &leader, |l| format!("{}\n", render_leader(l)))?;
@@ -325,16 +365,22 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
                 .post_json(contract::paths::CLUSTER_LEADER_TRANSFER, &contract::LeaderTransfer { to })
                 .await
                 .with_context(|| format!("asking {}", remote.queen))?;
-            println!("{} resigned in favour of {} ({})", answer.from.id, answer.to.id, answer.to.url);
+            if remote.output == Output::Table {
+                println!("{} resigned in favour of {} ({})", answer.from.id, answer.to.id, answer.to.url);
+            }
             // Ask the new leader itself: it knows first-hand when it leads.
+            let output = remote.output;
             let target = Remote { queen: answer.to.url.clone(), ..remote }.client()?;
             let deadline = started + std::time::Duration::from_secs(15);
             loop {
-                if let Ok(l) = target.leader().await
-                    && l.is_self
+                if let Ok(leader) = target.leader().await
+                    && leader.is_self
                 {
-                    println!("{} leads (term {}) after {} ms", answer.to.id, l.term, started.elapsed().as_millis());
-                    break;
+                    let took_ms = started.elapsed().as_millis() as u64;
+                    let done = contract::cli::Transferred { transfer: answer, leader, took_ms };
+                    return print_as(output, &done, |d| {
+                        format!("{} leads (term {}) after {} ms\n", d.transfer.to.id, d.leader.term, d.took_ms)
+                    });
                 }
                 if std::time::Instant::now() > deadline {
                     anyhow::bail!("{} did not take over within 15 s", answer.to.id);
@@ -342,12 +388,7 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
-        Command::Nodes(remote) => {
-            let client = remote.client()?;
-            let hives = client.hives().await.with_context(|| format!("asking {}", remote.queen))?;
-            let nodes = (hives, client.workers().await?);
-            print_as(remote.output, &nodes, |(h, w)| render_nodes(h, w))?;
-        }
+        Command::Nodes(w) => return watch(&w, View::Nodes).await,
         Command::Stats(remote) => {
             let stats: contract::ClusterStats = remote.client()?.get_json(contract::paths::CLUSTER_STATS).await?;
             print_as(remote.output, &stats, render_stats)?;
@@ -357,20 +398,29 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             print_as(remote.output, &assignments, |a| render_assignments(a))?;
         }
         Command::Node { command } => return node(command).await,
-        Command::Top(remote) => return crate::top::run(remote.client()?).await,
+        Command::Top(remote) => {
+            if remote.output == Output::Json {
+                return Err(Usage(
+                    "`queen top` draws a terminal; for JSON use `queen status --watch --output json`".into(),
+                )
+                .into());
+            }
+            return crate::top::run(remote.client()?).await;
+        }
         Command::Deploy(args) => {
             let client = args.remote.client()?;
             let status = client.deploy(&args.spec()?).await?;
-            print!("{}", render_deployments(std::slice::from_ref(&status)));
+            print_as(args.remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
             warn_if_it_cannot_start(&client, &status).await;
         }
-        Command::Deployments(remote) => print!("{}", render_deployments(&remote.client()?.deployments().await?)),
+        Command::Deployments(w) => return watch(&w, View::Deployments).await,
         Command::Scale { name, replicas, remote } => {
-            print!("{}", render_deployments(&[remote.client()?.scale(&name, replicas).await?]));
+            let status = remote.client()?.scale(&name, replicas).await?;
+            print_as(remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
         }
         Command::Undeploy { name, remote } => {
             remote.client()?.undeploy(&name).await?;
-            println!("{name}: replicas stopping");
+            print_as(remote.output, &contract::cli::Done { name, outcome: "replicas stopping".into() }, render_done)?;
         }
         Command::Cluster { command: ClusterCommand::Shutdown(args) } => return shutdown(args).await,
         Command::Cluster { command: ClusterCommand::StopUnknown(remote) } => {
@@ -396,7 +446,8 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             if let Some(s) = strategy {
                 client.set_strategy(s).await?;
             }
-            println!("{}", client.strategy().await?.as_str());
+            let now = contract::StrategyBody { strategy: client.strategy().await? };
+            print_as(remote.output, &now, |s| format!("{}\n", s.strategy.as_str()))?;
         }
     }
     Ok(())
@@ -444,13 +495,10 @@ async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
         phase_timeout_ms: ms(args.phase_timeout),
     };
     let mut last = match client.post_json::<_, ShutdownAnswer>(contract::paths::CLUSTER_SHUTDOWN, &req).await? {
-        ShutdownAnswer::Plan(plan) => {
-            print!("{}", render_plan(&plan));
-            return Ok(());
-        }
+        ShutdownAnswer::Plan(plan) => return print_as(args.remote.output, &plan, render_plan),
         ShutdownAnswer::Started(state) => state,
     };
-    let bar = indicatif::ProgressBar::new(Phase::ALL.len() as u64);
+    let bar = progress(args.remote.output, Phase::ALL.len() as u64);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} phases  {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -474,11 +522,13 @@ async fn shutdown(args: ShutdownArgs) -> anyhow::Result<()> {
         }
     }
     bar.finish_and_clear();
-    print!("{}", render_shutdown(&last));
+    print_as(args.remote.output, &last, render_shutdown)?;
     match last.status {
         ShutdownStatus::Failed => anyhow::bail!("cluster shutdown stopped: {}", last.failure),
         ShutdownStatus::Completed => {
-            println!("the queen has exited");
+            if args.remote.output == Output::Table {
+                println!("the queen has exited");
+            }
             Ok(())
         }
         ShutdownStatus::Running => anyhow::bail!("lost the queen's stream before the shutdown ended"),
@@ -490,14 +540,14 @@ async fn node(command: NodeCommand) -> anyhow::Result<()> {
         NodeCommand::Eligibility { hive, state, remote } => {
             let body = contract::EligibilityBody { eligible: state == "on" };
             let path = format!("{}/{hive}/eligibility", contract::paths::HIVES);
-            let _: contract::EligibilityBody = remote.client()?.send_json(reqwest::Method::PUT, &path, &body).await?;
-            println!("{hive}: eligible {state}");
+            let now: contract::EligibilityBody = remote.client()?.send_json(reqwest::Method::PUT, &path, &body).await?;
+            print_as(remote.output, &now, |b| format!("{hive}: eligible {}\n", if b.eligible { "on" } else { "off" }))?;
         }
         NodeCommand::Rm { hive, force, remote } => {
             let client = remote.client()?;
             let path = format!("{}/{hive}{}", contract::paths::HIVES, if force { "?force=true" } else { "" });
             client.delete(&path).await?;
-            println!("{hive}: removed");
+            print_as(remote.output, &contract::cli::Done { name: hive, outcome: "removed".into() }, render_done)?;
         }
         NodeCommand::Drain { hive, deadline, no_wait, cancel, force, remote } => {
             let deadline = if force { Some(lifecycle::HumanDuration(std::time::Duration::ZERO)) } else { deadline };
@@ -506,19 +556,17 @@ async fn node(command: NodeCommand) -> anyhow::Result<()> {
             if cancel {
                 let path = format!("{}/{id}/drain", contract::paths::HIVES);
                 let status: contract::DrainStatus = client.send_json(reqwest::Method::DELETE, &path, &()).await?;
-                print!("{}", render_drain(&status));
-                return Ok(());
+                return print_as(remote.output, &status, render_drain);
             }
             let mut status = client.drain(&id, deadline.map(|d| d.0)).await?;
-            for n in &status.notes {
-                println!("{n}");
-            }
             if no_wait {
-                print!("{}", render_drain(&status));
-                return Ok(());
+                return print_as(remote.output, &status, render_drain);
             }
             let total = u64::from(status.left + status.moved).max(1);
-            let bar = indicatif::ProgressBar::new(total);
+            let bar = progress(remote.output, total);
+            for n in &status.notes {
+                bar.println(n);
+            }
             bar.set_style(
                 indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} replicas moved  {msg}")
                     .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -535,8 +583,104 @@ async fn node(command: NodeCommand) -> anyhow::Result<()> {
                 said = status.notes.len();
             }
             bar.finish_and_clear();
-            print!("{}", render_drain(&status));
+            print_as(remote.output, &status, render_drain)?;
         }
     }
     Ok(())
+}
+
+/// A progress bar for people; hidden when the output is for a script.
+fn progress(output: Output, len: u64) -> indicatif::ProgressBar {
+    match output {
+        Output::Table => indicatif::ProgressBar::new(len),
+        Output::Json => indicatif::ProgressBar::hidden(),
+    }
+}
+
+/// The reads `--watch` can repeat.
+#[derive(Clone, Copy)]
+enum View {
+    Status,
+    Nodes,
+    Deployments,
+}
+
+/// One answer of a [`View`], kept as the contract types it is made of.
+enum Shown {
+    Status(Box<contract::cli::Status>),
+    Nodes(contract::cli::Nodes),
+    Deployments(Vec<contract::DeploymentStatus>),
+}
+
+impl View {
+    async fn fetch(self, client: &QueenClient) -> Result<Shown, queen_client::ClientError> {
+        Ok(match self {
+            View::Status => Shown::Status(Box::new(contract::cli::Status {
+                snapshot: client.snapshot().await?,
+                leader: client.leader().await?,
+            })),
+            View::Nodes => {
+                Shown::Nodes(contract::cli::Nodes { hives: client.hives().await?, workers: client.workers().await? })
+            }
+            View::Deployments => Shown::Deployments(client.deployments().await?),
+        })
+    }
+}
+
+impl Shown {
+    fn json(&self, pretty: bool) -> serde_json::Result<String> {
+        let value = match self {
+            Shown::Status(s) => serde_json::to_value(s)?,
+            Shown::Nodes(n) => serde_json::to_value(n)?,
+            Shown::Deployments(d) => serde_json::to_value(d)?,
+        };
+        if pretty { serde_json::to_string_pretty(&value) } else { serde_json::to_string(&value) }
+    }
+
+    fn table(&self) -> String {
+        match self {
+            Shown::Status(s) => format!("{}{}\n", render_status(&s.snapshot), render_leader(&s.leader)),
+            Shown::Nodes(n) => render_nodes(&n.hives, &n.workers),
+            Shown::Deployments(d) => render_deployments(d),
+        }
+    }
+}
+
+/// Prints a read once, or (with `--watch`) again every interval until interrupted: a
+/// failed ask is said and asked again rather than ending the watch.
+async fn watch(w: &Watchable, view: View) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let client = w.remote.client()?;
+    if !w.watch {
+        let shown = view.fetch(&client).await.with_context(|| format!("asking {}", w.remote.queen))?;
+        match w.remote.output {
+            Output::Json => println!("{}", shown.json(true)?),
+            Output::Table => print!("{}", shown.table()),
+        }
+        return Ok(());
+    }
+    let mut tick = tokio::time::interval(w.interval.0.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let shown = view.fetch(&client).await;
+        match (w.remote.output, shown) {
+            (Output::Json, Ok(shown)) => println!("{}", shown.json(false)?),
+            (Output::Json, Err(e)) => eprintln!("asking {}: {e}", w.remote.queen),
+            (Output::Table, shown) => {
+                // Clear the screen and home the cursor, as `watch(1)` does.
+                print!("\x1b[2J\x1b[H");
+                println!(
+                    "every {} · {} · {}\n",
+                    w.interval,
+                    w.remote.queen,
+                    local_time(time::OffsetDateTime::now_utc())
+                );
+                match shown {
+                    Ok(shown) => print!("{}", shown.table()),
+                    Err(e) => println!("asking {}: {e}", w.remote.queen),
+                }
+            }
+        }
+    }
 }

@@ -1,7 +1,33 @@
 //! How the remote commands print: one table (or block of text) per answer. `--output json`
 //! skips all of this and prints the answer as JSON.
 
+use std::sync::OnceLock;
+
 use contract::{DeploymentStatus, HiveSummary, NodeId, ShutdownPlan, ShutdownState, Snapshot, WorkerSummary};
+use time::OffsetDateTime;
+use view_model::ago;
+
+/// This machine's offset from UTC. Read once by `main` before any thread starts (the
+/// `time` crate refuses to read it from a multi-threaded process, where another thread
+/// could change the environment meanwhile); UTC when it could not be read.
+static LOCAL_OFFSET: OnceLock<time::UtcOffset> = OnceLock::new();
+
+pub fn set_local_offset(offset: time::UtcOffset) {
+    let _ = LOCAL_OFFSET.set(offset);
+}
+
+/// A time for people: local, to the second (`2026-12-01 19:03:56`).
+pub fn local_time(t: OffsetDateTime) -> String {
+    let t = t.to_offset(LOCAL_OFFSET.get().copied().unwrap_or(time::UtcOffset::UTC));
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    t.format(&format).unwrap_or_else(|_| rfc3339(t))
+}
+
+/// A past time for people: local time and how long ago (`2026-12-01 19:03:56, 3 min ago`).
+pub fn when(t: OffsetDateTime) -> String {
+    let ms = (OffsetDateTime::now_utc() - t).whole_milliseconds() as f64;
+    format!("{}, {}", local_time(t), ago(ms))
+}
 
 pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
     let mut out = format!("{:<20} {:>8} {:>8}  {}\n", "DEPLOYMENT", "REPLICAS", "RUNNING", "COMMAND");
@@ -12,13 +38,7 @@ pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
         }
         for a in &d.assignments {
             let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
-            out.push_str(&format!(
-                "  {:<24} {:<16} {:<9} since {}",
-                a.worker,
-                hive,
-                a.state.as_str(),
-                rfc3339(a.since)
-            ));
+            out.push_str(&format!("  {:<24} {:<16} {:<9} since {}", a.worker, hive, a.state.as_str(), when(a.since)));
             // What its hive says when the process is not running: why, and how often.
             if let Some(p) = a.process.filter(|p| *p != contract::ProcessState::Running) {
                 out.push_str(&format!("  {} ({} restarts): {}", p.as_str(), a.restarts, a.last_exit));
@@ -44,9 +64,9 @@ pub fn render_leader(l: &contract::LeaderInfo) -> String {
 
 pub fn render_status(s: &Snapshot) -> String {
     format!(
-        "snapshot {} at {}\nhives:   {} online, {} available, {} known\nworkers: {} online, {} available, {} known\njobs in flight: {}\n",
+        "snapshot {} of {}\nhives:   {} online, {} available, {} known\nworkers: {} online, {} available, {} known\njobs in flight: {}\n",
         s.seq,
-        s.timestamp,
+        when(s.timestamp),
         s.hives_online,
         s.hives_available,
         s.hives_total,
@@ -59,36 +79,36 @@ pub fn render_status(s: &Snapshot) -> String {
 
 pub fn render_nodes(hives: &[HiveSummary], workers: &[WorkerSummary]) -> String {
     let mut out = format!(
-        "{:<24} {:<9} {:<14} {:>6} {:>7} {:>8} {:>9}\n",
+        "{:<24} {:<9} {:<14} {:>6} {:>7} {:>8} {:>12}\n",
         "HIVE", "LIVENESS", "STATUS", "CPU%", "MEM%", "WORKERS", "SEEN"
     );
     for h in hives {
         let mem = h.resources.memory_percent();
         out.push_str(&format!(
-            "{:<24} {:<9} {:<14} {:>6.1} {:>7.1} {:>8} {:>8.1}s\n",
+            "{:<24} {:<9} {:<14} {:>6.1} {:>7.1} {:>8} {:>12}\n",
             h.id,
             h.liveness.as_str(),
             h.status.as_str(),
             h.resources.cpu_percent,
             mem,
             format!("{}/{}", h.capacity.running_workers, h.capacity.max_workers),
-            h.last_seen_ago_ms as f64 / 1000.0
+            ago(h.last_seen_ago_ms as f64)
         ));
     }
     out.push('\n');
     out.push_str(&format!(
-        "{:<24} {:<16} {:<9} {:<9} {:>9} {:>9}\n",
+        "{:<24} {:<16} {:<9} {:<9} {:>9} {:>12}\n",
         "WORKER", "HIVE", "LIVENESS", "STATUS", "IN-FLIGHT", "SEEN"
     ));
     for w in workers {
         out.push_str(&format!(
-            "{:<24} {:<16} {:<9} {:<9} {:>9} {:>8.1}s\n",
+            "{:<24} {:<16} {:<9} {:<9} {:>9} {:>12}\n",
             w.id,
             w.hive_id,
             w.liveness.as_str(),
             w.status.as_str(),
             format!("{}/{}", w.in_flight, w.max_concurrent),
-            w.last_seen_ago_ms as f64 / 1000.0
+            ago(w.last_seen_ago_ms as f64)
         ));
     }
     out
@@ -155,7 +175,12 @@ pub fn render_assignments(assignments: &[contract::Assignment]) -> String {
         let state = a.state.as_str();
         out.push_str(&format!(
             "{:<24} {:<16} {:<9} {:>5} {:>8}  {}\n",
-            a.worker, hive, state, a.moves, a.restarts, a.since
+            a.worker,
+            hive,
+            state,
+            a.moves,
+            a.restarts,
+            when(a.since)
         ));
         if let Some(r) = &a.retiring {
             out.push_str(&format!("  retiring {} on {}\n", r.worker, r.hive));
@@ -171,16 +196,12 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 }
 
 pub fn render_audit(log: &contract::AuditLog) -> String {
-    let mut out = format!(
-        "{:>6}  {:<20}  {:<20} {:<6} {:<40} {}
-",
-        "SEQ", "AT", "WHO", "METHOD", "PATH", "RESULT"
-    );
+    let mut out = format!("{:>6}  {:<19}  {:<20} {:<6} {:<40} {}\n", "SEQ", "AT", "WHO", "METHOD", "PATH", "RESULT");
     for e in &log.entries {
         out.push_str(&format!(
-            "{:>6}  {:<20}  {:<20} {:<6} {:<40} {} {}\n",
+            "{:>6}  {:<19}  {:<20} {:<6} {:<40} {} {}\n",
             e.seq,
-            rfc3339(e.at),
+            local_time(e.at),
             e.who,
             e.method,
             e.path,
@@ -189,6 +210,10 @@ pub fn render_audit(log: &contract::AuditLog) -> String {
         ));
     }
     out
+}
+
+pub fn render_done(d: &contract::cli::Done) -> String {
+    format!("{}: {}\n", d.name, d.outcome)
 }
 
 pub fn render_drain(d: &contract::DrainStatus) -> String {

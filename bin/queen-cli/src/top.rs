@@ -276,7 +276,7 @@ fn events<'a>(dashboard: &Dashboard) -> Paragraph<'a> {
         }
     }
     for e in dashboard.events_newest_first(None).iter().take(10) {
-        lines.push(Line::raw(format!("{} {} {}: {}", e.at.time(), e.id, e.kind, e.reason)));
+        lines.push(Line::raw(format!("{} {} {}: {}", crate::render::local_time(e.at), e.id, e.kind, e.reason)));
     }
     Paragraph::new(lines).block(Block::default().borders(Borders::TOP).title(" events "))
 }

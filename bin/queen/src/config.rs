@@ -64,8 +64,8 @@ pub struct ServeArgs {
     /// make every hive run any command. Refused without this flag.
     #[arg(long, env = "APIARY_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
-    /// Directory with the built dashboard (`cargo xtask web`) [default: `dashboard` next to
-    /// the queen binary].
+    /// Directory with a built dashboard (`cargo xtask web`) to serve instead of the one
+    /// built into the queen.
     #[arg(long, env = "APIARY_UI_DIR")]
     pub ui_dir: Option<PathBuf>,
     /// Heartbeats one node may send per second before it gets 429 [default: four times
@@ -520,7 +520,7 @@ impl QueenConfig {
             Ok(config) if problems.is_empty() => config,
             _ => return Err(ConfigError { problems }),
         };
-        config.ui_dir = args.ui_dir.clone().or(file.ui_dir).or_else(default_ui_dir);
+        config.ui_dir = args.ui_dir.clone().or(file.ui_dir);
         config.data_dir = match args.data_dir.clone().or(file.data_dir) {
             Some(dir) => Some(dir),
             None => Some(default_data_dir().map_err(|e| ConfigError { problems: vec![e] })?),
@@ -702,13 +702,6 @@ fn state_dir(
         Some(home) => Ok(home.join(".local/state/apiary")),
         None => Err("no --data-dir, and no HOME to put the state under: give --data-dir".into()),
     }
-}
-
-/// `dashboard` next to the running binary, where `cargo xtask web` puts the dashboard, if
-/// it is there.
-fn default_ui_dir() -> Option<PathBuf> {
-    let dir = std::env::current_exe().ok()?.parent()?.join("dashboard");
-    dir.join("index.html").is_file().then_some(dir)
 }
 
 #[cfg(test)]

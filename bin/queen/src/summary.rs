@@ -52,6 +52,7 @@ pub fn node_event(kind: NodeKind, e: &LivenessEvent<contract::NodeId>) -> NodeEv
         id: e.id.clone(),
         kind: event_kind(e.kind),
         liveness: liveness(e.liveness),
+        epoch: Some(e.epoch),
         reason: e.reason.clone(),
     }
 }

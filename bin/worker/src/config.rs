@@ -11,6 +11,9 @@ use serde::Deserialize;
 #[derive(clap::Parser, Debug, Default, Clone)]
 #[command(name = "worker", version, about = "The reference Apiary worker: runs jobs, heartbeats to the queen")]
 pub struct WorkerArgs {
+    /// Completions and man pages instead of running.
+    #[command(subcommand)]
+    pub extra: Option<cli_tools::Extra>,
     /// TOML file with any of the keys below (snake_case).
     #[arg(long, env = "APIARY_CONFIG")]
     pub config: Option<PathBuf>,

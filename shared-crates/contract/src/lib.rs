@@ -6,6 +6,7 @@
 //! it compilable for `wasm32-unknown-unknown`.
 
 mod audit;
+pub mod cli;
 mod deploy;
 mod error;
 pub mod examples;

@@ -84,6 +84,10 @@ pub struct NodeEvent {
     pub id: NodeId,
     pub kind: EventKind,
     pub liveness: Liveness,
+    /// The node's epoch (process instance) at a liveness event; none for the cluster's
+    /// own events (placement, drains). The reason says "new epoch" in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     pub reason: String,
 }
 

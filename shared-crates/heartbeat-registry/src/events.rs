@@ -31,6 +31,8 @@ pub struct LivenessEvent<Id> {
     pub kind: EventKind,
     /// Liveness after the event.
     pub liveness: Liveness,
+    /// The node's epoch (process instance) when it happened.
+    pub epoch: u64,
     pub reason: String,
 }
 
@@ -50,13 +52,21 @@ impl<Id: Clone> EventLog<Id> {
         Self { next_seq, recent: Mutex::new(VecDeque::with_capacity(capacity)), capacity, live }
     }
 
-    pub(crate) fn record(&self, id: Id, kind: EventKind, liveness: Liveness, reason: String) -> LivenessEvent<Id> {
+    pub(crate) fn record(
+        &self,
+        id: Id,
+        kind: EventKind,
+        liveness: Liveness,
+        epoch: u64,
+        reason: String,
+    ) -> LivenessEvent<Id> {
         let event = LivenessEvent {
             seq: self.next_seq.fetch_add(1, Ordering::Relaxed),
             at: SystemTime::now(),
             id,
             kind,
             liveness,
+            epoch,
             reason,
         };
         {

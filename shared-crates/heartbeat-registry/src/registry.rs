@@ -166,7 +166,6 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
             MapEntry::Vacant(slot) => {
                 let id = slot.key().clone();
                 let final_beat = payload.is_final();
-                let epoch = payload.epoch();
                 let mut entry = Entry {
                     payload,
                     liveness: if final_beat { Liveness::Stopped } else { Liveness::Online },
@@ -179,7 +178,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                     // would reserve four, a third of an entry's memory at 100 000 nodes.
                     history: VecDeque::with_capacity(1),
                 };
-                self.emit(&mut entry, id.clone(), EventKind::Joined, format!("first heartbeat (epoch {epoch})"));
+                self.emit(&mut entry, id.clone(), EventKind::Joined, "first heartbeat".into());
                 if final_beat {
                     self.emit(&mut entry, id, EventKind::Stopped, "stopped gracefully".into());
                 }
@@ -212,9 +211,9 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                 let outcome = if epoch != old_epoch {
                     let reason = match was {
                         Liveness::Offline => {
-                            format!("restarted after {} offline: epoch {old_epoch} → {epoch}", secs(silent))
+                            format!("restarted after {} offline (new epoch)", secs(silent))
                         }
-                        _ => format!("restarted: epoch {old_epoch} → {epoch}"),
+                        _ => "restarted (new epoch)".into(),
                     };
                     self.emit(entry, id.clone(), EventKind::Restarted, reason);
                     UpsertOutcome::Restarted { previous_epoch: old_epoch }
@@ -267,7 +266,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     }
 
     fn emit(&self, entry: &mut Entry<T>, id: T::Id, kind: EventKind, reason: String) {
-        let event = self.events.record(id, kind, entry.liveness, reason);
+        let event = self.events.record(id, kind, entry.liveness, entry.payload.epoch(), reason);
         if entry.history.len() >= self.history_len {
             entry.history.pop_front();
         }
@@ -325,6 +324,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
                     id.clone(),
                     EventKind::Removed,
                     entry.liveness,
+                    entry.payload.epoch(),
                     format!("forgotten after {} without a heartbeat", secs(silent)),
                 );
                 removed.push(id.clone());
@@ -338,7 +338,7 @@ impl<T: HeartbeatPayload> HeartbeatRegistry<T> {
     pub fn remove(&self, id: &T::Id) -> Option<NodeView<T>> {
         let heard = self.heard_time(Instant::now());
         let (id, entry) = self.entries.remove(id)?;
-        self.events.record(id, EventKind::Removed, entry.liveness, "removed by operator".into());
+        self.events.record(id, EventKind::Removed, entry.liveness, entry.payload.epoch(), "removed by operator".into());
         Some(self.view(&entry, heard))
     }
 

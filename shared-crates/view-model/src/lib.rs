@@ -346,6 +346,7 @@ mod tests {
             id: id(node),
             kind,
             liveness: Liveness::Online,
+            epoch: None,
             reason: format!("reason {seq}"),
         }
     }

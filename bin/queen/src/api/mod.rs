@@ -7,6 +7,7 @@
 //! `cluster` (snapshot, stats, leader, shutdown).
 
 pub(crate) mod cluster;
+pub mod dashboard;
 pub(crate) mod deployments;
 pub(crate) mod heartbeats;
 pub(crate) mod hives;
@@ -18,10 +19,9 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::StatusCode;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{any, get};
+use axum::routing::any;
 use contract::NodeId;
 use lifecycle::http::{ApiError, method_not_allowed_fallback, not_found_fallback};
-use tower_http::services::ServeDir;
 use utoipa_axum::router::OpenApiRouter;
 
 pub use heartbeats::NodePayload;
@@ -82,33 +82,11 @@ pub fn router(queen: Arc<Queen>) -> Router {
         .layer(DefaultBodyLimit::max(contract::MAX_BODY_BYTES))
         .with_state(Arc::clone(&queen))
         .merge(queen.health.router())
-        .merge(dashboard(queen.config().ui_dir.as_deref()))
+        .merge(dashboard::router(queen.config().ui_dir.as_deref()))
         // Inside the redirect: a follower's 307 is no action; the leader records it.
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::audit::record))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), leader_only))
         .layer(axum::middleware::from_fn_with_state(Arc::clone(&queen), crate::auth::require))
-}
-
-/// The dashboard's files at `/`, or a page that says how to build them.
-fn dashboard(dir: Option<&std::path::Path>) -> Router {
-    match dir {
-        Some(dir) => Router::new().fallback_service(ServeDir::new(dir)),
-        None => Router::new()
-            .route("/", get(no_dashboard))
-            .route("/index.html", get(no_dashboard))
-            .fallback(not_found_fallback),
-    }
-}
-
-async fn no_dashboard() -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        "<!doctype html><title>Apiary</title><h1>Apiary</h1>\
-                 <p>This queen has no dashboard to serve: build it with <code>cargo xtask web</code> \
-                 (it lands in <code>dashboard/</code> next to the queen binary) or point <code>--ui-dir</code> at it.</p>\
-                 <p>The API is under <a href=\"/v1/snapshot\">/v1</a>; the live stream is \
-                 <a href=\"/v1/heartbeats/stream\">/v1/heartbeats/stream</a>.</p>",
-    )
 }
 
 pub(crate) fn parse_id(raw: &str) -> Result<NodeId, ApiError> {

@@ -167,6 +167,7 @@ impl Orchestrator {
             id: id.clone(),
             kind,
             liveness,
+            epoch: None,
             reason,
         };
         let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());

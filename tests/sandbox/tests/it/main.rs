@@ -8,10 +8,12 @@
 //!   cluster shutdown.
 //! - `stream_modes`, `reload`: the stream's delta and summary forms; live config reload.
 //! - `replicas`: queens on a real etcd (with the `etcd` feature).
+//! - `cli`: the `queen` command as scripts use it (JSON output, exit status, completions).
 //! - `e2e`, `top`, `dashboard`: the real binaries as processes, `queen top` in tmux, the
 //!   dashboard in headless Chromium.
 
 mod auth;
+mod cli;
 mod cluster;
 mod dashboard;
 mod deploy;
