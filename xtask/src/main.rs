@@ -160,7 +160,8 @@ fn test(ci: bool) -> anyhow::Result<()> {
     // The browser tests drive Debian's Chromium over WebDriver; `queen top` is tested in
     // a tmux pseudo-terminal.
     // The replica tests start Debian's etcd on loopback ports of their own.
-    web::ensure_apt(&["chromium", "chromium-driver", "tmux", "etcd-server"])?;
+    // promtool (Debian's prometheus package) checks /metrics and the alert rules.
+    web::ensure_apt(&["chromium", "chromium-driver", "tmux", "etcd-server", "prometheus"])?;
     if has_nextest() {
         run(cargo().args(["nextest", "run", "--workspace", "--features", FEATURES, "--no-fail-fast"]))?;
         if ci {

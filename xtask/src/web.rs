@@ -17,10 +17,30 @@ const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
 const APT_PACKAGES: [&str; 4] = ["rustc-web", "cargo-web", "rust-web-src", "lld"];
 
-/// Where the dashboard goes: `<target>/debug/web-ui`, beside the binaries `cargo build`
-/// makes, which is where the queen looks by default.
+/// Where the dashboard goes: `<target>/debug/dashboard`, beside the binaries `cargo build`
+/// makes, where the queen's build embeds it from (a debug queen reads it from there).
 pub fn dist_dir() -> PathBuf {
     crate::target_dir().join("debug").join("dashboard")
+}
+
+/// The same beside a release build, so that `cargo build --release` after `cargo xtask web`
+/// embeds the dashboard too.
+fn release_dir() -> PathBuf {
+    crate::target_dir().join("release").join("dashboard")
+}
+
+fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target).with_context(|| format!("copying to {}", target.display()))?;
+        }
+    }
+    Ok(())
 }
 
 fn have(program: &str) -> bool {
@@ -144,6 +164,9 @@ pub fn build() -> anyhow::Result<PathBuf> {
     for file in ["index.html", "style.css"] {
         std::fs::copy(root().join("web-ui").join(file), dist.join(file)).with_context(|| format!("copying {file}"))?;
     }
+    let release = release_dir();
+    let _ = std::fs::remove_dir_all(&release);
+    copy_tree(&dist, &release)?;
     let size = std::fs::metadata(dist.join("pkg/web-ui_bg.wasm")).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "xtask web: dashboard in {} ({} KiB wasm) after {:.0} s",

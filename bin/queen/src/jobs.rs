@@ -154,6 +154,7 @@ impl Drop for InFlight<'_> {
 }
 
 fn count_job(queen: &Queen, outcome: &'static str) {
+    debug_assert!(crate::metrics::JOB_OUTCOMES.contains(&outcome), "{outcome} starts at zero too");
     queen.metrics.jobs.get_or_create(&JobLabels { outcome }).inc();
 }
 

@@ -8,6 +8,29 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Every `outcome` of a heartbeat (`apiary_heartbeats_received`).
+pub const HEARTBEAT_OUTCOMES: [&str; 9] = [
+    "accepted",
+    "stale",
+    "rejected",
+    "rate_limited",
+    "refused_claim",
+    "token_mismatch",
+    "cluster_full",
+    "epoch_ahead",
+    "new_ids_limited",
+];
+/// Every `outcome` of a routed job (`apiary_jobs_routed`).
+pub const JOB_OUTCOMES: [&str; 7] =
+    ["done", "rejected", "rerun", "worker_failed", "worker_unreachable", "no_worker", "refused_shutdown"];
+/// Every placement `decision` (`apiary_placement_decisions`).
+pub const DECISIONS: [&str; 4] = ["placed", "orphaned", "pending", "retired"];
+/// The liveness events a registry records (`apiary_liveness_transitions`).
+const LIVENESS_EVENTS: [contract::EventKind; 9] = {
+    use contract::EventKind as E;
+    [E::Joined, E::Restarted, E::Suspect, E::Offline, E::Recovered, E::Stopped, E::Removed, E::Flapping, E::Steady]
+};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HeartbeatLabels {
     /// hive | worker
@@ -37,6 +60,17 @@ pub struct JobLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProcessLabels {
+    /// running | restarting | stopping | failed
+    pub process: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -90,6 +124,29 @@ pub struct Metrics {
     /// byte budget.
     pub full_stream_clients: Gauge,
     pub streams_shed: Counter,
+    /// The cluster as of the last snapshot, for alerts: see [`Metrics::export_cluster`].
+    pub cluster: ClusterGauges,
+}
+
+/// What the alert rules in `deploy/prometheus` ask of the cluster, set from each snapshot
+/// this queen publishes (a follower's from the leader's it relays, so every queen answers
+/// alike), except the replica processes, which only the leader hears from the hives.
+#[derive(Clone, Default)]
+pub struct ClusterGauges {
+    pub nodes_flapping: Family<KindLabels, Gauge>,
+    /// Replica processes by the state their hives report.
+    pub replica_processes: Family<ProcessLabels, Gauge>,
+    /// Replicas wanted but not placed on any hive.
+    pub replicas_pending: Gauge,
+    /// Drains by state: running, overdue (past the deadline and not done).
+    pub drains: Family<StateLabels, Gauge>,
+    /// 1 for the status of the cluster shutdown under way or last ended.
+    pub shutdown: Family<StateLabels, Gauge>,
+    /// What the dashboard's banner says (a queen not listening, failing store writes, a
+    /// clock step, serving without authentication).
+    pub warnings: Gauge,
+    /// 1 while store writes fail.
+    pub store_failing: Gauge,
 }
 
 impl Metrics {
@@ -120,6 +177,7 @@ impl Metrics {
             deaf_stalls: Counter::default(),
             full_stream_clients: Gauge::default(),
             streams_shed: Counter::default(),
+            cluster: ClusterGauges::default(),
         };
         registry.register(
             "apiary_heartbeats_received",
@@ -149,7 +207,8 @@ impl Metrics {
             "Hives that failed or did not ACK a shutdown phase",
             m.ack_failures.clone(),
         );
-        registry.register("apiary_placement_decisions", "Peer placement decisions, by decision", decisions);
+        let decisions_zeroed = decisions.clone();
+        registry.register("apiary_placement_decisions", "Placement decisions, by decision", decisions);
         registry.register("apiary_jobs_routed", "Jobs routed through the queen, by outcome", m.jobs.clone());
         registry.register("apiary_sse_clients", "Clients connected to the heartbeat stream", m.sse_clients.clone());
         registry.register(
@@ -184,7 +243,99 @@ impl Metrics {
             "Stalls of this queen past the probe's allowance",
             m.deaf_stalls.clone(),
         );
+        m.start_at_zero(&decisions_zeroed);
+        let c = &m.cluster;
+        registry.register(
+            "apiary_nodes_flapping",
+            "Nodes damped for flapping, by kind, as of the last snapshot",
+            c.nodes_flapping.clone(),
+        );
+        registry.register(
+            "apiary_replica_processes",
+            "Replica processes by the state their hives report (the leader's count; 0 on followers)",
+            c.replica_processes.clone(),
+        );
+        registry.register(
+            "apiary_replicas_pending",
+            "Replicas wanted but placed on no hive, as of the last snapshot",
+            c.replicas_pending.clone(),
+        );
+        registry.register(
+            "apiary_drains",
+            "Hive drains by state (running, overdue: past the deadline and not done)",
+            c.drains.clone(),
+        );
+        registry.register(
+            "apiary_cluster_shutdown",
+            "1 for the status of the cluster shutdown under way or last ended",
+            c.shutdown.clone(),
+        );
+        registry.register(
+            "apiary_queen_warnings",
+            "Warnings the dashboard's banner shows (deafness, failing store writes, clock step, no authentication)",
+            c.warnings.clone(),
+        );
+        registry.register("apiary_store_write_failing", "1 while writes to the store fail", c.store_failing.clone());
         m
+    }
+
+    /// Creates every series whose labels are known in advance, at zero: a family is
+    /// exposed only once it has a series, and a rule or graph over a series that does not
+    /// exist yet (no job routed, no phase failed) reads as "no data", not as 0.
+    fn start_at_zero(&self, decisions: &Family<DecisionLabels, Counter>) {
+        for kind in [NodeKind::Hive, NodeKind::Worker].map(NodeKind::as_str) {
+            for outcome in HEARTBEAT_OUTCOMES {
+                let _ = self.heartbeats.get_or_create(&HeartbeatLabels { kind, outcome });
+            }
+            for event in LIVENESS_EVENTS {
+                let _ = self.events.get_or_create(&EventLabels { kind, event: event.as_str() });
+            }
+        }
+        for outcome in JOB_OUTCOMES {
+            let _ = self.jobs.get_or_create(&JobLabels { outcome });
+        }
+        for decision in DECISIONS {
+            let _ = decisions.get_or_create(&DecisionLabels { decision });
+        }
+        for phase in contract::Phase::ALL.map(contract::Phase::name) {
+            let _ = self.ack_failures.get_or_create(&PhaseLabels { phase });
+        }
+        for stream in ["snapshots", "commands"] {
+            let _ = self.sse_bytes.get_or_create(&StreamLabels { stream });
+        }
+        for outcome in ["applied", "rejected"] {
+            let _ = self.config_reloads.get_or_create(&OutcomeLabels { outcome });
+        }
+    }
+
+    /// The leader's tally of replica processes by [`contract::ProcessState`], in
+    /// declaration order (all zero on a follower, which does not hear the hives).
+    pub fn export_processes(&self, processes: &[i64; 4]) {
+        for (state, n) in contract::ProcessState::ALL.iter().zip(processes) {
+            self.cluster.replica_processes.get_or_create(&ProcessLabels { process: state.as_str() }).set(*n);
+        }
+    }
+
+    /// Sets the cluster gauges that follow from a snapshot.
+    pub fn export_cluster(&self, s: &contract::Snapshot) {
+        let c = &self.cluster;
+        for (kind, list) in [
+            (NodeKind::Hive, s.hives.iter().filter(|h| h.flapping).count()),
+            (NodeKind::Worker, s.workers.iter().filter(|w| w.flapping).count()),
+        ] {
+            c.nodes_flapping.get_or_create(&KindLabels { kind: kind.as_str() }).set(list as i64);
+        }
+        let pending: u32 = s.deployments.iter().map(|d| d.replicas.saturating_sub(d.placed)).sum();
+        c.replicas_pending.set(i64::from(pending));
+        let live = s.drains.iter().filter(|d| !d.done && !d.cancelled);
+        let (overdue, running): (Vec<_>, Vec<_>) = live.partition(|d| d.deadline < s.timestamp);
+        c.drains.get_or_create(&StateLabels { state: "running" }).set(running.len() as i64);
+        c.drains.get_or_create(&StateLabels { state: "overdue" }).set(overdue.len() as i64);
+        for status in contract::ShutdownStatus::ALL {
+            let now = s.shutdown.as_ref().is_some_and(|sd| sd.status == *status);
+            c.shutdown.get_or_create(&StateLabels { state: status.as_str() }).set(i64::from(now));
+        }
+        c.warnings.set(s.warnings.len() as i64);
     }
 
     /// The ingest-latency histogram of hives or of workers.

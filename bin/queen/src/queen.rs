@@ -241,6 +241,7 @@ impl Queen {
         let started = Instant::now();
         self.ingest.sweep();
         let snapshot = snapshot::build(self, self.snapshots.next_seq());
+        self.export_cluster_gauges(&snapshot);
         self.snapshots.publish(snapshot, started, &self.metrics);
     }
 
@@ -249,7 +250,14 @@ impl Queen {
     #[cfg(feature = "etcd")]
     pub(crate) fn publish_relayed(&self, mut snapshot: contract::Snapshot) {
         snapshot.seq = self.snapshots.next_seq();
+        self.export_cluster_gauges(&snapshot);
+        self.metrics.export_processes(&[0; 4]);
         self.snapshots.publish(snapshot, Instant::now(), &self.metrics);
+    }
+
+    fn export_cluster_gauges(&self, snapshot: &contract::Snapshot) {
+        self.metrics.export_cluster(snapshot);
+        self.metrics.cluster.store_failing.set(i64::from(self.orchestrator.store_failure().is_some()));
     }
 
     /// Whether this queen acts for the cluster (places work, routes jobs, takes

@@ -146,6 +146,11 @@ pub(crate) fn build(queen: &Queen, seq: u64) -> Snapshot {
     let mut counts = NodeCounts::default();
     ingest.hives.visit(|n| {
         counts.add(NodeKind::Hive, n.liveness, n.available);
+        if n.liveness.is_up() {
+            for w in &n.payload.workers {
+                counts.processes[w.state as usize] += 1;
+            }
+        }
         let mut h = summary::hive(n);
         h.eligible = !ineligible.contains(&h.id);
         hives.push(h);
@@ -231,6 +236,8 @@ struct NodeCounts {
     available: [usize; 2],
     /// [kind][online, suspect, offline, stopped]
     by_liveness: [[i64; 4]; 2],
+    /// Replica processes of hives that are up, by `ProcessState`.
+    processes: [i64; 4],
 }
 
 impl NodeCounts {
@@ -247,6 +254,7 @@ impl NodeCounts {
 
     fn export(&self, metrics: &Metrics) {
         use heartbeat_registry::Liveness as L;
+        metrics.export_processes(&self.processes);
         for kind in [NodeKind::Hive, NodeKind::Worker] {
             for l in [L::Online, L::Suspect, L::Offline, L::Stopped] {
                 metrics

@@ -118,13 +118,58 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     (code, axum::Json(report))
 }
 
-/// Prometheus metrics in the OpenMetrics text format.
+/// Prometheus metrics: OpenMetrics to a scraper that asks for it (Prometheus does), the
+/// classic text format to everyone else (`curl`, `promtool check metrics`).
 #[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses(
-    (status = 200, description = "metrics", content_type = "application/openmetrics-text", body = String),
+    (status = 200, description = "metrics", content_type = "text/plain", body = String),
 ))]
-async fn metrics(State(health): State<Arc<Health>>) -> axum::response::Response {
+async fn metrics(State(health): State<Arc<Health>>, headers: axum::http::HeaderMap) -> axum::response::Response {
     let body = health.metrics_text();
-    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    let wants_openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if wants_openmetrics {
+        ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+    } else {
+        ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], classic_text(&body)).into_response()
+    }
+}
+
+/// OpenMetrics text as the classic Prometheus text format (0.0.4). The two differ, for
+/// what this registry holds, in a counter's family name (OpenMetrics names the family
+/// `x` and its sample `x_total`; the classic format names both `x_total`, and a reader of
+/// it finds no help or type for a sample named otherwise), in `# UNIT` lines and in the
+/// closing `# EOF`, which the classic format lacks.
+pub fn classic_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "].into_iter().find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) { format!("{name}_total") } else { name.to_string() };
+                out.push_str(prefix);
+                out.push_str(&name);
+                if !tail.is_empty() {
+                    out.push(' ');
+                    out.push_str(tail);
+                }
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
 }
 
 pub struct HealthBuilder {
@@ -204,5 +249,19 @@ mod tests {
         assert_eq!(get_status(&router, "/healthz").await.0, StatusCode::OK, "liveness ignores readiness");
         let (_, metrics) = get_status(&router, "/metrics").await;
         assert!(metrics.contains("apiary_test_things_total 1"), "{metrics}");
+    }
+
+    #[test]
+    fn the_classic_format_names_counter_families_as_their_samples() {
+        let openmetrics = "# HELP jobs Jobs run.\n# TYPE jobs counter\njobs_total{outcome=\"ok\"} 3\n\
+            # HELP up Whether it is up.\n# TYPE up gauge\nup 1\n\
+            # HELP took Time taken.\n# TYPE took histogram\n# UNIT took seconds\ntook_bucket{le=\"+Inf\"} 1\ntook_sum 0.5\ntook_count 1\n# EOF\n";
+        let classic = classic_text(openmetrics);
+        assert_eq!(
+            classic,
+            "# HELP jobs_total Jobs run.\n# TYPE jobs_total counter\njobs_total{outcome=\"ok\"} 3\n\
+             # HELP up Whether it is up.\n# TYPE up gauge\nup 1\n\
+             # HELP took Time taken.\n# TYPE took histogram\ntook_bucket{le=\"+Inf\"} 1\ntook_sum 0.5\ntook_count 1\n"
+        );
     }
 }

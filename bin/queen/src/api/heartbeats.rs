@@ -118,6 +118,7 @@ fn start_failures(queen: &Queen, hb: &HiveHeartbeat) {
 }
 
 fn count(queen: &Queen, kind: NodeKind, outcome: &'static str) {
+    debug_assert!(crate::metrics::HEARTBEAT_OUTCOMES.contains(&outcome), "{outcome} starts at zero too");
     queen.metrics.heartbeats.get_or_create(&HeartbeatLabels { kind: kind.as_str(), outcome }).inc();
 }
 

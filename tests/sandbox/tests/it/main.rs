@@ -8,6 +8,8 @@
 //!   cluster shutdown.
 //! - `stream_modes`, `reload`: the stream's delta and summary forms; live config reload.
 //! - `replicas`: queens on a real etcd (with the `etcd` feature).
+//! - `ops`: what operators import: /metrics through promtool, the alert rules, the Grafana
+//!   dashboard's metrics.
 //! - `cli`: the `queen` command as scripts use it (JSON output, exit status, completions).
 //! - `e2e`, `top`, `dashboard`: the real binaries as processes, `queen top` in tmux, the
 //!   dashboard in headless Chromium.
@@ -21,6 +23,7 @@ mod drain;
 mod e2e;
 mod hop;
 mod hostile;
+mod ops;
 mod reload;
 mod replicas;
 mod shutdown;
