@@ -3,6 +3,8 @@
 //! - `cargo xtask dev [--hives N] [--workers-per-hive M]`: a local cluster on loopback,
 //!   with the dashboard.
 //! - `cargo xtask web`: build the dashboard.
+//! - `cargo xtask dist [--check]`: the release tarball and .deb (and, with `--check`,
+//!   both installed and tried).
 //! - `cargo xtask test [--ci]`: the whole test suite (with `--ci`, also fmt, clippy, a
 //!   longer property-test run, schemathesis against the OpenAPI document, and one round of
 //!   the chaos suite).
@@ -14,6 +16,7 @@
 mod bench;
 mod chaos;
 mod dev;
+mod dist;
 mod schemathesis;
 #[cfg(test)]
 mod tidy;
@@ -38,6 +41,9 @@ enum Task {
     Dev(dev::DevArgs),
     /// Build the dashboard (wasm) into `dashboard/` next to the binaries.
     Web,
+    /// Build the release tarball and .deb into target/dist (with --check, install and try
+    /// them).
+    Dist(dist::DistArgs),
     /// Run the whole test suite: unit, integration, end-to-end and style checks.
     Test {
         /// Also check formatting and clippy with warnings as errors, as CI does.
@@ -60,6 +66,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Task::Dev(args) => dev::run(args),
         Task::Web => web::build().map(|_| ()),
+        Task::Dist(args) => dist::run_dist(args),
         Task::Test { ci } => test(ci),
         Task::Bench(args) => bench::run_bench(args),
         Task::Chaos(args) => chaos::run(args),
@@ -178,6 +185,8 @@ fn test(ci: bool) -> anyhow::Result<()> {
                 "binary(decode) | test(ordering)",
             ]))?;
             schemathesis::check(&bin_dir, 90)?;
+            // The release artifacts, built and tried as an operator installs them.
+            dist::run_dist(dist::DistArgs { check: true })?;
             // The bounded chaos run: every fault once (about a minute and a half).
             chaos::run(chaos::ChaosArgs::bounded())?;
         }

@@ -214,3 +214,27 @@ impl HiveConfig {
 fn default_max_workers() -> u32 {
     std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_the_packages_ship_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/hive.toml");
+        let c = HiveConfig::load(&HiveArgs { config: Some(path), ..Default::default() }).expect("it loads");
+        assert_eq!(c.queen, "http://127.0.0.1:8500");
+        // systemd kills what is left after TimeoutStopSec: the drain and the workers' stop
+        // must fit inside it.
+        let unit_path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/systemd/apiary-hive.service");
+        let unit = std::fs::read_to_string(unit_path).expect("the unit");
+        let stop: HumanDuration = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+            .expect("the unit sets TimeoutStopSec")
+            .parse()
+            .expect("a duration");
+        assert!(c.drain_on_shutdown + c.worker_stop_timeout < stop.0, "{c:?} against {stop}");
+    }
+}

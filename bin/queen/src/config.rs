@@ -719,6 +719,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_the_packages_ship_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/config/queen.toml");
+        let c = QueenConfig::load(&ServeArgs { config: Some(path), ..Default::default() }).expect("it loads");
+        assert_eq!(c.listen, "127.0.0.1:8500".parse().expect("address"), "loopback until tokens are set");
+        assert_eq!(c.data_dir.as_deref(), Some(std::path::Path::new("/var/lib/apiary")), "the unit's StateDirectory");
+    }
+
+    #[test]
     fn defaults_follow_the_design() {
         let c = QueenConfig::load(&ServeArgs::default()).expect("defaults are valid");
         assert_eq!(c.listen.to_string(), "127.0.0.1:8500");
