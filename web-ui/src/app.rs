@@ -6,8 +6,8 @@ use contract::{NodeId, NodeKind};
 use leptos::prelude::*;
 
 use crate::components::{
-    AuditPanel, ConnectionBadge, DrainsPanel, EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, Warnings,
-    WorkerTable,
+    ActionResult, Admin, AdminControl, AuditPanel, ClusterActions, ConnectionBadge, DeploymentsPanel, DrainsPanel,
+    EventLog, HiveTable, NodeDetail, ShutdownPanel, Summary, Warnings, WorkerTable,
 };
 use crate::hooks::{use_clock, use_snapshot_stream};
 use crate::model::{Connection, Dashboard};
@@ -21,6 +21,7 @@ pub fn App() -> impl IntoView {
     let connection = RwSignal::new(Connection::Connecting);
     let query = RwSignal::new(String::new());
     let selected = RwSignal::new(Selection::None);
+    let admin = Admin::new();
     let stream = format!("{}?delta=true", contract::paths::HEARTBEAT_STREAM);
     use_snapshot_stream(&crate::hooks::api_url(&stream), dashboard, connection);
     let now = use_clock(Duration::from_secs(1));
@@ -38,19 +39,23 @@ pub fn App() -> impl IntoView {
                 on:input=move |ev| query.set(event_target_value(&ev))
             />
             <ConnectionBadge dashboard connection now />
+            <AdminControl admin />
         </header>
         <main>
             <Warnings dashboard />
+            <ActionResult admin />
             <Summary dashboard />
             <ShutdownPanel dashboard />
+            <ClusterActions admin />
             <DrainsPanel dashboard />
+            <DeploymentsPanel dashboard admin />
             <div class="columns">
                 <div class="tables">
                     <HiveTable dashboard query now selected />
                     <WorkerTable dashboard query now selected />
                 </div>
                 <aside>
-                    <NodeDetail dashboard selected now />
+                    <NodeDetail dashboard selected now admin />
                     <EventLog dashboard />
                     <AuditPanel dashboard />
                 </aside>

@@ -28,9 +28,38 @@ pub fn api_url(path: &str) -> String {
 /// GETs a `/v1` path (with the page's token, see [`api_url`]) and decodes its JSON; an
 /// error answer comes back as its status and the queen's message.
 pub async fn fetch_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T, (u16, String)> {
-    use wasm_bindgen_futures::JsFuture;
     let window = web_sys::window().ok_or((0, "no window".to_string()))?;
-    let resp = JsFuture::from(window.fetch_with_str(&api_url(path))).await.map_err(|e| (0, format!("{e:?}")))?;
+    answer(window.fetch_with_str(&api_url(path))).await
+}
+
+/// Sends an admin call: the token as a bearer header, never in the URL (where it would
+/// land in the history and the queen's access logs), and a JSON body if there is one.
+pub async fn send_json<T: serde::de::DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: &str,
+) -> Result<T, (u16, String)> {
+    let js = |e: wasm_bindgen::JsValue| (0, format!("{e:?}"));
+    let window = web_sys::window().ok_or((0, "no window".to_string()))?;
+    let headers = web_sys::Headers::new().map_err(js)?;
+    headers.set("Authorization", &format!("Bearer {token}")).map_err(js)?;
+    let init = web_sys::RequestInit::new();
+    init.set_method(method);
+    if let Some(body) = body {
+        headers.set("Content-Type", "application/json").map_err(js)?;
+        init.set_body(&wasm_bindgen::JsValue::from_str(&body.to_string()));
+    }
+    init.set_headers(&headers);
+    let request = web_sys::Request::new_with_str_and_init(path, &init).map_err(js)?;
+    answer(window.fetch_with_request(&request)).await
+}
+
+/// A fetch's answer as `T`, or its status and the queen's message. An empty success (a
+/// 204) reads as JSON `null`.
+async fn answer<T: serde::de::DeserializeOwned>(fetch: js_sys::Promise) -> Result<T, (u16, String)> {
+    use wasm_bindgen_futures::JsFuture;
+    let resp = JsFuture::from(fetch).await.map_err(|e| (0, format!("{e:?}")))?;
     let resp: web_sys::Response = resp.dyn_into().map_err(|_| (0, "not a response".to_string()))?;
     let text =
         JsFuture::from(resp.text().map_err(|e| (0, format!("{e:?}")))?).await.map_err(|e| (0, format!("{e:?}")))?;
@@ -39,7 +68,27 @@ pub async fn fetch_json<T: serde::de::DeserializeOwned>(path: &str) -> Result<T,
         let message = serde_json::from_str::<contract::ApiErrorBody>(&text).map(|b| b.message).unwrap_or(text);
         return Err((resp.status(), message));
     }
-    serde_json::from_str(&text).map_err(|e| (resp.status(), e.to_string()))
+    let text = if text.trim().is_empty() { "null" } else { &text };
+    serde_json::from_str(text).map_err(|e| (resp.status(), e.to_string()))
+}
+
+/// Where the admin token is kept: this tab's session storage, gone when the tab closes.
+const ADMIN_TOKEN_KEY: &str = "apiary-admin-token";
+
+fn session_storage() -> Option<web_sys::Storage> {
+    web_sys::window()?.session_storage().ok()?
+}
+
+pub fn stored_admin_token() -> Option<String> {
+    session_storage()?.get_item(ADMIN_TOKEN_KEY).ok()?.filter(|t| !t.is_empty())
+}
+
+pub fn store_admin_token(token: Option<&str>) {
+    let Some(storage) = session_storage() else { return };
+    let _ = match token {
+        Some(t) => storage.set_item(ADMIN_TOKEN_KEY, t),
+        None => storage.remove_item(ADMIN_TOKEN_KEY),
+    };
 }
 
 pub fn now_ms() -> f64 {

@@ -3,6 +3,7 @@
 use contract::{NodeEvent, NodeKind};
 use leptos::prelude::*;
 
+use super::actions::{Admin, HiveActions};
 use super::widgets::clock;
 use crate::app::Selection;
 use crate::model::{Dashboard, ago, hive_state, worker_state};
@@ -23,6 +24,7 @@ pub fn NodeDetail(
     dashboard: RwSignal<Dashboard>,
     selected: RwSignal<Selection>,
     now: ReadSignal<f64>,
+    admin: Admin,
 ) -> impl IntoView {
     let history = RwSignal::new(Result::<Vec<NodeEvent>, String>::Ok(Vec::new()));
     // Refetch when the selection changes and with every snapshot while it is open.
@@ -89,6 +91,10 @@ pub fn NodeDetail(
                     <button class="link close" on:click=move |_| selected.set(None)>"close"</button>
                 </h2>
                 {header}
+                {move || match selected.get() {
+                    Some((NodeKind::Hive, hive)) => Some(view! { <HiveActions dashboard admin hive /> }),
+                    _ => None,
+                }}
                 <h3>"Liveness history"</h3>
                 <ul class="history">{rows}</ul>
             </section>

@@ -1,7 +1,9 @@
 //! The dashboard's components, one per file.
 
+mod actions;
 mod audit;
 mod connection;
+mod deployments;
 mod detail;
 mod drains;
 mod events;
@@ -11,8 +13,10 @@ mod summary;
 mod widgets;
 mod workers;
 
+pub use actions::{ActionResult, Admin, AdminControl, ClusterActions};
 pub use audit::{AuditPanel, Warnings};
 pub use connection::ConnectionBadge;
+pub use deployments::DeploymentsPanel;
 pub use detail::NodeDetail;
 pub use drains::DrainsPanel;
 pub use events::EventLog;

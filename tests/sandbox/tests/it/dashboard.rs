@@ -96,6 +96,29 @@ async fn attr(c: &Client, selector: &str, js: &str) -> anyhow::Result<Value> {
     Ok(c.execute(&format!("const e = document.querySelector('{selector}'); return e ? {js} : null;"), vec![]).await?)
 }
 
+/// Waits for the shutdown stepper to show all five phases done.
+async fn every_phase_done(c: &Client) -> anyhow::Result<()> {
+    wait_page(c, "the shutdown stepper with every phase done", |c| {
+        Box::pin(async move {
+            let script = "return Array.from(document.querySelectorAll('#shutdown .stepper li')).map(l => l.className);";
+            let steps: Vec<String> = serde_json::from_value(c.execute(script, vec![]).await.ok()?).ok()?;
+            (steps.len() == 5 && steps.iter().all(|s| s.contains("done"))).then_some(())
+        })
+    })
+    .await
+}
+
+/// Clicks in one script: a control redrawn between a find and a click cannot go stale.
+async fn click(c: &Client, selector: &str) -> anyhow::Result<()> {
+    let script = format!("const e = document.querySelector('{selector}'); if (e) {{ e.click(); }} return !!e;");
+    wait_until(&format!("{selector} to click"), WAIT, || {
+        let (c, script) = (c.clone(), script.clone());
+        async move { c.execute(&script, vec![]).await.ok()?.as_bool().filter(|b| *b) }
+    })
+    .await?;
+    Ok(())
+}
+
 async fn wait_page<T>(
     c: &Client,
     what: &str,
@@ -211,20 +234,7 @@ async fn the_dashboard_shows_the_cluster_live_in_a_real_browser() -> anyhow::Res
         .send()
         .await?;
     assert_eq!(resp.status().as_u16(), 202);
-    wait_page(&c, "the shutdown stepper with every phase done", |c| {
-        Box::pin(async move {
-            let steps = c
-                .execute(
-                    "return Array.from(document.querySelectorAll('#shutdown .stepper li')).map(l => l.className);",
-                    vec![],
-                )
-                .await
-                .ok()?;
-            let steps: Vec<String> = serde_json::from_value(steps).ok()?;
-            (steps.len() == 5 && steps.iter().all(|s| s.contains("done"))).then_some(())
-        })
-    })
-    .await?;
+    every_phase_done(&c).await?;
 
     c.close().await?;
     sb.shutdown().await
@@ -361,5 +371,146 @@ async fn a_followers_dashboard_stays_live_through_a_failover() -> anyhow::Result
     .await?;
     assert!(shown.iter().any(|(id, _)| id == "hive-late"), "{shown:?}");
     assert_eq!(attr(&c, "#connection", "e.dataset.state").await?, json!("live"));
+    sb.shutdown().await
+}
+
+/// With the admin token (typed once, kept in the tab's session storage, never in the
+/// address) the page acts through the API: scale, drain, eligibility, shutdown with its
+/// plan first. Without it, or with a token that cannot change anything, no control shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_admin_token_the_dashboard_scales_drains_and_shuts_down() -> anyhow::Result<()> {
+    let dist = dashboard_dir()?;
+    let sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .tokens("cluster-secret", "admin-secret", "read-secret")
+        .ui_dir(dist)
+        .start()
+        .await?;
+    sb.wait_for_counts(2, 0, WAIT).await?;
+    let admin = queen_client::QueenClient::new(&sb.queen_url(), Some("admin-secret".into()), Duration::from_secs(5))?;
+    let worker = tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("worker");
+    let spec = json!({
+        "name": "naps",
+        "command": worker.to_string_lossy(),
+        "args": ["--heartbeat-interval", "300ms"],
+        "replicas": 2,
+    });
+    let _: contract::DeploymentStatus = admin.post_json("/v1/deployments", &spec).await?;
+    let (_driver, c, _profile) = browser().await?;
+    c.goto(&format!("{}/?access_token=read-secret", sb.queen_url())).await?;
+    wait_page(&c, "the deployment on the page", |c| {
+        Box::pin(async move { attr(c, "#deployments tr[data-name=\"naps\"]", "true").await.ok()?.as_bool() })
+    })
+    .await?;
+    c.execute("document.querySelector('tr[data-id=\"hive-0\"] button').click(); return true;", vec![]).await?;
+    wait_page(&c, "the detail view of hive-0", |c| {
+        Box::pin(
+            async move { attr(c, "#detail", "e.textContent").await.ok()?.as_str()?.contains("hive-0").then_some(()) },
+        )
+    })
+    .await?;
+    let controls = "['#act-drain', '#act-eligibility', '#act-shutdown', '#act-transfer', 'button.scale']\
+                    .filter(s => document.querySelector(s)).length";
+    assert_eq!(c.execute(&format!("return {controls};"), vec![]).await?, json!(0), "no controls without the token");
+
+    // A read token is not kept: it could change nothing.
+    let enter = |token: &'static str| {
+        let c = c.clone();
+        async move {
+            c.find(Locator::Css("#admin-token")).await?.send_keys(token).await?;
+            c.find(Locator::Css("#admin-use")).await?.click().await?;
+            anyhow::Ok(())
+        }
+    };
+    let result = |c: &Client| {
+        let c = c.clone();
+        async move { attr(&c, "#action-result", "e.textContent").await.ok().and_then(|v| v.as_str().map(str::to_string)) }
+    };
+    enter("read-secret").await?;
+    wait_page(&c, "the read token refused", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("not an admin token")) })
+    })
+    .await?;
+    assert_eq!(c.execute(&format!("return {controls};"), vec![]).await?, json!(0));
+    c.find(Locator::Css("#admin-token")).await?.clear().await?;
+    enter("admin-secret").await?;
+    wait_page(&c, "the admin controls", |c| {
+        Box::pin(async move { (attr(c, "#act-drain", "true").await.ok()? == json!(true)).then_some(()) })
+    })
+    .await?;
+    let kept = c.execute("return [sessionStorage.getItem('apiary-admin-token'), location.href];", vec![]).await?;
+    assert_eq!(kept[0], json!("admin-secret"), "kept for the tab");
+    assert!(!kept[1].as_str().unwrap_or("").contains("admin-secret"), "never in the address: {kept}");
+
+    // Scale from the deployments view.
+    c.execute(
+        "const row = document.querySelector('tr[data-name=\"naps\"]'); \
+         row.querySelector('input.replicas').value = '3'; row.querySelector('button.scale').click(); return true;",
+        vec![],
+    )
+    .await?;
+    wait_page(&c, "the scale said and done", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("naps scaled to 3 replicas")) })
+    })
+    .await?;
+    let scaled: contract::DeploymentStatus = admin.get_json("/v1/deployments/naps").await?;
+    assert_eq!(scaled.spec.replicas, 3);
+
+    // Drain hive-0 from its detail view: its replicas move, it is left ineligible.
+    click(&c, "#act-drain").await?;
+    wait_page(&c, "the drain said", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("drain of hive-0 started")) })
+    })
+    .await?;
+    let hive0 = NodeId::new("hive-0")?;
+    let drained = wait_until("the drain of hive-0 done", WAIT, || async {
+        admin.drain_status(&hive0).await.ok().filter(|d| d.done)
+    })
+    .await?;
+    assert!(!drained.cancelled, "{drained:?}");
+    let placed: Vec<contract::Assignment> = admin.get_json("/v1/assignments").await?;
+    assert!(placed.iter().all(|a| a.hive.as_ref() != Some(&hive0)), "nothing left on hive-0: {placed:?}");
+    wait_page(&c, "hive-0 offered back", |c| {
+        Box::pin(async move {
+            attr(c, "#act-eligibility", "e.textContent").await.ok()?.as_str()?.contains("make eligible").then_some(())
+        })
+    })
+    .await?;
+    click(&c, "#act-eligibility").await?;
+    wait_until("hive-0 eligible again", WAIT, || async {
+        admin.hive("hive-0").await.ok().filter(|h| h.eligible).map(|_| ())
+    })
+    .await?;
+
+    // An action the queen refuses says why: one queen has no one to hand leadership to.
+    click(&c, "#act-transfer").await?;
+    wait_page(&c, "the refused transfer said", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("409")) })
+    })
+    .await?;
+    assert_eq!(attr(&c, "#action-result", "e.dataset.ok").await?, json!("false"));
+
+    // The shutdown shows its plan first; cancel changes nothing, confirm starts it.
+    click(&c, "#act-shutdown").await?;
+    let plan = wait_page(&c, "the shutdown plan", |c| {
+        Box::pin(async move { attr(c, "#shutdown-plan", "e.textContent").await.ok()?.as_str().map(str::to_string) })
+    })
+    .await?;
+    assert!(plan.contains("2 hives") && plan.contains("GATE"), "{plan}");
+    click(&c, "#act-shutdown-cancel").await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(attr(&c, "#shutdown-plan", "true").await?, Value::Null, "cancelled");
+    assert!(sb.snapshot().await?.shutdown.is_none(), "a cancelled plan starts nothing");
+    click(&c, "#act-shutdown").await?;
+    wait_page(&c, "the plan again", |c| {
+        Box::pin(async move { attr(c, "#act-shutdown-confirm", "true").await.ok()?.as_bool() })
+    })
+    .await?;
+    click(&c, "#act-shutdown-confirm").await?;
+    every_phase_done(&c).await?;
+    c.close().await?;
     sb.shutdown().await
 }
