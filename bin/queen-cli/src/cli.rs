@@ -66,6 +66,21 @@ wait until the old name stops appearing.")]
         #[command(flatten)]
         remote: Remote,
     },
+    /// Change what a deployment's replicas run; the change rolls out one replica at a
+    /// time (see --max-parallel), each new instance up before its old one stops, and
+    /// reverts by itself if new instances do not come up.
+    Update(UpdateArgs),
+    /// Restart every replica of a deployment, rolling, with its spec unchanged.
+    Restart {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+    /// A deployment's rollout: versions, state, replicas updated, why it reverted.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Stop all of a deployment's replicas gracefully and forget it.
     Undeploy {
         name: String,
@@ -150,6 +165,61 @@ pub enum NodeCommand {
         #[command(flatten)]
         remote: Remote,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Print the rollout of a deployment.
+    Status {
+        name: String,
+        #[command(flatten)]
+        remote: Remote,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct UpdateArgs {
+    pub name: String,
+    /// New program for the replicas.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// The replicas' whole environment, as KEY=VALUE; repeatable (replaces the old one).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Replicas replaced at the same time.
+    #[arg(long)]
+    pub max_parallel: Option<u32>,
+    /// How long a new instance must stay up before the next is replaced.
+    #[arg(long)]
+    pub min_healthy: Option<lifecycle::HumanDuration>,
+    /// A new instance not up this long after it started reverts the rollout.
+    #[arg(long)]
+    pub progress_deadline: Option<lifecycle::HumanDuration>,
+    /// New arguments for the command, after `--` (replace the old ones).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+impl UpdateArgs {
+    /// The patch, with the update policy's unset parts as the deployment has them.
+    fn patch(&self, current: &contract::UpdatePolicy) -> anyhow::Result<contract::DeploymentPatch> {
+        let policy_changed =
+            self.max_parallel.is_some() || self.min_healthy.is_some() || self.progress_deadline.is_some();
+        let update = policy_changed.then(|| contract::UpdatePolicy {
+            max_parallel: self.max_parallel.unwrap_or(current.max_parallel),
+            min_healthy_ms: ms(self.min_healthy).unwrap_or(current.min_healthy_ms),
+            progress_deadline_ms: ms(self.progress_deadline).unwrap_or(current.progress_deadline_ms),
+        });
+        Ok(contract::DeploymentPatch {
+            command: self.command.clone(),
+            args: (!self.args.is_empty()).then(|| self.args.clone()),
+            env: if self.env.is_empty() { None } else { Some(pairs(&self.env, "--env", false)?) },
+            update,
+            ..Default::default()
+        })
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -263,6 +333,7 @@ impl DeployArgs {
             replicas: self.replicas,
             labels_required: pairs(&self.labels, "--label", false)?,
             max_restarts: self.max_restarts,
+            update: Default::default(),
         };
         spec.validate()?;
         Ok(spec)
@@ -417,6 +488,24 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
         Command::Scale { name, replicas, remote } => {
             let status = remote.client()?.scale(&name, replicas).await?;
             print_as(remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
+        }
+        Command::Update(args) => {
+            let client = args.remote.client()?;
+            let path = format!("{}/{}", contract::paths::DEPLOYMENTS, args.name);
+            let current: contract::DeploymentStatus =
+                client.get_json(&path).await.with_context(|| format!("asking {}", args.remote.queen))?;
+            let status = client.patch(&args.name, &args.patch(&current.spec.update)?).await?;
+            print_as(args.remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
+        }
+        Command::Restart { name, remote } => {
+            let status = remote.client()?.restart(&name).await?;
+            print_as(remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
+        }
+        Command::Rollout { command: RolloutCommand::Status { name, remote } } => {
+            let path = format!("{}/{name}", contract::paths::DEPLOYMENTS);
+            let status: contract::DeploymentStatus =
+                remote.client()?.get_json(&path).await.with_context(|| format!("asking {}", remote.queen))?;
+            print_as(remote.output, &status.rollout, |r| render_rollout(&name, status.version, r.as_ref()))?;
         }
         Command::Undeploy { name, remote } => {
             remote.client()?.undeploy(&name).await?;

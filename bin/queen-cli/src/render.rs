@@ -30,9 +30,15 @@ pub fn when(t: OffsetDateTime) -> String {
 }
 
 pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
-    let mut out = format!("{:<20} {:>8} {:>8}  {}\n", "DEPLOYMENT", "REPLICAS", "RUNNING", "COMMAND");
+    let mut out = format!("{:<20} {:>8} {:>8} {:>8}  {}\n", "DEPLOYMENT", "REPLICAS", "RUNNING", "VERSION", "COMMAND");
     for d in deployments {
-        out.push_str(&format!("{:<20} {:>8} {:>8}  {}\n", d.spec.name, d.spec.replicas, d.running, d.spec.command));
+        out.push_str(&format!(
+            "{:<20} {:>8} {:>8} {:>8}  {}\n",
+            d.spec.name, d.spec.replicas, d.running, d.version, d.spec.command
+        ));
+        if let Some(r) = d.rollout.as_ref().filter(|r| r.state != contract::RolloutState::Done) {
+            out.push_str(&format!("  {}", render_rollout(d.spec.name.as_str(), d.version, Some(r))));
+        }
         if let Some(why) = &d.failed {
             out.push_str(&format!("  FAILED: {why}\n"));
         }
@@ -208,6 +214,28 @@ pub fn render_audit(log: &contract::AuditLog) -> String {
             e.status,
             e.outcome
         ));
+    }
+    out
+}
+
+pub fn render_rollout(name: &str, version: u64, r: Option<&contract::RolloutStatus>) -> String {
+    let Some(r) = r else { return format!("{name}: version {version}, never rolled out\n") };
+    let state = match r.state {
+        contract::RolloutState::Running => "rolling",
+        contract::RolloutState::Done => "done",
+        contract::RolloutState::Reverting => "reverting",
+        contract::RolloutState::Reverted => "reverted",
+    };
+    let mut out = format!(
+        "{name}: version {} → {} {state}, {}/{} replicas updated, started {}\n",
+        r.from_version,
+        r.to_version,
+        r.updated,
+        r.replicas,
+        when(r.started_at)
+    );
+    if !r.reason.is_empty() {
+        out.push_str(&format!("  why: {}\n", r.reason));
     }
     out
 }

@@ -7,8 +7,8 @@
 //! One pass, in order: drop replicas beyond their deployment's count; orphan replicas
 //! whose hive is stopped, unknown past the startup grace, or offline past the orphan
 //! threshold (unless the brake holds: more than half the hives look dead at once); create
-//! the missing slots; step every running drain; offer each unplaced replica to the
-//! placement strategy.
+//! the missing slots; step every running drain; step every running rollout (`rollout`);
+//! offer each unplaced replica to the placement strategy.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -53,6 +53,8 @@ impl Workers for BTreeSet<NodeId> {
 pub struct Observed<'a> {
     pub hives: &'a BTreeMap<NodeId, HiveView>,
     pub workers: &'a dyn Workers,
+    /// Replicas their hives report restarting after a crash, or given up on.
+    pub failing: &'a BTreeSet<NodeId>,
     /// The queen has listened long enough since it started (or was elected) that a hive
     /// it has not heard from is taken for gone.
     pub grace_over: bool,
@@ -166,6 +168,7 @@ pub fn plan(
 
     let mut step = DrainStep { deployments, observed, placer, candidates: &mut candidates, now };
     step.run(assignments, drains, &mut batch, &mut decisions);
+    rollout::step(deployments, assignments, observed, placer, &mut candidates, now, &mut batch, &mut decisions);
 
     place(deployments, assignments, placer, &mut candidates, now, &mut batch, &mut decisions);
     Plan { next, batch, decisions }
@@ -215,6 +218,7 @@ fn create_slots(
                 restarts: 0,
                 generation: 0,
                 retiring: None,
+                version: d.version,
                 process: None,
                 last_exit: String::new(),
             });
@@ -368,7 +372,8 @@ impl DrainStep<'_, '_> {
                     let old = a.worker.clone();
                     a.generation += 1;
                     a.worker = worker_name(&a.deployment, a.slot, a.generation);
-                    a.retiring = Some(contract::Retiring { hive: hive.clone(), worker: old.clone() });
+                    a.retiring =
+                        Some(contract::Retiring { hive: hive.clone(), worker: old.clone(), version: a.version });
                     a.hive = Some(target.clone());
                     a.moves += 1;
                     a.since = self.now;
@@ -394,5 +399,6 @@ pub fn holds(a: &Assignment, hive: &NodeId) -> bool {
     a.hive.as_ref() == Some(hive) || a.retiring.as_ref().is_some_and(|r| &r.hive == hive)
 }
 
+pub mod rollout;
 #[cfg(test)]
 mod tests;

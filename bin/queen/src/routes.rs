@@ -140,7 +140,10 @@ static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
         row(M::GET, "/v1/deployments", Read, LEADER, READ, || routes!(deployments::list_deployments)),
         row(M::POST, "/v1/deployments", Admin, LEADER, NONE, || routes!(deployments::create_deployment)),
         row(M::GET, "/v1/deployments/{name}", Read, LEADER, READ, || routes!(deployments::get_deployment)),
-        row(M::PATCH, "/v1/deployments/{name}", Admin, LEADER, NONE, || routes!(deployments::scale_deployment)),
+        row(M::PATCH, "/v1/deployments/{name}", Admin, LEADER, NONE, || routes!(deployments::patch_deployment)),
+        row(M::POST, "/v1/deployments/{name}/restart", Admin, LEADER, NONE, || {
+            routes!(deployments::restart_deployment)
+        }),
         row(M::DELETE, "/v1/deployments/{name}", Admin, LEADER, NONE, || routes!(deployments::delete_deployment)),
         row(M::GET, "/v1/assignments", Read, ANY_QUEEN, READ, || routes!(deployments::assignments)),
         row(M::GET, "/v1/placement/strategy", Read, ANY_QUEEN, READ, || routes!(deployments::get_strategy)),

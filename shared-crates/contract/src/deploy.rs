@@ -85,6 +85,32 @@ pub struct DeploymentSpec {
     /// Restarts of one replica before the hive gives up on it [default: unlimited].
     #[serde(default)]
     pub max_restarts: Option<u32>,
+    /// How a change of what the replicas run (command, args, env) or a restart rolls out.
+    #[serde(default)]
+    pub update: UpdatePolicy,
+}
+
+/// How a new version of a deployment replaces the old: a few replicas at a time, each
+/// new instance up (heartbeating as available) before its old one stops, and the whole
+/// rollout reverted by itself when new instances do not come up in time or keep crashing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct UpdatePolicy {
+    /// Replicas replaced at the same time [default: 1].
+    pub max_parallel: u32,
+    /// How long a new instance must stay available before the next is replaced
+    /// [default: 2000].
+    pub min_healthy_ms: u64,
+    /// A new instance not available this long after it was started reverts the rollout
+    /// [default: 60000].
+    pub progress_deadline_ms: u64,
+}
+
+impl Default for UpdatePolicy {
+    fn default() -> Self {
+        Self { max_parallel: 1, min_healthy_ms: 2_000, progress_deadline_ms: 60_000 }
+    }
 }
 
 /// Most replicas one deployment may ask for.
@@ -121,7 +147,24 @@ impl DeploymentSpec {
         if self.replicas > MAX_REPLICAS {
             return bad("replicas", "at most 10000");
         }
+        let u = self.update;
+        if u.max_parallel == 0 || u.max_parallel > MAX_REPLICAS {
+            return bad("update.max_parallel", "between 1 and 10000");
+        }
+        const DAY_MS: u64 = 86_400_000;
+        if u.min_healthy_ms > DAY_MS || u.progress_deadline_ms == 0 || u.progress_deadline_ms > DAY_MS {
+            return bad("update", "min_healthy_ms at most a day; progress_deadline_ms above 0 and at most a day");
+        }
         Ok(())
+    }
+
+    /// Whether `other` runs differently (a rollout), not just more or fewer of the same.
+    pub fn runs_differently(&self, other: &DeploymentSpec) -> bool {
+        self.command != other.command
+            || self.args != other.args
+            || self.env != other.env
+            || self.secret_env != other.secret_env
+            || self.max_restarts != other.max_restarts
     }
 
     /// The spec as every read shows it: secret values replaced by [`SECRET`].
@@ -136,12 +179,80 @@ impl DeploymentSpec {
     }
 }
 
-/// `PATCH /v1/deployments/{name}`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `PATCH /v1/deployments/{name}`: the fields to change, the rest kept. A change of
+/// `command`, `args`, `env` or `secret_env` rolls out as a new version (see
+/// [`UpdatePolicy`]); `replicas` and `update` take effect at once.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
-pub struct ScaleBody {
+pub struct DeploymentPatch {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdatePolicy>,
+}
+
+impl DeploymentPatch {
+    /// `spec` with this patch applied.
+    pub fn applied_to(&self, spec: &DeploymentSpec) -> DeploymentSpec {
+        let mut next = spec.clone();
+        if let Some(r) = self.replicas {
+            next.replicas = r;
+        }
+        if let Some(c) = &self.command {
+            next.command = c.clone();
+        }
+        if let Some(a) = &self.args {
+            next.args = a.clone();
+        }
+        if let Some(e) = &self.env {
+            next.env = e.clone();
+        }
+        if let Some(e) = &self.secret_env {
+            next.secret_env = e.clone();
+        }
+        if let Some(u) = self.update {
+            next.update = u;
+        }
+        next
+    }
+}
+
+/// Where a deployment's rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutState {
+    Running,
+    Done,
+    /// New instances failed; the old version is being (or has been) put back.
+    Reverting,
+    Reverted,
+}
+
+/// A deployment's current (or last) rollout, in `DeploymentStatus`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RolloutStatus {
+    pub from_version: u64,
+    pub to_version: u64,
+    pub state: RolloutState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Replicas running the target version and healthy past `min_healthy_ms`.
+    pub updated: u32,
     pub replicas: u32,
+    /// Why it reverted, in words.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
 }
 
 /// Where a replica stands.
@@ -178,9 +289,13 @@ pub struct Assignment {
     /// after the first (`web-3.1`), so old and new instance can run side by side.
     #[serde(default)]
     pub generation: u32,
-    /// The instance a drain is replacing: it keeps running until the new one heartbeats.
+    /// The instance a drain or a rollout is replacing: it keeps running until the new one
+    /// heartbeats.
     #[serde(default)]
     pub retiring: Option<Retiring>,
+    /// The deployment version this instance runs (0: the first).
+    #[serde(default)]
+    pub version: u64,
     /// The replica's process as its hive last reported it; read from the hive's report
     /// when answered, never stored.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -202,6 +317,9 @@ impl Assignment {
 pub struct Retiring {
     pub hive: NodeId,
     pub worker: NodeId,
+    /// The version it runs, so its hive keeps running it as it was.
+    #[serde(default)]
+    pub version: u64,
 }
 
 /// `PUT /v1/hives/{id}/eligibility`.
@@ -272,6 +390,12 @@ pub struct DeploymentStatus {
     pub assignments: Vec<Assignment>,
     /// Replicas whose worker heartbeats and is up.
     pub running: u32,
+    /// The version replicas are brought to (0: the first); bumped by every change of what
+    /// they run and by a restart.
+    #[serde(default)]
+    pub version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
     /// Set when no replica runs and every placed one's hive says its command cannot start:
     /// the deployment is failed, not merely starting (its hives keep retrying with backoff).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -456,6 +580,7 @@ mod tests {
             restarts: 3,
             generation: 0,
             retiring: None,
+            version: 0,
             process: Some(ProcessState::Restarting),
             last_exit: last_exit.into(),
         }
@@ -472,6 +597,7 @@ mod tests {
             replicas: 3,
             labels_required: BTreeMap::new(),
             max_restarts: None,
+            update: Default::default(),
         };
         let cannot = "cannot start: /x: no such file";
         let mut status = DeploymentStatus {
@@ -484,6 +610,8 @@ mod tests {
             ],
             running: 0,
             failed: None,
+            version: 0,
+            rollout: None,
         };
         status.judge_failed();
         assert_eq!(status.failed.as_deref(), Some("no replica can start on 2 hive(s): cannot start: /x: no such file"));

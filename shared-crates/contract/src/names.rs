@@ -53,7 +53,7 @@ wire_names! {
         Recovered => "recovered", Stopped => "stopped", Removed => "removed", Flapping => "flapping",
         Steady => "steady", Placed => "placed", Orphaned => "orphaned", Pending => "pending",
         Retired => "retired", PhaseStarted => "phase_started", PhaseDone => "phase_done",
-        PhaseFailed => "phase_failed", Acked => "acked", AckFailed => "ack_failed", Eligible => "eligible", StartFailed => "start_failed",
+        PhaseFailed => "phase_failed", Acked => "acked", AckFailed => "ack_failed", Eligible => "eligible", StartFailed => "start_failed", Rollout => "rollout",
     }
     HiveStatus { Ready => "ready", Draining => "draining", ShuttingDown => "shutting_down" }
     WorkerStatus { Starting => "starting", Ready => "ready", Busy => "busy", Draining => "draining", Stopped => "stopped" }

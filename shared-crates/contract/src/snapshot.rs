@@ -70,6 +70,8 @@ pub enum EventKind {
     /// A replica's process could not be started (its hive says why: a missing binary, one
     /// not executable); the hive keeps trying with backoff.
     StartFailed,
+    /// A deployment's rollout started, ended, or was reverted (the reason says which).
+    Rollout,
 }
 
 /// One entry of the event log; `reason` answers "why".

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use contract::{
-    ApiErrorBody, Assignment, CommandAck, DeploymentSpec, DeploymentStatus, DrainRequest, DrainStatus, HiveCommand,
-    HiveSummary, NodeEvent, NodeId, PlacementStrategy, ScaleBody, Snapshot, StrategyBody, WorkerSummary, paths,
+    ApiErrorBody, Assignment, CommandAck, DeploymentPatch, DeploymentSpec, DeploymentStatus, DrainRequest, DrainStatus,
+    HiveCommand, HiveSummary, NodeEvent, NodeId, PlacementStrategy, Snapshot, StrategyBody, WorkerSummary, paths,
 };
 use eventsource_stream::Eventsource;
 use futures_util::StreamExt;
@@ -361,8 +361,18 @@ impl QueenClient {
     }
 
     pub async fn scale(&self, name: &str, replicas: u32) -> Result<DeploymentStatus, ClientError> {
+        self.patch(name, &DeploymentPatch { replicas: Some(replicas), ..Default::default() }).await
+    }
+
+    /// Changes a deployment; a change of what its replicas run rolls out.
+    pub async fn patch(&self, name: &str, patch: &DeploymentPatch) -> Result<DeploymentStatus, ClientError> {
         let path = format!("{}/{name}", paths::DEPLOYMENTS);
-        self.send_json(reqwest::Method::PATCH, &path, &ScaleBody { replicas }).await
+        self.send_json(reqwest::Method::PATCH, &path, patch).await
+    }
+
+    /// Restarts every replica of a deployment, rolling (new instance up before old stops).
+    pub async fn restart(&self, name: &str) -> Result<DeploymentStatus, ClientError> {
+        self.post_json(&format!("{}/{name}/restart", paths::DEPLOYMENTS), &serde_json::json!({})).await
     }
 
     pub async fn undeploy(&self, name: &str) -> Result<(), ClientError> {

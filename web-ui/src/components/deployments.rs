@@ -1,9 +1,10 @@
-//! The deployments: how many replicas run of how many wanted, where (by hive), how often
-//! they restarted and why one failed; with the admin token, a replica count to set.
+//! The deployments: how many replicas run of how many wanted, where (by hive), the version
+//! and its rollout, how often they restarted and why one failed; with the admin token, a
+//! replica count to set and a rolling restart.
 
 use std::collections::BTreeMap;
 
-use contract::{DeploymentStatus, NodeId, ProcessState};
+use contract::{DeploymentStatus, NodeId, ProcessState, RolloutState};
 use leptos::prelude::*;
 use serde_json::json;
 
@@ -53,21 +54,48 @@ fn Row(deployment: DeploymentStatus, admin: Admin) -> impl IntoView {
             })
         }
     };
+    let restart = {
+        let name = name.clone();
+        move |_| {
+            let path = format!("{}/{name}/restart", contract::paths::DEPLOYMENTS);
+            admin.act("POST", path, Some(json!({})), |d: DeploymentStatus| {
+                format!("{} restarting, one replica at a time (version {})", d.spec.name, d.version)
+            })
+        }
+    };
     let controls = move || {
         admin.token.get()?;
-        let scale = scale.clone();
+        let (scale, restart) = (scale.clone(), restart.clone());
         Some(view! {
             <td class="actions">
                 <input node_ref=input class="replicas" type="number" min="0" value=wanted.to_string() />
                 <button class="scale" on:click=scale>"scale"</button>
+                <button class="restart" on:click=restart>"restart"</button>
             </td>
         })
+    };
+    let rollout = match &deployment.rollout {
+        Some(r) => {
+            let state = match r.state {
+                RolloutState::Running => "rolling",
+                RolloutState::Done => "done",
+                RolloutState::Reverting => "reverting",
+                RolloutState::Reverted => "reverted",
+            };
+            let mut text = format!("v{}: {state} {}/{}", deployment.version, r.updated, r.replicas);
+            if !r.reason.is_empty() {
+                text.push_str(&format!(" ({})", r.reason));
+            }
+            text
+        }
+        None => format!("v{}", deployment.version),
     };
     view! {
         <tr class="deployment" data-name=name.clone()>
             <td class="name" title=deployment.spec.command.clone()>{name.clone()}</td>
             <td class="num">{format!("{}/{}", deployment.running, wanted)}</td>
             <td>{by_hive(&deployment)}</td>
+            <td class="rollout">{rollout}</td>
             <td class="num">{restarts}</td>
             <td class="detail">{trouble(&deployment)}</td>
             {controls}
@@ -97,7 +125,8 @@ pub fn DeploymentsPanel(dashboard: RwSignal<Dashboard>, admin: Admin) -> impl In
                 <table>
                     <thead>
                         <tr>
-                            <th>"deployment"</th><th>"running"</th><th>"where"</th><th>"restarts"</th><th>"why not running"</th>
+                            <th>"deployment"</th><th>"running"</th><th>"where"</th><th>"version"</th><th>"restarts"</th>
+                            <th>"why not running"</th>
                         </tr>
                     </thead>
                     <tbody>

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use contract::{
-    ApiErrorBody, Assignment, DeploymentSpec, DeploymentStatus, MAX_REPLICAS, NodeId, ScaleBody, StrategyBody,
-};
+use contract::{ApiErrorBody, Assignment, DeploymentPatch, DeploymentSpec, DeploymentStatus, NodeId, StrategyBody};
 use lifecycle::http::{ApiError, JsonBody, PathParam};
 
 use super::{change_and_place, on_store, parse_id, refuse_when_gated, store_error};
@@ -71,22 +69,36 @@ pub(crate) async fn create_deployment(
     Ok((StatusCode::CREATED, found(&queen, &name)?))
 }
 
-/// Changes a deployment's replica count.
-#[utoipa::path(patch, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), request_body = ScaleBody, responses(
+/// Changes a deployment: its replica count and update policy at once; its command, args
+/// or environment as a new version, rolled out replica by replica.
+#[utoipa::path(patch, path = "/v1/deployments/{name}", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), request_body = DeploymentPatch, responses(
     (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
 ))]
-pub(crate) async fn scale_deployment(
+pub(crate) async fn patch_deployment(
     State(queen): State<Arc<Queen>>,
     PathParam(raw): PathParam<String>,
-    JsonBody(body): JsonBody<ScaleBody>,
+    JsonBody(patch): JsonBody<DeploymentPatch>,
 ) -> Result<Json<DeploymentStatus>, ApiError> {
     refuse_when_gated(&queen)?;
     let name = parse_id(&raw)?;
-    if body.replicas > MAX_REPLICAS {
-        return Err(ApiError::unprocessable(format!("replicas: at most {MAX_REPLICAS}")));
-    }
-    let scaled = name.clone();
-    change_and_place(&queen, move |q| q.orchestrator.scale(&scaled, body.replicas).map_err(ApiError::from)).await?;
+    let changed = name.clone();
+    change_and_place(&queen, move |q| q.orchestrator.patch(&changed, &patch).map_err(ApiError::from)).await?;
+    found(&queen, &name)
+}
+
+/// Restarts every replica of a deployment, rolling: each new instance up before its old
+/// one stops, as for a new version (the spec stays as it is).
+#[utoipa::path(post, path = "/v1/deployments/{name}/restart", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses(
+    (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn restart_deployment(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    refuse_when_gated(&queen)?;
+    let name = parse_id(&raw)?;
+    let restarted = name.clone();
+    change_and_place(&queen, move |q| q.orchestrator.restart(&restarted).map_err(ApiError::from)).await?;
     found(&queen, &name)
 }
 

@@ -43,6 +43,9 @@ pub enum DeployError {
     Exists(NodeId),
     #[error("no deployment named {0}")]
     NotFound(NodeId),
+    /// The change would leave the deployment's spec invalid.
+    #[error("{0}")]
+    Invalid(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -289,7 +292,7 @@ impl Orchestrator {
         if st.deployments.contains_key(&spec.name) {
             return Err(DeployError::Exists(spec.name));
         }
-        let record = DeploymentRecord { spec, created_at: OffsetDateTime::now_utc() };
+        let record = DeploymentRecord::new(spec, OffsetDateTime::now_utc());
         self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
         st.deployments.insert(record.spec.name.clone(), record);
         drop(st);
@@ -298,10 +301,33 @@ impl Orchestrator {
         Ok(())
     }
 
-    pub fn scale(&self, name: &NodeId, replicas: u32) -> Result<(), DeployError> {
+    /// Changes a deployment: a new replica count or update policy at once; a change of
+    /// what its replicas run as a new version, rolled out by the planner.
+    pub fn patch(&self, name: &NodeId, patch: &contract::DeploymentPatch) -> Result<(), DeployError> {
         let mut st = self.lock();
         let mut record = st.deployments.get(name).cloned().ok_or_else(|| DeployError::NotFound(name.clone()))?;
-        record.spec.replicas = replicas;
+        let next = patch.applied_to(&record.spec);
+        next.validate().map_err(|e| DeployError::Invalid(e.to_string()))?;
+        if next.runs_differently(&record.spec) {
+            record.roll_to(next, self.wall.now());
+        } else {
+            record.spec = next;
+        }
+        self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
+        st.deployments.insert(name.clone(), record);
+        Ok(())
+    }
+
+    pub fn scale(&self, name: &NodeId, replicas: u32) -> Result<(), DeployError> {
+        self.patch(name, &contract::DeploymentPatch { replicas: Some(replicas), ..Default::default() })
+    }
+
+    /// Restarts every replica, rolling: the same spec as a new version.
+    pub fn restart(&self, name: &NodeId) -> Result<(), DeployError> {
+        let mut st = self.lock();
+        let mut record = st.deployments.get(name).cloned().ok_or_else(|| DeployError::NotFound(name.clone()))?;
+        let same = record.spec.clone();
+        record.roll_to(same, self.wall.now());
         self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
         st.deployments.insert(name.clone(), record);
         Ok(())
@@ -361,12 +387,15 @@ impl Orchestrator {
         let assignments: Vec<Assignment> =
             st.placement.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
         let running = assignments.iter().filter(|a| Self::running(workers, a)).count() as u32;
+        let rollout = record.rollout.as_ref().map(|r| plan::rollout::status(record, r, &assignments, self.wall.now()));
         DeploymentStatus {
             spec: record.spec.redacted(),
             created_at: record.created_at,
             assignments,
             running,
             failed: None,
+            version: record.version,
+            rollout,
         }
     }
 
@@ -410,7 +439,7 @@ impl Orchestrator {
         workers: &HeartbeatRegistry<WorkerHeartbeat>,
     ) -> Result<(), StoreError> {
         let now = self.wall.now();
-        let views = observe(hives);
+        let (views, failing) = observe(hives);
         self.set_brake(&views);
         let unknown = if self.channels.holding() { views.values().filter(|v| v.processes > 0).count() } else { 0 };
         self.unknown_hives.store(unknown, Ordering::Relaxed);
@@ -427,6 +456,7 @@ impl Orchestrator {
         let observed = Observed {
             hives: &views,
             workers: &available,
+            failing: &failing,
             grace_over: !self.in_grace(),
             orphan_after: self.orphan_after,
         };
@@ -434,6 +464,10 @@ impl Orchestrator {
         let plan = plan::plan(&st.deployments, &st.ineligible, &st.placement, &observed, now);
         self.store.apply(&plan.batch)?;
         st.placement = plan.next;
+        // The planner changes a deployment only to carry its rollout on (or revert it).
+        for d in &plan.batch.put_deployments {
+            st.deployments.insert(d.spec.name.clone(), d.clone());
+        }
         let desired = desired_sets(&st);
         drop(st);
         for d in plan.decisions {
@@ -466,10 +500,19 @@ impl Orchestrator {
 }
 
 /// The hives as the planner sees them, read once from the registry.
-fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> BTreeMap<NodeId, HiveView> {
+/// The hives as the planner sees them, and the replicas they report crashing (restarting
+/// after an exit, or given up on).
+fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> (BTreeMap<NodeId, HiveView>, BTreeSet<NodeId>) {
     let mut views = BTreeMap::new();
+    let mut failing = BTreeSet::new();
     hives.visit(|h| {
         let p = h.payload;
+        if h.liveness.is_up() {
+            let crashing = |w: &&contract::SupervisedWorker| {
+                matches!(w.state, contract::ProcessState::Restarting | contract::ProcessState::Failed)
+            };
+            failing.extend(p.workers.iter().filter(crashing).map(|w| w.name.clone()));
+        }
         let ready = h.liveness == registry::Liveness::Online && !h.flapping && p.status == HiveStatus::Ready;
         let candidate = ready.then(|| Candidate {
             id: p.id.clone(),
@@ -490,7 +533,7 @@ fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> BTreeMap<NodeId, HiveVie
             },
         );
     });
-    views
+    (views, failing)
 }
 
 /// What each hive should run: every assignment's instance, and the one it is replacing.
@@ -498,11 +541,13 @@ fn desired_sets(st: &State) -> BTreeMap<NodeId, Vec<WorkerLaunch>> {
     let mut desired: BTreeMap<NodeId, Vec<WorkerLaunch>> = BTreeMap::new();
     for a in st.placement.assignments.values() {
         let Some(d) = st.deployments.get(&a.deployment) else { continue };
+        // Each instance as its version runs it: an old one keeps running unchanged
+        // until its replacement is up.
         if let Some(hive) = &a.hive {
-            desired.entry(hive.clone()).or_default().push(launch(&d.spec, &a.worker));
+            desired.entry(hive.clone()).or_default().push(launch(d.spec_of(a.version), &a.worker));
         }
         if let Some(r) = &a.retiring {
-            desired.entry(r.hive.clone()).or_default().push(launch(&d.spec, &r.worker));
+            desired.entry(r.hive.clone()).or_default().push(launch(d.spec_of(r.version), &r.worker));
         }
     }
     desired

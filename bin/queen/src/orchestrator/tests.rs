@@ -15,6 +15,7 @@ fn spec(name: &str, replicas: u32) -> DeploymentSpec {
         replicas,
         labels_required: Default::default(),
         max_restarts: None,
+        update: Default::default(),
     }
 }
 

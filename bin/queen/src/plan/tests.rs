@@ -28,6 +28,7 @@ struct World {
     ineligible: BTreeSet<NodeId>,
     hives: BTreeMap<NodeId, HiveView>,
     available: BTreeSet<NodeId>,
+    failing: BTreeSet<NodeId>,
     grace_over: bool,
     placement: Placement,
 }
@@ -39,6 +40,7 @@ impl World {
             ineligible: BTreeSet::new(),
             hives: BTreeMap::new(),
             available: BTreeSet::new(),
+            failing: BTreeSet::new(),
             grace_over: true,
             placement: Placement {
                 assignments: BTreeMap::new(),
@@ -58,8 +60,9 @@ impl World {
             replicas,
             labels_required: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             max_restarts: None,
+            update: Default::default(),
         };
-        self.deployments.insert(id(name), DeploymentRecord { spec, created_at: at(0) });
+        self.deployments.insert(id(name), DeploymentRecord::new(spec, at(0)));
         self
     }
 
@@ -96,11 +99,15 @@ impl World {
         let observed = Observed {
             hives: &self.hives,
             workers: &self.available,
+            failing: &self.failing,
             grace_over: self.grace_over,
             orphan_after: ORPHAN_AFTER,
         };
         let plan = plan(&self.deployments, &self.ineligible, &self.placement, &observed, now);
         self.placement = plan.next.clone();
+        for d in &plan.batch.put_deployments {
+            self.deployments.insert(d.spec.name.clone(), d.clone());
+        }
         plan
     }
 
@@ -365,7 +372,13 @@ fn a_cancelled_drain_is_not_stepped() {
 #[test]
 fn planning_changes_nothing_it_was_given() {
     let mut w = World::new(PlacementStrategy::RoundRobin).hive("a", 4, &[]).deploy("web", 2, &[]);
-    let observed = Observed { hives: &w.hives, workers: &w.available, grace_over: true, orphan_after: ORPHAN_AFTER };
+    let observed = Observed {
+        hives: &w.hives,
+        workers: &w.available,
+        failing: &w.failing,
+        grace_over: true,
+        orphan_after: ORPHAN_AFTER,
+    };
     let before = w.placement.assignments.clone();
     let first = plan(&w.deployments, &w.ineligible, &w.placement, &observed, at(1));
     let second = plan(&w.deployments, &w.ineligible, &w.placement, &observed, at(1));
@@ -424,4 +437,156 @@ fn an_operators_drain_outlives_the_hives_restart() {
     assert!(!plan.decisions.iter().any(|d| d.kind == EventKind::Eligible));
     assert!(w.placement.drains.contains_key(&id("a")));
     assert!(w.on("a").iter().all(|worker| worker.starts_with("web")), "nothing new on a cordoned hive");
+}
+
+mod rollouts {
+    use super::*;
+    use contract::RolloutState;
+
+    fn ms(n: i64) -> time::Duration {
+        time::Duration::milliseconds(n)
+    }
+
+    /// `web` of `replicas` on two roomy hives, placed and every instance up.
+    fn running(replicas: u32) -> World {
+        let mut w =
+            World::new(PlacementStrategy::RoundRobin).hive("a", 8, &[]).hive("b", 8, &[]).deploy("web", replicas, &[]);
+        w.pass(at(0));
+        w.all_up();
+        w
+    }
+
+    impl World {
+        fn all_up(&mut self) {
+            let names: Vec<NodeId> = self.placement.assignments.values().map(|a| a.worker.clone()).collect();
+            self.available.extend(names);
+        }
+
+        fn record(&self) -> &DeploymentRecord {
+            &self.deployments[&id("web")]
+        }
+
+        fn roll_to_command(&mut self, command: &str, now: OffsetDateTime) {
+            let d = self.deployments.get_mut(&id("web")).expect("web");
+            let mut next = d.spec.clone();
+            next.command = command.into();
+            d.roll_to(next, now);
+        }
+
+        /// Slots by version, in slot order.
+        fn versions(&self) -> Vec<u64> {
+            self.placement.assignments.values().map(|a| a.version).collect()
+        }
+
+        fn retiring(&self) -> usize {
+            self.placement.assignments.values().filter(|a| a.retiring.is_some()).count()
+        }
+    }
+
+    #[test]
+    fn a_new_version_replaces_one_replica_at_a_time_each_up_before_its_old_one_stops() {
+        let mut w = running(3);
+        let t = at(10);
+        w.roll_to_command("worker-v2", t);
+        assert_eq!(w.record().version, 1);
+
+        w.pass(t);
+        assert_eq!(w.versions(), vec![1, 0, 0], "one slot at a time (max_parallel 1)");
+        let first = w.slot("web-0").clone();
+        let old = first.retiring.clone().expect("the old instance keeps running");
+        assert_eq!((old.worker.as_str(), old.version), ("web-0", 0), "{first:?}");
+        assert_eq!(first.worker.as_str(), "web-0.1", "the new instance runs beside it under its own name");
+
+        // Not up yet: nothing else moves, the old one stays.
+        w.pass(t + ms(500));
+        assert_eq!((w.versions(), w.retiring()), (vec![1, 0, 0], 1));
+
+        // Up: the old one is retired, and the new must stay healthy for min_healthy_ms.
+        w.available.insert(id("web-0.1"));
+        w.pass(t + ms(1000));
+        assert_eq!((w.versions(), w.retiring()), (vec![1, 0, 0], 0));
+        w.pass(t + ms(2500));
+        assert_eq!(w.versions(), vec![1, 0, 0], "healthy for 1.5 s of the 2 s it must be");
+        w.pass(t + ms(3100));
+        assert_eq!(w.versions(), vec![1, 1, 0], "then the next");
+
+        let mut now = t + ms(3100);
+        for _ in 0..8 {
+            w.all_up();
+            now += ms(2100);
+            w.pass(now);
+        }
+        assert_eq!(w.versions(), vec![1, 1, 1]);
+        assert_eq!(w.retiring(), 0);
+        let rollout = w.record().rollout.clone().expect("a rollout");
+        assert_eq!(rollout.state, RolloutState::Done);
+        assert_eq!(w.record().spec.command, "worker-v2");
+    }
+
+    #[test]
+    fn max_parallel_replicas_roll_at_once() {
+        let mut w = running(4);
+        w.deployments.get_mut(&id("web")).expect("web").spec.update.max_parallel = 2;
+        w.roll_to_command("worker-v2", at(10));
+        w.pass(at(10));
+        assert_eq!(w.versions(), vec![1, 1, 0, 0]);
+        assert_eq!(w.retiring(), 2);
+    }
+
+    #[test]
+    fn new_instances_that_never_come_up_revert_the_rollout_by_itself() {
+        let mut w = running(2);
+        let t = at(10);
+        w.roll_to_command("worker-broken", t);
+        w.pass(t);
+        assert_eq!(w.slot("web-0").worker.as_str(), "web-0.1");
+        w.pass(t + ms(59_000));
+        assert_eq!(w.record().version, 1, "still within the progress deadline");
+
+        let plan = w.pass(t + ms(60_000));
+        let said: Vec<&str> =
+            plan.decisions.iter().filter(|d| d.kind == EventKind::Rollout).map(|d| d.reason.as_str()).collect();
+        assert!(said.iter().any(|r| r.contains("failed") && r.contains("not available")), "{said:?}");
+        assert_eq!(w.record().version, 0, "the version before is the target again");
+        assert_eq!(w.record().spec.command, "worker", "and its spec the current one");
+        let slot = w.slot("web-0");
+        assert_eq!((slot.worker.as_str(), slot.version, slot.retiring.is_none()), ("web-0", 0, true), "{slot:?}");
+        assert_eq!(w.record().older.get(&1).map(|s| s.command.as_str()), Some("worker-broken"), "kept for history");
+
+        // Nothing was replaced past the first: once it is healthy again, the revert is done.
+        let mut now = t + ms(60_000);
+        for _ in 0..3 {
+            now += ms(2100);
+            w.pass(now);
+        }
+        let rollout = w.record().rollout.clone().expect("a rollout");
+        assert_eq!(rollout.state, RolloutState::Reverted, "{rollout:?}");
+        assert!(rollout.reason.contains("not available"), "{rollout:?}");
+        assert_eq!(w.versions(), vec![0, 0]);
+    }
+
+    #[test]
+    fn a_new_instance_its_hive_reports_crashing_reverts_at_once() {
+        let mut w = running(2);
+        w.roll_to_command("worker-crashes", at(10));
+        w.pass(at(10));
+        w.failing.insert(id("web-0.1"));
+        w.pass(at(11));
+        assert_eq!(w.record().version, 0);
+        assert!(w.record().rollout.as_ref().is_some_and(|r| r.reason.contains("keeps crashing")));
+    }
+
+    #[test]
+    fn a_restart_with_no_room_beside_the_old_instance_restarts_in_place() {
+        let mut w = World::new(PlacementStrategy::RoundRobin).hive("a", 2, &[]).deploy("web", 2, &[]);
+        w.pass(at(0));
+        w.all_up();
+        let d = w.deployments.get_mut(&id("web")).expect("web");
+        let same = d.spec.clone();
+        d.roll_to(same, at(10));
+        let plan = w.pass(at(10));
+        let slot = w.slot("web-0");
+        assert_eq!((slot.worker.as_str(), slot.retiring.is_none(), slot.version), ("web-0.1", true, 1), "{slot:?}");
+        assert!(plan.decisions.iter().any(|d| d.reason.contains("restarted in place")), "{:?}", kinds(&plan));
+    }
 }

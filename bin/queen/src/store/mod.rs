@@ -21,12 +21,77 @@ pub use memory::MemoryStore;
 pub use redb::RedbStore;
 pub use watched::{Watched, WriteFailure};
 
-/// A deployment as stored: the operator's spec and when it was made.
+/// A deployment as stored: the operator's spec and when it was made, its version, the
+/// specs of the versions before it (instances of them may still run during a rollout),
+/// and its rollout.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeploymentRecord {
     pub spec: contract::DeploymentSpec,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// The version `spec` is (0: the first).
+    #[serde(default)]
+    pub version: u64,
+    /// Earlier versions' specs, newest last, at most [`VERSIONS_KEPT`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub older: BTreeMap<u64, contract::DeploymentSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutRecord>,
+}
+
+/// Earlier versions a deployment keeps (for instances still running them and for undo).
+pub const VERSIONS_KEPT: usize = 10;
+
+impl DeploymentRecord {
+    pub fn new(spec: contract::DeploymentSpec, created_at: OffsetDateTime) -> Self {
+        Self { spec, created_at, version: 0, older: BTreeMap::new(), rollout: None }
+    }
+
+    /// The spec of `version`: the current one, or an earlier one still kept.
+    pub fn spec_of(&self, version: u64) -> &contract::DeploymentSpec {
+        if version == self.version { &self.spec } else { self.older.get(&version).unwrap_or(&self.spec) }
+    }
+
+    /// Makes `next` the current spec as a new version and starts rolling it out.
+    pub fn roll_to(&mut self, next: contract::DeploymentSpec, now: OffsetDateTime) {
+        let from = self.version;
+        let to = self.older.keys().copied().chain([self.version]).max().unwrap_or(0) + 1;
+        let previous = std::mem::replace(&mut self.spec, next);
+        self.older.insert(from, previous);
+        while self.older.len() > VERSIONS_KEPT {
+            self.older.pop_first();
+        }
+        self.version = to;
+        self.rollout = Some(RolloutRecord::new(from, to, now));
+    }
+}
+
+/// A rollout as stored, so the next leader carries it on.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub from: u64,
+    pub to: u64,
+    pub state: contract::RolloutState,
+    #[serde(with = "time::serde::rfc3339")]
+    pub started_at: OffsetDateTime,
+    /// Slot → when its new instance was first seen available (healthy since).
+    #[serde(default)]
+    pub healthy_at: BTreeMap<u32, OffsetDateTime>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+impl RolloutRecord {
+    pub fn new(from: u64, to: u64, now: OffsetDateTime) -> Self {
+        Self {
+            from,
+            to,
+            state: contract::RolloutState::Running,
+            started_at: now,
+            healthy_at: BTreeMap::new(),
+            reason: String::new(),
+        }
+    }
 }
 
 /// One hive's drain as stored, so the next leader carries it on (or shows how it ended).

@@ -317,8 +317,12 @@ mod tests {
                 replicas: 2,
                 labels_required: Default::default(),
                 max_restarts: None,
+                update: Default::default(),
             },
             created_at: OffsetDateTime::UNIX_EPOCH,
+            version: 0,
+            older: Default::default(),
+            rollout: None,
         }
     }
 
@@ -334,6 +338,7 @@ mod tests {
             restarts: 0,
             generation: 0,
             retiring: None,
+            version: 0,
             process: None,
             last_exit: String::new(),
         }

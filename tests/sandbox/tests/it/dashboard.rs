@@ -459,6 +459,20 @@ async fn with_the_admin_token_the_dashboard_scales_drains_and_shuts_down() -> an
     let scaled: contract::DeploymentStatus = admin.get_json("/v1/deployments/naps").await?;
     assert_eq!(scaled.spec.replicas, 3);
 
+    // Restart it, rolling: a new version of the same spec.
+    click(&c, "tr[data-name=\"naps\"] button.restart").await?;
+    wait_page(&c, "the restart said", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("naps restarting")) })
+    })
+    .await?;
+    let restarted: contract::DeploymentStatus = admin.get_json("/v1/deployments/naps").await?;
+    assert_eq!((restarted.version, restarted.spec.replicas), (1, 3), "{restarted:?}");
+    wait_until("the restart rolled through", WAIT, || async {
+        let d: contract::DeploymentStatus = admin.get_json("/v1/deployments/naps").await.ok()?;
+        d.rollout.filter(|r| r.state == contract::RolloutState::Done).map(|_| ())
+    })
+    .await?;
+
     // Drain hive-0 from its detail view: its replicas move, it is left ineligible.
     click(&c, "#act-drain").await?;
     wait_page(&c, "the drain said", |c| {

@@ -525,3 +525,84 @@ async fn a_replica_that_cannot_start_is_reported_before_the_next_interval() -> a
     .await?;
     sb.shutdown().await
 }
+
+/// A change of environment rolls out one replica at a time, each new instance up before
+/// its old one stops, while jobs keep flowing to the deployment; a restart does the same
+/// with the spec unchanged. Every job gets its answer (a 503 "no worker available" is
+/// retried, as the queen's Retry-After says; none comes).
+#[tokio::test]
+async fn a_rolling_update_and_a_restart_replace_every_replica_without_failing_a_job() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(2)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .start()
+        .await?;
+    let client = sb.client();
+    deploy(&client, 2).await?;
+    wait_until("both replicas up", WAIT, || async { (running(&client).await.ok()?.len() == 2).then_some(()) }).await?;
+    let fast = json!({ "max_parallel": 1, "min_healthy_ms": 300, "progress_deadline_ms": 20000 });
+    let _: DeploymentStatus =
+        client.send_json(reqwest::Method::PATCH, "/v1/deployments/web", &json!({ "update": fast })).await?;
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let jobs = tokio::spawn({
+        let (url, stop) = (format!("{}/v1/jobs?deployment=web", sb.queen_url()), stop.clone());
+        async move {
+            let http = queen_client::http();
+            let (mut done, mut retried) = (0u32, 0u32);
+            while !stop.is_cancelled() {
+                let input = format!("roll-{done}");
+                let resp =
+                    http.post(&url).json(&json!({"kind": "sha256", "input": input, "rounds": 10})).send().await?;
+                match resp.status().as_u16() {
+                    200 => done += 1,
+                    503 => {
+                        retried += 1;
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    other => anyhow::bail!("job {input} failed during the rollout: {other} {}", resp.text().await?),
+                }
+            }
+            anyhow::Ok((done, retried))
+        }
+    });
+
+    let started = Instant::now();
+    let changed: DeploymentStatus =
+        client.send_json(reqwest::Method::PATCH, "/v1/deployments/web", &json!({ "env": { "RELEASE": "2" } })).await?;
+    assert_eq!(changed.version, 1);
+    assert!(changed.rollout.as_ref().is_some_and(|r| r.state == contract::RolloutState::Running), "{changed:?}");
+    let rolled = |version: u64| {
+        let client = client.clone();
+        async move {
+            let d: DeploymentStatus = client.get_json("/v1/deployments/web").await.ok()?;
+            let done =
+                d.rollout.as_ref().is_some_and(|r| r.state == contract::RolloutState::Done && r.to_version == version);
+            (done && d.assignments.iter().all(|a| a.version == version && a.retiring.is_none())).then_some(d)
+        }
+    };
+    let after = wait_until("the new version on every replica", WAIT, || rolled(1)).await?;
+    eprintln!("rolling update of 2 replicas: {} ms", started.elapsed().as_millis());
+    assert_eq!(after.spec.env.get("RELEASE").map(String::as_str), Some("2"));
+    let names: BTreeSet<String> = after.assignments.iter().map(|a| a.worker.to_string()).collect();
+    assert!(names.iter().all(|n| n.ends_with(".1")), "each slot a new instance: {names:?}");
+    wait_until("only the new instances up", WAIT, || async {
+        let up = running(&client).await.ok()?;
+        (up.len() == 2 && up.keys().all(|w| names.contains(w))).then_some(())
+    })
+    .await?;
+
+    let started = Instant::now();
+    let restarted = client.restart("web").await?;
+    assert_eq!((restarted.version, restarted.spec.env.get("RELEASE").map(String::as_str)), (2, Some("2")), "same spec");
+    wait_until("the restart rolled through", WAIT, || rolled(2)).await?;
+    eprintln!("rolling restart of 2 replicas: {} ms", started.elapsed().as_millis());
+
+    stop.cancel();
+    let (done, retried) = jobs.await??;
+    eprintln!("jobs during the rollout and restart: {done} answered, {retried} retried after 503");
+    assert!(done > 10, "jobs flowed: {done}");
+    sb.shutdown().await
+}

@@ -380,6 +380,34 @@ async fn hostile_requests_get_json_errors_and_change_nothing() -> anyhow::Result
             "invalid_body",
         ),
         probe("undeploy an unknown deployment", "DELETE", "/v1/deployments/nope", Admin, Value::Null, 404, "not_found"),
+        probe(
+            "update with an unknown field",
+            "PATCH",
+            "/v1/deployments/nope",
+            Admin,
+            json!({"image": "x"}),
+            422,
+            "invalid_body",
+        ),
+        probe(
+            "update policy with an unknown field",
+            "PATCH",
+            "/v1/deployments/nope",
+            Admin,
+            json!({"update": {"max_surge": 2}}),
+            422,
+            "invalid_body",
+        ),
+        probe(
+            "restart an unknown deployment",
+            "POST",
+            "/v1/deployments/nope/restart",
+            Admin,
+            json!({}),
+            404,
+            "not_found",
+        ),
+        probe("restart with the read token", "POST", "/v1/deployments/nope/restart", Read, json!({}), 403, "forbidden"),
         // Strategy, eligibility, drain, removal.
         probe(
             "unknown strategy",
@@ -718,5 +746,34 @@ async fn clients_drop_idle_connections_before_the_queen_does() -> anyhow::Result
         "the queen closes idle connections after {closed_after:?}; clients keep them for {:?}",
         queen_client::POOL_IDLE
     );
+    sb.shutdown().await
+}
+
+/// A change that would leave a deployment invalid is refused whole: the spec, its version
+/// and its replicas stay as they were, and no rollout starts.
+#[tokio::test]
+async fn a_bad_update_of_a_deployment_changes_nothing() -> anyhow::Result<()> {
+    let sb = Sandbox::builder().hives(1).workers_per_hive(0).start().await?;
+    let c = sb.client();
+    let _: contract::DeploymentStatus =
+        c.post_json("/v1/deployments", &json!({"name": "web", "command": "/bin/true", "replicas": 0})).await?;
+    let before: Value = c.get_json("/v1/deployments/web").await?;
+    let http = queen_client::http();
+    for (what, body) in [
+        ("max_parallel 0", json!({"update": {"max_parallel": 0}})),
+        ("no progress deadline", json!({"update": {"progress_deadline_ms": 0}})),
+        ("a blank command", json!({"command": " "})),
+        ("an APIARY_ variable", json!({"env": {"APIARY_TOKEN": "x"}})),
+        ("an argument with NUL", json!({"args": ["a\u{0}b"]})),
+        ("too many replicas", json!({"replicas": 10_001, "command": "/bin/false"})),
+    ] {
+        let resp = http.patch(format!("{}/v1/deployments/web", sb.queen_url())).json(&body).send().await?;
+        assert_eq!(resp.status().as_u16(), 422, "{what}");
+        let err: ApiErrorBody = resp.json().await?;
+        assert!(!err.message.is_empty(), "{what} says why");
+    }
+    let after: Value = c.get_json("/v1/deployments/web").await?;
+    assert_eq!(before, after, "nothing changed");
+    assert!(after.get("rollout").is_none() && after["version"] == json!(0), "{after}");
     sb.shutdown().await
 }

@@ -558,13 +558,13 @@ async fn state_and_routes_past_one_etcd_answer_are_read_whole() -> anyhow::Resul
 
     // Six deployments of a megabyte of arguments each: one write apiece (etcd takes 1.5 MiB
     // per request), 6 MiB to read back.
-    let big = |i: usize| queen::store::DeploymentRecord {
-        spec: serde_json::from_value(json!({
+    let big = |i: usize| {
+        let spec = serde_json::from_value(json!({
             "name": format!("big-{i}"), "command": "/bin/true", "replicas": 0,
             "args": vec!["x".repeat(4000); 256],
         }))
-        .expect("a valid spec"),
-        created_at: time::OffsetDateTime::UNIX_EPOCH,
+        .expect("a valid spec");
+        queen::store::DeploymentRecord::new(spec, time::OffsetDateTime::UNIX_EPOCH)
     };
     let writer = Arc::clone(&a);
     tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
