@@ -499,6 +499,26 @@ async fn with_the_admin_token_the_dashboard_scales_drains_and_shuts_down() -> an
     })
     .await?;
 
+    // A drain that cannot finish (the other hive takes nothing) is cancelled from the page.
+    let off: contract::EligibilityBody =
+        admin.send_json(reqwest::Method::PUT, "/v1/hives/hive-0/eligibility", &json!({"eligible": false})).await?;
+    assert!(!off.eligible);
+    c.execute("document.querySelector('tr[data-id=\"hive-1\"] button').click(); return true;", vec![]).await?;
+    click(&c, "#act-drain").await?;
+    wait_page(&c, "the drain of hive-1 said", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("drain of hive-1 started")) })
+    })
+    .await?;
+    click(&c, "#act-cancel-drain").await?;
+    wait_page(&c, "the cancel said", |c| {
+        Box::pin(async move { result(c).await.filter(|t| t.contains("drain of hive-1 cancelled")) })
+    })
+    .await?;
+    let hive1 = NodeId::new("hive-1")?;
+    assert!(admin.drain_status(&hive1).await?.cancelled, "the queen has it cancelled");
+    let placed: Vec<contract::Assignment> = admin.get_json("/v1/assignments").await?;
+    assert!(placed.iter().all(|a| a.hive.as_ref() == Some(&hive1)), "nothing moved: {placed:?}");
+
     // An action the queen refuses says why: one queen has no one to hand leadership to.
     click(&c, "#act-transfer").await?;
     wait_page(&c, "the refused transfer said", |c| {
