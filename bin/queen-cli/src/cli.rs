@@ -278,6 +278,9 @@ pub struct DeployArgs {
     /// Hive label a replica needs, as key=value; repeatable.
     #[arg(long = "label")]
     pub labels: Vec<String>,
+    /// Spread the replicas across the values of this hive label (zone, rack) first.
+    #[arg(long)]
+    pub spread_by: Option<String>,
     /// Environment variable for the replicas, as KEY=VALUE; repeatable.
     #[arg(long = "env")]
     pub env: Vec<String>,
@@ -332,6 +335,7 @@ impl DeployArgs {
             secret_env: self.secret_env()?,
             replicas: self.replicas,
             labels_required: pairs(&self.labels, "--label", false)?,
+            spread_by: self.spread_by.clone(),
             max_restarts: self.max_restarts,
             update: Default::default(),
         };

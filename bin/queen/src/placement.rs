@@ -34,6 +34,48 @@ impl Candidate {
     }
 }
 
+/// What one replica asks of its hive, and where its deployment's other replicas are.
+pub struct Want<'a> {
+    /// Labels the hive must have.
+    pub labels: &'a BTreeMap<String, String>,
+    /// Spread across the values of this label (zone, rack) before spreading across hives.
+    pub spread_by: Option<&'a str>,
+    /// Replicas of the same deployment on each hive now; the pick is counted in.
+    pub placed: &'a mut BTreeMap<NodeId, u32>,
+}
+
+impl<'a> Want<'a> {
+    /// A replica that needs `labels` and has no siblings placed yet.
+    #[cfg(test)]
+    pub fn labels(labels: &'a BTreeMap<String, String>, placed: &'a mut BTreeMap<NodeId, u32>) -> Self {
+        Self { labels, spread_by: None, placed }
+    }
+}
+
+/// Keeps, of `eligible`, the hives where the fewest of the deployment's replicas run —
+/// first by the `spread_by` label's value, then by hive — so that no strategy stacks
+/// replicas on one hive (or zone) while another with room has fewer.
+fn spread(candidates: &[Candidate], eligible: Vec<usize>, want: &Want<'_>) -> Vec<usize> {
+    let on = |i: usize| want.placed.get(&candidates[i].id).copied().unwrap_or(0);
+    let eligible = match want.spread_by {
+        Some(label) => {
+            let value = |i: usize| candidates[i].labels.get(label).cloned();
+            // Replicas per value count every hive of that value, eligible or not.
+            let mut per_value: BTreeMap<Option<String>, u32> = BTreeMap::new();
+            for c in candidates {
+                let n = want.placed.get(&c.id).copied().unwrap_or(0);
+                *per_value.entry(c.labels.get(label).cloned()).or_default() += n;
+            }
+            let load = |i: usize| per_value.get(&value(i)).copied().unwrap_or(0);
+            let least = eligible.iter().map(|&i| load(i)).min().unwrap_or(0);
+            eligible.into_iter().filter(|&i| load(i) == least).collect()
+        }
+        None => eligible,
+    };
+    let least = eligible.iter().map(|&i| on(i)).min().unwrap_or(0);
+    eligible.into_iter().filter(|&i| on(i) == least).collect()
+}
+
 /// State a strategy keeps between picks. Cloned by the planner, which works on a copy and
 /// hands it back only with a plan that was applied.
 #[derive(Clone, Debug)]
@@ -56,14 +98,15 @@ impl Placer {
     }
 
     /// Picks a hive for one replica among `candidates` (sorted by id) whose labels match
-    /// `required` and that have room, and counts the replica on it. `None` when no hive
-    /// qualifies.
-    pub fn pick(&mut self, candidates: &mut [Candidate], required: &BTreeMap<String, String>) -> Option<NodeId> {
-        let eligible: Vec<usize> =
-            (0..candidates.len()).filter(|&i| candidates[i].has_room() && candidates[i].matches(required)).collect();
-        if eligible.is_empty() {
+    /// and that have room, spread from its siblings (see [`spread`]), and counts the
+    /// replica on it. `None` when no hive qualifies.
+    pub fn pick(&mut self, candidates: &mut [Candidate], want: &mut Want<'_>) -> Option<NodeId> {
+        let fits: Vec<usize> =
+            (0..candidates.len()).filter(|&i| candidates[i].has_room() && candidates[i].matches(want.labels)).collect();
+        if fits.is_empty() {
             return None;
         }
+        let eligible = spread(candidates, fits, want);
         let by_key = |key: &dyn Fn(&Candidate) -> f64| {
             eligible.iter().copied().min_by(|&a, &b| key(&candidates[a]).total_cmp(&key(&candidates[b])))
         };
@@ -92,6 +135,7 @@ impl Placer {
             }
         }?;
         candidates[chosen].assigned += 1;
+        *want.placed.entry(candidates[chosen].id.clone()).or_default() += 1;
         Some(candidates[chosen].id.clone())
     }
 }
@@ -117,38 +161,46 @@ mod tests {
         vec![hive("a", 8, 10.0, &[]), hive("b", 2, 90.0, &[]), hive("c", 4, 40.0, &[("gpu", "yes")])]
     }
 
-    /// Places `n` replicas and returns how many landed on a, b, c.
-    fn spread(strategy: PlacementStrategy, n: usize) -> [u32; 3] {
+    const ANY: &BTreeMap<String, String> = &BTreeMap::new();
+
+    /// A replica of a deployment of its own: nothing to spread from.
+    fn alone(placer: &mut Placer, hives: &mut [Candidate], labels: &BTreeMap<String, String>) -> Option<NodeId> {
+        placer.pick(hives, &mut Want::labels(labels, &mut BTreeMap::new()))
+    }
+
+    /// Places `n` single-replica deployments and returns how many landed on a, b, c:
+    /// the strategy alone, without spreading.
+    fn landed(strategy: PlacementStrategy, n: usize) -> [u32; 3] {
         let mut hives = cluster();
         let mut placer = Placer::with_seed(strategy, 7);
         for _ in 0..n {
-            placer.pick(&mut hives, &BTreeMap::new()).expect("room left");
+            alone(&mut placer, &mut hives, ANY).expect("room left");
         }
         [hives[0].assigned, hives[1].assigned, hives[2].assigned]
     }
 
     #[test]
     fn round_robin_takes_turns() {
-        assert_eq!(spread(PlacementStrategy::RoundRobin, 6), [2, 2, 2]);
+        assert_eq!(landed(PlacementStrategy::RoundRobin, 6), [2, 2, 2]);
         // b is full after two: the turns skip it.
-        assert_eq!(spread(PlacementStrategy::RoundRobin, 9), [4, 2, 3]);
+        assert_eq!(landed(PlacementStrategy::RoundRobin, 9), [4, 2, 3]);
     }
 
     #[test]
     fn least_loaded_prefers_the_quiet_big_hive() {
         // a: 0.1 + 0.2 + k/8; c: 0.4 + 0.2 + k/4; b: 0.9 + 0.2 + k/2.
-        assert_eq!(spread(PlacementStrategy::LeastLoaded, 6), [5, 0, 1]);
+        assert_eq!(landed(PlacementStrategy::LeastLoaded, 6), [5, 0, 1]);
     }
 
     #[test]
     fn least_workers_evens_out_counts() {
-        assert_eq!(spread(PlacementStrategy::LeastWorkers, 6), [2, 2, 2]);
-        assert_eq!(spread(PlacementStrategy::LeastWorkers, 12), [6, 2, 4]);
+        assert_eq!(landed(PlacementStrategy::LeastWorkers, 6), [2, 2, 2]);
+        assert_eq!(landed(PlacementStrategy::LeastWorkers, 12), [6, 2, 4]);
     }
 
     #[test]
     fn random_is_uniform_among_hives_with_room() {
-        let [a, b, c] = spread(PlacementStrategy::Random, 12);
+        let [a, b, c] = landed(PlacementStrategy::Random, 12);
         assert_eq!(a + b + c, 12);
         assert!(b <= 2, "never over capacity");
         assert!(a >= 2 && c >= 2, "spread, not piled: {a} {b} {c}");
@@ -160,7 +212,7 @@ mod tests {
         for seed in 0..200 {
             let mut hives = cluster();
             let mut placer = Placer::with_seed(PlacementStrategy::Weighted, seed);
-            placer.pick(&mut hives, &BTreeMap::new()).expect("room");
+            alone(&mut placer, &mut hives, ANY).expect("room");
             for (t, h) in totals.iter_mut().zip(&hives) {
                 *t += h.assigned;
             }
@@ -176,11 +228,11 @@ mod tests {
         let gpu: BTreeMap<String, String> = [("gpu".to_string(), "yes".to_string())].into();
         let mut placer = Placer::new(PlacementStrategy::LeastLoaded);
         for _ in 0..4 {
-            assert_eq!(placer.pick(&mut hives, &gpu).map(|id| id.to_string()), Some("c".into()));
+            assert_eq!(alone(&mut placer, &mut hives, &gpu).map(|id| id.to_string()), Some("c".into()));
         }
-        assert_eq!(placer.pick(&mut hives, &gpu), None, "c is full and nothing else matches");
+        assert_eq!(alone(&mut placer, &mut hives, &gpu), None, "c is full and nothing else matches");
         let nowhere: BTreeMap<String, String> = [("zone".to_string(), "mars".to_string())].into();
-        assert_eq!(placer.pick(&mut hives, &nowhere), None);
+        assert_eq!(alone(&mut placer, &mut hives, &nowhere), None);
     }
 
     #[test]
@@ -188,9 +240,54 @@ mod tests {
         for strategy in PlacementStrategy::ALL {
             let mut hives = cluster();
             let mut placer = Placer::with_seed(strategy, 1);
-            let placed = std::iter::from_fn(|| placer.pick(&mut hives, &BTreeMap::new())).take(100).count();
+            let placed = std::iter::from_fn(|| alone(&mut placer, &mut hives, ANY)).take(100).count();
             assert_eq!(placed, 14, "{strategy:?} fills exactly the 14 slots");
             assert!(hives.iter().all(|h| h.assigned <= h.max_workers), "{strategy:?}");
+        }
+    }
+
+    /// `n` replicas of one deployment: where they land, by hive id.
+    fn one_deployment(strategy: PlacementStrategy, hives: &mut [Candidate], n: usize, by: Option<&str>) -> Vec<u32> {
+        let mut placer = Placer::with_seed(strategy, 7);
+        let mut placed = BTreeMap::new();
+        for _ in 0..n {
+            let mut want = Want { labels: ANY, spread_by: by, placed: &mut placed };
+            placer.pick(hives, &mut want).expect("room left");
+        }
+        hives.iter().map(|h| placed.get(&h.id).copied().unwrap_or(0)).collect()
+    }
+
+    #[test]
+    fn every_strategy_spreads_one_deployments_replicas_across_hives() {
+        for strategy in PlacementStrategy::ALL {
+            // Room for 6 each, unevenly loaded: least_loaded alone would stack on the quietest.
+            let mut hives = vec![hive("a", 6, 5.0, &[]), hive("b", 6, 50.0, &[]), hive("c", 6, 90.0, &[])];
+            assert_eq!(one_deployment(strategy, &mut hives, 6, None), vec![2, 2, 2], "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn a_full_hive_is_skipped_and_the_rest_share() {
+        for strategy in PlacementStrategy::ALL {
+            let mut hives = vec![hive("a", 1, 5.0, &[]), hive("b", 6, 50.0, &[]), hive("c", 6, 90.0, &[])];
+            assert_eq!(one_deployment(strategy, &mut hives, 7, None), vec![1, 3, 3], "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn spread_by_a_label_spreads_across_its_values_first() {
+        for strategy in PlacementStrategy::ALL {
+            // Zone x has three hives, zone y one: by zone, half the replicas go to y.
+            let mut hives = vec![
+                hive("a", 8, 10.0, &[("zone", "x")]),
+                hive("b", 8, 10.0, &[("zone", "x")]),
+                hive("c", 8, 10.0, &[("zone", "x")]),
+                hive("d", 8, 10.0, &[("zone", "y")]),
+            ];
+            let on = one_deployment(strategy, &mut hives, 6, Some("zone"));
+            assert_eq!(on[3], 3, "{strategy:?}: {on:?}");
+            assert_eq!(on[..3].iter().sum::<u32>(), 3, "{strategy:?}: {on:?}");
+            assert!(on[..3].iter().all(|&n| n == 1), "and across zone x's hives: {strategy:?} {on:?}");
         }
     }
 }

@@ -17,7 +17,7 @@ use contract::{Assignment, AssignmentState, EventKind, NodeId, NodeKind};
 use heartbeat_registry::Liveness;
 use time::OffsetDateTime;
 
-use crate::placement::{Candidate, Placer};
+use crate::placement::{Candidate, Placer, Want};
 use crate::store::{Batch, DeploymentRecord, DrainRecord};
 
 /// Replicas one drain moves at the same time: a drain must not take a deployment's
@@ -237,9 +237,10 @@ fn place(
     batch: &mut Batch,
     decisions: &mut Vec<Decision>,
 ) {
+    let mut placed = placed_by_deployment(assignments);
     for a in assignments.values_mut().filter(|a| a.hive.is_none()) {
         let Some(d) = deployments.get(&a.deployment) else { continue };
-        match placer.pick(candidates, &d.spec.labels_required) {
+        match placer.pick(candidates, &mut want(d, &mut placed)) {
             Some(hive) => {
                 let reason = format!("placed on {hive} ({})", placer.strategy.as_str());
                 decisions.push(Decision::worker(&a.worker, EventKind::Placed, reason));
@@ -350,6 +351,7 @@ impl DrainStep<'_, '_> {
         decisions: &mut Vec<Decision>,
     ) {
         let past_deadline = self.now >= drain.deadline;
+        let mut placed = placed_by_deployment(assignments);
         let mut moving = assignments.values().filter(|a| a.retiring.as_ref().is_some_and(|r| &r.hive == hive)).count();
         for a in assignments.values_mut().filter(|a| a.hive.as_ref() == Some(hive) && a.retiring.is_none()) {
             if past_deadline {
@@ -367,7 +369,7 @@ impl DrainStep<'_, '_> {
                 continue;
             }
             let Some(d) = self.deployments.get(&a.deployment) else { continue };
-            match self.placer.pick(self.candidates, &d.spec.labels_required) {
+            match self.placer.pick(self.candidates, &mut want(d, &mut placed)) {
                 Some(target) => {
                     let old = a.worker.clone();
                     a.generation += 1;
@@ -391,6 +393,28 @@ impl DrainStep<'_, '_> {
                 }
             }
         }
+    }
+}
+
+/// Replicas of each deployment on each hive, counting the instances being replaced.
+pub(crate) fn placed_by_deployment(
+    assignments: &BTreeMap<NodeId, Assignment>,
+) -> BTreeMap<NodeId, BTreeMap<NodeId, u32>> {
+    let mut placed: BTreeMap<NodeId, BTreeMap<NodeId, u32>> = BTreeMap::new();
+    for a in assignments.values() {
+        for hive in a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive)) {
+            *placed.entry(a.deployment.clone()).or_default().entry(hive.clone()).or_default() += 1;
+        }
+    }
+    placed
+}
+
+/// What a replica of `d` asks of the strategy, with its siblings' places.
+pub(crate) fn want<'a>(d: &'a DeploymentRecord, placed: &'a mut BTreeMap<NodeId, BTreeMap<NodeId, u32>>) -> Want<'a> {
+    Want {
+        labels: &d.spec.labels_required,
+        spread_by: d.spec.spread_by.as_deref(),
+        placed: placed.entry(d.spec.name.clone()).or_default(),
     }
 }
 

@@ -82,6 +82,10 @@ pub struct DeploymentSpec {
     /// A replica only lands on a hive whose labels include all of these.
     #[serde(default)]
     pub labels_required: BTreeMap<String, String>,
+    /// Spread the replicas across the values of this hive label (zone, rack) before
+    /// spreading them across hives, which every deployment does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread_by: Option<String>,
     /// Restarts of one replica before the hive gives up on it [default: unlimited].
     #[serde(default)]
     pub max_restarts: Option<u32>,
@@ -146,6 +150,9 @@ impl DeploymentSpec {
         }
         if self.replicas > MAX_REPLICAS {
             return bad("replicas", "at most 10000");
+        }
+        if self.spread_by.as_ref().is_some_and(|l| l.is_empty() || l.len() > 128 || l.contains('\0')) {
+            return bad("spread_by", "a label name of 1 to 128 bytes without NUL");
         }
         let u = self.update;
         if u.max_parallel == 0 || u.max_parallel > MAX_REPLICAS {
@@ -596,6 +603,7 @@ mod tests {
             secret_env: BTreeMap::new(),
             replicas: 3,
             labels_required: BTreeMap::new(),
+            spread_by: None,
             max_restarts: None,
             update: Default::default(),
         };

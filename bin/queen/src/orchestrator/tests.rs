@@ -14,6 +14,7 @@ fn spec(name: &str, replicas: u32) -> DeploymentSpec {
         secret_env: Default::default(),
         replicas,
         labels_required: Default::default(),
+        spread_by: None,
         max_restarts: None,
         update: Default::default(),
     }

@@ -109,6 +109,7 @@ fn roll(
         .filter(|a| a.retiring.is_some() || !settled(r, a.slot, policy.min_healthy_ms, now))
         .count();
     let mut room = (policy.max_parallel as usize).saturating_sub(in_flight);
+    let mut placed = super::placed_by_deployment(assignments);
     let mut outdated: Vec<&mut Assignment> =
         assignments.values_mut().filter(|a| ours(a) && a.version != target && a.retiring.is_none()).collect();
     outdated.sort_by_key(|a| a.slot);
@@ -129,7 +130,12 @@ fn roll(
         a.generation += 1;
         a.worker = worker_name(&a.deployment, a.slot, a.generation);
         a.version = target;
-        let reason = match placer.pick(candidates, &d.spec.labels_required) {
+        let want = &mut super::Want {
+            labels: &d.spec.labels_required,
+            spread_by: d.spec.spread_by.as_deref(),
+            placed: placed.entry(name.clone()).or_default(),
+        };
+        let reason = match placer.pick(candidates, want) {
             Some(hive) => {
                 a.retiring = Some(contract::Retiring { hive: old_hive, worker: old.clone(), version: from });
                 a.hive = Some(hive.clone());

@@ -59,6 +59,7 @@ impl World {
             secret_env: Default::default(),
             replicas,
             labels_required: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            spread_by: None,
             max_restarts: None,
             update: Default::default(),
         };
@@ -588,5 +589,15 @@ mod rollouts {
         let slot = w.slot("web-0");
         assert_eq!((slot.worker.as_str(), slot.retiring.is_none(), slot.version), ("web-0.1", true, 1), "{slot:?}");
         assert!(plan.decisions.iter().any(|d| d.reason.contains("restarted in place")), "{:?}", kinds(&plan));
+    }
+}
+
+#[test]
+fn a_deployment_of_six_on_three_hives_with_room_for_six_lands_two_on_each() {
+    for strategy in PlacementStrategy::ALL {
+        let mut w = World::new(strategy).hive("a", 6, &[]).hive("b", 6, &[]).hive("c", 6, &[]).deploy("web", 6, &[]);
+        w.pass(at(1));
+        let counts: Vec<usize> = ["a", "b", "c"].iter().map(|h| w.on(h).len()).collect();
+        assert_eq!(counts, vec![2, 2, 2], "{strategy:?}");
     }
 }

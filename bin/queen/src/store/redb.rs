@@ -316,6 +316,7 @@ mod tests {
                 secret_env: Default::default(),
                 replicas: 2,
                 labels_required: Default::default(),
+                spread_by: None,
                 max_restarts: None,
                 update: Default::default(),
             },

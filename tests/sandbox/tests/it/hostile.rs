@@ -321,6 +321,15 @@ async fn hostile_requests_get_json_errors_and_change_nothing() -> anyhow::Result
             "invalid_body",
         ),
         probe(
+            "deploy: an empty spread_by label",
+            "POST",
+            "/v1/deployments",
+            Admin,
+            with(deployment(), "spread_by", json!("")),
+            422,
+            "invalid_body",
+        ),
+        probe(
             "deploy: args as a string",
             "POST",
             "/v1/deployments",
