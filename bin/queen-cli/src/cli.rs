@@ -170,11 +170,23 @@ pub enum NodeCommand {
 #[derive(Subcommand, Debug)]
 pub enum RolloutCommand {
     /// Print the rollout of a deployment.
-    Status {
-        name: String,
-        #[command(flatten)]
-        remote: Remote,
-    },
+    Status(Named),
+    /// Hold the running rollout: no replica is replaced until it is resumed.
+    Pause(Named),
+    /// Go on with a paused rollout.
+    Resume(Named),
+    /// Roll the version before the current one out again (as a new version).
+    Undo(Named),
+    /// The versions a deployment keeps, oldest first.
+    History(Named),
+}
+
+/// A deployment by name, on a queen.
+#[derive(clap::Args, Debug)]
+pub struct Named {
+    pub name: String,
+    #[command(flatten)]
+    pub remote: Remote,
 }
 
 #[derive(clap::Args, Debug)]
@@ -505,12 +517,7 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             let status = remote.client()?.restart(&name).await?;
             print_as(remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
         }
-        Command::Rollout { command: RolloutCommand::Status { name, remote } } => {
-            let path = format!("{}/{name}", contract::paths::DEPLOYMENTS);
-            let status: contract::DeploymentStatus =
-                remote.client()?.get_json(&path).await.with_context(|| format!("asking {}", remote.queen))?;
-            print_as(remote.output, &status.rollout, |r| render_rollout(&name, status.version, r.as_ref()))?;
-        }
+        Command::Rollout { command } => return rollout(command).await,
         Command::Undeploy { name, remote } => {
             remote.client()?.undeploy(&name).await?;
             print_as(remote.output, &contract::cli::Done { name, outcome: "replicas stopping".into() }, render_done)?;
@@ -544,6 +551,29 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+async fn rollout(command: RolloutCommand) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let (action, Named { name, remote }) = match command {
+        RolloutCommand::Status(n) => (None, n),
+        RolloutCommand::History(Named { name, remote }) => {
+            let path = format!("{}/{name}/history", contract::paths::DEPLOYMENTS);
+            let history: contract::DeploymentHistory =
+                remote.client()?.get_json(&path).await.with_context(|| format!("asking {}", remote.queen))?;
+            return print_as(remote.output, &history, render_history);
+        }
+        RolloutCommand::Pause(n) => (Some("pause"), n),
+        RolloutCommand::Resume(n) => (Some("resume"), n),
+        RolloutCommand::Undo(n) => (Some("undo"), n),
+    };
+    let client = remote.client()?;
+    let path = format!("{}/{name}", contract::paths::DEPLOYMENTS);
+    let status: contract::DeploymentStatus = match action {
+        Some(action) => client.post_json(&format!("{path}/rollout/{action}"), &serde_json::json!({})).await?,
+        None => client.get_json(&path).await.with_context(|| format!("asking {}", remote.queen))?,
+    };
+    print_as(remote.output, &status.rollout, |r| render_rollout(&name, status.version, r.as_ref()))
 }
 
 /// Watches a new deployment for a few seconds and says at once if a hive reports that its

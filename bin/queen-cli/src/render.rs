@@ -220,12 +220,7 @@ pub fn render_audit(log: &contract::AuditLog) -> String {
 
 pub fn render_rollout(name: &str, version: u64, r: Option<&contract::RolloutStatus>) -> String {
     let Some(r) = r else { return format!("{name}: version {version}, never rolled out\n") };
-    let state = match r.state {
-        contract::RolloutState::Running => "rolling",
-        contract::RolloutState::Done => "done",
-        contract::RolloutState::Reverting => "reverting",
-        contract::RolloutState::Reverted => "reverted",
-    };
+    let state = r.state.as_str();
     let mut out = format!(
         "{name}: version {} → {} {state}, {}/{} replicas updated, started {}\n",
         r.from_version,
@@ -236,6 +231,23 @@ pub fn render_rollout(name: &str, version: u64, r: Option<&contract::RolloutStat
     );
     if !r.reason.is_empty() {
         out.push_str(&format!("  why: {}\n", r.reason));
+    }
+    out
+}
+
+pub fn render_history(h: &contract::DeploymentHistory) -> String {
+    let mut out = format!("{:>8}  {:<7}  {}\n", "VERSION", "", "COMMAND");
+    for v in &h.versions {
+        let args = v.spec.args.join(" ");
+        let env: Vec<String> = v.spec.env.iter().map(|(k, val)| format!("{k}={val}")).collect();
+        out.push_str(&format!(
+            "{:>8}  {:<7}  {} {}{}\n",
+            v.version,
+            if v.current { "current" } else { "" },
+            v.spec.command,
+            args,
+            if env.is_empty() { String::new() } else { format!("  [{}]", env.join(" ")) }
+        ));
     }
     out
 }

@@ -239,10 +239,31 @@ impl DeploymentPatch {
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     Running,
+    /// Held by an operator: no replica is replaced until it is resumed.
+    Paused,
     Done,
     /// New instances failed; the old version is being (or has been) put back.
     Reverting,
     Reverted,
+}
+
+/// One version of a deployment, in `GET /v1/deployments/{name}/history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentVersion {
+    pub version: u64,
+    /// As every read shows a spec: secret values redacted.
+    pub spec: DeploymentSpec,
+    /// The version replicas are brought to now.
+    pub current: bool,
+}
+
+/// `GET /v1/deployments/{name}/history`: the versions kept, oldest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DeploymentHistory {
+    pub name: NodeId,
+    pub versions: Vec<DeploymentVersion>,
 }
 
 /// A deployment's current (or last) rollout, in `DeploymentStatus`.

@@ -22,10 +22,10 @@ mod snapshot;
 
 pub use audit::{AuditEntry, AuditLog};
 pub use deploy::{
-    Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentPatch, DeploymentSpec,
-    DeploymentStatus, DrainRequest, DrainStatus, EligibilityBody, HiveCommand, LeaderInfo, LeaderTransfer,
-    MAX_REPLICAS, PlacementStrategy, ProcessState, QueenRef, Retiring, RolloutState, RolloutStatus, SECRET,
-    StrategyBody, SupervisedWorker, TransferAnswer, UnknownReplicas, UpdatePolicy, WorkerLaunch,
+    Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentHistory, DeploymentPatch,
+    DeploymentSpec, DeploymentStatus, DeploymentVersion, DrainRequest, DrainStatus, EligibilityBody, HiveCommand,
+    LeaderInfo, LeaderTransfer, MAX_REPLICAS, PlacementStrategy, ProcessState, QueenRef, Retiring, RolloutState,
+    RolloutStatus, SECRET, StrategyBody, SupervisedWorker, TransferAnswer, UnknownReplicas, UpdatePolicy, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};

@@ -4,8 +4,8 @@
 use std::fmt;
 
 use crate::{
-    AckStatus, AssignmentState, EventKind, HiveStatus, Liveness, NodeKind, PhaseStatus, ProcessState, ShutdownStatus,
-    WorkerStatus,
+    AckStatus, AssignmentState, EventKind, HiveStatus, Liveness, NodeKind, PhaseStatus, ProcessState, RolloutState,
+    ShutdownStatus, WorkerStatus,
 };
 
 macro_rules! wire_names {
@@ -62,6 +62,7 @@ wire_names! {
     AckStatus { Waiting => "waiting", Acked => "acked", Failed => "failed", TimedOut => "timed_out" }
     PhaseStatus { Pending => "pending", Running => "running", Done => "done", Failed => "failed", Forced => "forced" }
     ShutdownStatus { Running => "running", Completed => "completed", Failed => "failed" }
+    RolloutState { Running => "running", Paused => "paused", Done => "done", Reverting => "reverting", Reverted => "reverted" }
 }
 
 impl Liveness {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use contract::{DeploymentStatus, NodeId, ProcessState, RolloutState};
+use contract::{DeploymentStatus, NodeId, ProcessState};
 use leptos::prelude::*;
 use serde_json::json;
 
@@ -76,12 +76,7 @@ fn Row(deployment: DeploymentStatus, admin: Admin) -> impl IntoView {
     };
     let rollout = match &deployment.rollout {
         Some(r) => {
-            let state = match r.state {
-                RolloutState::Running => "rolling",
-                RolloutState::Done => "done",
-                RolloutState::Reverting => "reverting",
-                RolloutState::Reverted => "reverted",
-            };
+            let state = r.state.as_str();
             let mut text = format!("v{}: {state} {}/{}", deployment.version, r.updated, r.replicas);
             if !r.reason.is_empty() {
                 text.push_str(&format!(" ({})", r.reason));

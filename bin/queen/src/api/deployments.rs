@@ -5,11 +5,15 @@ use std::sync::Arc;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use contract::{ApiErrorBody, Assignment, DeploymentPatch, DeploymentSpec, DeploymentStatus, NodeId, StrategyBody};
+use contract::{
+    ApiErrorBody, Assignment, DeploymentHistory, DeploymentPatch, DeploymentSpec, DeploymentStatus, NodeId,
+    StrategyBody,
+};
 use lifecycle::http::{ApiError, JsonBody, PathParam};
 
 use super::{change_and_place, on_store, parse_id, refuse_when_gated, store_error};
 use crate::Queen;
+use crate::orchestrator::RolloutAction;
 
 /// Every deployment with where its replicas run.
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<DeploymentStatus>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
@@ -84,6 +88,65 @@ pub(crate) async fn patch_deployment(
     let changed = name.clone();
     change_and_place(&queen, move |q| q.orchestrator.patch(&changed, &patch).map_err(ApiError::from)).await?;
     found(&queen, &name)
+}
+
+/// Holds a deployment's running rollout: no replica is replaced until it is resumed.
+#[utoipa::path(post, path = "/v1/deployments/{name}/rollout/pause", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses(
+    (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn rollout_pause(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    rollout_action(&queen, &raw, RolloutAction::Pause).await
+}
+
+/// Resumes a paused rollout.
+#[utoipa::path(post, path = "/v1/deployments/{name}/rollout/resume", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses(
+    (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn rollout_resume(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    rollout_action(&queen, &raw, RolloutAction::Resume).await
+}
+
+/// Rolls the version before the current one out again, as a new version (replica count and update policy stay).
+#[utoipa::path(post, path = "/v1/deployments/{name}/rollout/undo", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses(
+    (status = 200, body = DeploymentStatus), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn rollout_undo(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    rollout_action(&queen, &raw, RolloutAction::Undo).await
+}
+
+async fn rollout_action(
+    queen: &Arc<Queen>,
+    raw: &str,
+    action: RolloutAction,
+) -> Result<Json<DeploymentStatus>, ApiError> {
+    refuse_when_gated(queen)?;
+    let name = parse_id(raw)?;
+    let changed = name.clone();
+    change_and_place(queen, move |q| q.orchestrator.rollout(&changed, action).map_err(ApiError::from)).await?;
+    found(queen, &name)
+}
+
+/// The versions a deployment keeps, oldest first (secret values redacted).
+#[utoipa::path(get, path = "/v1/deployments/{name}/history", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses((status = 200, body = DeploymentHistory), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
+pub(crate) async fn deployment_history(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<DeploymentHistory>, ApiError> {
+    let name = parse_id(&raw)?;
+    queen
+        .orchestrator
+        .history(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))
 }
 
 /// Restarts every replica of a deployment, rolling: each new instance up before its old

@@ -99,6 +99,7 @@ impl From<DeployError> for ApiError {
             DeployError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             DeployError::NotFound(_) => ApiError::not_found(e.to_string()),
             DeployError::Invalid(_) => ApiError::unprocessable(e.to_string()),
+            DeployError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             DeployError::Store(_) => store_error(e),
         }
     }

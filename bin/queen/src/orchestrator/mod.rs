@@ -46,8 +46,29 @@ pub enum DeployError {
     /// The change would leave the deployment's spec invalid.
     #[error("{0}")]
     Invalid(String),
+    /// Not now: no rollout to pause, resume or undo.
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What an operator can do to a deployment's rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutAction {
+    Pause,
+    Resume,
+    Undo,
+}
+
+impl RolloutAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RolloutAction::Pause => "pause",
+            RolloutAction::Resume => "resume",
+            RolloutAction::Undo => "undo",
+        }
+    }
 }
 
 struct State {
@@ -320,6 +341,60 @@ impl Orchestrator {
 
     pub fn scale(&self, name: &NodeId, replicas: u32) -> Result<(), DeployError> {
         self.patch(name, &contract::DeploymentPatch { replicas: Some(replicas), ..Default::default() })
+    }
+
+    /// Pauses or resumes the running rollout, or undoes the last change (the version
+    /// before rolls out as a new one).
+    pub fn rollout(&self, name: &NodeId, action: RolloutAction) -> Result<(), DeployError> {
+        let mut st = self.lock();
+        let mut record = st.deployments.get(name).cloned().ok_or_else(|| DeployError::NotFound(name.clone()))?;
+        let state = record.rollout.as_ref().map(|r| r.state);
+        match (action, state) {
+            (RolloutAction::Pause, Some(contract::RolloutState::Running)) => {
+                if let Some(r) = record.rollout.as_mut() {
+                    r.state = contract::RolloutState::Paused;
+                }
+            }
+            (RolloutAction::Resume, Some(contract::RolloutState::Paused)) => {
+                if let Some(r) = record.rollout.as_mut() {
+                    r.state = contract::RolloutState::Running;
+                }
+            }
+            (RolloutAction::Undo, _) => {
+                let before = record.older.keys().next_back().copied();
+                let Some(spec) = before.and_then(|v| record.older.get(&v)).cloned() else {
+                    return Err(DeployError::Conflict(format!("{name} has no earlier version to go back to")));
+                };
+                // Its replica count and policy stay as they are now: undo is of what runs.
+                let spec =
+                    contract::DeploymentSpec { replicas: record.spec.replicas, update: record.spec.update, ..spec };
+                record.roll_to(spec, self.wall.now());
+            }
+            (action, _) => {
+                let said = state.map(|s| s.as_str()).unwrap_or("none");
+                return Err(DeployError::Conflict(format!(
+                    "cannot {} the rollout of {name}: it is {said}",
+                    action.as_str()
+                )));
+            }
+        }
+        self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
+        st.deployments.insert(name.clone(), record);
+        Ok(())
+    }
+
+    /// The versions a deployment keeps, oldest first, secrets redacted.
+    pub fn history(&self, name: &NodeId) -> Option<contract::DeploymentHistory> {
+        let st = self.lock();
+        let d = st.deployments.get(name)?;
+        let mut versions: Vec<contract::DeploymentVersion> = d
+            .older
+            .iter()
+            .map(|(v, spec)| contract::DeploymentVersion { version: *v, spec: spec.redacted(), current: false })
+            .collect();
+        versions.push(contract::DeploymentVersion { version: d.version, spec: d.spec.redacted(), current: true });
+        versions.sort_by_key(|v| v.version);
+        Some(contract::DeploymentHistory { name: name.clone(), versions })
     }
 
     /// Restarts every replica, rolling: the same spec as a new version.

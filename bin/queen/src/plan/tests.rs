@@ -525,6 +525,20 @@ mod rollouts {
     }
 
     #[test]
+    fn a_paused_rollout_replaces_nothing_until_resumed() {
+        let mut w = running(2);
+        w.roll_to_command("worker-v2", at(10));
+        w.deployments.get_mut(&id("web")).and_then(|d| d.rollout.as_mut()).expect("a rollout").state =
+            RolloutState::Paused;
+        w.pass(at(10));
+        assert_eq!(w.versions(), vec![0, 0], "paused");
+        w.deployments.get_mut(&id("web")).and_then(|d| d.rollout.as_mut()).expect("a rollout").state =
+            RolloutState::Running;
+        w.pass(at(11));
+        assert_eq!(w.versions(), vec![1, 0], "resumed");
+    }
+
+    #[test]
     fn max_parallel_replicas_roll_at_once() {
         let mut w = running(4);
         w.deployments.get_mut(&id("web")).expect("web").spec.update.max_parallel = 2;

@@ -85,6 +85,15 @@ async fn every_command_prints_json_its_contract_type_decodes() -> anyhow::Result
     assert_eq!(plan.hives.len(), 2);
     let audit: AuditLog = json_of(&url, &["audit", "--limit", "100"]).await?;
     assert!(audit.entries.iter().any(|e| e.path.contains("/v1/deployments")), "{audit:?}");
+    let restarted: DeploymentStatus = json_of(&url, &["restart", "naps"]).await?;
+    assert_eq!(restarted.version, 1);
+    let updated: DeploymentStatus =
+        json_of(&url, &["update", "naps", "--env", "MODE=b", "--max-parallel", "2"]).await?;
+    assert_eq!((updated.version, updated.spec.update.max_parallel), (2, 2));
+    let rollout: Option<contract::RolloutStatus> = json_of(&url, &["rollout", "status", "naps"]).await?;
+    assert_eq!(rollout.map(|r| r.to_version), Some(2));
+    let history: contract::DeploymentHistory = json_of(&url, &["rollout", "history", "naps"]).await?;
+    assert_eq!(history.versions.iter().map(|v| v.version).collect::<Vec<_>>(), vec![0, 1, 2]);
     let gone: cli::Done = json_of(&url, &["undeploy", "naps"]).await?;
     assert_eq!(gone, cli::Done { name: "naps".into(), outcome: "replicas stopping".into() });
     // The dry run printed the plan, the same type the API answers with.

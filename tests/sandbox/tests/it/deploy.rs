@@ -594,10 +594,25 @@ async fn a_rolling_update_and_a_restart_replace_every_replica_without_failing_a_
     })
     .await?;
 
+    // Nothing rolls now: pausing is refused with the reason.
+    let resp = queen_client::http().post(format!("{}/v1/deployments/web/rollout/pause", sb.queen_url())).send().await?;
+    assert_eq!(resp.status().as_u16(), 409);
+    // Undo brings the version before back, as a new version.
+    let undone: DeploymentStatus = client.post_json("/v1/deployments/web/rollout/undo", &json!({})).await?;
+    assert_eq!((undone.version, undone.spec.env.get("RELEASE")), (2, None), "{undone:?}");
+    wait_until("the undo rolled through", WAIT, || rolled(2)).await?;
+
     let started = Instant::now();
     let restarted = client.restart("web").await?;
-    assert_eq!((restarted.version, restarted.spec.env.get("RELEASE").map(String::as_str)), (2, Some("2")), "same spec");
-    wait_until("the restart rolled through", WAIT, || rolled(2)).await?;
+    assert_eq!((restarted.version, restarted.spec.env.get("RELEASE")), (3, None), "same spec");
+    wait_until("the restart rolled through", WAIT, || rolled(3)).await?;
+    let history: contract::DeploymentHistory = client.get_json("/v1/deployments/web/history").await?;
+    let versions: Vec<(u64, Option<&str>, bool)> = history
+        .versions
+        .iter()
+        .map(|v| (v.version, v.spec.env.get("RELEASE").map(String::as_str), v.current))
+        .collect();
+    assert_eq!(versions, vec![(0, None, false), (1, Some("2"), false), (2, None, false), (3, None, true)]);
     eprintln!("rolling restart of 2 replicas: {} ms", started.elapsed().as_millis());
 
     stop.cancel();
