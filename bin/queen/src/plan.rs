@@ -168,7 +168,8 @@ pub fn plan(
 
     let mut step = DrainStep { deployments, observed, placer, candidates: &mut candidates, now };
     step.run(assignments, drains, &mut batch, &mut decisions);
-    rollout::step(deployments, assignments, observed, placer, &mut candidates, now, &mut batch, &mut decisions);
+    let mut rolling = rollout::RolloutStep { observed, placer, candidates: &mut candidates, now };
+    rolling.run(deployments, assignments, &mut batch, &mut decisions);
 
     place(deployments, assignments, placer, &mut candidates, now, &mut batch, &mut decisions);
     Plan { next, batch, decisions }

@@ -35,132 +35,137 @@ fn settled(r: &RolloutRecord, slot: u32, min_healthy_ms: u64, now: OffsetDateTim
     r.healthy_at.get(&slot).is_some_and(|at| now - *at >= ms(min_healthy_ms))
 }
 
-/// The rollout step of one pass; see the module doc.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn step(
-    deployments: &BTreeMap<NodeId, DeploymentRecord>,
-    assignments: &mut BTreeMap<NodeId, Assignment>,
-    observed: &Observed<'_>,
-    placer: &mut Placer,
-    candidates: &mut [Candidate],
-    now: OffsetDateTime,
-    batch: &mut Batch,
-    decisions: &mut Vec<Decision>,
-) {
-    for record in deployments.values() {
-        let Some(r) = &record.rollout else { continue };
-        if !matches!(r.state, RolloutState::Running | RolloutState::Reverting) {
-            continue;
-        }
-        let mut next = record.clone();
-        roll(&mut next, assignments, observed, placer, candidates, now, batch, decisions);
-        if next != *record {
-            batch.put_deployments.push(next);
-        }
-    }
+/// The rollout part of a pass, with what it reads and places with.
+pub(super) struct RolloutStep<'a, 'o> {
+    pub observed: &'a Observed<'o>,
+    pub placer: &'a mut Placer,
+    pub candidates: &'a mut [Candidate],
+    pub now: OffsetDateTime,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn roll(
-    d: &mut DeploymentRecord,
-    assignments: &mut BTreeMap<NodeId, Assignment>,
-    observed: &Observed<'_>,
-    placer: &mut Placer,
-    candidates: &mut [Candidate],
-    now: OffsetDateTime,
-    batch: &mut Batch,
-    decisions: &mut Vec<Decision>,
-) {
-    let name = d.spec.name.clone();
-    let policy = d.spec.update;
-    let target = d.version;
-    let ours = |a: &Assignment| a.deployment == name;
-    let Some(r) = d.rollout.as_mut() else { return };
-    for a in assignments.values().filter(|a| ours(a) && a.version == target && a.hive.is_some()) {
-        if observed.workers.available(&a.worker) {
-            r.healthy_at.entry(a.slot).or_insert(now);
-        }
-    }
-
-    if r.state == RolloutState::Running {
-        let r = &*r;
-        let failed =
-            assignments.values().filter(|a| ours(a) && a.version == target && a.hive.is_some()).find_map(|a| {
-                if r.healthy_at.contains_key(&a.slot) {
-                    return None;
-                }
-                if observed.failing.contains(&a.worker) {
-                    return Some(format!("{} keeps crashing", a.worker));
-                }
-                (now - a.since >= ms(policy.progress_deadline_ms)).then(|| {
-                    format!("{} not available {} s after it started", a.worker, policy.progress_deadline_ms / 1000)
-                })
-            });
-        if let Some(why) = failed {
-            revert(d, assignments, now, why, batch, decisions);
-            return;
-        }
-    }
-
-    let Some(r) = d.rollout.as_mut() else { return };
-    let in_flight = assignments
-        .values()
-        .filter(|a| ours(a) && a.version == target)
-        .filter(|a| a.retiring.is_some() || !settled(r, a.slot, policy.min_healthy_ms, now))
-        .count();
-    let mut room = (policy.max_parallel as usize).saturating_sub(in_flight);
-    let mut placed = super::placed_by_deployment(assignments);
-    let mut outdated: Vec<&mut Assignment> =
-        assignments.values_mut().filter(|a| ours(a) && a.version != target && a.retiring.is_none()).collect();
-    outdated.sort_by_key(|a| a.slot);
-    for a in outdated {
-        if room == 0 {
-            break;
-        }
-        room -= 1;
-        a.since = now;
-        let Some(old_hive) = a.hive.clone() else {
-            // Not running anywhere: it starts at the new version when it is placed.
-            a.version = target;
-            batch.put_assignments.push(a.clone());
-            continue;
-        };
-        let old = a.worker.clone();
-        let from = a.version;
-        a.generation += 1;
-        a.worker = worker_name(&a.deployment, a.slot, a.generation);
-        a.version = target;
-        let want = &mut super::Want {
-            labels: &d.spec.labels_required,
-            spread_by: d.spec.spread_by.as_deref(),
-            placed: placed.entry(name.clone()).or_default(),
-        };
-        let reason = match placer.pick(candidates, want) {
-            Some(hive) => {
-                a.retiring = Some(contract::Retiring { hive: old_hive, worker: old.clone(), version: from });
-                a.hive = Some(hive.clone());
-                format!("placed on {hive}, replacing {old} (version {from} → {target})")
+impl RolloutStep<'_, '_> {
+    /// Steps every running rollout; see the module doc.
+    pub(super) fn run(
+        &mut self,
+        deployments: &BTreeMap<NodeId, DeploymentRecord>,
+        assignments: &mut BTreeMap<NodeId, Assignment>,
+        batch: &mut Batch,
+        decisions: &mut Vec<Decision>,
+    ) {
+        for record in deployments.values() {
+            let Some(r) = &record.rollout else { continue };
+            if !matches!(r.state, RolloutState::Running | RolloutState::Reverting) {
+                continue;
             }
-            None => format!("restarted in place on {old_hive} as version {target}: no hive has room beside {old}"),
-        };
-        decisions.push(Decision::worker(&a.worker, EventKind::Placed, reason));
-        batch.put_assignments.push(a.clone());
+            let mut next = record.clone();
+            self.roll(&mut next, assignments, batch, decisions);
+            if next != *record {
+                batch.put_deployments.push(next);
+            }
+        }
     }
 
-    let slots: Vec<&Assignment> = assignments.values().filter(|a| ours(a)).collect();
-    let done = slots.iter().all(|a| {
-        a.version == target
-            && a.retiring.is_none()
-            && a.hive.is_some()
-            && settled(r, a.slot, policy.min_healthy_ms, now)
-    });
-    if done {
-        let (state, said) = match r.state {
-            RolloutState::Reverting => (RolloutState::Reverted, format!("reverted to version {target}: {}", r.reason)),
-            _ => (RolloutState::Done, format!("version {target} rolled out to {} replicas", slots.len())),
-        };
-        r.state = state;
-        decisions.push(Decision::worker(&name, EventKind::Rollout, said));
+    fn roll(
+        &mut self,
+        d: &mut DeploymentRecord,
+        assignments: &mut BTreeMap<NodeId, Assignment>,
+        batch: &mut Batch,
+        decisions: &mut Vec<Decision>,
+    ) {
+        let (observed, now) = (self.observed, self.now);
+        let name = d.spec.name.clone();
+        let policy = d.spec.update;
+        let target = d.version;
+        let ours = |a: &Assignment| a.deployment == name;
+        let Some(r) = d.rollout.as_mut() else { return };
+        for a in assignments.values().filter(|a| ours(a) && a.version == target && a.hive.is_some()) {
+            if observed.workers.available(&a.worker) {
+                r.healthy_at.entry(a.slot).or_insert(now);
+            }
+        }
+
+        if r.state == RolloutState::Running {
+            let r = &*r;
+            let failed =
+                assignments.values().filter(|a| ours(a) && a.version == target && a.hive.is_some()).find_map(|a| {
+                    if r.healthy_at.contains_key(&a.slot) {
+                        return None;
+                    }
+                    if observed.failing.contains(&a.worker) {
+                        return Some(format!("{} keeps crashing", a.worker));
+                    }
+                    (now - a.since >= ms(policy.progress_deadline_ms)).then(|| {
+                        format!("{} not available {} s after it started", a.worker, policy.progress_deadline_ms / 1000)
+                    })
+                });
+            if let Some(why) = failed {
+                revert(d, assignments, now, why, batch, decisions);
+                return;
+            }
+        }
+
+        let Some(r) = d.rollout.as_mut() else { return };
+        let in_flight = assignments
+            .values()
+            .filter(|a| ours(a) && a.version == target)
+            .filter(|a| a.retiring.is_some() || !settled(r, a.slot, policy.min_healthy_ms, now))
+            .count();
+        let mut room = (policy.max_parallel as usize).saturating_sub(in_flight);
+        let mut placed = super::placed_by_deployment(assignments);
+        let mut outdated: Vec<&mut Assignment> =
+            assignments.values_mut().filter(|a| ours(a) && a.version != target && a.retiring.is_none()).collect();
+        outdated.sort_by_key(|a| a.slot);
+        for a in outdated {
+            if room == 0 {
+                break;
+            }
+            room -= 1;
+            a.since = now;
+            let Some(old_hive) = a.hive.clone() else {
+                // Not running anywhere: it starts at the new version when it is placed.
+                a.version = target;
+                batch.put_assignments.push(a.clone());
+                continue;
+            };
+            let old = a.worker.clone();
+            let from = a.version;
+            a.generation += 1;
+            a.worker = worker_name(&a.deployment, a.slot, a.generation);
+            a.version = target;
+            let want = &mut super::Want {
+                labels: &d.spec.labels_required,
+                spread_by: d.spec.spread_by.as_deref(),
+                placed: placed.entry(name.clone()).or_default(),
+            };
+            let reason = match self.placer.pick(self.candidates, want) {
+                Some(hive) => {
+                    a.retiring = Some(contract::Retiring { hive: old_hive, worker: old.clone(), version: from });
+                    a.hive = Some(hive.clone());
+                    format!("placed on {hive}, replacing {old} (version {from} → {target})")
+                }
+                None => format!("restarted in place on {old_hive} as version {target}: no hive has room beside {old}"),
+            };
+            decisions.push(Decision::worker(&a.worker, EventKind::Placed, reason));
+            batch.put_assignments.push(a.clone());
+        }
+
+        let slots: Vec<&Assignment> = assignments.values().filter(|a| ours(a)).collect();
+        let done = slots.iter().all(|a| {
+            a.version == target
+                && a.retiring.is_none()
+                && a.hive.is_some()
+                && settled(r, a.slot, policy.min_healthy_ms, now)
+        });
+        if done {
+            let (state, said) = match r.state {
+                RolloutState::Reverting => {
+                    (RolloutState::Reverted, format!("reverted to version {target}: {}", r.reason))
+                }
+                _ => (RolloutState::Done, format!("version {target} rolled out to {} replicas", slots.len())),
+            };
+            r.state = state;
+            decisions.push(Decision::worker(&name, EventKind::Rollout, said));
+        }
     }
 }
 
