@@ -252,6 +252,7 @@ impl Supervisor {
     }
 
     fn spawn(&self, launch: &WorkerLaunch) -> std::io::Result<Child> {
+        let port = free_port()?.to_string();
         let setpriv = std::path::Path::new(SETPRIV).exists();
         let program = if setpriv { std::ffi::OsStr::new(SETPRIV) } else { std::ffi::OsStr::new(&launch.command) };
         let mut cmd = match &self.cgroups {
@@ -267,6 +268,9 @@ impl Supervisor {
                 cmd.env_remove(key);
             }
         }
+        if let Some(dir) = &launch.process.working_dir {
+            cmd.current_dir(dir);
+        }
         cmd.args(&launch.args)
             .envs(&launch.env)
             .env("APIARY_QUEEN", &self.env.queen)
@@ -275,6 +279,9 @@ impl Supervisor {
             .env("APIARY_KIND", launch.deployment.as_str())
             .envs(self.child_token(&launch.name).iter().map(|t| ("APIARY_TOKEN", t.as_str())))
             .envs(self.env.ca.iter().map(|ca| ("APIARY_CA", ca.as_os_str())))
+            .env("APIARY_PORT", &port)
+            // The convention most programs follow; a deployment's own PORT wins.
+            .envs((!launch.env.contains_key("PORT")).then_some(("PORT", &port)))
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
@@ -282,7 +289,14 @@ impl Supervisor {
     }
 
     fn start(&mut self, name: &NodeId, launch: &WorkerLaunch, now: Instant) {
-        let spawned = match cannot_start(&launch.command, std::env::var_os("PATH").as_deref()) {
+        let missing_dir = launch
+            .process
+            .working_dir
+            .as_ref()
+            .filter(|d| !std::path::Path::new(d).is_dir())
+            .map(|d| format!("working_dir {d}: no such directory"));
+        let why = missing_dir.or_else(|| cannot_start(&launch.command, std::env::var_os("PATH").as_deref()));
+        let spawned = match why {
             Some(why) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, why)),
             None => self.spawn(launch),
         };
@@ -331,13 +345,17 @@ impl Supervisor {
         proc.backoff = (proc.backoff * 2).min(MAX_BACKOFF);
     }
 
+    /// Asks a replica to stop with its deployment's signal (SIGTERM unless it says
+    /// otherwise), SIGKILL due after its stop timeout (the hive's unless it says otherwise).
     fn begin_stop(proc: &mut Proc, now: Instant, timeout: Duration) {
         if proc.kill_at.is_some() {
             return;
         }
+        let options = &proc.launch.process;
+        let timeout = options.stop_timeout_ms.map(Duration::from_millis).unwrap_or(timeout);
         proc.state = ProcessState::Stopping;
         proc.kill_at = Some(now + timeout);
-        signal_group(proc.pid, Signal::SIGTERM);
+        signal_group(proc.pid, stop_signal(options.stop_signal));
     }
 
     /// One pass: reap exits, stop the unwanted (SIGKILL after `stop_timeout`), and unless
@@ -464,6 +482,25 @@ impl Supervisor {
     }
 }
 
+fn stop_signal(s: Option<contract::StopSignal>) -> Signal {
+    use contract::StopSignal as S;
+    match s {
+        None | Some(S::Term) => Signal::SIGTERM,
+        Some(S::Int) => Signal::SIGINT,
+        Some(S::Quit) => Signal::SIGQUIT,
+        Some(S::Hup) => Signal::SIGHUP,
+        Some(S::Usr1) => Signal::SIGUSR1,
+        Some(S::Usr2) => Signal::SIGUSR2,
+    }
+}
+
+/// A free loopback port for a replica to listen on (`APIARY_PORT`, `PORT`), found by
+/// binding port 0 and letting go: another process could take it in between, which the
+/// replica meets as a failed bind and its restart (with a new port) answers.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +572,7 @@ mod tests {
             args: vec!["-c".into(), script],
             env: Default::default(),
             max_restarts: None,
+            process: Default::default(),
         };
         let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
         let supervisor = Supervisor::new(env, Duration::from_secs(5)).contain(cgroups);
@@ -577,6 +615,88 @@ mod tests {
         assert!(grandchild_outlives_its_replica(None, "bare").await, "the case this is for");
         assert!(!grandchild_outlives_its_replica(Some(Arc::clone(&cgroups)), "contained").await);
         assert!(!cgroups.root().exists(), "the supervisor removes its cgroups when it stops");
+    }
+
+    #[tokio::test]
+    async fn a_replica_stops_on_its_deployments_signal_and_starts_in_its_directory() {
+        let dir = std::env::temp_dir().join(format!("hive-stop-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let said = dir.join("said");
+        let script = format!(
+            "pwd > {0}.pwd; trap 'echo INT > {0}; exit 0' INT; trap 'echo TERM > {0}; exit 0' TERM; while :; do sleep 0.05; done",
+            said.display()
+        );
+        let launch = WorkerLaunch {
+            name: NodeId::sanitized("web-0"),
+            deployment: NodeId::sanitized("web"),
+            command: "sh".into(),
+            args: vec!["-c".into(), script],
+            env: Default::default(),
+            max_restarts: None,
+            process: contract::ProcessOptions {
+                stop_signal: Some(contract::StopSignal::Int),
+                stop_timeout_ms: Some(3_000),
+                working_dir: Some(dir.display().to_string()),
+            },
+        };
+        let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
+        let supervisor = Supervisor::new(env, Duration::from_millis(200));
+        let report = supervisor.report();
+        let (desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(rx, stop.clone()));
+        let pwd = dir.join("said.pwd");
+        crate::cgroup::tests::until("the replica runs", || {
+            std::fs::read_to_string(&pwd).is_ok_and(|t| t.ends_with('\n'))
+        })
+        .await;
+        desired.send_replace(Desired::default());
+        crate::cgroup::tests::until("the replica is stopped", || {
+            report.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+        })
+        .await;
+        stop.cancel();
+        let _ = running.await;
+        let signal = std::fs::read_to_string(&said).unwrap_or_default();
+        let started_in = std::fs::read_to_string(&pwd).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        // The hive's own timeout (200 ms) would have killed it before the trap; its
+        // deployment gave it three seconds, and INT rather than TERM.
+        assert_eq!(signal.trim(), "INT");
+        assert_eq!(started_in.trim(), dir.display().to_string());
+    }
+
+    #[tokio::test]
+    async fn each_replica_is_given_a_port_to_listen_on() {
+        let file = std::env::temp_dir().join(format!("hive-port-{}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let script = format!("echo \"$APIARY_PORT $PORT\" > {}; exec sleep 600", file.display());
+        let launch = WorkerLaunch {
+            name: NodeId::sanitized("web-0"),
+            deployment: NodeId::sanitized("web"),
+            command: "sh".into(),
+            args: vec!["-c".into(), script],
+            env: Default::default(),
+            max_restarts: None,
+            process: Default::default(),
+        };
+        let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
+        let supervisor = Supervisor::new(env, Duration::from_secs(5));
+        let (_desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(rx, stop.clone()));
+        let mut said = String::new();
+        crate::cgroup::tests::until("the replica says its port", || {
+            said = std::fs::read_to_string(&file).unwrap_or_default();
+            said.ends_with('\n')
+        })
+        .await;
+        stop.cancel();
+        let _ = running.await;
+        let _ = std::fs::remove_file(&file);
+        let ports: Vec<u16> = said.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        assert_eq!(ports.len(), 2, "APIARY_PORT and PORT: {said:?}");
+        assert!(ports[0] > 0 && ports[0] == ports[1], "{said:?}");
     }
 
     #[test]

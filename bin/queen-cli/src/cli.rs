@@ -70,7 +70,8 @@ wait until the old name stops appearing.")]
     /// time (see --max-parallel), each new instance up before its old one stops, and
     /// reverts by itself if new instances do not come up.
     Update(UpdateArgs),
-    /// Restart every replica of a deployment, rolling, with its spec unchanged.
+    /// Restart every replica of a deployment, rolling, with its spec unchanged; or, given
+    /// a replica's name (`web-0`, `web-0.1`), that one replica where it runs.
     Restart {
         name: String,
         #[command(flatten)]
@@ -307,11 +308,26 @@ pub struct DeployArgs {
     /// Restarts of one replica before its hive gives up on it.
     #[arg(long)]
     pub max_restarts: Option<u32>,
+    /// Signal that asks a replica to stop: TERM, INT, QUIT, HUP, USR1, USR2 [default: TERM].
+    #[arg(long, value_parser = parse_signal)]
+    pub stop_signal: Option<contract::StopSignal>,
+    /// Time a replica gets to stop before SIGKILL [default: the hive's].
+    #[arg(long)]
+    pub stop_timeout: Option<lifecycle::HumanDuration>,
+    /// Absolute directory the replicas start in [default: the hive's].
+    #[arg(long)]
+    pub working_dir: Option<String>,
     /// Arguments for the command, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+fn parse_signal(s: &str) -> Result<contract::StopSignal, String> {
+    let name = s.trim().trim_start_matches("SIG").to_ascii_uppercase();
+    serde_json::from_value(serde_json::Value::String(name))
+        .map_err(|_| format!("{s}: one of TERM, INT, QUIT, HUP, USR1, USR2"))
 }
 
 /// `KEY=VALUE` items as a map; the error quotes the item unless it may hold a secret.
@@ -350,6 +366,11 @@ impl DeployArgs {
             spread_by: self.spread_by.clone(),
             max_restarts: self.max_restarts,
             update: Default::default(),
+            process: contract::ProcessOptions {
+                stop_signal: self.stop_signal,
+                stop_timeout_ms: ms(self.stop_timeout),
+                working_dir: self.working_dir.clone(),
+            },
         };
         spec.validate()?;
         Ok(spec)
@@ -514,8 +535,20 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             print_as(args.remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
         }
         Command::Restart { name, remote } => {
-            let status = remote.client()?.restart(&name).await?;
-            print_as(remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?;
+            let client = remote.client()?;
+            match client.restart(&name).await {
+                Ok(status) => print_as(remote.output, &status, |s| render_deployments(std::slice::from_ref(s)))?,
+                // Not a deployment: a replica, then.
+                Err(queen_client::ClientError::Api { status: 404, .. }) => {
+                    let path = format!("/v1/replicas/{name}/restart");
+                    let a: contract::Assignment = client.post_json(&path, &serde_json::json!({})).await?;
+                    print_as(remote.output, &a, |a| {
+                        let hive = a.hive.as_ref().map(NodeId::as_str).unwrap_or("-");
+                        format!("{name}: restarting on {hive} as {}\n", a.worker)
+                    })?;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         Command::Rollout { command } => return rollout(command).await,
         Command::Undeploy { name, remote } => {

@@ -152,6 +152,7 @@ static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
         }),
         row(M::POST, "/v1/deployments/{name}/rollout/undo", Admin, LEADER, NONE, || routes!(deployments::rollout_undo)),
         row(M::GET, "/v1/deployments/{name}/history", Read, LEADER, READ, || routes!(deployments::deployment_history)),
+        row(M::POST, "/v1/replicas/{name}/restart", Admin, LEADER, NONE, || routes!(deployments::restart_replica)),
         row(M::DELETE, "/v1/deployments/{name}", Admin, LEADER, NONE, || routes!(deployments::delete_deployment)),
         row(M::GET, "/v1/assignments", Read, ANY_QUEEN, READ, || routes!(deployments::assignments)),
         row(M::GET, "/v1/placement/strategy", Read, ANY_QUEEN, READ, || routes!(deployments::get_strategy)),

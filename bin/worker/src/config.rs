@@ -33,9 +33,14 @@ pub struct WorkerArgs {
     /// This worker's id [default: <hostname>-<pid>].
     #[arg(long, env = "APIARY_NAME")]
     pub name: Option<String>,
-    /// Where jobs, /healthz, /readyz and /metrics answer [default: 127.0.0.1:0].
+    /// Where jobs, /healthz, /readyz and /metrics answer [default: 127.0.0.1 on --port,
+    /// else on a free port].
     #[arg(long, env = "APIARY_LISTEN")]
     pub listen: Option<SocketAddr>,
+    /// The loopback port to listen on when --listen is not given; a hive hands each
+    /// replica one.
+    #[arg(long, env = "APIARY_PORT")]
+    pub port: Option<u16>,
     /// Heartbeat interval until the queen says otherwise [default: 10s].
     #[arg(long, env = "APIARY_HEARTBEAT_INTERVAL")]
     pub heartbeat_interval: Option<HumanDuration>,
@@ -130,7 +135,7 @@ impl WorkerConfig {
             ca: args.ca.clone().or(file.ca),
             hive,
             name,
-            listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0))),
+            listen: args.listen.or(file.listen).unwrap_or(SocketAddr::from(([127, 0, 0, 1], args.port.unwrap_or(0)))),
             heartbeat_interval,
             max_concurrent,
             kind: args.kind.clone().or(file.kind).unwrap_or_else(|| "reference".into()),

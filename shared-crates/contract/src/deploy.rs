@@ -92,6 +92,46 @@ pub struct DeploymentSpec {
     /// How a change of what the replicas run (command, args, env) or a restart rolls out.
     #[serde(default)]
     pub update: UpdatePolicy,
+    /// How a replica is asked to stop, and where it starts.
+    #[serde(default, skip_serializing_if = "ProcessOptions::is_default")]
+    pub process: ProcessOptions,
+}
+
+/// How a replica is started and stopped beyond its command: the signal that asks it to
+/// stop, how long it gets before SIGKILL, the directory it starts in.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct ProcessOptions {
+    /// [default: TERM]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<StopSignal>,
+    /// Time between the stop signal and SIGKILL [default: the hive's
+    /// `--worker-stop-timeout`]; at most an hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout_ms: Option<u64>,
+    /// An absolute path [default: the hive's own working directory].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<String>,
+}
+
+impl ProcessOptions {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The signals a replica may be asked to stop with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "UPPERCASE")]
+pub enum StopSignal {
+    Term,
+    Int,
+    Quit,
+    Hup,
+    Usr1,
+    Usr2,
 }
 
 /// How a new version of a deployment replaces the old: a few replicas at a time, each
@@ -154,6 +194,13 @@ impl DeploymentSpec {
         if self.spread_by.as_ref().is_some_and(|l| l.is_empty() || l.len() > 128 || l.contains('\0')) {
             return bad("spread_by", "a label name of 1 to 128 bytes without NUL");
         }
+        let p = &self.process;
+        if p.stop_timeout_ms.is_some_and(|ms| ms > 3_600_000) {
+            return bad("stop_timeout_ms", "at most an hour");
+        }
+        if p.working_dir.as_ref().is_some_and(|d| !d.starts_with('/') || d.len() > 4096 || d.contains('\0')) {
+            return bad("working_dir", "an absolute path of at most 4096 bytes, without NUL");
+        }
         let u = self.update;
         if u.max_parallel == 0 || u.max_parallel > MAX_REPLICAS {
             return bad("update.max_parallel", "between 1 and 10000");
@@ -172,6 +219,7 @@ impl DeploymentSpec {
             || self.env != other.env
             || self.secret_env != other.secret_env
             || self.max_restarts != other.max_restarts
+            || self.process != other.process
     }
 
     /// The spec as every read shows it: secret values replaced by [`SECRET`].
@@ -205,6 +253,9 @@ pub struct DeploymentPatch {
     pub secret_env: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update: Option<UpdatePolicy>,
+    /// Replaces the process options whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessOptions>,
 }
 
 impl DeploymentPatch {
@@ -228,6 +279,9 @@ impl DeploymentPatch {
         }
         if let Some(u) = self.update {
             next.update = u;
+        }
+        if let Some(p) = &self.process {
+            next.process = p.clone();
         }
         next
     }
@@ -454,6 +508,8 @@ pub struct WorkerLaunch {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub max_restarts: Option<u32>,
+    #[serde(default, skip_serializing_if = "ProcessOptions::is_default")]
+    pub process: ProcessOptions,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -627,6 +683,7 @@ mod tests {
             spread_by: None,
             max_restarts: None,
             update: Default::default(),
+            process: Default::default(),
         };
         let cannot = "cannot start: /x: no such file";
         let mut status = DeploymentStatus {

@@ -135,6 +135,22 @@ async fn rollout_action(
     found(queen, &name)
 }
 
+/// Restarts one replica where it runs (by its worker name or its slot's, `web-0`): its hive
+/// stops the old instance and starts a new one under the next name.
+#[utoipa::path(post, path = "/v1/replicas/{name}/restart", tag = "deployments", params(("name" = NodeId, Path, description = "replica (worker) name")), responses(
+    (status = 200, body = Assignment), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed"), (status = 503, body = ApiErrorBody, description = "the store is unavailable, or a cluster shutdown is under way"),
+))]
+pub(crate) async fn restart_replica(
+    State(queen): State<Arc<Queen>>,
+    PathParam(raw): PathParam<String>,
+) -> Result<Json<Assignment>, ApiError> {
+    refuse_when_gated(&queen)?;
+    let name = parse_id(&raw)?;
+    let restarted =
+        change_and_place(&queen, move |q| q.orchestrator.restart_replica(&name).map_err(ApiError::from)).await?;
+    Ok(Json(restarted))
+}
+
 /// The versions a deployment keeps, oldest first (secret values redacted).
 #[utoipa::path(get, path = "/v1/deployments/{name}/history", tag = "deployments", params(("name" = NodeId, Path, description = "deployment name")), responses((status = 200, body = DeploymentHistory), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn deployment_history(

@@ -100,6 +100,7 @@ impl From<DeployError> for ApiError {
             DeployError::NotFound(_) => ApiError::not_found(e.to_string()),
             DeployError::Invalid(_) => ApiError::unprocessable(e.to_string()),
             DeployError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
+            DeployError::NoReplica(_) => ApiError::not_found(e.to_string()),
             DeployError::Store(_) => store_error(e),
         }
     }

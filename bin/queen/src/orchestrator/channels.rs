@@ -332,6 +332,7 @@ mod tests {
             args: vec![],
             env: BTreeMap::new(),
             max_restarts: None,
+            process: Default::default(),
         }
     }
 

@@ -49,6 +49,8 @@ pub enum DeployError {
     /// Not now: no rollout to pause, resume or undo.
     #[error("{0}")]
     Conflict(String),
+    #[error("no replica named {0}")]
+    NoReplica(NodeId),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -116,6 +118,7 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
         args: spec.args.clone(),
         env: spec.launch_env(),
         max_restarts: spec.max_restarts,
+        process: spec.process.clone(),
     }
 }
 
@@ -381,6 +384,31 @@ impl Orchestrator {
         self.store.apply(&Batch { put_deployments: vec![record.clone()], ..Default::default() })?;
         st.deployments.insert(name.clone(), record);
         Ok(())
+    }
+
+    /// Restarts one replica where it runs: a new instance under the next name, which its
+    /// hive starts as it stops the old one. `replica` is the running instance's name or
+    /// the slot's (`web-0`).
+    pub fn restart_replica(&self, replica: &NodeId) -> Result<Assignment, DeployError> {
+        let mut st = self.lock();
+        let key = st
+            .placement
+            .assignments
+            .iter()
+            .find(|(key, a)| *key == replica || &a.worker == replica)
+            .map(|(key, _)| key.clone())
+            .ok_or_else(|| DeployError::NoReplica(replica.clone()))?;
+        let mut a = st.placement.assignments[&key].clone();
+        if a.hive.is_none() || a.retiring.is_some() {
+            let why = if a.hive.is_none() { "placed on no hive" } else { "being replaced already" };
+            return Err(DeployError::Conflict(format!("{replica} is {why}")));
+        }
+        a.generation += 1;
+        a.worker = plan::worker_name(&a.deployment, a.slot, a.generation);
+        a.since = self.wall.now();
+        self.store.apply(&Batch { put_assignments: vec![a.clone()], ..Default::default() })?;
+        st.placement.assignments.insert(key, a.clone());
+        Ok(a)
     }
 
     /// The versions a deployment keeps, oldest first, secrets redacted.

@@ -17,6 +17,7 @@ fn spec(name: &str, replicas: u32) -> DeploymentSpec {
         spread_by: None,
         max_restarts: None,
         update: Default::default(),
+        process: Default::default(),
     }
 }
 

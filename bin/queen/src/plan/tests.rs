@@ -62,6 +62,7 @@ impl World {
             spread_by: None,
             max_restarts: None,
             update: Default::default(),
+            process: Default::default(),
         };
         self.deployments.insert(id(name), DeploymentRecord::new(spec, at(0)));
         self

@@ -319,6 +319,7 @@ mod tests {
                 spread_by: None,
                 max_restarts: None,
                 update: Default::default(),
+                process: Default::default(),
             },
             created_at: OffsetDateTime::UNIX_EPOCH,
             version: 0,

@@ -46,9 +46,27 @@ async fn every_command_prints_json_its_contract_type_decodes() -> anyhow::Result
     let hive = sb.hive_ids()[0].to_string();
 
     // A deployment of a plain sleep, so the deployment reads have rows.
-    let created: DeploymentStatus =
-        json_of(&url, &["deploy", "naps", "--command", "/bin/sleep", "--replicas", "2", "--", "300"]).await?;
+    let created: DeploymentStatus = json_of(
+        &url,
+        &[
+            "deploy",
+            "naps",
+            "--command",
+            "/bin/sleep",
+            "--replicas",
+            "2",
+            "--stop-signal",
+            "SIGINT",
+            "--working-dir",
+            "/tmp",
+            "--",
+            "300",
+        ],
+    )
+    .await?;
     assert_eq!(created.spec.replicas, 2);
+    assert_eq!(created.spec.process.stop_signal, Some(contract::StopSignal::Int));
+    assert_eq!(created.spec.process.working_dir.as_deref(), Some("/tmp"));
     wait_until("both replicas placed", Duration::from_secs(10), || async {
         let d = sb.client().deployments().await.ok()?;
         d.first().is_some_and(|d| d.assignments.iter().filter(|a| a.hive.is_some()).count() == 2).then_some(())
@@ -85,6 +103,8 @@ async fn every_command_prints_json_its_contract_type_decodes() -> anyhow::Result
     assert_eq!(plan.hives.len(), 2);
     let audit: AuditLog = json_of(&url, &["audit", "--limit", "100"]).await?;
     assert!(audit.entries.iter().any(|e| e.path.contains("/v1/deployments")), "{audit:?}");
+    let one: Assignment = json_of(&url, &["restart", "naps-0"]).await?;
+    assert_eq!((one.key().as_str(), one.worker.as_str()), ("naps-0", "naps-0.1"), "a new instance, in place");
     let restarted: DeploymentStatus = json_of(&url, &["restart", "naps"]).await?;
     assert_eq!(restarted.version, 1);
     let updated: DeploymentStatus =
