@@ -477,8 +477,13 @@ impl Orchestrator {
         self.lock().placement.assignments.values().cloned().collect()
     }
 
+    /// A slot runs while its instance heartbeats up on its hive, or, while that instance is
+    /// being replaced (a drain, a rollout), while the one it replaces still does.
     fn running(workers: &HeartbeatRegistry<WorkerHeartbeat>, a: &Assignment) -> bool {
-        workers.get(&a.worker).is_some_and(|w| w.liveness.is_up() && Some(&w.payload.hive_id) == a.hive.as_ref())
+        let up = |worker: &NodeId, hive: Option<&NodeId>| {
+            workers.get(worker).is_some_and(|w| w.liveness.is_up() && Some(&w.payload.hive_id) == hive)
+        };
+        up(&a.worker, a.hive.as_ref()) || a.retiring.as_ref().is_some_and(|r| up(&r.worker, Some(&r.hive)))
     }
 
     fn status(

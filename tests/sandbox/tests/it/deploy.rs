@@ -569,6 +569,21 @@ async fn a_rolling_update_and_a_restart_replace_every_replica_without_failing_a_
         }
     });
 
+    // How many replicas the queen counts running, sampled through the rollouts: an old
+    // instance counts until its replacement is up.
+    let fewest = tokio::spawn({
+        let (client, stop) = (client.clone(), stop.clone());
+        async move {
+            let mut fewest = u32::MAX;
+            while !stop.is_cancelled() {
+                if let Ok(d) = client.get_json::<DeploymentStatus>("/v1/deployments/web").await {
+                    fewest = fewest.min(d.running);
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            fewest
+        }
+    });
     let started = Instant::now();
     let changed: DeploymentStatus =
         client.send_json(reqwest::Method::PATCH, "/v1/deployments/web", &json!({ "env": { "RELEASE": "2" } })).await?;
@@ -617,6 +632,7 @@ async fn a_rolling_update_and_a_restart_replace_every_replica_without_failing_a_
 
     stop.cancel();
     let (done, retried) = jobs.await??;
+    assert_eq!(fewest.await?, 2, "never fewer than 2 running through the rollouts");
     eprintln!("jobs during the rollout and restart: {done} answered, {retried} retried after 503");
     assert!(done > 10, "jobs flowed: {done}");
     sb.shutdown().await
