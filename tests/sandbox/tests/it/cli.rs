@@ -81,6 +81,11 @@ async fn every_command_prints_json_its_contract_type_decodes() -> anyhow::Result
     let listed: Vec<DeploymentStatus> = json_of(&url, &["deployments"]).await?;
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].assignments.len(), 2);
+    // Before any drain can have moved it: a new instance of naps-0, where it runs.
+    let before = listed[0].assignments.iter().find(|a| a.key().as_str() == "naps-0").cloned();
+    let one: Assignment = json_of(&url, &["restart", "naps-0"]).await?;
+    assert_eq!((one.key().as_str(), one.worker.as_str()), ("naps-0", "naps-0.1"), "a new instance");
+    assert_eq!(Some(one.hive.clone()), before.map(|b| b.hive), "in place");
     let scaled: DeploymentStatus = json_of(&url, &["scale", "naps", "3"]).await?;
     assert_eq!(scaled.spec.replicas, 3);
     let stats: ClusterStats = json_of(&url, &["stats"]).await?;
@@ -103,8 +108,6 @@ async fn every_command_prints_json_its_contract_type_decodes() -> anyhow::Result
     assert_eq!(plan.hives.len(), 2);
     let audit: AuditLog = json_of(&url, &["audit", "--limit", "100"]).await?;
     assert!(audit.entries.iter().any(|e| e.path.contains("/v1/deployments")), "{audit:?}");
-    let one: Assignment = json_of(&url, &["restart", "naps-0"]).await?;
-    assert_eq!((one.key().as_str(), one.worker.as_str()), ("naps-0", "naps-0.1"), "a new instance, in place");
     let restarted: DeploymentStatus = json_of(&url, &["restart", "naps"]).await?;
     assert_eq!(restarted.version, 1);
     let updated: DeploymentStatus =
