@@ -145,3 +145,32 @@ async fn a_stepped_system_clock_neither_ends_a_drain_early_nor_stretches_it() ->
     assert_eq!(on_hive(&o), 0, "ten minutes by the queen's clock: what could not move is stopped");
     Ok(())
 }
+
+/// Earlier versions keep their secrets for the hives that still run them, and no read
+/// shows one: the status, the history, every version in it.
+#[tokio::test]
+async fn a_deployments_history_never_shows_a_secret() -> anyhow::Result<()> {
+    let o = Orchestrator::open(Box::new(MemoryStore::default()), Duration::from_secs(60), Arc::new(AtomicU64::new(1)))?;
+    let mut first = spec("web", 1);
+    first.secret_env.insert("PW".into(), "hunter2".into());
+    o.create(first)?;
+    let patch = contract::DeploymentPatch {
+        secret_env: Some([("PW".to_string(), "correct-horse".to_string())].into()),
+        ..Default::default()
+    };
+    o.patch(&NodeId::sanitized("web"), &patch)?;
+    let history = o.history(&NodeId::sanitized("web")).expect("the history");
+    assert_eq!(history.versions.len(), 2, "{history:?}");
+    let shown = serde_json::to_string(&history)?;
+    assert!(!shown.contains("hunter2") && !shown.contains("correct-horse"), "{shown}");
+    assert!(history.versions.iter().all(|v| v.spec.secret_env.get("PW").map(String::as_str) == Some(contract::SECRET)));
+    let (_, workers) = registries()?;
+    let status = serde_json::to_string(&o.list(&workers))?;
+    assert!(!status.contains("hunter2") && !status.contains("correct-horse"), "{status}");
+    // The hive that runs the old version gets its secret, unchanged.
+    let st = o.lock();
+    let record = &st.deployments[&NodeId::sanitized("web")];
+    assert_eq!(record.spec_of(0).secret_env.get("PW").map(String::as_str), Some("hunter2"));
+    assert_eq!(record.spec_of(1).secret_env.get("PW").map(String::as_str), Some("correct-horse"));
+    Ok(())
+}
