@@ -557,6 +557,23 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A replica that runs `script` with `sh -c`.
+    fn shell(script: String) -> WorkerLaunch {
+        WorkerLaunch {
+            name: NodeId::sanitized("web-0"),
+            deployment: NodeId::sanitized("web"),
+            command: "sh".into(),
+            args: vec!["-c".into(), script],
+            env: Default::default(),
+            max_restarts: None,
+            process: Default::default(),
+        }
+    }
+
+    fn child_env() -> ChildEnv {
+        ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None }
+    }
+
     /// Runs one replica whose main process backgrounds a grandchild that leaves its
     /// process group (`setsid`) and ignores SIGTERM, then stops the replica; whether the
     /// grandchild is still alive afterwards (it is then killed here).
@@ -565,16 +582,7 @@ mod tests {
         let _ = std::fs::remove_file(&pidfile);
         let script =
             format!("setsid sh -c 'trap \"\" TERM; echo $$ > {}; exec sleep 600' & exec sleep 600", pidfile.display());
-        let launch = WorkerLaunch {
-            name: NodeId::sanitized("web-0"),
-            deployment: NodeId::sanitized("web"),
-            command: "sh".into(),
-            args: vec!["-c".into(), script],
-            env: Default::default(),
-            max_restarts: None,
-            process: Default::default(),
-        };
-        let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
+        let (launch, env) = (shell(script), child_env());
         let supervisor = Supervisor::new(env, Duration::from_secs(5)).contain(cgroups);
         let report = supervisor.report();
         let (desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
@@ -627,19 +635,14 @@ mod tests {
             said.display()
         );
         let launch = WorkerLaunch {
-            name: NodeId::sanitized("web-0"),
-            deployment: NodeId::sanitized("web"),
-            command: "sh".into(),
-            args: vec!["-c".into(), script],
-            env: Default::default(),
-            max_restarts: None,
             process: contract::ProcessOptions {
                 stop_signal: Some(contract::StopSignal::Int),
                 stop_timeout_ms: Some(3_000),
                 working_dir: Some(dir.display().to_string()),
             },
+            ..shell(script)
         };
-        let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
+        let env = child_env();
         let supervisor = Supervisor::new(env, Duration::from_millis(200));
         let report = supervisor.report();
         let (desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
@@ -671,16 +674,7 @@ mod tests {
         let file = std::env::temp_dir().join(format!("hive-port-{}", std::process::id()));
         let _ = std::fs::remove_file(&file);
         let script = format!("echo \"$APIARY_PORT $PORT\" > {}; exec sleep 600", file.display());
-        let launch = WorkerLaunch {
-            name: NodeId::sanitized("web-0"),
-            deployment: NodeId::sanitized("web"),
-            command: "sh".into(),
-            args: vec!["-c".into(), script],
-            env: Default::default(),
-            max_restarts: None,
-            process: Default::default(),
-        };
-        let env = ChildEnv { queen: "http://127.0.0.1:1".into(), hive: NodeId::sanitized("h1"), token: None, ca: None };
+        let (launch, env) = (shell(script), child_env());
         let supervisor = Supervisor::new(env, Duration::from_secs(5));
         let (_desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
         let stop = CancellationToken::new();

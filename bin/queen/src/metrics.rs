@@ -316,15 +316,18 @@ impl Metrics {
         }
     }
 
-    /// Sets the cluster gauges that follow from a snapshot.
+    /// Nodes damped for flapping, hives then workers: the leader counts them while it
+    /// visits the registries for the snapshot, a follower from the snapshot it relays.
+    pub fn export_flapping(&self, flapping: [i64; 2]) {
+        for (kind, n) in [NodeKind::Hive, NodeKind::Worker].into_iter().zip(flapping) {
+            self.cluster.nodes_flapping.get_or_create(&KindLabels { kind: kind.as_str() }).set(n);
+        }
+    }
+
+    /// Sets the cluster gauges that follow from a snapshot (other than the node tallies,
+    /// which the leader takes while it builds it).
     pub fn export_cluster(&self, s: &contract::Snapshot) {
         let c = &self.cluster;
-        for (kind, list) in [
-            (NodeKind::Hive, s.hives.iter().filter(|h| h.flapping).count()),
-            (NodeKind::Worker, s.workers.iter().filter(|w| w.flapping).count()),
-        ] {
-            c.nodes_flapping.get_or_create(&KindLabels { kind: kind.as_str() }).set(list as i64);
-        }
         let pending: u32 = s.deployments.iter().map(|d| d.replicas.saturating_sub(d.placed)).sum();
         c.replicas_pending.set(i64::from(pending));
         let live = s.drains.iter().filter(|d| !d.done && !d.cancelled);

@@ -251,7 +251,13 @@ impl Queen {
     pub(crate) fn publish_relayed(&self, mut snapshot: contract::Snapshot) {
         snapshot.seq = self.snapshots.next_seq();
         self.export_cluster_gauges(&snapshot);
+        // A follower hears no hive: it takes the leader's counts from the frame.
         self.metrics.export_processes(&[0; 4]);
+        let flapping = |n: usize| n as i64;
+        self.metrics.export_flapping([
+            flapping(snapshot.hives.iter().filter(|h| h.flapping).count()),
+            flapping(snapshot.workers.iter().filter(|w| w.flapping).count()),
+        ]);
         self.snapshots.publish(snapshot, Instant::now(), &self.metrics);
     }
 

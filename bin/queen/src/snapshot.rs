@@ -145,7 +145,7 @@ pub(crate) fn build(queen: &Queen, seq: u64) -> Snapshot {
     let mut hives = Vec::with_capacity(ingest.hives.len());
     let mut counts = NodeCounts::default();
     ingest.hives.visit(|n| {
-        counts.add(NodeKind::Hive, n.liveness, n.available);
+        counts.add(NodeKind::Hive, n.liveness, n.available, n.flapping);
         if n.liveness.is_up() {
             for w in &n.payload.workers {
                 counts.processes[w.state as usize] += 1;
@@ -158,7 +158,7 @@ pub(crate) fn build(queen: &Queen, seq: u64) -> Snapshot {
     let mut workers = Vec::with_capacity(ingest.workers.len());
     let mut jobs_in_flight = 0u64;
     ingest.workers.visit(|n| {
-        counts.add(NodeKind::Worker, n.liveness, n.available);
+        counts.add(NodeKind::Worker, n.liveness, n.available, n.flapping);
         if n.liveness.is_up() {
             jobs_in_flight += u64::from(n.payload.in_flight);
         }
@@ -238,11 +238,14 @@ struct NodeCounts {
     by_liveness: [[i64; 4]; 2],
     /// Replica processes of hives that are up, by `ProcessState`.
     processes: [i64; 4],
+    /// [kind] damped for flapping.
+    flapping: [i64; 2],
 }
 
 impl NodeCounts {
-    fn add(&mut self, kind: NodeKind, liveness: heartbeat_registry::Liveness, available: bool) {
+    fn add(&mut self, kind: NodeKind, liveness: heartbeat_registry::Liveness, available: bool, flapping: bool) {
         let k = kind as usize;
+        self.flapping[k] += i64::from(flapping);
         if liveness.is_up() {
             self.online[k] += 1;
         }
@@ -255,6 +258,7 @@ impl NodeCounts {
     fn export(&self, metrics: &Metrics) {
         use heartbeat_registry::Liveness as L;
         metrics.export_processes(&self.processes);
+        metrics.export_flapping(self.flapping);
         for kind in [NodeKind::Hive, NodeKind::Worker] {
             for l in [L::Online, L::Suspect, L::Offline, L::Stopped] {
                 metrics
