@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod config;
 mod control;
+mod probe;
 pub mod resources;
 mod supervisor;
 

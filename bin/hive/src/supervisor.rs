@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::Cgroups;
+use crate::probe::{Checker, Probing, Target};
 
 /// How often child exits and due restarts are looked at.
 const TICK: Duration = Duration::from_millis(100);
@@ -42,6 +43,15 @@ struct Proc {
     /// Set once a stop began: SIGKILL after it.
     kill_at: Option<Instant>,
     last_exit: String,
+    /// The port it was given (`APIARY_PORT`), which its probes check.
+    port: u16,
+    /// The running instance's probes.
+    probing: Option<Probing>,
+    ready: Option<bool>,
+    /// What its failing probe last said.
+    probe: String,
+    /// Being stopped to be started again (a failed liveness or startup probe), for this reason.
+    restart_for: Option<String>,
 }
 
 /// Longest report of one process's last exit: the queen takes 256 bytes of text per field,
@@ -187,6 +197,7 @@ pub struct Supervisor {
     cgroups: Option<Arc<Cgroups>>,
     /// Cgroups of replicas gone whose processes were still dying: removed when empty.
     emptying: std::collections::BTreeSet<NodeId>,
+    checker: Checker,
 }
 
 impl Supervisor {
@@ -200,6 +211,7 @@ impl Supervisor {
             changed: Arc::new(tokio::sync::Notify::new()),
             cgroups: None,
             emptying: Default::default(),
+            checker: crate::probe::real_checks(),
         }
     }
 
@@ -251,8 +263,9 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&self, launch: &WorkerLaunch) -> std::io::Result<Child> {
-        let port = free_port()?.to_string();
+    fn spawn(&self, launch: &WorkerLaunch) -> std::io::Result<(Child, u16)> {
+        let port_number = free_port()?;
+        let port = port_number.to_string();
         let setpriv = std::path::Path::new(SETPRIV).exists();
         let program = if setpriv { std::ffi::OsStr::new(SETPRIV) } else { std::ffi::OsStr::new(&launch.command) };
         let mut cmd = match &self.cgroups {
@@ -285,7 +298,7 @@ impl Supervisor {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        cmd.spawn()
+        Ok((cmd.spawn()?, port_number))
     }
 
     fn start(&mut self, name: &NodeId, launch: &WorkerLaunch, now: Instant) {
@@ -311,13 +324,21 @@ impl Supervisor {
             started_at: now,
             kill_at: None,
             last_exit: String::new(),
+            port: 0,
+            probing: None,
+            ready: None,
+            probe: String::new(),
+            restart_for: None,
         });
         match spawned {
-            Ok(child) => {
+            Ok((child, port)) => {
                 proc.pid = child.id();
                 proc.child = Some(child);
                 proc.state = ProcessState::Running;
                 proc.started_at = now;
+                proc.port = port;
+                proc.probing = Some(Probing::new(&launch.probes, now, self.checker.clone()));
+                proc.ready = None;
                 tracing::info!(worker = %name, pid = ?proc.pid, "worker started");
             }
             Err(e) => {
@@ -332,6 +353,9 @@ impl Supervisor {
     fn after_exit(proc: &mut Proc, now: Instant) {
         proc.child = None;
         proc.pid = None;
+        proc.probing = None;
+        proc.ready = None;
+        proc.probe.clear();
         if now.saturating_duration_since(proc.started_at) >= STABLE_AFTER {
             proc.backoff = FIRST_BACKOFF;
         }
@@ -356,6 +380,9 @@ impl Supervisor {
         proc.state = ProcessState::Stopping;
         proc.kill_at = Some(now + timeout);
         signal_group(proc.pid, stop_signal(options.stop_signal));
+        // A stopped process (SIGSTOP, a debugger) would hold the signal pending until the
+        // SIGKILL; continued, it can act on it.
+        signal_group(proc.pid, Signal::SIGCONT);
     }
 
     /// One pass: reap exits, stop the unwanted (SIGKILL after `stop_timeout`), and unless
@@ -376,17 +403,35 @@ impl Supervisor {
                 // child that ignored SIGTERM, say) goes with it, stopped or crashed.
                 signal_group(proc.pid, Signal::SIGKILL);
                 kill_tree(cgroups.as_deref(), name);
-                if proc.kill_at.is_some() {
+                if let Some(why) = proc.restart_for.take() {
+                    proc.kill_at = None;
+                    proc.last_exit = why;
+                    Self::after_exit(proc, now);
+                } else if proc.kill_at.is_some() {
                     let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
                     if !drain.killed.contains(name) {
                         drain.stopped.push(name.clone());
                     }
                     gone.push(name.clone());
                     continue;
+                } else {
+                    tracing::warn!(worker = %name, %status, restarts = proc.restarts, "worker exited");
+                    proc.last_exit = status;
+                    Self::after_exit(proc, now);
                 }
-                tracing::warn!(worker = %name, %status, restarts = proc.restarts, "worker exited");
-                proc.last_exit = status;
-                Self::after_exit(proc, now);
+            }
+            if proc.kill_at.is_none()
+                && let Some(probing) = proc.probing.as_mut()
+            {
+                let target = Target { port: proc.port, working_dir: proc.launch.process.working_dir.clone() };
+                let verdict = probing.step(now, &target);
+                proc.ready = verdict.ready;
+                proc.probe = verdict.failing;
+                if let Some(why) = verdict.restart {
+                    tracing::warn!(worker = %name, reason = %why, "restarting the replica");
+                    proc.restart_for = Some(why);
+                    Self::begin_stop(proc, now, stop_timeout);
+                }
             }
             let unwanted = wanted.get(name).is_none_or(|l| **l != proc.launch);
             if unwanted {
@@ -404,7 +449,7 @@ impl Supervisor {
                 signal_group(proc.pid, Signal::SIGKILL);
                 kill_tree(cgroups.as_deref(), name);
                 let mut drain = self.drain.lock().unwrap_or_else(|p| p.into_inner());
-                if !drain.killed.contains(name) {
+                if proc.restart_for.is_none() && !drain.killed.contains(name) {
                     drain.killed.push(name.clone());
                 }
             }
@@ -442,11 +487,15 @@ impl Supervisor {
                 pid: p.pid,
                 restarts: p.restarts,
                 last_exit: report_text(&p.last_exit),
+                ready: p.ready.filter(|_| p.state == ProcessState::Running),
+                probe: report_text(&p.probe),
             })
             .collect::<Vec<_>>();
         let mut held = self.report.lock().unwrap_or_else(|p| p.into_inner());
         let shape = |r: &[SupervisedWorker]| {
-            r.iter().map(|w| (w.name.clone(), w.state, w.last_exit.clone())).collect::<Vec<_>>()
+            r.iter()
+                .map(|w| (w.name.clone(), w.state, w.last_exit.clone(), w.ready, w.probe.clone()))
+                .collect::<Vec<_>>()
         };
         let changed = shape(&held) != shape(&report);
         *held = report;
@@ -513,6 +562,8 @@ mod tests {
             pid: None,
             restarts: 5,
             last_exit: "exit status 1".into(),
+            ready: None,
+            probe: String::new(),
         }
     }
 
@@ -567,6 +618,8 @@ mod tests {
             env: Default::default(),
             max_restarts: None,
             process: Default::default(),
+            probes: Default::default(),
+            logs: None,
         }
     }
 

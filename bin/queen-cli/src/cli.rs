@@ -56,7 +56,7 @@ wait until the old name stops appearing.")]
     /// List hives and workers with their liveness.
     Nodes(Watchable),
     /// Run replicas of a command on the cluster's hives.
-    Deploy(DeployArgs),
+    Deploy(Box<DeployArgs>),
     /// List deployments and where their replicas run.
     Deployments(Watchable),
     /// Change a deployment's replica count.
@@ -317,11 +317,68 @@ pub struct DeployArgs {
     /// Absolute directory the replicas start in [default: the hive's].
     #[arg(long)]
     pub working_dir: Option<String>,
+    /// Restart a replica failing this check: `http:/PATH`, `tcp` or `exec:PROGRAM ARGS`,
+    /// then optionally `,every=10s,timeout=1s,failures=3`; or the probe as JSON.
+    #[arg(long, value_parser = parse_probe)]
+    pub liveness: Option<contract::Probe>,
+    /// Route no job to a replica failing this check (same form as --liveness).
+    #[arg(long, value_parser = parse_probe)]
+    pub readiness: Option<contract::Probe>,
+    /// Hold the other probes until this check passes (same form as --liveness).
+    #[arg(long, value_parser = parse_probe)]
+    pub startup: Option<contract::Probe>,
+    /// Bytes of output kept per log file of a replica [default: the hive's].
+    #[arg(long)]
+    pub log_max_bytes: Option<u64>,
+    /// Log files kept per stream of a replica [default: the hive's].
+    #[arg(long)]
+    pub log_files: Option<u32>,
     /// Arguments for the command, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+/// A probe as `http:/PATH`, `tcp` or `exec:PROGRAM ARGS`, with `,every=D,timeout=D,failures=N`
+/// after it, or as the API's JSON.
+pub fn parse_probe(s: &str) -> Result<contract::Probe, String> {
+    let probe: contract::Probe = if s.trim_start().starts_with('{') {
+        serde_json::from_str(s).map_err(|e| format!("not a probe: {e}"))?
+    } else {
+        let mut parts = s.split(',');
+        let check = parts.next().unwrap_or_default().trim();
+        let mut probe = contract::Probe::http("/");
+        probe.http = None;
+        match check.split_once(':') {
+            Some(("http", path)) => probe.http = Some(path.to_string()),
+            Some(("exec", line)) => probe.exec = Some(line.split_whitespace().map(str::to_string).collect()),
+            None if check == "tcp" => probe.tcp = Some(true),
+            _ => return Err(format!("{check:?}: one of http:/PATH, tcp, exec:PROGRAM ARGS")),
+        }
+        for part in parts {
+            let duration = |v: &str| {
+                v.parse::<lifecycle::HumanDuration>()
+                    .map(|d| d.0.as_millis() as u64)
+                    .map_err(|e| format!("{part}: {e}"))
+            };
+            match part.trim().split_once('=') {
+                Some(("every" | "interval", v)) => probe.interval_ms = duration(v)?,
+                Some(("timeout", v)) => probe.timeout_ms = duration(v)?,
+                Some(("failures", v)) => probe.failures = v.parse().map_err(|_| format!("{part}: not a number"))?,
+                _ => return Err(format!("{part:?}: one of every=D, timeout=D, failures=N")),
+            }
+        }
+        probe
+    };
+    let spec = DeploymentSpec { liveness: Some(probe.clone()), ..example_spec() };
+    spec.validate().map_err(|e| e.to_string())?;
+    Ok(probe)
+}
+
+/// The smallest valid deployment, to check a part of one against the contract's rules.
+fn example_spec() -> DeploymentSpec {
+    DeploymentSpec::new(NodeId::sanitized("x"), "x", 1)
 }
 
 fn parse_signal(s: &str) -> Result<contract::StopSignal, String> {
@@ -371,6 +428,16 @@ impl DeployArgs {
                 stop_timeout_ms: ms(self.stop_timeout),
                 working_dir: self.working_dir.clone(),
             },
+            liveness: self.liveness.clone(),
+            readiness: self.readiness.clone(),
+            startup: self.startup.clone(),
+            logs: (self.log_max_bytes.is_some() || self.log_files.is_some()).then(|| {
+                let d = contract::LogPolicy::default();
+                contract::LogPolicy {
+                    max_bytes: self.log_max_bytes.unwrap_or(d.max_bytes),
+                    files: self.log_files.unwrap_or(d.files),
+                }
+            }),
         };
         spec.validate()?;
         Ok(spec)

@@ -45,9 +45,19 @@ pub fn render_deployments(deployments: &[DeploymentStatus]) -> String {
         for a in &d.assignments {
             let hive = a.hive.as_ref().map(NodeId::to_string).unwrap_or_else(|| "-".into());
             out.push_str(&format!("  {:<24} {:<16} {:<9} since {}", a.worker, hive, a.state.as_str(), when(a.since)));
-            // What its hive says when the process is not running: why, and how often.
-            if let Some(p) = a.process.filter(|p| *p != contract::ProcessState::Running) {
-                out.push_str(&format!("  {} ({} restarts): {}", p.as_str(), a.restarts, a.last_exit));
+            // What its hive says when the process is not running or was restarted: why,
+            // and how often; and a probe failing now.
+            match a.process {
+                Some(p) if p != contract::ProcessState::Running || a.restarts > 0 => {
+                    out.push_str(&format!("  {} ({} restarts): {}", p.as_str(), a.restarts, a.last_exit));
+                }
+                _ => {}
+            }
+            if a.ready == Some(false) {
+                out.push_str("  not ready");
+            }
+            if !a.probe.is_empty() {
+                out.push_str(&format!("  probe: {}", a.probe));
             }
             out.push('\n');
         }

@@ -55,6 +55,11 @@ fn new_ids(per_second: u32) -> Limiter {
 }
 
 impl Ingest {
+    /// Both registries, as a deployment's status is read against them.
+    pub fn nodes(&self) -> crate::orchestrator::Nodes<'_> {
+        crate::orchestrator::Nodes { hives: &self.hives, workers: &self.workers }
+    }
+
     /// Both registries number their events from `event_seq`, shared with the
     /// orchestrator's, so liveness and placement events form one order.
     pub fn new(thresholds: Thresholds, event_seq: &Arc<AtomicU64>, per_second: u32, new_per_second: u32) -> Self {

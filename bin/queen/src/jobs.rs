@@ -22,8 +22,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
-use contract::{JobRequest, NodeId, WorkerHeartbeat};
-use heartbeat_registry::HeartbeatRegistry;
+use contract::{JobRequest, NodeId};
 use lifecycle::http::{ApiError, JsonBody, QueryParams};
 use serde::Deserialize;
 
@@ -69,27 +68,43 @@ pub struct JobRouter {
 }
 
 impl JobRouter {
-    /// The available worker with the least work, among those not yet tried.
+    /// The available worker with the least work, among those not yet tried and not
+    /// reported by their hive as failing a readiness probe.
     fn pick(
         &self,
-        workers: &HeartbeatRegistry<WorkerHeartbeat>,
+        ingest: &crate::ingest::Ingest,
         deployment: Option<&NodeId>,
         tried: &BTreeSet<NodeId>,
     ) -> Option<(NodeId, String)> {
-        let mut best: Option<((u32, u32, u64), NodeId, String)> = None;
-        workers.visit(|w| {
-            let p = w.payload;
-            if !w.available || tried.contains(&p.id) || deployment.is_some_and(|d| p.kind != d.as_str()) {
-                return;
+        let mut unready = BTreeSet::new();
+        loop {
+            // (load key, worker, its hive, its address)
+            type Pick = ((u32, u32, u64), NodeId, NodeId, String);
+            let mut best: Option<Pick> = None;
+            ingest.workers.visit(|w| {
+                let p = w.payload;
+                let skip = tried.contains(&p.id) || unready.contains(&p.id);
+                if !w.available || skip || deployment.is_some_and(|d| p.kind != d.as_str()) {
+                    return;
+                }
+                let ours = self.in_flight.get(&p.id).map(|n| *n).unwrap_or(0);
+                // Ties go to a random worker, so equal workers share the load.
+                let key = (ours, p.in_flight, fastrand::u64(..));
+                if best.as_ref().is_none_or(|(k, ..)| key < *k) {
+                    best = Some((key, p.id.clone(), p.hive_id.clone(), p.address.clone()));
+                }
+            });
+            let (_, id, hive, address) = best?;
+            // Asked of the one chosen, after the walk, so no lock of the worker registry is
+            // held while the hives' is taken; a worker failing readiness is rare.
+            let failing = ingest
+                .hives
+                .inspect(&hive, |h| h.payload.workers.iter().any(|r| r.name == id && r.ready == Some(false)));
+            if failing != Some(true) {
+                return Some((id, address));
             }
-            let ours = self.in_flight.get(&p.id).map(|n| *n).unwrap_or(0);
-            // Ties go to a random worker, so equal workers share the load.
-            let key = (ours, p.in_flight, fastrand::u64(..));
-            if best.as_ref().is_none_or(|(k, ..)| key < *k) {
-                best = Some((key, p.id.clone(), p.address.clone()));
-            }
-        });
-        best.map(|(_, id, address)| (id, address))
+            unready.insert(id);
+        }
     }
 
     /// Remembers the routed-jobs count at this moment (called every snapshot tick).
@@ -277,8 +292,7 @@ pub async fn route(
         let (worker, address) = match &again {
             Some(route) => (route.worker.clone(), route.address.clone()),
             None => {
-                let Some((worker, address)) = queen.jobs.pick(&queen.ingest.workers, deployment.as_ref(), &tried)
-                else {
+                let Some((worker, address)) = queen.jobs.pick(&queen.ingest, deployment.as_ref(), &tried) else {
                     break;
                 };
                 if let Some(k) = &key {

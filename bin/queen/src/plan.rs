@@ -208,21 +208,9 @@ fn create_slots(
     for d in deployments.values() {
         for slot in 0..d.spec.replicas {
             let worker = worker_name(&d.spec.name, slot, 0);
-            assignments.entry(worker.clone()).or_insert_with(|| Assignment {
-                deployment: d.spec.name.clone(),
-                slot,
-                worker,
-                hive: None,
-                state: AssignmentState::Pending,
-                since: now,
-                moves: 0,
-                restarts: 0,
-                generation: 0,
-                retiring: None,
-                version: d.version,
-                process: None,
-                last_exit: String::new(),
-            });
+            assignments
+                .entry(worker.clone())
+                .or_insert_with(|| Assignment { worker, ..Assignment::pending(&d.spec.name, slot, now, d.version) });
         }
     }
 }

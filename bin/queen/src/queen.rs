@@ -469,7 +469,7 @@ impl Queen {
         };
         let state = summary::FinalState {
             written_at: time::OffsetDateTime::now_utc(),
-            deployments: self.orchestrator.list(&self.ingest.workers),
+            deployments: self.orchestrator.list(self.ingest.nodes()),
             hives: self.ingest.hives.list_all().iter().map(|v| summary::hive(summary::as_ref(v))).collect(),
             shutdown: self.shutdown.current(),
         };

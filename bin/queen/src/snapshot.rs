@@ -198,7 +198,7 @@ pub(crate) fn build(queen: &Queen, seq: u64) -> Snapshot {
         hives,
         workers,
         events,
-        deployments: queen.orchestrator.summaries(&ingest.workers),
+        deployments: queen.orchestrator.summaries(ingest.nodes()),
         placement_brake: queen.orchestrator.brake_engaged(),
         warnings: warnings(queen),
         shutdown: queen.shutdown.current(),

@@ -95,6 +95,179 @@ pub struct DeploymentSpec {
     /// How a replica is asked to stop, and where it starts.
     #[serde(default, skip_serializing_if = "ProcessOptions::is_default")]
     pub process: ProcessOptions,
+    /// Restarts a replica after this many failed checks in a row (with the reason in its
+    /// last exit); a replica hung but alive is restarted too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+    /// While failing, no job is routed to the replica and a rollout does not count it up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    /// Until it passes, neither other probe runs; failing it `failures` times restarts the
+    /// replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Probe>,
+    /// How much of each replica's output its hive keeps [default: the hive's].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogPolicy>,
+}
+
+/// One health check the hive runs against a replica: exactly one of `http` (a GET of this
+/// path on the replica's port, passing on 2xx and 3xx), `tcp` (a connection to its port
+/// opens) or `exec` (this program, run beside the replica, exits 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcp: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<Vec<String>>,
+    /// [default: 10000]
+    #[serde(default = "Probe::default_interval")]
+    pub interval_ms: u64,
+    /// [default: 1000]
+    #[serde(default = "Probe::default_timeout")]
+    pub timeout_ms: u64,
+    /// Failed checks in a row that count as failing [default: 3].
+    #[serde(default = "Probe::default_failures")]
+    pub failures: u32,
+}
+
+/// What a probe checks, once `Probe::validate` has passed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeCheck<'a> {
+    Http(&'a str),
+    Tcp,
+    Exec(&'a [String]),
+}
+
+impl Probe {
+    fn default_interval() -> u64 {
+        10_000
+    }
+    fn default_timeout() -> u64 {
+        1_000
+    }
+    fn default_failures() -> u32 {
+        3
+    }
+
+    /// A GET of `path`, with the default timing.
+    pub fn http(path: &str) -> Self {
+        Self {
+            http: Some(path.into()),
+            tcp: None,
+            exec: None,
+            interval_ms: Self::default_interval(),
+            timeout_ms: Self::default_timeout(),
+            failures: Self::default_failures(),
+        }
+    }
+
+    pub fn check(&self) -> Option<ProbeCheck<'_>> {
+        match (&self.http, self.tcp, &self.exec) {
+            (Some(path), None, None) => Some(ProbeCheck::Http(path)),
+            (None, Some(true), None) => Some(ProbeCheck::Tcp),
+            (None, None, Some(argv)) => Some(ProbeCheck::Exec(argv)),
+            _ => None,
+        }
+    }
+
+    fn validate(&self, field: &'static str) -> Result<(), ContractError> {
+        let bad = |reason: &str| Err(ContractError::InvalidField { field, reason: reason.into() });
+        match self.check() {
+            None => return bad("exactly one of http (a path), tcp (true) or exec (a program and its arguments)"),
+            Some(ProbeCheck::Http(path))
+                if !path.starts_with('/') || path.len() > 1024 || path.chars().any(|c| c.is_control() || c == ' ') =>
+            {
+                return bad("http: a path starting with / of at most 1024 bytes, without spaces or control characters");
+            }
+            Some(ProbeCheck::Exec(argv))
+                if argv.is_empty()
+                    || argv.len() > 64
+                    || argv[0].trim().is_empty()
+                    || argv.iter().any(|a| a.len() > 4096 || a.contains('\0')) =>
+            {
+                return bad("exec: a program and at most 63 arguments of 4096 bytes, without NUL");
+            }
+            _ => {}
+        }
+        if !(100..=3_600_000).contains(&self.interval_ms) {
+            return bad("interval_ms between 100 and 3600000");
+        }
+        if self.timeout_ms < 10 || self.timeout_ms > self.interval_ms.clamp(1_000, 60_000) {
+            return bad("timeout_ms at least 10 and at most the interval (or 1000), and at most 60000");
+        }
+        if !(1..=100).contains(&self.failures) {
+            return bad("failures between 1 and 100");
+        }
+        Ok(())
+    }
+}
+
+/// The probes of one replica, as its hive is told them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Probes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness: Option<Probe>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup: Option<Probe>,
+}
+
+impl Probes {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let each = [("liveness", &self.liveness), ("readiness", &self.readiness), ("startup", &self.startup)];
+        for (field, probe) in each {
+            if let Some(p) = probe {
+                p.validate(field)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How much output of one replica its hive keeps, per stream (stdout, stderr) and per
+/// instance: `files` files of at most `max_bytes` each, the oldest dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct LogPolicy {
+    pub max_bytes: u64,
+    pub files: u32,
+}
+
+/// 10 MiB × 3 per stream: a crash's story, without filling a disk.
+impl Default for LogPolicy {
+    fn default() -> Self {
+        Self { max_bytes: 10 << 20, files: 3 }
+    }
+}
+
+impl LogPolicy {
+    pub const MIN_BYTES: u64 = 64 * 1024;
+    pub const MAX_BYTES: u64 = 1 << 30;
+    pub const MAX_FILES: u32 = 20;
+
+    pub fn validate(&self) -> Result<(), ContractError> {
+        if !(Self::MIN_BYTES..=Self::MAX_BYTES).contains(&self.max_bytes)
+            || !(1..=Self::MAX_FILES).contains(&self.files)
+        {
+            return Err(ContractError::InvalidField {
+                field: "logs",
+                reason: "max_bytes between 65536 and 1073741824, files between 1 and 20".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// How a replica is started and stopped beyond its command: the signal that asks it to
@@ -164,6 +337,27 @@ pub const MAX_REPLICAS: u32 = 10_000;
 pub const SECRET: &str = "<secret>";
 
 impl DeploymentSpec {
+    /// `replicas` of `command` and nothing else: every other field at its default.
+    pub fn new(name: NodeId, command: impl Into<String>, replicas: u32) -> Self {
+        Self {
+            name,
+            command: command.into(),
+            args: vec![],
+            env: Default::default(),
+            secret_env: Default::default(),
+            replicas,
+            labels_required: Default::default(),
+            spread_by: None,
+            max_restarts: None,
+            update: Default::default(),
+            process: Default::default(),
+            liveness: None,
+            readiness: None,
+            startup: None,
+            logs: None,
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ContractError> {
         let bad = |field, reason: &str| Err(ContractError::InvalidField { field, reason: reason.into() });
         // Worker ids are `<name>-<slot>` and must stay within the id limit.
@@ -201,6 +395,10 @@ impl DeploymentSpec {
         if p.working_dir.as_ref().is_some_and(|d| !d.starts_with('/') || d.len() > 4096 || d.contains('\0')) {
             return bad("working_dir", "an absolute path of at most 4096 bytes, without NUL");
         }
+        self.probes().validate()?;
+        if let Some(logs) = &self.logs {
+            logs.validate()?;
+        }
         let u = self.update;
         if u.max_parallel == 0 || u.max_parallel > MAX_REPLICAS {
             return bad("update.max_parallel", "between 1 and 10000");
@@ -220,6 +418,13 @@ impl DeploymentSpec {
             || self.secret_env != other.secret_env
             || self.max_restarts != other.max_restarts
             || self.process != other.process
+            || self.probes() != other.probes()
+            || self.logs != other.logs
+    }
+
+    /// The probes its hive runs against each replica.
+    pub fn probes(&self) -> Probes {
+        Probes { liveness: self.liveness.clone(), readiness: self.readiness.clone(), startup: self.startup.clone() }
     }
 
     /// The spec as every read shows it: secret values replaced by [`SECRET`].
@@ -256,9 +461,26 @@ pub struct DeploymentPatch {
     /// Replaces the process options whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process: Option<ProcessOptions>,
+    /// Replaces the probes whole: an empty object removes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<Probes>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogPolicy>,
 }
 
 impl DeploymentPatch {
+    /// What can be judged without the deployment it changes (the rest is judged on the
+    /// spec it makes): its probes and log policy.
+    pub fn validate(&self) -> Result<(), ContractError> {
+        if let Some(p) = &self.probes {
+            p.validate()?;
+        }
+        if let Some(l) = &self.logs {
+            l.validate()?;
+        }
+        Ok(())
+    }
+
     /// `spec` with this patch applied.
     pub fn applied_to(&self, spec: &DeploymentSpec) -> DeploymentSpec {
         let mut next = spec.clone();
@@ -282,6 +504,14 @@ impl DeploymentPatch {
         }
         if let Some(p) = &self.process {
             next.process = p.clone();
+        }
+        if let Some(p) = &self.probes {
+            next.liveness = p.liveness.clone();
+            next.readiness = p.readiness.clone();
+            next.startup = p.startup.clone();
+        }
+        if let Some(l) = self.logs {
+            next.logs = Some(l);
         }
         next
     }
@@ -385,9 +615,40 @@ pub struct Assignment {
     /// Why that process last ended or could not start, in the hive's words.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub last_exit: String,
+    /// Its process id, from the same report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Whether it passes its readiness probe, from the same report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// What a failing probe of it said, from the same report.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub probe: String,
 }
 
 impl Assignment {
+    /// A slot not yet placed, its first instance to run `version`.
+    pub fn pending(deployment: &NodeId, slot: u32, since: OffsetDateTime, version: u64) -> Self {
+        Self {
+            deployment: deployment.clone(),
+            slot,
+            worker: NodeId::sanitized(&format!("{deployment}-{slot}")),
+            hive: None,
+            state: AssignmentState::Pending,
+            since,
+            moves: 0,
+            restarts: 0,
+            generation: 0,
+            retiring: None,
+            version,
+            process: None,
+            last_exit: String::new(),
+            pid: None,
+            ready: None,
+            probe: String::new(),
+        }
+    }
+
     /// The slot's stable key, whatever instance runs it: `<deployment>-<slot>`.
     pub fn key(&self) -> NodeId {
         NodeId::sanitized(&format!("{}-{}", self.deployment, self.slot))
@@ -510,6 +771,10 @@ pub struct WorkerLaunch {
     pub max_restarts: Option<u32>,
     #[serde(default, skip_serializing_if = "ProcessOptions::is_default")]
     pub process: ProcessOptions,
+    #[serde(default, skip_serializing_if = "Probes::is_default")]
+    pub probes: Probes,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogPolicy>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -580,6 +845,14 @@ pub struct SupervisedWorker {
     /// Why it last exited or failed, for operators.
     #[serde(default)]
     pub last_exit: String,
+    /// Whether it passes its readiness probe, or without one its startup probe; without
+    /// either, true once it has run a few seconds. Absent while that is not known, or while
+    /// it does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<bool>,
+    /// The last failed check of a probe still failing, for operators; empty when all pass.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub probe: String,
 }
 
 /// `GET /v1/cluster/stats`.
@@ -654,37 +927,18 @@ mod tests {
 
     fn assignment(slot: u32, hive: Option<&str>, last_exit: &str) -> Assignment {
         Assignment {
-            deployment: NodeId::sanitized("web"),
-            slot,
-            worker: NodeId::sanitized(&format!("web-{slot}")),
             hive: hive.map(NodeId::sanitized),
             state: if hive.is_some() { AssignmentState::Placed } else { AssignmentState::Pending },
-            since: OffsetDateTime::UNIX_EPOCH,
-            moves: 0,
             restarts: 3,
-            generation: 0,
-            retiring: None,
-            version: 0,
             process: Some(ProcessState::Restarting),
             last_exit: last_exit.into(),
+            ..Assignment::pending(&NodeId::sanitized("web"), slot, OffsetDateTime::UNIX_EPOCH, 0)
         }
     }
 
     #[test]
     fn a_deployment_is_failed_only_when_no_placed_replica_can_start() {
-        let spec = DeploymentSpec {
-            name: NodeId::sanitized("web"),
-            command: "/x".into(),
-            args: vec![],
-            env: BTreeMap::new(),
-            secret_env: BTreeMap::new(),
-            replicas: 3,
-            labels_required: BTreeMap::new(),
-            spread_by: None,
-            max_restarts: None,
-            update: Default::default(),
-            process: Default::default(),
-        };
+        let spec = DeploymentSpec::new(NodeId::sanitized("web"), "/x", 3);
         let cannot = "cannot start: /x: no such file";
         let mut status = DeploymentStatus {
             spec,

@@ -188,6 +188,7 @@ impl HiveHeartbeat {
         }
         for w in &self.workers {
             text("workers.last_exit", &w.last_exit)?;
+            text("workers.probe", &w.probe)?;
         }
         Ok(())
     }

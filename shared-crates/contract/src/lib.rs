@@ -24,9 +24,9 @@ pub use audit::{AuditEntry, AuditLog};
 pub use deploy::{
     Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentHistory, DeploymentPatch,
     DeploymentSpec, DeploymentStatus, DeploymentVersion, DrainRequest, DrainStatus, EligibilityBody, HiveCommand,
-    LeaderInfo, LeaderTransfer, MAX_REPLICAS, PlacementStrategy, ProcessOptions, ProcessState, QueenRef, Retiring,
-    RolloutState, RolloutStatus, SECRET, StopSignal, StrategyBody, SupervisedWorker, TransferAnswer, UnknownReplicas,
-    UpdatePolicy, WorkerLaunch,
+    LeaderInfo, LeaderTransfer, LogPolicy, MAX_REPLICAS, PlacementStrategy, Probe, ProbeCheck, Probes, ProcessOptions,
+    ProcessState, QueenRef, Retiring, RolloutState, RolloutStatus, SECRET, StopSignal, StrategyBody, SupervisedWorker,
+    TransferAnswer, UnknownReplicas, UpdatePolicy, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};

@@ -18,7 +18,7 @@ use crate::orchestrator::RolloutAction;
 /// Every deployment with where its replicas run.
 #[utoipa::path(get, path = "/v1/deployments", tag = "deployments", responses((status = 200, body = Vec<DeploymentStatus>), (status = "4XX", body = ApiErrorBody, description = "refused; nothing changed")))]
 pub(crate) async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Vec<DeploymentStatus>> {
-    let mut list = queen.orchestrator.list(&queen.ingest.workers);
+    let mut list = queen.orchestrator.list(queen.ingest.nodes());
     for d in &mut list {
         join_reports(&queen, &mut d.assignments);
         d.judge_failed();
@@ -29,7 +29,7 @@ pub(crate) async fn list_deployments(State(queen): State<Arc<Queen>>) -> Json<Ve
 fn found(queen: &Queen, name: &NodeId) -> Result<Json<DeploymentStatus>, ApiError> {
     let mut status = queen
         .orchestrator
-        .get(name, &queen.ingest.workers)
+        .get(name, queen.ingest.nodes())
         .ok_or_else(|| ApiError::not_found(format!("no deployment named {name}")))?;
     join_reports(queen, &mut status.assignments);
     status.judge_failed();
@@ -45,6 +45,9 @@ fn join_reports(queen: &Queen, assignments: &mut [Assignment]) {
             a.restarts = w.restarts;
             a.process = Some(w.state);
             a.last_exit = w.last_exit.clone();
+            a.pid = w.pid;
+            a.ready = w.ready;
+            a.probe = w.probe.clone();
         }
     }
 }
@@ -85,6 +88,7 @@ pub(crate) async fn patch_deployment(
 ) -> Result<Json<DeploymentStatus>, ApiError> {
     refuse_when_gated(&queen)?;
     let name = parse_id(&raw)?;
+    patch.validate().map_err(|e| ApiError::unprocessable(e.to_string()))?;
     let changed = name.clone();
     change_and_place(&queen, move |q| q.orchestrator.patch(&changed, &patch).map_err(ApiError::from)).await?;
     found(&queen, &name)

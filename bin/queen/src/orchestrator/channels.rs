@@ -333,6 +333,8 @@ mod tests {
             env: BTreeMap::new(),
             max_restarts: None,
             process: Default::default(),
+            probes: Default::default(),
+            logs: None,
         }
     }
 

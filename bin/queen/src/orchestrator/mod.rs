@@ -119,6 +119,8 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
         env: spec.launch_env(),
         max_restarts: spec.max_restarts,
         process: spec.process.clone(),
+        probes: spec.probes(),
+        logs: spec.logs,
     }
 }
 
@@ -477,24 +479,30 @@ impl Orchestrator {
         self.lock().placement.assignments.values().cloned().collect()
     }
 
-    /// A slot runs while its instance heartbeats up on its hive, or, while that instance is
-    /// being replaced (a drain, a rollout), while the one it replaces still does.
-    fn running(workers: &HeartbeatRegistry<WorkerHeartbeat>, a: &Assignment) -> bool {
+    /// A slot runs while its instance heartbeats up on its hive (or, a program that does
+    /// not heartbeat, while its hive is up and reports it running), or, while that instance
+    /// is being replaced (a drain, a rollout), while the one it replaces still does.
+    fn running(nodes: Nodes<'_>, a: &Assignment) -> bool {
         let up = |worker: &NodeId, hive: Option<&NodeId>| {
-            workers.get(worker).is_some_and(|w| w.liveness.is_up() && Some(&w.payload.hive_id) == hive)
+            let beating = nodes.workers.inspect(worker, |w| w.liveness.is_up() && Some(&w.payload.hive_id) == hive);
+            beating.unwrap_or_else(|| {
+                let reported = |h: registry::NodeRef<'_, HiveHeartbeat>| {
+                    h.liveness.is_up()
+                        && h.payload
+                            .workers
+                            .iter()
+                            .any(|p| p.name == *worker && p.state == contract::ProcessState::Running)
+                };
+                hive.and_then(|h| nodes.hives.inspect(h, reported)).unwrap_or(false)
+            })
         };
         up(&a.worker, a.hive.as_ref()) || a.retiring.as_ref().is_some_and(|r| up(&r.worker, Some(&r.hive)))
     }
 
-    fn status(
-        &self,
-        record: &DeploymentRecord,
-        st: &State,
-        workers: &HeartbeatRegistry<WorkerHeartbeat>,
-    ) -> DeploymentStatus {
+    fn status(&self, record: &DeploymentRecord, st: &State, nodes: Nodes<'_>) -> DeploymentStatus {
         let assignments: Vec<Assignment> =
             st.placement.assignments.values().filter(|a| a.deployment == record.spec.name).cloned().collect();
-        let running = assignments.iter().filter(|a| Self::running(workers, a)).count() as u32;
+        let running = assignments.iter().filter(|a| Self::running(nodes, a)).count() as u32;
         let rollout = record.rollout.as_ref().map(|r| plan::rollout::status(record, r, &assignments, self.wall.now()));
         DeploymentStatus {
             spec: record.spec.redacted(),
@@ -507,17 +515,17 @@ impl Orchestrator {
         }
     }
 
-    pub fn list(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentStatus> {
+    pub fn list(&self, nodes: Nodes<'_>) -> Vec<DeploymentStatus> {
         let st = self.lock();
-        st.deployments.values().map(|d| self.status(d, &st, workers)).collect()
+        st.deployments.values().map(|d| self.status(d, &st, nodes)).collect()
     }
 
-    pub fn get(&self, name: &NodeId, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Option<DeploymentStatus> {
+    pub fn get(&self, name: &NodeId, nodes: Nodes<'_>) -> Option<DeploymentStatus> {
         let st = self.lock();
-        st.deployments.get(name).map(|d| self.status(d, &st, workers))
+        st.deployments.get(name).map(|d| self.status(d, &st, nodes))
     }
 
-    pub fn summaries(&self, workers: &HeartbeatRegistry<WorkerHeartbeat>) -> Vec<DeploymentSummary> {
+    pub fn summaries(&self, nodes: Nodes<'_>) -> Vec<DeploymentSummary> {
         // Runs every snapshot tick: one pass over the assignments, counting, cloning nothing.
         let st = self.lock();
         let mut out: BTreeMap<&NodeId, DeploymentSummary> = st
@@ -531,7 +539,7 @@ impl Orchestrator {
         for a in st.placement.assignments.values() {
             if let Some(s) = out.get_mut(&a.deployment) {
                 s.placed += u32::from(a.state == AssignmentState::Placed);
-                s.running += u32::from(Self::running(workers, a));
+                s.running += u32::from(Self::running(nodes, a));
             }
         }
         out.into_values().collect()
@@ -547,7 +555,7 @@ impl Orchestrator {
         workers: &HeartbeatRegistry<WorkerHeartbeat>,
     ) -> Result<(), StoreError> {
         let now = self.wall.now();
-        let (views, failing) = observe(hives);
+        let Seen { views, failing, ready } = observe(hives);
         self.set_brake(&views);
         let unknown = if self.channels.holding() { views.values().filter(|v| v.processes > 0).count() } else { 0 };
         self.unknown_hives.store(unknown, Ordering::Relaxed);
@@ -560,7 +568,7 @@ impl Orchestrator {
             self.channels.publish(desired);
             return Ok(());
         }
-        let available = RegistryWorkers(workers);
+        let available = RegistryWorkers { workers, ready: &ready };
         let observed = Observed {
             hives: &views,
             workers: &available,
@@ -607,12 +615,19 @@ impl Orchestrator {
     }
 }
 
-/// The hives as the planner sees them, read once from the registry.
-/// The hives as the planner sees them, and the replicas they report crashing (restarting
-/// after an exit, or given up on).
-fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> (BTreeMap<NodeId, HiveView>, BTreeSet<NodeId>) {
+/// What the hives report, read once from the registry.
+struct Seen {
+    views: BTreeMap<NodeId, HiveView>,
+    /// Replicas their hives report crashing: restarting after an exit, or given up on.
+    failing: BTreeSet<NodeId>,
+    /// Whether each running replica passes its readiness probe (see `SupervisedWorker::ready`).
+    ready: BTreeMap<NodeId, bool>,
+}
+
+fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> Seen {
     let mut views = BTreeMap::new();
     let mut failing = BTreeSet::new();
+    let mut ready = BTreeMap::new();
     hives.visit(|h| {
         let p = h.payload;
         if h.liveness.is_up() {
@@ -620,6 +635,7 @@ fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> (BTreeMap<NodeId, HiveVi
                 matches!(w.state, contract::ProcessState::Restarting | contract::ProcessState::Failed)
             };
             failing.extend(p.workers.iter().filter(crashing).map(|w| w.name.clone()));
+            ready.extend(p.workers.iter().filter_map(|w| Some((w.name.clone(), w.ready?))));
         }
         let ready = h.liveness == registry::Liveness::Online && !h.flapping && p.status == HiveStatus::Ready;
         let candidate = ready.then(|| Candidate {
@@ -641,7 +657,7 @@ fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> (BTreeMap<NodeId, HiveVi
             },
         );
     });
-    (views, failing)
+    Seen { views, failing, ready }
 }
 
 /// What each hive should run: every assignment's instance, and the one it is replacing.
@@ -661,12 +677,28 @@ fn desired_sets(st: &State) -> BTreeMap<NodeId, Vec<WorkerLaunch>> {
     desired
 }
 
-/// Workers as the planner asks after them: from the registry.
-struct RegistryWorkers<'a>(&'a HeartbeatRegistry<WorkerHeartbeat>);
+/// The registries a deployment's status is read against.
+#[derive(Clone, Copy)]
+pub struct Nodes<'a> {
+    pub hives: &'a HeartbeatRegistry<HiveHeartbeat>,
+    pub workers: &'a HeartbeatRegistry<WorkerHeartbeat>,
+}
+
+/// Workers as the planner asks after them: a replica that heartbeats is up while it says
+/// it is available and its hive does not report it failing readiness; one that does not
+/// (any program, not only Apiary's worker) is up while its hive reports it ready.
+struct RegistryWorkers<'a> {
+    workers: &'a HeartbeatRegistry<WorkerHeartbeat>,
+    ready: &'a BTreeMap<NodeId, bool>,
+}
 
 impl plan::Workers for RegistryWorkers<'_> {
     fn available(&self, worker: &NodeId) -> bool {
-        self.0.get(worker).is_some_and(|w| w.available)
+        let ready = self.ready.get(worker).copied();
+        match self.workers.inspect(worker, |w| w.available) {
+            Some(available) => available && ready != Some(false),
+            None => ready == Some(true),
+        }
     }
 }
 

@@ -6,19 +6,7 @@ use crate::store::testing::Flaky;
 use contract::CommandKind;
 
 fn spec(name: &str, replicas: u32) -> DeploymentSpec {
-    DeploymentSpec {
-        name: NodeId::sanitized(name),
-        command: "worker".into(),
-        args: vec![],
-        env: Default::default(),
-        secret_env: Default::default(),
-        replicas,
-        labels_required: Default::default(),
-        spread_by: None,
-        max_restarts: None,
-        update: Default::default(),
-        process: Default::default(),
-    }
+    DeploymentSpec::new(NodeId::sanitized(name), "worker", replicas)
 }
 
 fn registries() -> anyhow::Result<(HeartbeatRegistry<HiveHeartbeat>, HeartbeatRegistry<WorkerHeartbeat>)> {
@@ -72,6 +60,8 @@ async fn an_empty_store_stops_nothing_until_an_operator_confirms() -> anyhow::Re
         pid: Some(42),
         restarts: 0,
         last_exit: String::new(),
+        ready: None,
+        probe: String::new(),
     }];
     hives.upsert(report);
     let mut commands = o.channels.subscribe(&NodeId::sanitized("hive-1"));
@@ -164,8 +154,8 @@ async fn a_deployments_history_never_shows_a_secret() -> anyhow::Result<()> {
     let shown = serde_json::to_string(&history)?;
     assert!(!shown.contains("hunter2") && !shown.contains("correct-horse"), "{shown}");
     assert!(history.versions.iter().all(|v| v.spec.secret_env.get("PW").map(String::as_str) == Some(contract::SECRET)));
-    let (_, workers) = registries()?;
-    let status = serde_json::to_string(&o.list(&workers))?;
+    let (hives, workers) = registries()?;
+    let status = serde_json::to_string(&o.list(Nodes { hives: &hives, workers: &workers }))?;
     assert!(!status.contains("hunter2") && !status.contains("correct-horse"), "{status}");
     // The hive that runs the old version gets its secret, unchanged.
     let st = o.lock();

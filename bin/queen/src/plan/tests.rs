@@ -52,17 +52,8 @@ impl World {
 
     fn deploy(mut self, name: &str, replicas: u32, labels: &[(&str, &str)]) -> Self {
         let spec = DeploymentSpec {
-            name: id(name),
-            command: "worker".into(),
-            args: vec![],
-            env: Default::default(),
-            secret_env: Default::default(),
-            replicas,
             labels_required: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            spread_by: None,
-            max_restarts: None,
-            update: Default::default(),
-            process: Default::default(),
+            ..DeploymentSpec::new(id(name), "worker", replicas)
         };
         self.deployments.insert(id(name), DeploymentRecord::new(spec, at(0)));
         self

@@ -308,19 +308,7 @@ mod tests {
 
     fn record(name: &str) -> DeploymentRecord {
         DeploymentRecord {
-            spec: DeploymentSpec {
-                name: NodeId::new(name).expect("valid"),
-                command: "worker".into(),
-                args: vec![],
-                env: Default::default(),
-                secret_env: Default::default(),
-                replicas: 2,
-                labels_required: Default::default(),
-                spread_by: None,
-                max_restarts: None,
-                update: Default::default(),
-                process: Default::default(),
-            },
+            spec: DeploymentSpec::new(NodeId::new(name).expect("valid"), "worker", 2),
             created_at: OffsetDateTime::UNIX_EPOCH,
             version: 0,
             older: Default::default(),
@@ -329,20 +317,12 @@ mod tests {
     }
 
     fn assignment(worker: &str) -> Assignment {
+        let slot = worker.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0);
         Assignment {
-            deployment: NodeId::new("web").expect("valid"),
-            slot: worker.rsplit('-').next().and_then(|n| n.parse().ok()).unwrap_or(0),
             worker: NodeId::new(worker).expect("valid"),
             hive: Some(NodeId::new("h1").expect("valid")),
             state: AssignmentState::Placed,
-            since: OffsetDateTime::UNIX_EPOCH,
-            moves: 0,
-            restarts: 0,
-            generation: 0,
-            retiring: None,
-            version: 0,
-            process: None,
-            last_exit: String::new(),
+            ..Assignment::pending(&NodeId::new("web").expect("valid"), slot, OffsetDateTime::UNIX_EPOCH, 0)
         }
     }
 

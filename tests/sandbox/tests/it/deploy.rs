@@ -54,7 +54,16 @@ async fn assignments(client: &QueenClient) -> anyhow::Result<Vec<Assignment>> {
 
 /// The placement alone, without what the hives report live of each process.
 fn placed(list: Vec<Assignment>) -> Vec<Assignment> {
-    list.into_iter().map(|a| Assignment { process: None, last_exit: String::new(), restarts: 0, ..a }).collect()
+    let report = |a: Assignment| Assignment {
+        process: None,
+        last_exit: String::new(),
+        restarts: 0,
+        pid: None,
+        ready: None,
+        probe: String::new(),
+        ..a
+    };
+    list.into_iter().map(report).collect()
 }
 
 fn alive(pid: u32) -> bool {

@@ -697,6 +697,44 @@ async fn hostile_requests_get_json_errors_and_change_nothing() -> anyhow::Result
             "method_not_allowed",
         ),
     ];
+    // Each probe field, and the log policy, wrong in one way: refused as a whole.
+    let mut probes = probes;
+    let bad_checks = [
+        ("liveness", json!({"http": "/healthz", "tcp": true})),
+        ("liveness", json!({"interval_ms": 1000})),
+        ("liveness", json!({"http": "healthz"})),
+        ("readiness", json!({"http": "/a b"})),
+        ("readiness", json!({"exec": []})),
+        ("readiness", json!({"tcp": false})),
+        ("startup", json!({"tcp": true, "interval_ms": 0})),
+        ("startup", json!({"tcp": true, "failures": 0})),
+        ("startup", json!({"tcp": true, "timeout_ms": 120_000})),
+        ("liveness", json!({"tcp": true, "grpc": "x"})),
+        ("logs", json!({"max_bytes": 10, "files": 3})),
+        ("logs", json!({"max_bytes": 1_048_576, "files": 0})),
+    ];
+    for (field, value) in bad_checks {
+        let body = with(deployment(), field, value.clone());
+        probes.push(probe(
+            "deploy: a bad probe or log policy",
+            "POST",
+            "/v1/deployments",
+            Admin,
+            body,
+            422,
+            "invalid_body",
+        ));
+        let patch = if field == "logs" { json!({ "logs": value }) } else { json!({ "probes": { field: value } }) };
+        probes.push(probe(
+            "patch: a bad probe or log policy",
+            "PATCH",
+            "/v1/deployments/nope",
+            Admin,
+            patch,
+            422,
+            "invalid_body",
+        ));
+    }
     assert!(probes.len() >= 40, "{} probes", probes.len());
 
     for p in &probes {

@@ -6,6 +6,7 @@
 //!   worker hop (no redirects, capped answers).
 //! - `deploy`, `drain`, `shutdown`: placement with real worker processes, drains, the
 //!   cluster shutdown.
+//! - `workloads`: what replicas get beside placement: probes, logs, plain programs.
 //! - `stream_modes`, `reload`: the stream's delta and summary forms; live config reload.
 //! - `replicas`: queens on a real etcd (with the `etcd` feature).
 //! - `ops`: what operators import: /metrics through promtool, the alert rules, the Grafana
@@ -30,3 +31,4 @@ mod shutdown;
 mod stream_modes;
 mod tls;
 mod top;
+mod workloads;
