@@ -351,7 +351,7 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
     drop(q);
 
     // 4. In-process micro-benchmarks (criterion), each next to its baseline.
-    for (package, bench) in [("contract", "snapshot"), ("heartbeat-registry", "upsert")] {
+    for (package, bench) in [("contract", "snapshot"), ("heartbeat-registry", "upsert"), ("hive", "logs")] {
         run(cargo().args([
             "bench",
             "-p",
@@ -396,6 +396,19 @@ pub fn run_bench(args: BenchArgs) -> anyhow::Result<()> {
             "{registry:.1} ms ({:.0} k/s; bare DashMap insert {dashmap:.1} ms, ratio {:.2})",
             100_000.0 / registry,
             dashmap / registry
+        ),
+        "-",
+    );
+
+    let (copy, capture) = (ms("log_capture_64mib/baseline_copy_to_file")?, ms("log_capture_64mib/capture")?);
+    row(
+        "criterion: a replica's output kept by its hive (100-byte lines, timestamped, rotated)",
+        format!(
+            "{:.0} MiB/s ({:.0} k lines/s; copying the bytes to a file as they are {:.0} MiB/s, ratio {:.2})",
+            64_000.0 / capture,
+            64.0 * 1024.0 * 1024.0 / 100.0 / capture,
+            64_000.0 / copy,
+            copy / capture
         ),
         "-",
     );

@@ -61,6 +61,17 @@ pub struct HiveArgs {
     pub cgroup: Option<String>,
     #[arg(long = "label", env = "APIARY_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Where each replica's stdout and stderr are kept [default: $STATE_DIRECTORY/logs
+    /// under systemd, else <temp dir>/apiary-hive-<name>/logs].
+    #[arg(long, env = "APIARY_LOG_DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// Bytes per log file, per replica and stream, unless its deployment says otherwise
+    /// [default: 10485760].
+    #[arg(long, env = "APIARY_LOG_MAX_BYTES")]
+    pub log_max_bytes: Option<u64>,
+    /// Log files kept per replica and stream, the current one included [default: 3].
+    #[arg(long, env = "APIARY_LOG_FILES")]
+    pub log_files: Option<u32>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -76,6 +87,9 @@ struct FileConfig {
     worker_stop_timeout: Option<HumanDuration>,
     drain_on_shutdown: Option<HumanDuration>,
     cgroup: Option<String>,
+    log_dir: Option<PathBuf>,
+    log_max_bytes: Option<u64>,
+    log_files: Option<u32>,
     #[serde(default)]
     labels: BTreeMap<String, String>,
     /// `[[storage_hooks]] command = "..." timeout = "10s"`
@@ -113,6 +127,9 @@ pub struct HiveConfig {
     pub drain_on_shutdown: Duration,
     /// The name of the cgroup holding the replicas' cgroups; `None`: process groups only.
     pub cgroup: Option<String>,
+    pub log_dir: PathBuf,
+    /// What a replica's deployment does not say otherwise.
+    pub logs: contract::LogPolicy,
 }
 
 impl HiveConfig {
@@ -132,6 +149,8 @@ impl HiveConfig {
             drain_on_shutdown: Duration::from_secs(60),
             // Tests name their own: hives of concurrent tests may share an id.
             cgroup: None,
+            log_dir: unique_temp_dir("apiary-hive-logs"),
+            logs: contract::LogPolicy::default(),
         }
     }
 
@@ -169,6 +188,20 @@ impl HiveConfig {
             Some(name) => Some(name),
             None => Some(format!("apiary-hive-{name}")),
         };
+        let defaults = contract::LogPolicy::default();
+        let logs = contract::LogPolicy {
+            max_bytes: args.log_max_bytes.or(file.log_max_bytes).unwrap_or(defaults.max_bytes),
+            files: args.log_files.or(file.log_files).unwrap_or(defaults.files),
+        };
+        if let Err(e) = logs.validate() {
+            problems.push(e.to_string());
+        }
+        let log_dir =
+            args.log_dir.clone().or(file.log_dir).unwrap_or_else(|| match std::env::var_os("STATE_DIRECTORY") {
+                // systemd's StateDirectory=, which may list several: the first is the hive's.
+                Some(dirs) => std::env::split_paths(&dirs).next().unwrap_or_default().join("logs"),
+                None => std::env::temp_dir().join(format!("apiary-hive-{name}")).join("logs"),
+            });
         if !problems.is_empty() {
             anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
         }
@@ -183,6 +216,8 @@ impl HiveConfig {
             max_workers,
             cgroup,
             labels,
+            log_dir: std::path::absolute(&log_dir).unwrap_or(log_dir),
+            logs,
             drain_on_shutdown: args
                 .drain_on_shutdown
                 .or(file.drain_on_shutdown)
@@ -209,6 +244,13 @@ impl HiveConfig {
                 .unwrap_or(Duration::from_secs(10)),
         })
     }
+}
+
+/// A directory of its own for each hive started in this process (tests run several).
+fn unique_temp_dir(tag: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("{tag}-{}-{n}", std::process::id()))
 }
 
 fn default_max_workers() -> u32 {

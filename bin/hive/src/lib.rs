@@ -10,6 +10,7 @@
 pub mod cgroup;
 pub mod config;
 mod control;
+pub mod logs;
 mod probe;
 pub mod resources;
 mod supervisor;
@@ -93,7 +94,13 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     )
     // A replica that starts, fails or cannot start is told to the queen at once.
     .on_change(heartbeater.nudger())
-    .contain(cgroups.clone());
+    .contain(cgroups.clone())
+    .log_to(Arc::new(logs::LogStore { dir: config.log_dir.clone(), policy: config.logs }));
+    let log_access = Arc::new(logs::LogAccess::new(
+        logs::LogStore { dir: config.log_dir.clone(), policy: config.logs },
+        config.token.as_ref(),
+        &config.name,
+    ));
     let mut sampler = resources::Sampler::new().map_err(|e| anyhow::anyhow!("cannot read system resources: {e}"))?;
     let identity = Arc::new(Identity {
         address: format!("http://{addr}"),
@@ -123,7 +130,11 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
         let (hb, identity, beats) = (Arc::clone(&heartbeater), Arc::clone(&identity), beats.clone());
         async move { hb.run(|stamp| identity.heartbeat(stamp, identity.status()), beats).await }
     });
-    let app = health.router().fallback(not_found_fallback).method_not_allowed_fallback(method_not_allowed_fallback);
+    let app = health
+        .router()
+        .merge(logs::router(Arc::clone(&log_access)))
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed_fallback);
     let server = lifecycle::HttpServer::spawn(&tasks, listener, app);
     let (desired, desired_rx) = watch::channel(supervisor::Desired::default());
     let context = control::Context {
@@ -156,6 +167,7 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     }
     tasks.close();
     heartbeater.goodbye(|stamp| identity.heartbeat(stamp, HiveStatus::ShuttingDown), FINAL_BEAT_TIMEOUT).await;
+    log_access.stop.cancel();
     let served = server.stop().await;
     tasks.wait().await;
     tracing::info!("hive stopped");

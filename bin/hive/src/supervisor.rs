@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::Cgroups;
+use crate::logs::LogStore;
 use crate::probe::{Checker, Probing, Target};
 
 /// How often child exits and due restarts are looked at.
@@ -198,6 +199,8 @@ pub struct Supervisor {
     /// Cgroups of replicas gone whose processes were still dying: removed when empty.
     emptying: std::collections::BTreeSet<NodeId>,
     checker: Checker,
+    /// Where each replica's output goes; without it, to the hive's own.
+    logs: Option<Arc<LogStore>>,
 }
 
 impl Supervisor {
@@ -212,7 +215,14 @@ impl Supervisor {
             cgroups: None,
             emptying: Default::default(),
             checker: crate::probe::real_checks(),
+            logs: None,
         }
+    }
+
+    /// Keeps each replica's stdout and stderr in `store`.
+    pub fn log_to(mut self, store: Arc<LogStore>) -> Self {
+        self.logs = Some(store);
+        self
     }
 
     /// Runs each replica's processes in a cgroup of its own under `cgroups`.
@@ -298,7 +308,34 @@ impl Supervisor {
             .stdin(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        Ok((cmd.spawn()?, port_number))
+        let logs = self.logs.as_ref().and_then(|store| match store.begin(&launch.name) {
+            Ok(_) => Some(store),
+            Err(e) => {
+                tracing::warn!(worker = %launch.name, error = %e, dir = %store.dir.display(), "cannot keep this replica's output; it goes to the hive's");
+                None
+            }
+        });
+        if logs.is_some() {
+            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        }
+        let mut child = cmd.spawn()?;
+        if let Some(store) = logs {
+            let policy = launch.logs.unwrap_or(store.policy);
+            let pipes = [
+                (child.stdout.take().map(Pipe::Out), contract::LogStream::Stdout),
+                (child.stderr.take().map(Pipe::Err), contract::LogStream::Stderr),
+            ];
+            for (pipe, stream) in pipes {
+                let Some(pipe) = pipe else { continue };
+                let (files, name) = (store.files(&launch.name, stream, false), launch.name.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = crate::logs::capture(pipe, files, policy).await {
+                        tracing::warn!(worker = %name, error = %e, "lost this replica's output from here on");
+                    }
+                });
+            }
+        }
+        Ok((child, port_number))
     }
 
     fn start(&mut self, name: &NodeId, launch: &WorkerLaunch, now: Instant) {
@@ -456,6 +493,9 @@ impl Supervisor {
         }
         for name in gone {
             self.procs.remove(&name);
+            if let Some(logs) = &self.logs {
+                logs.remove(&name);
+            }
             self.emptying.insert(name);
         }
         if let Some(cgroups) = &cgroups {
@@ -528,6 +568,25 @@ impl Supervisor {
         }
         self.procs.clear();
         tracing::info!("all workers stopped");
+    }
+}
+
+/// A child's stdout or stderr, read as one kind of thing.
+enum Pipe {
+    Out(tokio::process::ChildStdout),
+    Err(tokio::process::ChildStderr),
+}
+
+impl tokio::io::AsyncRead for Pipe {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Pipe::Out(p) => std::pin::Pin::new(p).poll_read(cx, buf),
+            Pipe::Err(p) => std::pin::Pin::new(p).poll_read(cx, buf),
+        }
     }
 }
 

@@ -77,6 +77,9 @@ wait until the old name stops appearing.")]
         #[command(flatten)]
         remote: Remote,
     },
+    /// A replica's output as its hive kept it (`web-0`: whatever instance runs in that
+    /// slot now; `web-0.1`: that instance), written to stdout as the program wrote it.
+    Logs(LogsArgs),
     /// A deployment's rollout: versions, state, replicas updated, why it reverted.
     Rollout {
         #[command(subcommand)]
@@ -338,6 +341,54 @@ pub struct DeployArgs {
     pub args: Vec<String>,
     #[command(flatten)]
     pub remote: Remote,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct LogsArgs {
+    pub replica: String,
+    /// Its stderr instead of its stdout.
+    #[arg(long)]
+    pub stderr: bool,
+    /// The instance before its last restart (after a crash: what it said before it died).
+    #[arg(long)]
+    pub previous: bool,
+    /// Keep printing what it writes next, until interrupted.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// The last N lines only.
+    #[arg(long)]
+    pub tail: Option<usize>,
+    /// Only what was written in this last while (`10m`, `1h`), or since an RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Start each line with the time it was written.
+    #[arg(long)]
+    pub timestamps: bool,
+    #[command(flatten)]
+    pub remote: Remote,
+}
+
+impl LogsArgs {
+    pub fn query(&self) -> Result<contract::LogQuery, Usage> {
+        let mut q = contract::LogQuery {
+            stream: if self.stderr { contract::LogStream::Stderr } else { contract::LogStream::Stdout },
+            previous: self.previous,
+            tail: self.tail,
+            follow: self.follow,
+            timestamps: self.timestamps,
+            ..Default::default()
+        };
+        if let Some(since) = &self.since {
+            let rfc3339 = &time::format_description::well_known::Rfc3339;
+            match (since.parse::<lifecycle::HumanDuration>(), time::OffsetDateTime::parse(since, rfc3339)) {
+                (Ok(d), _) => q.since_seconds = Some(d.0.as_secs()),
+                (_, Ok(at)) => q.since = Some(at),
+                _ => return Err(Usage(format!("--since {since:?}: a duration (10m) or an RFC 3339 time"))),
+            }
+        }
+        q.validate().map_err(|e| Usage(e.to_string()))?;
+        Ok(q)
+    }
 }
 
 /// A probe as `http:/PATH`, `tcp` or `exec:PROGRAM ARGS`, with `,every=D,timeout=D,failures=N`
@@ -618,6 +669,7 @@ pub async fn run_remote(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Rollout { command } => return rollout(command).await,
+        Command::Logs(args) => return logs(args).await,
         Command::Undeploy { name, remote } => {
             remote.client()?.undeploy(&name).await?;
             print_as(remote.output, &contract::cli::Done { name, outcome: "replicas stopping".into() }, render_done)?;
@@ -706,6 +758,22 @@ async fn warn_if_it_cannot_start(client: &QueenClient, created: &contract::Deplo
 
 fn ms(d: Option<lifecycle::HumanDuration>) -> Option<u64> {
     d.map(|d| d.0.as_millis() as u64)
+}
+
+/// Copies a replica's output to stdout as it arrives: the program's own bytes.
+async fn logs(args: LogsArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let query = args.query()?;
+    let mut answer = args.remote.client()?.logs(&args.replica, &query).await?;
+    while let Some(chunk) = answer.chunk().await? {
+        let mut out = std::io::stdout();
+        match out.write_all(&chunk).and_then(|()| out.flush()) {
+            // `queen logs web-0 | head`: the reader has what it wanted.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            written => written?,
+        }
+    }
+    Ok(())
 }
 
 /// Starts (or dry-runs) a cluster shutdown and follows it live until the queen is gone.

@@ -318,20 +318,20 @@ pub async fn route(
 }
 
 /// Why a worker's answer was not read whole.
-enum Capped {
+pub(crate) enum Capped {
     TooLarge,
     Read(reqwest::Error),
 }
 
-/// Reads an answer up to [`MAX_ANSWER_BYTES`], refusing more before it is in memory (by its
+/// Reads an answer up to `max` bytes, refusing more before it is in memory (by its
 /// length when it says one, as it comes when it does not).
-async fn capped(mut resp: reqwest::Response) -> Result<bytes::Bytes, Capped> {
-    if resp.content_length().is_some_and(|n| n > MAX_ANSWER_BYTES as u64) {
+pub(crate) async fn capped(mut resp: reqwest::Response, max: usize) -> Result<bytes::Bytes, Capped> {
+    if resp.content_length().is_some_and(|n| n > max as u64) {
         return Err(Capped::TooLarge);
     }
     let mut body = bytes::BytesMut::new();
     while let Some(chunk) = resp.chunk().await.map_err(Capped::Read)? {
-        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+        if body.len() + chunk.len() > max {
             return Err(Capped::TooLarge);
         }
         body.extend_from_slice(&chunk);
@@ -409,7 +409,7 @@ impl Attempt<'_> {
             }
             Ok(resp) => {
                 let status = resp.status();
-                let bytes = match capped(resp).await {
+                let bytes = match capped(resp, MAX_ANSWER_BYTES).await {
                     Ok(b) => b,
                     Err(Capped::TooLarge) => {
                         return failed(&format!("answered more than {MAX_ANSWER_BYTES} bytes; not passed on"));

@@ -16,7 +16,7 @@ use utoipa_axum::router::UtoipaMethodRouter;
 use utoipa_axum::routes;
 
 use crate::Queen;
-use crate::api::{cluster, deployments, heartbeats, hives};
+use crate::api::{cluster, deployments, heartbeats, hives, logs};
 
 /// Which token a call needs. A scope whose token is not configured is open (the loopback
 /// development default); see `auth::Tokens::check`.
@@ -153,6 +153,8 @@ static TABLE: LazyLock<Vec<Route>> = LazyLock::new(|| {
         row(M::POST, "/v1/deployments/{name}/rollout/undo", Admin, LEADER, NONE, || routes!(deployments::rollout_undo)),
         row(M::GET, "/v1/deployments/{name}/history", Read, LEADER, READ, || routes!(deployments::deployment_history)),
         row(M::POST, "/v1/replicas/{name}/restart", Admin, LEADER, NONE, || routes!(deployments::restart_replica)),
+        // A replica's output may hold what its program printed of its secrets: admin only.
+        row(M::GET, "/v1/replicas/{name}/logs", Admin, LEADER, NONE, || routes!(logs::replica_logs)),
         row(M::DELETE, "/v1/deployments/{name}", Admin, LEADER, NONE, || routes!(deployments::delete_deployment)),
         row(M::GET, "/v1/assignments", Read, ANY_QUEEN, READ, || routes!(deployments::assignments)),
         row(M::GET, "/v1/placement/strategy", Read, ANY_QUEEN, READ, || routes!(deployments::get_strategy)),

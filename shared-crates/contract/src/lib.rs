@@ -14,6 +14,7 @@ mod health;
 mod heartbeat;
 mod ids;
 mod jobs;
+mod logs;
 mod names;
 #[cfg(feature = "registry")]
 mod registry_impl;
@@ -38,6 +39,7 @@ pub use jobs::{
     IDEMPOTENCY_KEY, IDEMPOTENCY_WINDOW, JobRequest, JobResponse, MAX_IDEMPOTENCY_KEY_LEN, MAX_SHA256_ROUNDS,
     MAX_SLEEP_MS, check_idempotency_key,
 };
+pub use logs::{LogQuery, LogStream, MAX_TAIL};
 pub use shutdown::{
     AckStatus, HiveProgress, Phase, PhaseOrder, PhaseReport, PhaseStatus, ShutdownAnswer, ShutdownPlan,
     ShutdownRequest, ShutdownState, ShutdownStatus,
@@ -58,6 +60,10 @@ pub mod paths {
     pub const JOBS: &str = "/v1/jobs";
     pub const DEPLOYMENTS: &str = "/v1/deployments";
     pub const ASSIGNMENTS: &str = "/v1/assignments";
+    /// A replica's output at the queen.
+    pub const REPLICA_LOGS: &str = "/v1/replicas/{name}/logs";
+    /// The same at the replica's hive (its own listener), which the queen asks.
+    pub const HIVE_LOGS: &str = "/v1/logs/{replica}";
     pub const STRATEGY: &str = "/v1/placement/strategy";
     pub const CLUSTER_SHUTDOWN: &str = "/v1/cluster/shutdown";
     pub const CLUSTER_STATS: &str = "/v1/cluster/stats";

@@ -49,6 +49,9 @@ pub struct QueenClient {
     /// For long-lived streams: no total timeout, but a read timeout well past the queen's
     /// keep-alive comments, so a dead connection is noticed.
     streams: reqwest::Client,
+    /// For a log follow, which may be quiet as long as its replica is: no read timeout;
+    /// TCP keep-alives notice a dead connection.
+    follows: reqwest::Client,
     queens: Arc<Queens>,
     token: Option<String>,
 }
@@ -208,9 +211,15 @@ impl QueenClient {
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .read_timeout(STREAM_READ_TIMEOUT)
             .build()?;
+        let follows = with_roots(http_builder())
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .tcp_keepalive(Duration::from_secs(15))
+            .build()?;
         Ok(Self {
             http,
             streams,
+            follows,
             queens: Arc::new(Queens { urls: std::sync::RwLock::new(urls), current: AtomicUsize::new(0) }),
             token,
         })
@@ -373,6 +382,21 @@ impl QueenClient {
     /// Restarts every replica of a deployment, rolling (new instance up before old stops).
     pub async fn restart(&self, name: &str) -> Result<DeploymentStatus, ClientError> {
         self.post_json(&format!("{}/{name}/restart", paths::DEPLOYMENTS), &serde_json::json!({})).await
+    }
+
+    /// A replica's output (see `contract::LogQuery`): the answer, to read as it comes.
+    pub async fn logs(&self, replica: &str, query: &contract::LogQuery) -> Result<reqwest::Response, ClientError> {
+        let path = format!("{}?{}", paths::REPLICA_LOGS.replace("{name}", replica), query.to_query_string());
+        let client = if query.follow { &self.follows } else { &self.http };
+        let resp = self.send(client, reqwest::Method::GET, &path, None).await?;
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        Err(Self::decode::<serde_json::Value>(resp).await.err().unwrap_or(ClientError::Api {
+            status: 0,
+            code: "unexpected".into(),
+            message: "logs refused".into(),
+        }))
     }
 
     pub async fn undeploy(&self, name: &str) -> Result<(), ClientError> {

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub(crate) mod deployments;
 pub(crate) mod heartbeats;
 pub(crate) mod hives;
+pub(crate) mod logs;
 
 use std::sync::Arc;
 

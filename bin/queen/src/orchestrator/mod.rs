@@ -475,6 +475,24 @@ impl Orchestrator {
         Ok(())
     }
 
+    /// A replica instance and the hive it was placed on, by its worker name (the running
+    /// instance or the one being replaced) or its slot's (`web-0`: whatever runs there now).
+    pub fn locate(&self, replica: &NodeId) -> Option<(NodeId, NodeId)> {
+        let st = self.lock();
+        let placed = |a: &Assignment| Some((a.worker.clone(), a.hive.clone()?));
+        st.placement
+            .assignments
+            .values()
+            .find_map(|a| {
+                if a.worker == *replica {
+                    return placed(a);
+                }
+                let retiring = a.retiring.as_ref().filter(|r| r.worker == *replica);
+                retiring.map(|r| (r.worker.clone(), r.hive.clone()))
+            })
+            .or_else(|| st.placement.assignments.get(replica).and_then(placed))
+    }
+
     pub fn assignments(&self) -> Vec<Assignment> {
         self.lock().placement.assignments.values().cloned().collect()
     }

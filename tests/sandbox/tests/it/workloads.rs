@@ -140,3 +140,103 @@ async fn a_plain_program_rolls_out_like_a_worker() -> anyhow::Result<()> {
     assert_eq!(done.running, 2);
     sb.shutdown().await
 }
+
+const CLUSTER: &str = "cluster-secret";
+const ADMIN: &str = "admin-secret";
+const READ: &str = "read-secret";
+
+async fn read_logs(client: &QueenClient, replica: &str, query: contract::LogQuery) -> anyhow::Result<String> {
+    let answer = client.logs(replica, &query).await?;
+    Ok(String::from_utf8_lossy(&answer.bytes().await?).into_owned())
+}
+
+/// A plain shell program's stdout and stderr, read through the queen: the instance running
+/// now, the one before its crash (`previous`), the last lines, and what it writes next. The
+/// hive holds a node token; the queen presents it; nobody else reads a hive's logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicas_output_is_kept_and_read_through_the_queen() -> anyhow::Result<()> {
+    let sb = Sandbox::builder()
+        .hives(1)
+        .workers_per_hive(0)
+        .heartbeat_interval(Duration::from_millis(300))
+        .snapshot_interval(Duration::from_millis(300))
+        .tokens(CLUSTER, ADMIN, READ)
+        .node_tokens()
+        .start()
+        .await?;
+    let client = sb.client();
+    let dir = TempDir::new("logs")?;
+    let count = dir.0.join("count");
+    // The first instance says its piece on both streams and crashes; the second stays,
+    // ticking.
+    let script = format!(
+        "n=$(( $(cat {c} 2>/dev/null || echo 0) + 1 )); echo $n > {c}; echo \"instance $n\"; echo \"oops $n\" >&2; \
+         if [ $n -lt 2 ]; then sleep 0.3; exit 3; fi; while :; do echo tick; sleep 0.1; done",
+        c = count.display()
+    );
+    let spec = json!({ "name": "chatty", "command": "sh", "args": ["-c", script], "replicas": 1 });
+    client.post_json::<_, DeploymentStatus>("/v1/deployments", &spec).await?;
+    wait_until("the second instance runs", WAIT, || async {
+        let a = status(&client, "chatty").await?.assignments.into_iter().next()?;
+        (a.restarts == 1 && a.process == Some(ProcessState::Running)).then_some(())
+    })
+    .await?;
+    let q = contract::LogQuery::default;
+    let now = wait_until("it ticks", WAIT, || async {
+        read_logs(&client, "chatty-0", q()).await.ok().filter(|t| t.contains("tick\ntick\n"))
+    })
+    .await?;
+    assert!(now.starts_with("instance 2\ntick\n"), "{now:?}");
+    let stderr = contract::LogQuery { stream: contract::LogStream::Stderr, ..q() };
+    assert_eq!(read_logs(&client, "chatty-0", stderr.clone()).await?, "oops 2\n");
+    let previous = contract::LogQuery { previous: true, ..q() };
+    assert_eq!(read_logs(&client, "chatty-0", previous).await?, "instance 1\n", "what it said before the crash");
+    let before = contract::LogQuery { previous: true, ..stderr };
+    assert_eq!(read_logs(&client, "chatty-0", before).await?, "oops 1\n");
+    assert_eq!(read_logs(&client, "chatty-0", contract::LogQuery { tail: Some(1), ..q() }).await?, "tick\n");
+    let stamped = read_logs(&client, "chatty-0", contract::LogQuery { tail: Some(1), timestamps: true, ..q() }).await?;
+    assert!(stamped.ends_with("Z tick\n") && stamped.starts_with("20"), "{stamped:?}");
+
+    // A follow: the newest line, then what comes next, as it comes.
+    let follow = contract::LogQuery { tail: Some(1), follow: true, ..q() };
+    let mut answer = client.logs("chatty-0", &follow).await?;
+    let mut seen = Vec::new();
+    let more = tokio::time::timeout(WAIT, async {
+        while seen.iter().filter(|b| **b == b'\n').count() < 4 {
+            match answer.chunk().await? {
+                Some(chunk) => seen.extend_from_slice(&chunk),
+                None => anyhow::bail!("the follow ended"),
+            }
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    more??;
+    assert!(seen.starts_with(b"tick\ntick\ntick\ntick\n"), "{:?}", String::from_utf8_lossy(&seen));
+    drop(answer);
+
+    // Logs are an admin read; a hive gives them to the queen only.
+    let logs_url = format!("{}/v1/replicas/chatty-0/logs", sb.queen_url());
+    let as_reader = queen_client::http().get(&logs_url).bearer_auth(READ).send().await?;
+    assert_eq!(as_reader.status().as_u16(), 403);
+    let hive = sb.hive_url(&contract::NodeId::sanitized("hive-0")).unwrap_or_default();
+    for token in [None, Some(CLUSTER), Some(ADMIN)] {
+        let mut direct = queen_client::http().get(format!("{hive}/v1/logs/chatty-0"));
+        if let Some(t) = token {
+            direct = direct.bearer_auth(t);
+        }
+        assert_eq!(direct.send().await?.status().as_u16(), 401, "straight to the hive with {token:?}");
+    }
+    let missing = client.logs("nobody-0", &q()).await.map(|_| ()).expect_err("no such replica");
+    assert!(matches!(missing, queen_client::ClientError::Api { status: 404, .. }), "{missing:?}");
+
+    // The command line, as a script would use it.
+    let queen = tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("queen");
+    let out = tokio::process::Command::new(queen)
+        .args(["logs", "chatty-0", "--previous", "--queen", &sb.queen_url(), "--token", ADMIN])
+        .output()
+        .await?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "instance 1\n");
+    sb.shutdown().await
+}
