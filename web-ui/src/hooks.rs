@@ -40,6 +40,18 @@ pub async fn send_json<T: serde::de::DeserializeOwned>(
     body: Option<&serde_json::Value>,
     token: &str,
 ) -> Result<T, (u16, String)> {
+    let text = send(method, path, body, token).await?;
+    let text = if text.trim().is_empty() { "null" } else { &text };
+    serde_json::from_str(text).map_err(|e| (200, e.to_string()))
+}
+
+/// An admin call whose answer is text (a replica's output), as the browser decodes it.
+pub async fn send(
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    token: &str,
+) -> Result<String, (u16, String)> {
     let js = |e: wasm_bindgen::JsValue| (0, format!("{e:?}"));
     let window = web_sys::window().ok_or((0, "no window".to_string()))?;
     let headers = web_sys::Headers::new().map_err(js)?;
@@ -52,12 +64,19 @@ pub async fn send_json<T: serde::de::DeserializeOwned>(
     }
     init.set_headers(&headers);
     let request = web_sys::Request::new_with_str_and_init(path, &init).map_err(js)?;
-    answer(window.fetch_with_request(&request)).await
+    answer_text(window.fetch_with_request(&request)).await
 }
 
 /// A fetch's answer as `T`, or its status and the queen's message. An empty success (a
 /// 204) reads as JSON `null`.
 async fn answer<T: serde::de::DeserializeOwned>(fetch: js_sys::Promise) -> Result<T, (u16, String)> {
+    let text = answer_text(fetch).await?;
+    let text = if text.trim().is_empty() { "null" } else { &text };
+    serde_json::from_str(text).map_err(|e| (200, e.to_string()))
+}
+
+/// A fetch's answer as text, or its status and the queen's message.
+async fn answer_text(fetch: js_sys::Promise) -> Result<String, (u16, String)> {
     use wasm_bindgen_futures::JsFuture;
     let resp = JsFuture::from(fetch).await.map_err(|e| (0, format!("{e:?}")))?;
     let resp: web_sys::Response = resp.dyn_into().map_err(|_| (0, "not a response".to_string()))?;
@@ -68,8 +87,7 @@ async fn answer<T: serde::de::DeserializeOwned>(fetch: js_sys::Promise) -> Resul
         let message = serde_json::from_str::<contract::ApiErrorBody>(&text).map(|b| b.message).unwrap_or(text);
         return Err((resp.status(), message));
     }
-    let text = if text.trim().is_empty() { "null" } else { &text };
-    serde_json::from_str(text).map_err(|e| (resp.status(), e.to_string()))
+    Ok(text)
 }
 
 /// Where the admin token is kept: this tab's session storage, gone when the tab closes.

@@ -21,13 +21,23 @@ fn by_hive(d: &DeploymentStatus) -> String {
     counts.into_iter().map(|(hive, n)| format!("{hive} ×{n}")).collect::<Vec<_>>().join(", ")
 }
 
-/// What the hives say of the replicas that are not running.
+/// What the hives say of the replicas that are not running, not ready, or failing a probe.
 fn trouble(d: &DeploymentStatus) -> String {
     let mut out: Vec<String> = d
         .assignments
         .iter()
-        .filter(|a| a.process.is_some_and(|p| p != ProcessState::Running))
-        .map(|a| format!("{} {}: {}", a.worker, a.process.map(ProcessState::as_str).unwrap_or(""), a.last_exit))
+        .filter_map(|a| {
+            if a.process.is_some_and(|p| p != ProcessState::Running) {
+                return Some(format!(
+                    "{} {}: {}",
+                    a.worker,
+                    a.process.map(ProcessState::as_str).unwrap_or(""),
+                    a.last_exit
+                ));
+            }
+            let unready = if a.ready == Some(false) { " not ready" } else { "" };
+            (!unready.is_empty() || !a.probe.is_empty()).then(|| format!("{}{unready}: {}", a.worker, a.probe))
+        })
         .collect();
     if let Some(why) = &d.failed {
         out.insert(0, format!("failed: {why}"));
@@ -36,7 +46,7 @@ fn trouble(d: &DeploymentStatus) -> String {
 }
 
 #[component]
-fn Row(deployment: DeploymentStatus, admin: Admin) -> impl IntoView {
+fn Row(deployment: DeploymentStatus, admin: Admin, logs: super::LogView) -> impl IntoView {
     let name = deployment.spec.name.to_string();
     let restarts: u32 = deployment.assignments.iter().map(|a| a.restarts).sum();
     let wanted = deployment.spec.replicas;
@@ -63,14 +73,24 @@ fn Row(deployment: DeploymentStatus, admin: Admin) -> impl IntoView {
             })
         }
     };
+    let replicas: Vec<String> =
+        deployment.assignments.iter().filter(|a| a.hive.is_some()).map(|a| a.worker.to_string()).collect();
     let controls = move || {
         admin.token.get()?;
         let (scale, restart) = (scale.clone(), restart.clone());
+        let log_buttons = replicas
+            .iter()
+            .map(|r| {
+                let replica = r.clone();
+                view! { <button class="logs" data-replica=r.clone() on:click=move |_| logs.replica.set(Some(replica.clone()))>{format!("logs {r}")}</button> }
+            })
+            .collect_view();
         Some(view! {
             <td class="actions">
                 <input node_ref=input class="replicas" type="number" min="0" value=wanted.to_string() />
                 <button class="scale" on:click=scale>"scale"</button>
                 <button class="restart" on:click=restart>"restart"</button>
+                {log_buttons}
             </td>
         })
     };
@@ -100,6 +120,7 @@ fn Row(deployment: DeploymentStatus, admin: Admin) -> impl IntoView {
 
 #[component]
 pub fn DeploymentsPanel(dashboard: RwSignal<Dashboard>, admin: Admin) -> impl IntoView {
+    let logs = super::LogView::new();
     let list = RwSignal::new(Result::<Vec<DeploymentStatus>, (u16, String)>::Ok(Vec::new()));
     // Refetched with every snapshot: the stream carries counts, the full list says where.
     Effect::new(move |_| {
@@ -128,10 +149,11 @@ pub fn DeploymentsPanel(dashboard: RwSignal<Dashboard>, admin: Admin) -> impl In
                         // Keyed by the whole answer: a row is redrawn only when it changed, so
                         // a replica count being typed survives the snapshots in between.
                         <For each=rows key=|d| format!("{d:?}") let:deployment>
-                            <Row deployment admin />
+                            <Row deployment admin logs />
                         </For>
                     </tbody>
                 </table>
+                <super::LogPane view=logs dashboard admin />
             </section>
         </Show>
     }

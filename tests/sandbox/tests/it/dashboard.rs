@@ -399,6 +399,13 @@ async fn with_the_admin_token_the_dashboard_scales_drains_and_shuts_down() -> an
         "replicas": 2,
     });
     let _: contract::DeploymentStatus = admin.post_json("/v1/deployments", &spec).await?;
+    let chatty = json!({
+        "name": "chatty",
+        "command": "sh",
+        "args": ["-c", "echo hello out; echo hello err >&2; exec sleep 600"],
+        "replicas": 1,
+    });
+    let _: contract::DeploymentStatus = admin.post_json("/v1/deployments", &chatty).await?;
     let (_driver, c, _profile) = browser().await?;
     c.goto(&format!("{}/?access_token=read-secret", sb.queen_url())).await?;
     wait_page(&c, "the deployment on the page", |c| {
@@ -444,6 +451,19 @@ async fn with_the_admin_token_the_dashboard_scales_drains_and_shuts_down() -> an
     let kept = c.execute("return [sessionStorage.getItem('apiary-admin-token'), location.href];", vec![]).await?;
     assert_eq!(kept[0], json!("admin-secret"), "kept for the tab");
     assert!(!kept[1].as_str().unwrap_or("").contains("admin-secret"), "never in the address: {kept}");
+
+    // A replica's output, in the log pane: stdout, then stderr.
+    let logs = |c: &Client| {
+        let c = c.clone();
+        async move { attr(&c, "#logs pre.logs", "e.textContent").await.ok().and_then(|v| v.as_str().map(str::to_string)) }
+    };
+    click(&c, "button.logs[data-replica=\"chatty-0\"]").await?;
+    wait_page(&c, "its stdout in the pane", |c| Box::pin(async move { logs(c).await.filter(|t| t == "hello out\n") }))
+        .await?;
+    click(&c, "#logs button.stderr").await?;
+    wait_page(&c, "its stderr in the pane", |c| Box::pin(async move { logs(c).await.filter(|t| t == "hello err\n") }))
+        .await?;
+    click(&c, "#logs button.close").await?;
 
     // Scale from the deployments view.
     c.execute(
