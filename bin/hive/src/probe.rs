@@ -36,6 +36,8 @@ pub fn real_checks() -> Checker {
 pub struct Target {
     pub port: u16,
     pub working_dir: Option<String>,
+    /// The replica's uid and gid, which an exec probe runs as.
+    pub user: Option<(u32, u32)>,
 }
 
 /// One probe's schedule and results.
@@ -245,6 +247,9 @@ async fn check(probe: &Probe, target: &Target) -> Result<(), String> {
             if let Some(dir) = &target.working_dir {
                 cmd.current_dir(dir);
             }
+            if let Some((uid, gid)) = target.user {
+                cmd.uid(uid).gid(gid);
+            }
             match cmd.status().await {
                 Ok(status) if status.success() => Ok(()),
                 Ok(status) => Err(format!("{}: {status}", argv[0])),
@@ -313,7 +318,7 @@ mod tests {
     }
 
     fn target() -> Target {
-        Target { port: 1, working_dir: None }
+        Target { port: 1, working_dir: None, user: None }
     }
 
     /// Steps `probing` every 10 ms of paused time for `until`.
@@ -382,7 +387,7 @@ mod tests {
     /// A port nothing listens on.
     fn closed() -> Target {
         let port = std::net::TcpListener::bind(("127.0.0.1", 0)).and_then(|l| l.local_addr()).map(|a| a.port());
-        Target { port: port.unwrap_or(1), working_dir: None }
+        Target { port: port.unwrap_or(1), working_dir: None, user: None }
     }
 
     #[tokio::test]
@@ -402,7 +407,7 @@ mod tests {
         let refused = check(&tcp, &target).await.expect_err("fails");
         assert!(refused.starts_with("tcp connect:"), "{refused}");
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.expect("bind");
-        let open = Target { port: listener.local_addr().expect("addr").port(), working_dir: None };
+        let open = Target { port: listener.local_addr().expect("addr").port(), working_dir: None, user: None };
         assert_eq!(check(&tcp, &open).await, Ok(()));
     }
 }

@@ -46,6 +46,8 @@ struct Proc {
     last_exit: String,
     /// The port it was given (`APIARY_PORT`), which its probes check.
     port: u16,
+    /// The uid and gid it runs as, when not the hive's (its exec probes run so too).
+    ids: Option<(u32, u32)>,
     /// The running instance's probes.
     probing: Option<Probing>,
     ready: Option<bool>,
@@ -110,6 +112,22 @@ pub fn cannot_start(command: &str, path_var: Option<&std::ffi::OsStr>) -> Option
         Ok(n) if head[..n].starts_with(b"\x7fELF") || head[..n].starts_with(b"#!") => None,
         Ok(_) => Some(format!("{command}: exec format error (neither a program nor a #! script)")),
         Err(e) => Some(format!("{command}: cannot be read: {e}")),
+    }
+}
+
+/// The user a replica is to run as, if this hive can start it so.
+fn run_as(user: &str) -> Result<nix::unistd::User, String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(format!("runs as user {user}: only a hive running as root can start a process as another user"));
+    }
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    match found {
+        Ok(Some(u)) => Ok(u),
+        Ok(None) => Err(format!("runs as user {user}: no such user on this machine")),
+        Err(e) => Err(format!("runs as user {user}: cannot read the user database: {e}")),
     }
 }
 
@@ -273,7 +291,7 @@ impl Supervisor {
         }
     }
 
-    fn spawn(&self, launch: &WorkerLaunch) -> std::io::Result<(Child, u16)> {
+    fn spawn(&self, launch: &WorkerLaunch, user: Option<&nix::unistd::User>) -> std::io::Result<(Child, u16)> {
         let port_number = free_port()?;
         let port = port_number.to_string();
         let setpriv = std::path::Path::new(SETPRIV).exists();
@@ -283,7 +301,13 @@ impl Supervisor {
             None => Command::new(program),
         };
         if setpriv {
-            cmd.args(["--pdeathsig", "KILL", "--"]).arg(&launch.command);
+            cmd.arg("--pdeathsig").arg("KILL");
+            if let Some(user) = user {
+                cmd.arg(format!("--reuid={}", user.uid)).arg(format!("--regid={}", user.gid)).arg("--init-groups");
+            }
+            cmd.arg("--").arg(&launch.command);
+        } else if let Some(user) = user {
+            cmd.uid(user.uid.as_raw()).gid(user.gid.as_raw());
         }
         // The hive's own APIARY_* settings (its listen address, say) are not the child's.
         for (key, _) in std::env::vars_os() {
@@ -345,11 +369,15 @@ impl Supervisor {
             .as_ref()
             .filter(|d| !std::path::Path::new(d).is_dir())
             .map(|d| format!("working_dir {d}: no such directory"));
-        let why = missing_dir.or_else(|| cannot_start(&launch.command, std::env::var_os("PATH").as_deref()));
+        let user = launch.process.user.as_deref().map(run_as).transpose();
+        let why = missing_dir
+            .or_else(|| user.as_ref().err().cloned())
+            .or_else(|| cannot_start(&launch.command, std::env::var_os("PATH").as_deref()));
         let spawned = match why {
             Some(why) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, why)),
-            None => self.spawn(launch),
+            None => self.spawn(launch, user.as_ref().ok().and_then(Option::as_ref)),
         };
+        let ids = user.ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()));
         let proc = self.procs.entry(name.clone()).or_insert_with(|| Proc {
             launch: launch.clone(),
             child: None,
@@ -362,6 +390,7 @@ impl Supervisor {
             kill_at: None,
             last_exit: String::new(),
             port: 0,
+            ids: None,
             probing: None,
             ready: None,
             probe: String::new(),
@@ -374,6 +403,7 @@ impl Supervisor {
                 proc.state = ProcessState::Running;
                 proc.started_at = now;
                 proc.port = port;
+                proc.ids = ids;
                 proc.probing = Some(Probing::new(&launch.probes, now, self.checker.clone()));
                 proc.ready = None;
                 tracing::info!(worker = %name, pid = ?proc.pid, "worker started");
@@ -460,7 +490,8 @@ impl Supervisor {
             if proc.kill_at.is_none()
                 && let Some(probing) = proc.probing.as_mut()
             {
-                let target = Target { port: proc.port, working_dir: proc.launch.process.working_dir.clone() };
+                let target =
+                    Target { port: proc.port, working_dir: proc.launch.process.working_dir.clone(), user: proc.ids };
                 let verdict = probing.step(now, &target);
                 proc.ready = verdict.ready;
                 proc.probe = verdict.failing;
@@ -751,6 +782,7 @@ mod tests {
                 stop_signal: Some(contract::StopSignal::Int),
                 stop_timeout_ms: Some(3_000),
                 working_dir: Some(dir.display().to_string()),
+                user: None,
             },
             ..shell(script)
         };
@@ -779,6 +811,49 @@ mod tests {
         // deployment gave it three seconds, and INT rather than TERM.
         assert_eq!(signal.trim(), "INT");
         assert_eq!(started_in.trim(), dir.display().to_string());
+    }
+
+    /// As root, a replica runs as the user its deployment names, with that user's groups;
+    /// a hive that is not root says it cannot, rather than run it as itself.
+    #[tokio::test]
+    async fn a_replica_runs_as_its_deployments_user() {
+        let mut launch = shell("exec sleep 600".into());
+        launch.process.user = Some("nobody".into());
+        let nobody = nix::unistd::User::from_name("nobody").ok().flatten();
+        let supervisor = Supervisor::new(child_env(), Duration::from_secs(5));
+        let report = supervisor.report();
+        let (_desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(rx, stop.clone()));
+        let first = || report.lock().unwrap_or_else(|p| p.into_inner()).first().cloned();
+        // The process's uid once it runs the command (before, it is the hive's wrapper).
+        let uid = |pid: u32| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            status.lines().find_map(|l| l.strip_prefix("Uid:"))?.split_whitespace().next()?.parse::<u32>().ok()
+        };
+        match (nix::unistd::geteuid().is_root(), nobody) {
+            (true, Some(nobody)) => {
+                let want = nobody.uid.as_raw();
+                crate::cgroup::tests::until("the replica runs as nobody", || {
+                    first().and_then(|w| w.pid).and_then(uid) == Some(want)
+                })
+                .await;
+            }
+            (true, None) => {
+                crate::cgroup::tests::until("no such user, said", || {
+                    first().is_some_and(|w| w.last_exit.contains("no such user"))
+                })
+                .await;
+            }
+            (false, _) => {
+                crate::cgroup::tests::until("the hive says it cannot", || {
+                    first().is_some_and(|w| w.last_exit.contains("only a hive running as root"))
+                })
+                .await;
+            }
+        }
+        stop.cancel();
+        let _ = running.await;
     }
 
     #[tokio::test]

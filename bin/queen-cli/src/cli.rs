@@ -320,6 +320,9 @@ pub struct DeployArgs {
     /// Absolute directory the replicas start in [default: the hive's].
     #[arg(long)]
     pub working_dir: Option<String>,
+    /// User the replicas run as (hives running as root only) [default: the hive's].
+    #[arg(long)]
+    pub user: Option<String>,
     /// Restart a replica failing this check: `http:/PATH`, `tcp` or `exec:PROGRAM ARGS`,
     /// then optionally `,every=10s,timeout=1s,failures=3`; or the probe as JSON.
     #[arg(long, value_parser = parse_probe)]
@@ -478,6 +481,7 @@ impl DeployArgs {
                 stop_signal: self.stop_signal,
                 stop_timeout_ms: ms(self.stop_timeout),
                 working_dir: self.working_dir.clone(),
+                user: self.user.clone(),
             },
             liveness: self.liveness.clone(),
             readiness: self.readiness.clone(),

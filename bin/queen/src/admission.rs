@@ -5,9 +5,10 @@
 //! A worker's address must name the machine it runs on: the address its heartbeat came
 //! from, or its hive's host as the hive reported it. A loopback address only when the
 //! worker calls from loopback itself, so no remote node can point the queen at a service
-//! on the queen's own machine. A hive's address is only shown (the queen never dials it),
-//! but it bounds its workers' addresses, so it is held to the same rule, with loopback
-//! allowed (a hive behind NAT whose endpoints are local only).
+//! on the queen's own machine. A hive's address bounds its workers' addresses, so it is
+//! held to the same rule, with loopback allowed (a hive whose endpoints are local only, the
+//! default); the queen dials it only to read logs, and a loopback one only when the hive
+//! says it runs on the queen's machine ([`dialable_hive`]).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -101,6 +102,19 @@ pub fn check_hive(hb: &HiveHeartbeat, from: Origin) -> Result<(), String> {
         peer.map_or_else(|| "?".into(), |p| p.to_string()),
         hb.hostname
     ))
+}
+
+/// Whether the queen may dial a hive at `address` (to read a replica's logs): a loopback
+/// address only for a hive that names the queen's own machine, so a remote hive cannot
+/// point the queen at a service on it; why not, in words an operator can act on.
+pub fn dialable_hive(address: &str, hostname: &str, own_hostname: &str) -> Result<(), String> {
+    let host = http_host(address)?;
+    if host.is_loopback() && !hostname.eq_ignore_ascii_case(own_hostname) {
+        return Err(format!(
+            "it listens on loopback only ({address}) on another machine ({hostname}): give it a --listen address the queen can reach"
+        ));
+    }
+    Ok(())
 }
 
 /// What the queen knows of a worker's hive: its address and hostname as it reported them.
@@ -224,6 +238,15 @@ mod tests {
             check_worker(&worker("http://127.0.0.1:8080"), ip("10.0.0.1"), None).is_ok(),
             "a worker on the queen's machine calling its LAN address"
         );
+    }
+
+    #[test]
+    fn the_queen_dials_a_loopback_hive_only_on_its_own_machine() {
+        assert_eq!(dialable_hive("http://127.0.0.1:7000", "queen-box", "queen-box"), Ok(()));
+        assert_eq!(dialable_hive("http://10.0.0.7:7000", "other", "queen-box"), Ok(()));
+        let remote = dialable_hive("http://127.0.0.1:7000", "other", "queen-box").expect_err("another machine");
+        assert!(remote.contains("--listen"), "{remote}");
+        assert!(dialable_hive("file:///etc/passwd", "queen-box", "queen-box").is_err());
     }
 
     #[test]

@@ -286,6 +286,11 @@ pub struct ProcessOptions {
     /// An absolute path [default: the hive's own working directory].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub working_dir: Option<String>,
+    /// The user the replica runs as (a name, or a uid with an entry in the hive's user
+    /// database), with that user's groups; only a hive running as root can do this, and one
+    /// that cannot says so rather than run it as itself [default: the hive's own user].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl ProcessOptions {
@@ -394,6 +399,14 @@ impl DeploymentSpec {
         }
         if p.working_dir.as_ref().is_some_and(|d| !d.starts_with('/') || d.len() > 4096 || d.contains('\0')) {
             return bad("working_dir", "an absolute path of at most 4096 bytes, without NUL");
+        }
+        let user_name = |u: &String| {
+            (1..=32).contains(&u.len())
+                && !u.starts_with('-')
+                && u.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
+        if p.user.as_ref().is_some_and(|u| !user_name(u)) {
+            return bad("user", "a user name or uid: 1 to 32 of A-Z a-z 0-9 _ - ., not starting with -");
         }
         self.probes().validate()?;
         if let Some(logs) = &self.logs {

@@ -45,9 +45,12 @@ pub(crate) async fn replica_logs(
         found
     });
     let (replica, hive) = located.ok_or_else(|| ApiError::not_found(format!("no replica named {replica}")))?;
-    let address = queen.ingest.hives.get(&hive).map(|h| h.payload.address).ok_or_else(|| {
-        ApiError::new(StatusCode::BAD_GATEWAY, "hive_unreachable", format!("{hive} has not been heard from"))
-    })?;
+    let (address, hostname) =
+        queen.ingest.hives.get(&hive).map(|h| (h.payload.address, h.payload.hostname)).ok_or_else(|| {
+            ApiError::new(StatusCode::BAD_GATEWAY, "hive_unreachable", format!("{hive} has not been heard from"))
+        })?;
+    crate::admission::dialable_hive(&address, &hostname, &lifecycle::hostname())
+        .map_err(|why| ApiError::new(StatusCode::BAD_GATEWAY, "hive_unreachable", format!("{hive}: {why}")))?;
     let url = format!(
         "{address}{}?{}",
         contract::paths::HIVE_LOGS.replace("{replica}", replica.as_str()),
