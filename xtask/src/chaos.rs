@@ -605,6 +605,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             // Its own cgroup names: a restarted hive kills what its killed run left there,
             // and must never meet another cluster's on this machine.
             .chain(["--cgroup".into(), format!("apiary-chaos-{}-{name}", std::process::id())])
+            // The workers' output goes to the hive's, where the run log below reads every
+            // keyed run (a hive's own log files drop a replica's once it is gone).
+            .chain(["--log-dir", "off"].map(String::from))
             .collect()
     };
     // The deployment's workers run on these two, and log every keyed job they run here.

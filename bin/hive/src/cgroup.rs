@@ -8,7 +8,9 @@
 //!
 //! Layout: `<cgroup2 mount><the hive's own cgroup>/<name>/<replica>.tree`, where `name` is the
 //! hive's `cgroup` setting (`apiary-hive-<id>` by default; under systemd the unit needs
-//! `Delegate=yes`). No controller is enabled: this is for membership, not limits.
+//! `Delegate=yes`). No controller is enabled by the hive: this is for membership. Where a
+//! replica's cgroup has the cpu and memory controllers anyway, its limits are written there
+//! ([`Cgroups::limit`]); elsewhere the supervisor watches its memory ([`Cgroups::memory`]).
 //! Processes join their cgroup themselves before running anything (a `sh` that writes
 //! its own pid, then `exec`s), so not even a program that forks at once can escape.
 //! Where there is no writable cgroup2 (an old kernel, a container without it), the hive
@@ -77,6 +79,28 @@ impl Cgroups {
     }
 
     /// Removes cgroup `group` once it is empty; true when it is gone.
+    /// Sets cgroup `group`'s CPU and memory limits where its controllers are enabled (the
+    /// files exist only then; a hive whose own cgroup holds processes cannot enable them
+    /// beneath it, which is the usual case). Whether the memory limit is the kernel's now.
+    pub fn limit(&self, group: &str, cpu_millis: u64, memory_bytes: u64) -> bool {
+        let dir = self.dir(group);
+        if cpu_millis > 0 && dir.join("cpu.max").exists() {
+            // `quota period`: cpu_millis thousandths of a core per 100 ms.
+            let _ = std::fs::write(dir.join("cpu.max"), format!("{} 100000", cpu_millis * 100));
+        }
+        memory_bytes > 0 && std::fs::write(dir.join("memory.max"), memory_bytes.to_string()).is_ok()
+    }
+
+    /// The memory cgroup `group` uses: the kernel's count where the memory controller is
+    /// on, else the resident memory of each of its processes, summed.
+    pub fn memory(&self, group: &str) -> u64 {
+        let dir = self.dir(group);
+        if let Some(n) = std::fs::read_to_string(dir.join("memory.current")).ok().and_then(|t| t.trim().parse().ok()) {
+            return n;
+        }
+        pids(&dir).into_iter().filter_map(|p| u32::try_from(p).ok()).map(resident).sum()
+    }
+
     pub fn remove(&self, group: &str) -> bool {
         let dir = self.dir(group);
         !dir.exists() || std::fs::remove_dir(&dir).is_ok()
@@ -121,6 +145,14 @@ pub fn clear_all(prefix: &str) {
             Cgroups { root: entry.path() }.close();
         }
     }
+}
+
+/// A process's resident memory in bytes (0 once it is gone).
+pub fn resident(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok());
+    kib.unwrap_or(0u64) * 1024
 }
 
 fn pids(dir: &Path) -> Vec<i32> {

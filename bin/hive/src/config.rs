@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use contract::NodeId;
@@ -61,8 +61,9 @@ pub struct HiveArgs {
     pub cgroup: Option<String>,
     #[arg(long = "label", env = "APIARY_LABELS", value_delimiter = ',')]
     pub labels: Vec<String>,
-    /// Where each replica's stdout and stderr are kept [default: $STATE_DIRECTORY/logs
-    /// under systemd, else <temp dir>/apiary-hive-<name>/logs].
+    /// Where each replica's stdout and stderr are kept; `off`: they go to the hive's own
+    /// (journald's, under systemd) and `queen logs` has nothing to read [default:
+    /// $STATE_DIRECTORY/logs under systemd, else <temp dir>/apiary-hive-<name>/logs].
     #[arg(long, env = "APIARY_LOG_DIR")]
     pub log_dir: Option<PathBuf>,
     /// Bytes per log file, per replica and stream, unless its deployment says otherwise
@@ -127,7 +128,8 @@ pub struct HiveConfig {
     pub drain_on_shutdown: Duration,
     /// The name of the cgroup holding the replicas' cgroups; `None`: process groups only.
     pub cgroup: Option<String>,
-    pub log_dir: PathBuf,
+    /// `None`: the replicas' output goes to the hive's own.
+    pub log_dir: Option<PathBuf>,
     /// What a replica's deployment does not say otherwise.
     pub logs: contract::LogPolicy,
 }
@@ -149,7 +151,7 @@ impl HiveConfig {
             drain_on_shutdown: Duration::from_secs(60),
             // Tests name their own: hives of concurrent tests may share an id.
             cgroup: None,
-            log_dir: unique_temp_dir("apiary-hive-logs"),
+            log_dir: Some(unique_temp_dir("apiary-hive-logs")),
             logs: contract::LogPolicy::default(),
         }
     }
@@ -216,7 +218,7 @@ impl HiveConfig {
             max_workers,
             cgroup,
             labels,
-            log_dir: std::path::absolute(&log_dir).unwrap_or(log_dir),
+            log_dir: (log_dir != Path::new("off")).then(|| std::path::absolute(&log_dir).unwrap_or(log_dir)),
             logs,
             drain_on_shutdown: args
                 .drain_on_shutdown

@@ -54,6 +54,7 @@ impl Identity {
 
     fn heartbeat(&self, stamp: Stamp, status: HiveStatus) -> HiveHeartbeat {
         let workers = self.workers.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let resources = *self.resources.lock().unwrap_or_else(|p| p.into_inner());
         HiveHeartbeat {
             id: self.config.name.clone(),
             epoch: stamp.epoch,
@@ -62,10 +63,13 @@ impl Identity {
             hostname: self.hostname.clone(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             status,
-            resources: *self.resources.lock().unwrap_or_else(|p| p.into_inner()),
+            resources,
             capacity: Capacity {
                 max_workers: self.config.max_workers,
                 running_workers: workers.iter().filter(|w| w.state == ProcessState::Running).count() as u32,
+                // The whole machine is offered; placement counts what replicas ask against it.
+                cpu_millis: std::thread::available_parallelism().map_or(0, |n| n.get() as u64 * 1000),
+                memory_bytes: resources.memory_total_bytes,
             },
             labels: self.config.labels.clone(),
             services: Vec::new(),
@@ -95,9 +99,9 @@ pub async fn run(config: HiveConfig, listener: TcpListener, stop: CancellationTo
     // A replica that starts, fails or cannot start is told to the queen at once.
     .on_change(heartbeater.nudger())
     .contain(cgroups.clone())
-    .log_to(Arc::new(logs::LogStore { dir: config.log_dir.clone(), policy: config.logs }));
+    .log_to(config.log_dir.clone().map(|dir| Arc::new(logs::LogStore { dir, policy: config.logs })));
     let log_access = Arc::new(logs::LogAccess::new(
-        logs::LogStore { dir: config.log_dir.clone(), policy: config.logs },
+        config.log_dir.clone().map(|dir| logs::LogStore { dir, policy: config.logs }),
         config.token.as_ref(),
         &config.name,
     ));

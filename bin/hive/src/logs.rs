@@ -328,7 +328,8 @@ pub fn inode(path: &Path) -> u64 {
 
 /// Who may read logs on this hive, and from where it reads them.
 pub struct LogAccess {
-    pub store: LogStore,
+    /// `None`: this hive keeps no output (`--log-dir off`).
+    pub store: Option<LogStore>,
     /// What the queen presents: this hive's own node token (made from the cluster token
     /// when the hive holds that). `None`: no token, so only callers on this machine.
     pub expected: Option<lifecycle::Secret>,
@@ -337,7 +338,7 @@ pub struct LogAccess {
 }
 
 impl LogAccess {
-    pub fn new(store: LogStore, token: Option<&lifecycle::Secret>, hive: &NodeId) -> Self {
+    pub fn new(store: Option<LogStore>, token: Option<&lifecycle::Secret>, hive: &NodeId) -> Self {
         let expected = token.map(|t| {
             let own = t.expose();
             let own = if own.starts_with("hive:") {
@@ -379,7 +380,12 @@ async fn serve(
     }
     q.validate().map_err(|e| ApiError::bad_request("invalid_query", e.to_string()))?;
     let replica = NodeId::new(replica).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
-    let files = access.store.files(&replica, q.stream, q.previous);
+    let Some(store) = &access.store else {
+        return Err(ApiError::not_found(
+            "this hive keeps no replica output (--log-dir off): it goes to the hive's own",
+        ));
+    };
+    let files = store.files(&replica, q.stream, q.previous);
     if !files.exists() {
         let which = if q.previous { "no previous instance of" } else { "no output kept of" };
         return Err(ApiError::not_found(format!("{which} {replica} on this hive")));
@@ -506,7 +512,7 @@ mod tests {
     #[test]
     fn the_queen_is_told_apart_by_the_hives_own_node_token() {
         let hive = NodeId::sanitized("h1");
-        let store = || LogStore { dir: std::env::temp_dir(), policy: LogPolicy::default() };
+        let store = || Some(LogStore { dir: std::env::temp_dir(), policy: LogPolicy::default() });
         let by_cluster = LogAccess::new(store(), Some(&lifecycle::Secret::new("c")), &hive);
         let node = queen_client::node_token::hive_token("c", &hive);
         let by_node = LogAccess::new(store(), Some(&lifecycle::Secret::new(node.clone())), &hive);

@@ -28,6 +28,8 @@ use crate::probe::{Checker, Probing, Target};
 const TICK: Duration = Duration::from_millis(100);
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often a replica with a memory limit has its memory measured.
+const MEMORY_CHECK: Duration = Duration::from_secs(1);
 /// A child that ran this long before exiting was healthy: its backoff starts over.
 const STABLE_AFTER: Duration = Duration::from_secs(60);
 const SETPRIV: &str = "/usr/bin/setpriv";
@@ -53,8 +55,11 @@ struct Proc {
     ready: Option<bool>,
     /// What its failing probe last said.
     probe: String,
-    /// Being stopped to be started again (a failed liveness or startup probe), for this reason.
+    /// Being stopped to be started again (a failed liveness or startup probe, its memory
+    /// past its limit), for this reason.
     restart_for: Option<String>,
+    /// When its memory is next measured against its limit.
+    memory_check_at: Instant,
 }
 
 /// Longest report of one process's last exit: the queen takes 256 bytes of text per field,
@@ -237,9 +242,9 @@ impl Supervisor {
         }
     }
 
-    /// Keeps each replica's stdout and stderr in `store`.
-    pub fn log_to(mut self, store: Arc<LogStore>) -> Self {
-        self.logs = Some(store);
+    /// Keeps each replica's stdout and stderr in `store` (`None`: they go to the hive's).
+    pub fn log_to(mut self, store: Option<Arc<LogStore>>) -> Self {
+        self.logs = store;
         self
     }
 
@@ -342,6 +347,9 @@ impl Supervisor {
         if logs.is_some() {
             cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         }
+        if let (Some(cgroups), Some(r)) = (&self.cgroups, launch.resources) {
+            cgroups.limit(launch.name.as_str(), r.cpu_millis, r.memory_bytes);
+        }
         let mut child = cmd.spawn()?;
         if let Some(store) = logs {
             let policy = launch.logs.unwrap_or(store.policy);
@@ -395,6 +403,7 @@ impl Supervisor {
             ready: None,
             probe: String::new(),
             restart_for: None,
+            memory_check_at: now,
         });
         match spawned {
             Ok((child, port)) => {
@@ -485,6 +494,23 @@ impl Supervisor {
                     tracing::warn!(worker = %name, %status, restarts = proc.restarts, "worker exited");
                     proc.last_exit = status;
                     Self::after_exit(proc, now);
+                }
+            }
+            let limit = proc.launch.resources.map_or(0, |r| r.memory_bytes);
+            if limit > 0 && proc.kill_at.is_none() && proc.child.is_some() && now >= proc.memory_check_at {
+                proc.memory_check_at = now + MEMORY_CHECK;
+                let used = match (cgroups.as_deref(), proc.pid) {
+                    (Some(c), _) => c.memory(name.as_str()),
+                    (None, Some(pid)) => crate::cgroup::resident(pid),
+                    (None, None) => 0,
+                };
+                if used > limit {
+                    let why = format!("over its memory limit: {} MiB of {} MiB", used >> 20, limit >> 20);
+                    tracing::warn!(worker = %name, reason = %why, "restarting the replica");
+                    proc.restart_for = Some(why);
+                    // No grace: more time is more memory.
+                    proc.state = ProcessState::Stopping;
+                    proc.kill_at = Some(now);
                 }
             }
             if proc.kill_at.is_none()
@@ -710,6 +736,7 @@ mod tests {
             process: Default::default(),
             probes: Default::default(),
             logs: None,
+            resources: None,
         }
     }
 
@@ -852,6 +879,28 @@ mod tests {
                 .await;
             }
         }
+        stop.cancel();
+        let _ = running.await;
+    }
+
+    /// A replica whose memory grows past its deployment's limit is restarted, saying so.
+    #[tokio::test]
+    async fn a_replica_over_its_memory_limit_is_restarted_with_that_reason() {
+        // The shell itself holds 32 MB in a variable; its limit is 8 MiB.
+        let mut launch = shell("x=$(head -c 32000000 /dev/zero | tr '\\0' a); sleep 600".into());
+        launch.resources = Some(contract::ResourceRequest { cpu_millis: 100, memory_bytes: 8 << 20 });
+        let supervisor = Supervisor::new(child_env(), Duration::from_secs(5));
+        let report = supervisor.report();
+        let (_desired, rx) = watch::channel(Desired { workers: vec![launch], ..Default::default() });
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(supervisor.run(rx, stop.clone()));
+        crate::cgroup::tests::until("restarted for its memory", || {
+            let held = report.lock().unwrap_or_else(|p| p.into_inner());
+            held.first().is_some_and(|w| w.restarts >= 1 && w.last_exit.starts_with("over its memory limit: "))
+        })
+        .await;
+        let said = report.lock().unwrap_or_else(|p| p.into_inner()).first().map(|w| w.last_exit.clone());
+        assert!(said.as_deref().is_some_and(|s| s.ends_with("of 8 MiB")), "{said:?}");
         stop.cancel();
         let _ = running.await;
     }

@@ -339,6 +339,13 @@ pub struct DeployArgs {
     /// Log files kept per stream of a replica [default: the hive's].
     #[arg(long)]
     pub log_files: Option<u32>,
+    /// CPU each replica is given, in thousandths of a core (500: half a core); placement
+    /// gives no hive more than it offers.
+    #[arg(long)]
+    pub cpu_millis: Option<u64>,
+    /// Memory each replica is given, in bytes; one past it is restarted.
+    #[arg(long)]
+    pub memory_bytes: Option<u64>,
     /// Arguments for the command, after `--`.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -486,6 +493,10 @@ impl DeployArgs {
             liveness: self.liveness.clone(),
             readiness: self.readiness.clone(),
             startup: self.startup.clone(),
+            resources: (self.cpu_millis.is_some() || self.memory_bytes.is_some()).then(|| contract::ResourceRequest {
+                cpu_millis: self.cpu_millis.unwrap_or(0),
+                memory_bytes: self.memory_bytes.unwrap_or(0),
+            }),
             logs: (self.log_max_bytes.is_some() || self.log_files.is_some()).then(|| {
                 let d = contract::LogPolicy::default();
                 contract::LogPolicy {

@@ -14,11 +14,37 @@ pub struct Candidate {
     pub assigned: u32,
     pub cpu_percent: f32,
     pub memory_percent: f32,
+    /// CPU (thousandths of a core) and memory (bytes) it offers that the replicas assigned
+    /// to it have not asked for; `u64::MAX` for a hive that does not say what it offers.
+    pub cpu_free: u64,
+    pub memory_free: u64,
 }
 
 impl Candidate {
-    fn has_room(&self) -> bool {
-        self.assigned < self.max_workers
+    /// A hive with `max_workers` slots that offers no CPU or memory figure.
+    pub fn slots(id: NodeId, max_workers: u32) -> Self {
+        Self {
+            id,
+            labels: BTreeMap::new(),
+            max_workers,
+            assigned: 0,
+            cpu_percent: 0.0,
+            memory_percent: 0.0,
+            cpu_free: u64::MAX,
+            memory_free: u64::MAX,
+        }
+    }
+
+    /// Room for one more replica asking `want`: a slot, and the CPU and memory it asks.
+    fn has_room(&self, want: &Want<'_>) -> bool {
+        self.assigned < self.max_workers && self.cpu_free >= want.cpu_millis && self.memory_free >= want.memory_bytes
+    }
+
+    /// Counts a replica asking `cpu_millis` and `memory_bytes` on this hive.
+    pub fn take(&mut self, cpu_millis: u64, memory_bytes: u64) {
+        self.assigned += 1;
+        self.cpu_free = self.cpu_free.saturating_sub(cpu_millis);
+        self.memory_free = self.memory_free.saturating_sub(memory_bytes);
     }
 
     fn matches(&self, required: &BTreeMap<String, String>) -> bool {
@@ -42,13 +68,16 @@ pub struct Want<'a> {
     pub spread_by: Option<&'a str>,
     /// Replicas of the same deployment on each hive now; the pick is counted in.
     pub placed: &'a mut BTreeMap<NodeId, u32>,
+    /// What the replica asks of its hive (0: nothing counted).
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
 }
 
 impl<'a> Want<'a> {
     /// A replica that needs `labels` and has no siblings placed yet.
     #[cfg(test)]
     pub fn labels(labels: &'a BTreeMap<String, String>, placed: &'a mut BTreeMap<NodeId, u32>) -> Self {
-        Self { labels, spread_by: None, placed }
+        Self { labels, spread_by: None, placed, cpu_millis: 0, memory_bytes: 0 }
     }
 }
 
@@ -101,8 +130,9 @@ impl Placer {
     /// and that have room, spread from its siblings (see [`spread`]), and counts the
     /// replica on it. `None` when no hive qualifies.
     pub fn pick(&mut self, candidates: &mut [Candidate], want: &mut Want<'_>) -> Option<NodeId> {
-        let fits: Vec<usize> =
-            (0..candidates.len()).filter(|&i| candidates[i].has_room() && candidates[i].matches(want.labels)).collect();
+        let fits: Vec<usize> = (0..candidates.len())
+            .filter(|&i| candidates[i].has_room(want) && candidates[i].matches(want.labels))
+            .collect();
         if fits.is_empty() {
             return None;
         }
@@ -134,7 +164,7 @@ impl Placer {
                 })
             }
         }?;
-        candidates[chosen].assigned += 1;
+        candidates[chosen].take(want.cpu_millis, want.memory_bytes);
         *want.placed.entry(candidates[chosen].id.clone()).or_default() += 1;
         Some(candidates[chosen].id.clone())
     }
@@ -146,12 +176,10 @@ mod tests {
 
     fn hive(id: &str, max: u32, cpu: f32, labels: &[(&str, &str)]) -> Candidate {
         Candidate {
-            id: NodeId::new(id).expect("valid id"),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            max_workers: max,
-            assigned: 0,
             cpu_percent: cpu,
             memory_percent: 20.0,
+            ..Candidate::slots(NodeId::new(id).expect("valid id"), max)
         }
     }
 
@@ -251,7 +279,7 @@ mod tests {
         let mut placer = Placer::with_seed(strategy, 7);
         let mut placed = BTreeMap::new();
         for _ in 0..n {
-            let mut want = Want { labels: ANY, spread_by: by, placed: &mut placed };
+            let mut want = Want { labels: ANY, spread_by: by, placed: &mut placed, cpu_millis: 0, memory_bytes: 0 };
             placer.pick(hives, &mut want).expect("room left");
         }
         hives.iter().map(|h| placed.get(&h.id).copied().unwrap_or(0)).collect()
@@ -271,6 +299,36 @@ mod tests {
         for strategy in PlacementStrategy::ALL {
             let mut hives = vec![hive("a", 1, 5.0, &[]), hive("b", 6, 50.0, &[]), hive("c", 6, 90.0, &[])];
             assert_eq!(one_deployment(strategy, &mut hives, 7, None), vec![1, 3, 3], "{strategy:?}");
+        }
+    }
+
+    #[test]
+    fn no_strategy_gives_a_hive_more_cpu_or_memory_than_it_offers() {
+        const GIB: u64 = 1 << 30;
+        for strategy in PlacementStrategy::ALL {
+            // Slots for 8 each; a offers 2 cores and 4 GiB, b 8 cores and 2 GiB, c says nothing.
+            let offers = |id: &str, cpu: u64, memory: u64| Candidate {
+                cpu_free: cpu,
+                memory_free: memory,
+                ..hive(id, 8, 10.0, &[])
+            };
+            let mut hives = vec![offers("a", 2_000, 4 * GIB), offers("b", 8_000, 2 * GIB), hive("c", 8, 10.0, &[])];
+            let (offered_a, offered_b) =
+                ((hives[0].cpu_free, hives[0].memory_free), (hives[1].cpu_free, hives[1].memory_free));
+            let mut placer = Placer::with_seed(strategy, 3);
+            let mut placed = BTreeMap::new();
+            let mut landed = 0;
+            // 20 replicas of half a core and 1 GiB each: a takes 4 (cpu), b 2 (memory), c 8 (slots).
+            for _ in 0..20 {
+                let mut want =
+                    Want { labels: ANY, spread_by: None, placed: &mut placed, cpu_millis: 500, memory_bytes: GIB };
+                landed += usize::from(placer.pick(&mut hives, &mut want).is_some());
+            }
+            let on: Vec<u32> = hives.iter().map(|h| placed.get(&h.id).copied().unwrap_or(0)).collect();
+            assert_eq!(on, vec![4, 2, 8], "{strategy:?}");
+            assert_eq!(landed, 14, "{strategy:?}: the other 6 find no room and stay pending");
+            assert!(u64::from(on[0]) * 500 <= offered_a.0 && u64::from(on[0]) * GIB <= offered_a.1);
+            assert!(u64::from(on[1]) * 500 <= offered_b.0 && u64::from(on[1]) * GIB <= offered_b.1);
         }
     }
 

@@ -159,9 +159,12 @@ pub fn plan(
     let mut candidates: Vec<Candidate> =
         observed.hives.values().filter_map(|v| v.candidate.clone().filter(|c| !held_out(v, c))).collect();
     for a in assignments.values() {
-        for h in a.hive.iter().chain(a.retiring.iter().map(|r| &r.hive)) {
+        let instances = a.hive.iter().map(|h| (h, a.version)).chain(a.retiring.iter().map(|r| (&r.hive, r.version)));
+        for (h, version) in instances {
             if let Some(c) = candidates.iter_mut().find(|c| &c.id == h) {
-                c.assigned += 1;
+                let asks =
+                    deployments.get(&a.deployment).and_then(|d| d.spec_of(version).resources).unwrap_or_default();
+                c.take(asks.cpu_millis, asks.memory_bytes);
             }
         }
     }
@@ -400,10 +403,13 @@ pub(crate) fn placed_by_deployment(
 
 /// What a replica of `d` asks of the strategy, with its siblings' places.
 pub(crate) fn want<'a>(d: &'a DeploymentRecord, placed: &'a mut BTreeMap<NodeId, BTreeMap<NodeId, u32>>) -> Want<'a> {
+    let asks = d.spec.resources.unwrap_or_default();
     Want {
         labels: &d.spec.labels_required,
         spread_by: d.spec.spread_by.as_deref(),
         placed: placed.entry(d.spec.name.clone()).or_default(),
+        cpu_millis: asks.cpu_millis,
+        memory_bytes: asks.memory_bytes,
     }
 }
 

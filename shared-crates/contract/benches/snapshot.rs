@@ -47,7 +47,7 @@ fn snapshot(seq: u64, at_s: i64, parity: usize) -> Snapshot {
                 disk_total_bytes: 500 << 30,
                 load_average: LoadAverage { one: 0.5, five: 0.5, fifteen: 0.5 },
             },
-            capacity: Capacity { max_workers: 20, running_workers: WORKERS_PER_HIVE as u32 },
+            capacity: Capacity { max_workers: 20, running_workers: WORKERS_PER_HIVE as u32, ..Default::default() },
             labels: BTreeMap::new(),
             services: vec![],
             workers: vec![],

@@ -109,6 +109,37 @@ pub struct DeploymentSpec {
     /// How much of each replica's output its hive keeps [default: the hive's].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<LogPolicy>,
+    /// What each replica needs of its hive: placement never gives a hive more than it
+    /// offers, and the hive holds the replica to it (see [`ResourceRequest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequest>,
+}
+
+/// CPU and memory one replica is given. Placement counts them against what each hive
+/// offers (`Capacity::cpu_millis`, `memory_bytes`), slots being a second limit; the hive
+/// sets them as the replica's cgroup limits where it can (`cpu.max`, `memory.max`) and, where
+/// it cannot, restarts a replica whose resident memory goes past its share.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields, default)]
+pub struct ResourceRequest {
+    /// Thousandths of a core (500: half a core); 0: not limited.
+    pub cpu_millis: u64,
+    /// Bytes; 0: not limited, else at least 4 MiB.
+    pub memory_bytes: u64,
+}
+
+impl ResourceRequest {
+    pub fn validate(&self) -> Result<(), ContractError> {
+        let bad = |reason: &str| Err(ContractError::InvalidField { field: "resources", reason: reason.into() });
+        if self.cpu_millis > 1_024_000 {
+            return bad("cpu_millis at most 1024000 (1024 cores)");
+        }
+        if self.memory_bytes != 0 && !(4 << 20..=1 << 50).contains(&self.memory_bytes) {
+            return bad("memory_bytes 0 (not limited) or between 4 MiB and 1 PiB");
+        }
+        Ok(())
+    }
 }
 
 /// One health check the hive runs against a replica: exactly one of `http` (a GET of this
@@ -360,6 +391,7 @@ impl DeploymentSpec {
             readiness: None,
             startup: None,
             logs: None,
+            resources: None,
         }
     }
 
@@ -412,6 +444,9 @@ impl DeploymentSpec {
         if let Some(logs) = &self.logs {
             logs.validate()?;
         }
+        if let Some(r) = &self.resources {
+            r.validate()?;
+        }
         let u = self.update;
         if u.max_parallel == 0 || u.max_parallel > MAX_REPLICAS {
             return bad("update.max_parallel", "between 1 and 10000");
@@ -433,6 +468,7 @@ impl DeploymentSpec {
             || self.process != other.process
             || self.probes() != other.probes()
             || self.logs != other.logs
+            || self.resources != other.resources
     }
 
     /// The probes its hive runs against each replica.
@@ -479,6 +515,8 @@ pub struct DeploymentPatch {
     pub probes: Option<Probes>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<LogPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequest>,
 }
 
 impl DeploymentPatch {
@@ -490,6 +528,9 @@ impl DeploymentPatch {
         }
         if let Some(l) = &self.logs {
             l.validate()?;
+        }
+        if let Some(r) = &self.resources {
+            r.validate()?;
         }
         Ok(())
     }
@@ -525,6 +566,9 @@ impl DeploymentPatch {
         }
         if let Some(l) = self.logs {
             next.logs = Some(l);
+        }
+        if let Some(r) = self.resources {
+            next.resources = Some(r);
         }
         next
     }
@@ -788,6 +832,8 @@ pub struct WorkerLaunch {
     pub probes: Probes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logs: Option<LogPolicy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequest>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -60,6 +60,17 @@ pub struct Resources {
 pub struct Capacity {
     pub max_workers: u32,
     pub running_workers: u32,
+    /// CPU the hive offers its replicas, in thousandths of a core (0: not said, so
+    /// placement counts slots only).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cpu_millis: u64,
+    /// Memory the hive offers its replicas, in bytes (0: not said).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub memory_bytes: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -229,7 +240,7 @@ mod tests {
                 memory_total_bytes: 2,
                 ..Default::default()
             },
-            capacity: Capacity { max_workers: 4, running_workers: 0 },
+            capacity: Capacity { max_workers: 4, running_workers: 0, ..Default::default() },
             labels: BTreeMap::new(),
             services: vec![],
             workers: vec![],

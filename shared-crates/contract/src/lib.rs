@@ -26,8 +26,8 @@ pub use deploy::{
     Assignment, AssignmentState, ClusterStats, CommandAck, CommandKind, DeploymentHistory, DeploymentPatch,
     DeploymentSpec, DeploymentStatus, DeploymentVersion, DrainRequest, DrainStatus, EligibilityBody, HiveCommand,
     LeaderInfo, LeaderTransfer, LogPolicy, MAX_REPLICAS, PlacementStrategy, Probe, ProbeCheck, Probes, ProcessOptions,
-    ProcessState, QueenRef, Retiring, RolloutState, RolloutStatus, SECRET, StopSignal, StrategyBody, SupervisedWorker,
-    TransferAnswer, UnknownReplicas, UpdatePolicy, WorkerLaunch,
+    ProcessState, QueenRef, ResourceRequest, Retiring, RolloutState, RolloutStatus, SECRET, StopSignal, StrategyBody,
+    SupervisedWorker, TransferAnswer, UnknownReplicas, UpdatePolicy, WorkerLaunch,
 };
 pub use error::{ApiErrorBody, ContractError};
 pub use health::{CheckReport, ReadinessReport, ReadinessStatus};

@@ -331,7 +331,7 @@ mod tests {
                 memory_total_bytes: 4,
                 ..Default::default()
             },
-            capacity: Capacity { max_workers: 4, running_workers: 1 },
+            capacity: Capacity { max_workers: 4, running_workers: 1, ..Default::default() },
             labels: Default::default(),
             services: vec![],
             workers: vec![],

@@ -335,6 +335,7 @@ mod tests {
             process: Default::default(),
             probes: Default::default(),
             logs: None,
+            resources: None,
         }
     }
 

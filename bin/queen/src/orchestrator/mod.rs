@@ -121,6 +121,7 @@ fn launch(spec: &DeploymentSpec, worker: &NodeId) -> WorkerLaunch {
         process: spec.process.clone(),
         probes: spec.probes(),
         logs: spec.logs,
+        resources: spec.resources,
     }
 }
 
@@ -656,13 +657,15 @@ fn observe(hives: &HeartbeatRegistry<HiveHeartbeat>) -> Seen {
             ready.extend(p.workers.iter().filter_map(|w| Some((w.name.clone(), w.ready?))));
         }
         let ready = h.liveness == registry::Liveness::Online && !h.flapping && p.status == HiveStatus::Ready;
+        // A hive that does not say what it offers is limited by its slots alone.
+        let offered = |n: u64| if n == 0 { u64::MAX } else { n };
         let candidate = ready.then(|| Candidate {
-            id: p.id.clone(),
             labels: p.labels.clone(),
-            max_workers: p.capacity.max_workers,
-            assigned: 0,
             cpu_percent: p.resources.cpu_percent,
             memory_percent: p.resources.memory_percent(),
+            cpu_free: offered(p.capacity.cpu_millis),
+            memory_free: offered(p.capacity.memory_bytes),
+            ..Candidate::slots(p.id.clone(), p.capacity.max_workers)
         });
         views.insert(
             p.id.clone(),

@@ -132,10 +132,14 @@ impl RolloutStep<'_, '_> {
             a.generation += 1;
             a.worker = worker_name(&a.deployment, a.slot, a.generation);
             a.version = target;
+            // Built from the spec's fields (not `plan::want`): the rollout record is borrowed.
+            let asks = d.spec.resources.unwrap_or_default();
             let want = &mut super::Want {
                 labels: &d.spec.labels_required,
                 spread_by: d.spec.spread_by.as_deref(),
                 placed: placed.entry(name.clone()).or_default(),
+                cpu_millis: asks.cpu_millis,
+                memory_bytes: asks.memory_bytes,
             };
             let reason = match self.placer.pick(self.candidates, want) {
                 Some(hive) => {

@@ -61,12 +61,10 @@ impl World {
 
     fn hive(mut self, name: &str, max: u32, labels: &[(&str, &str)]) -> Self {
         let candidate = Candidate {
-            id: id(name),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            max_workers: max,
-            assigned: 0,
             cpu_percent: 10.0,
             memory_percent: 10.0,
+            ..Candidate::slots(id(name), max)
         };
         let view = HiveView {
             liveness: Liveness::Online,

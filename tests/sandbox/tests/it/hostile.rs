@@ -721,6 +721,10 @@ async fn hostile_requests_get_json_errors_and_change_nothing() -> anyhow::Result
         ("liveness", json!({"tcp": true, "grpc": "x"})),
         ("logs", json!({"max_bytes": 10, "files": 3})),
         ("logs", json!({"max_bytes": 1_048_576, "files": 0})),
+        ("resources", json!({"cpu_millis": -1})),
+        ("resources", json!({"memory_bytes": 1024})),
+        ("resources", json!({"cpu_millis": 2_000_000})),
+        ("resources", json!({"gpus": 1})),
     ];
     for (field, value) in bad_checks {
         let body = with(deployment(), field, value.clone());
@@ -733,7 +737,11 @@ async fn hostile_requests_get_json_errors_and_change_nothing() -> anyhow::Result
             422,
             "invalid_body",
         ));
-        let patch = if field == "logs" { json!({ "logs": value }) } else { json!({ "probes": { field: value } }) };
+        let patch = if matches!(field, "logs" | "resources") {
+            json!({ field: value })
+        } else {
+            json!({ "probes": { field: value } })
+        };
         probes.push(probe(
             "patch: a bad probe or log policy",
             "PATCH",

@@ -240,3 +240,37 @@ async fn a_replicas_output_is_kept_and_read_through_the_queen() -> anyhow::Resul
     assert_eq!(String::from_utf8_lossy(&out.stdout), "instance 1\n");
     sb.shutdown().await
 }
+
+/// A hive offers its CPUs and memory; a replica asking more than any hive offers stays
+/// pending, one that fits is placed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_asking_more_than_any_hive_offers_is_pending() -> anyhow::Result<()> {
+    let sb = one_fast_hive().await?;
+    let client = sb.client();
+    let hive = wait_until("the hive says what it offers", WAIT, || async {
+        client
+            .hives()
+            .await
+            .ok()?
+            .into_iter()
+            .next()
+            .filter(|h| h.capacity.memory_bytes > 0 && h.capacity.cpu_millis >= 1000)
+    })
+    .await?;
+    let huge = json!({
+        "name": "huge", "command": "sleep", "args": ["600"], "replicas": 1,
+        "resources": { "memory_bytes": hive.capacity.memory_bytes + (1 << 30) },
+    });
+    let small = json!({
+        "name": "small", "command": "sleep", "args": ["600"], "replicas": 1,
+        "resources": { "cpu_millis": 100, "memory_bytes": 64 << 20 },
+    });
+    client.post_json::<_, DeploymentStatus>("/v1/deployments", &huge).await?;
+    client.post_json::<_, DeploymentStatus>("/v1/deployments", &small).await?;
+    wait_until("the small one runs", WAIT, || async { (status(&client, "small").await?.running == 1).then_some(()) })
+        .await?;
+    let d = status(&client, "huge").await.ok_or_else(|| anyhow::anyhow!("huge"))?;
+    assert_eq!(d.assignments[0].state, contract::AssignmentState::Pending, "{d:?}");
+    assert_eq!(d.running, 0);
+    sb.shutdown().await
+}
