@@ -1204,6 +1204,8 @@ fn lone_queen(dir: &Path, logs: &Path, counts: Arc<JobCounts>) -> anyhow::Result
         .map(String::from)
         .chain(["--heartbeat-interval", HEARTBEAT, "--max-workers", "4", "--drain-on-shutdown", "0s"].map(String::from))
         .chain(["--cgroup".to_string(), format!("apiary-chaos-{}-lone", std::process::id())])
+        // Its workers' keyed runs are counted from its own output too.
+        .chain(["--log-dir", "off"].map(String::from))
         .collect();
     let mut cluster = Cluster {
         http: Http::new(),
