@@ -402,6 +402,16 @@ impl Sandbox {
         SandboxBuilder::default()
     }
 
+    /// `hives` hives with no workers of their own, 300 ms heartbeats and snapshots: the
+    /// start of every test of deployments.
+    pub fn fast_hives(hives: usize) -> SandboxBuilder {
+        Self::builder()
+            .hives(hives)
+            .workers_per_hive(0)
+            .heartbeat_interval(Duration::from_millis(300))
+            .snapshot_interval(Duration::from_millis(300))
+    }
+
     fn queen_node(&self) -> anyhow::Result<&Node> {
         self.queen.as_ref().ok_or_else(|| anyhow!("the queen is not running"))
     }

@@ -37,17 +37,6 @@ async fn running(client: &QueenClient) -> anyhow::Result<BTreeMap<String, String
         .collect())
 }
 
-/// One hive, no workers of its own, 300 ms heartbeats and snapshots.
-async fn one_fast_hive() -> anyhow::Result<Sandbox> {
-    Sandbox::builder()
-        .hives(1)
-        .workers_per_hive(0)
-        .heartbeat_interval(Duration::from_millis(300))
-        .snapshot_interval(Duration::from_millis(300))
-        .start()
-        .await
-}
-
 async fn assignments(client: &QueenClient) -> anyhow::Result<Vec<Assignment>> {
     Ok(client.get_json("/v1/assignments").await?)
 }
@@ -387,7 +376,7 @@ async fn a_keyed_job_whose_worker_is_gone_runs_elsewhere_on_retry() -> anyhow::R
 /// deployment API, not the snapshot, not the audit log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secret_env_value_reaches_the_replica_and_no_read() -> anyhow::Result<()> {
-    let sb = one_fast_hive().await?;
+    let sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     let dir = TempDir::new("secret-env")?;
     let out = dir.0.join("seen");
@@ -424,7 +413,7 @@ async fn a_secret_env_value_reaches_the_replica_and_no_read() -> anyhow::Result<
 /// every heartbeat of the hive invalid) and a file that is not executable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_that_cannot_start_is_visible_and_harms_no_hive() -> anyhow::Result<()> {
-    let sb = one_fast_hive().await?;
+    let sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     let dir = TempDir::new("not-executable")?;
     let plain = dir.0.join("plain.sh");
@@ -462,7 +451,7 @@ async fn a_command_that_cannot_start_is_visible_and_harms_no_hive() -> anyhow::R
 /// snapshot, and they stop only once an operator confirms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queen_with_an_empty_store_stops_nothing_until_told() -> anyhow::Result<()> {
-    let mut sb = one_fast_hive().await?;
+    let mut sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     deploy(&client, 2).await?;
     wait_running(&client, 2, "2 replicas heartbeating").await?;

@@ -13,16 +13,6 @@ use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-async fn one_fast_hive() -> anyhow::Result<Sandbox> {
-    Sandbox::builder()
-        .hives(1)
-        .workers_per_hive(0)
-        .heartbeat_interval(Duration::from_millis(300))
-        .snapshot_interval(Duration::from_millis(300))
-        .start()
-        .await
-}
-
 async fn worker_bin() -> anyhow::Result<String> {
     let bin = tokio::task::spawn_blocking(sandbox::built_binaries).await??.join("worker");
     Ok(bin.to_string_lossy().into_owned())
@@ -36,7 +26,7 @@ async fn status(client: &QueenClient, name: &str) -> Option<DeploymentStatus> {
 /// its liveness probe can tell, and it restarts it, saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_replica_is_restarted_by_its_liveness_probe() -> anyhow::Result<()> {
-    let sb = one_fast_hive().await?;
+    let sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     let spec = json!({
         "name": "web",
@@ -76,7 +66,7 @@ async fn a_hung_replica_is_restarted_by_its_liveness_probe() -> anyhow::Result<(
 /// it passes, jobs flow again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unready_replica_gets_no_jobs() -> anyhow::Result<()> {
-    let sb = one_fast_hive().await?;
+    let sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     let dir = TempDir::new("readiness")?;
     let flag = dir.0.join("unready");
@@ -118,7 +108,7 @@ async fn an_unready_replica_gets_no_jobs() -> anyhow::Result<()> {
 /// runs, counts as running, and a change of its arguments rolls out to every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_program_rolls_out_like_a_worker() -> anyhow::Result<()> {
-    let sb = one_fast_hive().await?;
+    let sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     let spec = json!({
         "name": "loop",
@@ -155,15 +145,7 @@ async fn read_logs(client: &QueenClient, replica: &str, query: contract::LogQuer
 /// hive holds a node token; the queen presents it; nobody else reads a hive's logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replicas_output_is_kept_and_read_through_the_queen() -> anyhow::Result<()> {
-    let sb = Sandbox::builder()
-        .hives(1)
-        .workers_per_hive(0)
-        .heartbeat_interval(Duration::from_millis(300))
-        .snapshot_interval(Duration::from_millis(300))
-        .tokens(CLUSTER, ADMIN, READ)
-        .node_tokens()
-        .start()
-        .await?;
+    let sb = Sandbox::fast_hives(1).tokens(CLUSTER, ADMIN, READ).node_tokens().start().await?;
     let client = sb.client();
     let dir = TempDir::new("logs")?;
     let count = dir.0.join("count");
@@ -245,7 +227,7 @@ async fn a_replicas_output_is_kept_and_read_through_the_queen() -> anyhow::Resul
 /// pending, one that fits is placed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_asking_more_than_any_hive_offers_is_pending() -> anyhow::Result<()> {
-    let sb = one_fast_hive().await?;
+    let sb = Sandbox::fast_hives(1).start().await?;
     let client = sb.client();
     let hive = wait_until("the hive says what it offers", WAIT, || async {
         client
